@@ -1,1 +1,13 @@
-//! Shared types.
+//! What `nexusd` and `nexusctl` share: wire types of the API, names and ids, the resolution of
+//! Nexus's files and sockets, the config file schema, and the typed client for the daemon's API.
+//!
+//! No SQL, no ioctls, no processes here: this crate is what a third-party client links against.
+
+pub mod api;
+pub mod client;
+pub mod config;
+pub mod names;
+pub mod paths;
+
+/// The version of this build, reported by `GET /v1/health` and `nexusctl --version`.
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");

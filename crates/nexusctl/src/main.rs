@@ -1,1 +1,90 @@
-fn main() {}
+//! `nexusctl`, the Nexus CLI. Talks to `nexusd` through `nexus-lib`'s client only.
+//!
+//! Exit codes: 0 ok, 1 failure, 2 usage, 3 daemon unreachable, 4 not found, 5 conflict.
+
+mod cli;
+mod commands;
+mod output;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+use nexus_lib::client::{Client, ClientError};
+use nexus_lib::paths::Paths;
+
+use cli::{Cli, Command};
+use output::Printer;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let socket = cli.socket.clone().unwrap_or_else(|| resolve_socket(&cli));
+    let client = Client::unix(socket);
+    let out = Printer { json: cli.json };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("nexusctl: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let home = cli.home.clone();
+    let result = runtime.block_on(async {
+        match cli.command {
+            Command::Status => commands::status::run(&client, out).await,
+            Command::Vm(cmd) => commands::vm::run(&client, out, cmd).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e, home.as_deref()),
+    }
+}
+
+/// The socket as nexusd resolves it: home, else XDG, and the config file's `socket` key.
+fn resolve_socket(cli: &Cli) -> std::path::PathBuf {
+    let paths = Paths::resolve(cli.home.as_deref());
+    nexus_lib::config::Config::load(&paths.config_file)
+        .ok()
+        .and_then(|c| c.socket)
+        .unwrap_or(paths.socket)
+}
+
+/// Prints the error for a person and maps it to the exit code.
+fn report(err: &ClientError, home: Option<&std::path::Path>) -> ExitCode {
+    match err {
+        ClientError::Unreachable { endpoint, source } => {
+            let home = home
+                .map(|h| format!(" --home {}", h.display()))
+                .unwrap_or_default();
+            eprintln!(
+                "nexusctl: nexusd is not running (cannot connect to {endpoint}: {source}). \
+                 Start it with `systemctl --user start nexus` or `nexusd{home}`."
+            );
+            ExitCode::from(3)
+        }
+        ClientError::Api {
+            status, message, ..
+        } => {
+            eprintln!("nexusctl: {message}");
+            ExitCode::from(match status {
+                404 => 4,
+                409 => 5,
+                400 | 413 | 422 => 2,
+                _ => 1,
+            })
+        }
+        other => {
+            let mut msg = other.to_string();
+            let mut src = std::error::Error::source(other);
+            while let Some(s) = src {
+                msg.push_str(&format!(": {s}"));
+                src = s.source();
+            }
+            eprintln!("nexusctl: {msg}");
+            ExitCode::FAILURE
+        }
+    }
+}

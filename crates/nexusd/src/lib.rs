@@ -1,1 +1,8 @@
-//! nexusd.
+//! `nexusd`, the Nexus daemon, as a library: the binary only parses flags, installs logging and
+//! calls [`daemon::run`]. Tests drive [`api::router`] directly or the real binary.
+
+pub mod api;
+pub mod daemon;
+pub mod settings;
+pub mod store;
+pub mod vm;

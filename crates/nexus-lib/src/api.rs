@@ -1,0 +1,166 @@
+//! Wire types of the daemon's HTTP API (`/v1/...`), shared by the server, the client and the
+//! OpenAPI document.
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+use uuid::Uuid;
+
+/// Default number of vCPUs of a new VM.
+pub const DEFAULT_VCPUS: u32 = 1;
+/// Default memory of a new VM, MiB.
+pub const DEFAULT_MEMORY_MIB: u32 = 256;
+/// Accepted vCPU counts.
+pub const VCPUS_RANGE: std::ops::RangeInclusive<u32> = 1..=32;
+/// Accepted memory sizes, MiB.
+pub const MEMORY_MIB_RANGE: std::ops::RangeInclusive<u32> = 64..=65536;
+
+/// The life-cycle state of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VmState {
+    /// Recorded, never started (or reset).
+    Created,
+    /// The VMM is being spawned and the guest is booting.
+    Starting,
+    /// The guest agent answered its handshake.
+    Running,
+    /// Shutdown was asked for.
+    Stopping,
+    /// Shut down cleanly.
+    Stopped,
+    /// The VMM exited without being asked.
+    Crashed,
+    /// The VM could not start.
+    Failed,
+}
+
+impl VmState {
+    /// Every state, in life-cycle order.
+    pub const ALL: [VmState; 7] = [
+        Self::Created,
+        Self::Starting,
+        Self::Running,
+        Self::Stopping,
+        Self::Stopped,
+        Self::Crashed,
+        Self::Failed,
+    ];
+
+    /// The lowercase name used on the wire and in the database.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Created => "created",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Stopping => "stopping",
+            Self::Stopped => "stopped",
+            Self::Crashed => "crashed",
+            Self::Failed => "failed",
+        }
+    }
+}
+
+impl std::fmt::Display for VmState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::str::FromStr for VmState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Self::ALL
+            .into_iter()
+            .find(|st| st.as_str() == s)
+            .ok_or_else(|| format!("unknown VM state {s:?}"))
+    }
+}
+
+/// A VM record.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Vm {
+    pub id: Uuid,
+    pub name: String,
+    pub state: VmState,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    /// vsock context id, unique among existing VMs, >= 3.
+    pub vsock_cid: u32,
+    /// RFC 3339, millisecond precision.
+    pub created_at: String,
+    /// RFC 3339 time of the last state change.
+    pub state_changed_at: String,
+}
+
+/// Body of `POST /v1/vms`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CreateVm {
+    /// `[a-z0-9][a-z0-9-]{0,62}`, unique.
+    pub name: String,
+    /// 1..=32, default 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vcpus: Option<u32>,
+    /// 64..=65536, default 256.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_mib: Option<u32>,
+}
+
+/// Query of `GET /v1/vms`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct VmListQuery {
+    /// Only VMs in this state.
+    pub state: Option<VmState>,
+}
+
+/// One state transition of a VM.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Transition {
+    /// State before; `null` for the creation.
+    pub from: Option<VmState>,
+    pub to: VmState,
+    pub reason: String,
+    /// Milliseconds since the Unix epoch.
+    pub at_ms: i64,
+    /// The same instant, RFC 3339.
+    pub at: String,
+}
+
+/// The database part of the health report.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct DatabaseHealth {
+    pub path: String,
+    /// Migration version the schema is at.
+    pub schema_version: u32,
+    pub ok: bool,
+}
+
+/// Body of `GET /v1/health`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct Health {
+    /// `ok`, or `degraded` with a 503.
+    pub status: String,
+    pub version: String,
+    pub uptime_ms: u64,
+    pub database: DatabaseHealth,
+}
+
+/// Every error the API returns: `{"error": {...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorBody {
+    pub error: ErrorDetail,
+}
+
+/// The inside of an [`ErrorBody`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct ErrorDetail {
+    /// Stable machine-readable code: `bad_request`, `invalid`, `not_found`, `conflict`,
+    /// `payload_too_large`, `unauthorized`, `unavailable`, `internal`, ...
+    pub code: String,
+    pub message: String,
+    /// The request field at fault, when there is one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}

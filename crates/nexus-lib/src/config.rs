@@ -1,0 +1,162 @@
+//! The schema of `nexus.toml`. Every key here can also be set by a `nexusd` flag; flags win.
+//! Unknown keys and bad values are errors that name the key, so a typo never goes unnoticed.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+/// How `nexusd` formats its log.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    /// Human-readable on a terminal, JSON otherwise.
+    #[default]
+    Auto,
+    Human,
+    Json,
+}
+
+impl std::str::FromStr for LogFormat {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "auto" => Ok(Self::Auto),
+            "human" => Ok(Self::Human),
+            "json" => Ok(Self::Json),
+            other => Err(format!("unknown log format {other:?} (auto, human, json)")),
+        }
+    }
+}
+
+/// The contents of `nexus.toml`. All keys are optional.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Path of the API socket (default from [`crate::paths::Paths`]).
+    pub socket: Option<PathBuf>,
+    /// Log format.
+    pub log_format: Option<LogFormat>,
+    /// Log filter in `tracing` env-filter syntax, such as `info` or `nexusd=debug`.
+    pub log_level: Option<String>,
+    /// Optional TCP listener (requires a bearer token). Loopback unless you mean otherwise.
+    pub tcp_listen: Option<SocketAddr>,
+    /// File holding the bearer token for the TCP listener.
+    pub tcp_token_file: Option<PathBuf>,
+    /// Seconds to let in-flight requests finish at shutdown (0..=600).
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// A config file that could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config file {path}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid config file {path}: {message}")]
+    Parse { path: PathBuf, message: String },
+    #[error("invalid value for `{key}` in {path}: {message}")]
+    Value {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// Upper bound of `shutdown_grace_secs`.
+pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 600;
+
+impl Config {
+    /// Reads `path`; a missing file means all defaults.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = match std::fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(source) => {
+                return Err(ConfigError::Read {
+                    path: path.to_owned(),
+                    source,
+                });
+            }
+        };
+        Self::parse(&text, path)
+    }
+
+    /// Parses and validates TOML text; `path` is only used in messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Self, ConfigError> {
+        let cfg: Self = toml::from_str(text).map_err(|e| ConfigError::Parse {
+            path: path.to_owned(),
+            message: e.to_string().trim().replace('\n', " "),
+        })?;
+        cfg.validate(path)?;
+        Ok(cfg)
+    }
+
+    /// Checks values that the types alone do not bound.
+    pub fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        let bad = |key, message: String| ConfigError::Value {
+            path: path.to_owned(),
+            key,
+            message,
+        };
+        if let Some(g) = self.shutdown_grace_secs
+            && g > MAX_SHUTDOWN_GRACE_SECS
+        {
+            return Err(bad(
+                "shutdown_grace_secs",
+                format!("{g} is more than {MAX_SHUTDOWN_GRACE_SECS}"),
+            ));
+        }
+        if self.tcp_listen.is_some() && self.tcp_token_file.is_none() {
+            return Err(bad(
+                "tcp_listen",
+                "a TCP listener needs a bearer token: set `tcp_token_file` too".into(),
+            ));
+        }
+        if let Some(level) = &self.log_level
+            && level.trim().is_empty()
+        {
+            return Err(bad("log_level", "must not be empty".into()));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("nexus.toml"))
+    }
+
+    #[test]
+    fn empty_file_is_all_defaults() {
+        assert_eq!(parse("").unwrap(), Config::default());
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let err = parse("sokcet = \"/x\"").unwrap_err().to_string();
+        assert!(err.contains("sokcet"), "{err}");
+    }
+
+    #[test]
+    fn bad_value_is_named() {
+        let err = parse("log_format = \"xml\"").unwrap_err().to_string();
+        assert!(err.contains("log_format"), "{err}");
+        let err = parse("shutdown_grace_secs = 9000").unwrap_err().to_string();
+        assert!(err.contains("shutdown_grace_secs"), "{err}");
+    }
+
+    #[test]
+    fn tcp_without_token_is_refused() {
+        let err = parse("tcp_listen = \"127.0.0.1:7000\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("tcp_token_file"), "{err}");
+    }
+}

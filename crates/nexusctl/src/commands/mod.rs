@@ -1,0 +1,4 @@
+//! What each command does. One module per noun; each verb is a function.
+
+pub mod status;
+pub mod vm;

@@ -1,0 +1,135 @@
+//! The HTTP API: routes, the OpenAPI document generated from them, and the middleware around
+//! them (request ids and spans, body limits, bearer auth on TCP). Handlers parse and validate,
+//! then call a domain service.
+
+mod auth;
+pub mod error;
+pub mod extract;
+mod health;
+mod vms;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use axum::Router;
+use axum::extract::DefaultBodyLimit;
+use axum::http::{HeaderValue, Method, Request, Uri};
+use tower_http::request_id::{
+    MakeRequestId, PropagateRequestIdLayer, RequestId, SetRequestIdLayer,
+};
+use tower_http::trace::TraceLayer;
+use utoipa::OpenApi;
+use utoipa_axum::router::OpenApiRouter;
+
+use crate::store::Store;
+use crate::vm::VmService;
+use error::ApiError;
+
+pub use auth::BearerToken;
+
+/// Largest JSON request body accepted.
+pub const MAX_JSON_BODY: usize = 64 * 1024;
+
+/// What every handler can reach.
+#[derive(Debug, Clone)]
+pub struct AppState {
+    pub store: Store,
+    pub vms: VmService,
+    pub started: Instant,
+}
+
+impl AppState {
+    pub fn new(store: Store) -> Self {
+        Self {
+            vms: VmService::new(store.clone()),
+            store,
+            started: Instant::now(),
+        }
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "Nexus API",
+        description = "The nexusd API: microVMs for AI agents. Errors are `{\"error\":{\"code\",\"message\",\"field\"}}`."
+    ),
+    tags((name = "system"), (name = "vms"))
+)]
+struct ApiDoc;
+
+/// Routes and their OpenAPI description, built together so the document cannot drift.
+fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::with_openapi(ApiDoc::openapi())
+        .merge(health::routes())
+        .merge(vms::routes())
+}
+
+/// The OpenAPI document of every route.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    routes().into_openapi()
+}
+
+/// The full application: API routes, `/v1/openapi.json`, JSON fallbacks and middleware.
+pub fn router(state: AppState) -> Router {
+    let (router, doc) = routes().split_for_parts();
+    let doc = Arc::new(doc);
+    router
+        .route(
+            "/v1/openapi.json",
+            axum::routing::get(move || {
+                let doc = doc.clone();
+                async move { axum::Json(doc.as_ref().clone()) }
+            }),
+        )
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(PropagateRequestIdLayer::x_request_id())
+        .layer(
+            TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {
+                let id = req
+                    .extensions()
+                    .get::<RequestId>()
+                    .and_then(|id| id.header_value().to_str().ok())
+                    .unwrap_or("-");
+                tracing::info_span!("request", id, method = %req.method(), path = %req.uri().path())
+            }),
+        )
+        .layer(SetRequestIdLayer::x_request_id(SeqRequestId::default()))
+        .with_state(state)
+}
+
+/// The router for the TCP listener: the same API behind a bearer token.
+pub fn tcp_router(state: AppState, token: BearerToken) -> Router {
+    router(state).layer(axum::middleware::from_fn_with_state(
+        token,
+        auth::require_bearer,
+    ))
+}
+
+async fn not_found(method: Method, uri: Uri) -> ApiError {
+    ApiError::not_found(format!("no route for {method} {}", uri.path()))
+}
+
+async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{method} is not allowed on {}", uri.path()),
+    )
+}
+
+/// Request ids: a process-wide sequence, short and greppable in logs.
+#[derive(Debug, Clone, Default)]
+struct SeqRequestId(Arc<AtomicU64>);
+
+impl MakeRequestId for SeqRequestId {
+    fn make_request_id<B>(&mut self, _: &Request<B>) -> Option<RequestId> {
+        let n = self.0.fetch_add(1, Ordering::Relaxed) + 1;
+        HeaderValue::from_str(&format!("r{n}"))
+            .ok()
+            .map(RequestId::new)
+    }
+}

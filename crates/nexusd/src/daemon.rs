@@ -1,0 +1,232 @@
+//! Start-up and shutdown of the daemon: the home lock, the database, the listeners, readiness
+//! notification, and a bounded graceful stop.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use nix::fcntl::{Flock, FlockArg};
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, AppState, BearerToken};
+use crate::settings::Settings;
+use crate::store::{Store, StoreError};
+
+/// Why the daemon could not start or stop cleanly.
+#[derive(Debug, thiserror::Error)]
+pub enum DaemonError {
+    #[error("cannot create directory {path}")]
+    CreateDir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(
+        "another nexusd is already running for this home (lock {lock} held{holder}); stop it first or use another --home"
+    )]
+    AlreadyRunning { lock: PathBuf, holder: String },
+    #[error("cannot lock {path}")]
+    Lock {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("cannot listen on {what}")]
+    Listen {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot read the TCP token file {path}")]
+    Token {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the TCP token file {0} is empty")]
+    EmptyToken(PathBuf),
+}
+
+fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(mode)
+        .create(path)
+        .map_err(|source| DaemonError::CreateDir {
+            path: path.to_owned(),
+            source,
+        })
+}
+
+/// Holds the home's lock file for the life of the daemon.
+#[derive(Debug)]
+pub struct HomeLock {
+    _lock: Flock<File>,
+}
+
+impl HomeLock {
+    /// Takes the lock without waiting; a running daemon makes this fail with
+    /// [`DaemonError::AlreadyRunning`].
+    pub fn acquire(path: &Path) -> Result<Self, DaemonError> {
+        let lock_err = |source| DaemonError::Lock {
+            path: path.to_owned(),
+            source,
+        };
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(path)
+            .map_err(lock_err)?;
+        match Flock::lock(file, FlockArg::LockExclusiveNonblock) {
+            Ok(mut lock) => {
+                lock.set_len(0).map_err(lock_err)?;
+                writeln!(lock, "{}", std::process::id()).map_err(lock_err)?;
+                Ok(Self { _lock: lock })
+            }
+            Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                let holder = std::fs::read_to_string(path)
+                    .ok()
+                    .map(|s| s.trim().to_owned())
+                    .filter(|s| !s.is_empty())
+                    .map(|pid| format!(" by pid {pid}"))
+                    .unwrap_or_default();
+                Err(DaemonError::AlreadyRunning {
+                    lock: path.to_owned(),
+                    holder,
+                })
+            }
+            Err((_, errno)) => Err(lock_err(errno.into())),
+        }
+    }
+}
+
+/// Removes the socket file when dropped.
+struct SocketFile(PathBuf);
+
+impl Drop for SocketFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Runs the daemon until `shutdown` is cancelled, then stops within the grace period.
+pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), DaemonError> {
+    let paths = &settings.paths;
+    create_dir(&paths.run_dir, 0o700)?;
+    if let Some(dir) = paths.socket.parent() {
+        create_dir(dir, 0o700)?;
+    }
+    create_dir(&paths.state_dir, 0o700)?;
+    create_dir(&paths.data_dir, 0o700)?;
+    let _lock = HomeLock::acquire(&paths.lock_file())?;
+
+    let db_path = paths.database.clone();
+    let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
+        .await
+        .map_err(StoreError::Worker)??;
+    let state = AppState::new(store.clone());
+
+    // We hold the home lock, so a socket file left here belongs to a daemon that died.
+    let _ = std::fs::remove_file(&paths.socket);
+    let listen_err = |what: String| move |source| DaemonError::Listen { what, source };
+    let unix = tokio::net::UnixListener::bind(&paths.socket)
+        .map_err(listen_err(paths.socket.display().to_string()))?;
+    let socket_guard = SocketFile(paths.socket.clone());
+    std::fs::set_permissions(&paths.socket, std::fs::Permissions::from_mode(0o600))
+        .map_err(listen_err(paths.socket.display().to_string()))?;
+
+    let mut servers = tokio::task::JoinSet::new();
+    let unix_app = api::router(state.clone());
+    let stop = shutdown.clone();
+    servers.spawn(async move {
+        axum::serve(unix, unix_app)
+            .with_graceful_shutdown(stop.cancelled_owned())
+            .await
+    });
+    if let Some(addr) = settings.tcp_listen {
+        let token = read_token(settings.tcp_token_file.as_deref())?;
+        let tcp = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(listen_err(addr.to_string()))?;
+        if !addr.ip().is_loopback() {
+            tracing::warn!(%addr, "TCP listener is not on loopback; anyone who can reach it and has the token controls this host's VMs");
+        }
+        let app = api::tcp_router(state.clone(), token);
+        let stop = shutdown.clone();
+        servers.spawn(async move {
+            axum::serve(tcp, app)
+                .with_graceful_shutdown(stop.cancelled_owned())
+                .await
+        });
+        tracing::info!(%addr, "listening on TCP");
+    }
+
+    tracing::info!(
+        socket = %paths.socket.display(),
+        database = %paths.database.display(),
+        version = nexus_lib::VERSION,
+        "nexusd ready"
+    );
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+
+    shutdown.cancelled().await;
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    tracing::info!(grace = ?settings.shutdown_grace, "shutting down: finishing in-flight requests");
+    let drained = tokio::time::timeout(settings.shutdown_grace, async {
+        while let Some(res) = servers.join_next().await {
+            if let Ok(Err(e)) = res {
+                tracing::warn!(error = %e, "listener ended with an error");
+            }
+        }
+    })
+    .await;
+    if drained.is_err() {
+        tracing::warn!("in-flight requests did not finish within the grace period; dropping them");
+        servers.abort_all();
+    }
+    drop(socket_guard);
+    drop(state);
+    tokio::task::spawn_blocking(move || store.checkpoint())
+        .await
+        .map_err(StoreError::Worker)??;
+    tracing::info!("nexusd stopped");
+    Ok(())
+}
+
+fn read_token(path: Option<&Path>) -> Result<BearerToken, DaemonError> {
+    // Settings validation guarantees a token file whenever a TCP address is set.
+    let path = path.unwrap_or(Path::new(""));
+    let text = std::fs::read_to_string(path).map_err(|source| DaemonError::Token {
+        path: path.to_owned(),
+        source,
+    })?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(DaemonError::EmptyToken(path.to_owned()));
+    }
+    Ok(BearerToken::new(token))
+}
+
+/// Cancels `token` on the first SIGTERM or SIGINT.
+pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = term.recv() => tracing::info!("SIGTERM received"),
+            _ = int.recv() => tracing::info!("SIGINT received"),
+        }
+        token.cancel();
+    });
+    Ok(())
+}
+
+/// Bound on how long a shutdown may take in total, used by `main` as a last resort.
+pub const HARD_STOP_MARGIN: Duration = Duration::from_secs(5);

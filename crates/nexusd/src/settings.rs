@@ -1,0 +1,128 @@
+//! Command-line flags and the settings the daemon runs with: flags override `nexus.toml`, which
+//! overrides the built-in defaults.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use nexus_lib::config::{Config, ConfigError, LogFormat};
+use nexus_lib::paths::{HOME_ENV, Paths};
+
+/// Default seconds for in-flight requests at shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
+
+/// `nexusd` flags. Each config key has a flag of the same name.
+#[derive(Debug, Clone, Default, Parser)]
+#[command(
+    name = "nexusd",
+    version,
+    about = "The Nexus daemon: one microVM per AI agent"
+)]
+pub struct Args {
+    /// Put config, database, data and sockets under DIR.
+    #[arg(long, env = HOME_ENV, value_name = "DIR")]
+    pub home: Option<PathBuf>,
+    /// Config file (default: <home>/nexus.toml or $XDG_CONFIG_HOME/nexus/nexus.toml).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// API socket path.
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Log format: auto, human or json.
+    #[arg(long, value_name = "FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// Log filter, e.g. `info` or `nexusd=debug` (RUST_LOG also works).
+    #[arg(long, value_name = "FILTER")]
+    pub log_level: Option<String>,
+    /// Also listen on this TCP address (needs --tcp-token-file).
+    #[arg(long, value_name = "ADDR")]
+    pub tcp_listen: Option<SocketAddr>,
+    /// File holding the bearer token for the TCP listener.
+    #[arg(long, value_name = "FILE")]
+    pub tcp_token_file: Option<PathBuf>,
+    /// Seconds to let in-flight requests finish at shutdown.
+    #[arg(long, value_name = "SECS")]
+    pub shutdown_grace_secs: Option<u64>,
+}
+
+/// The resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub paths: Paths,
+    pub log_format: LogFormat,
+    pub log_level: String,
+    pub tcp_listen: Option<SocketAddr>,
+    pub tcp_token_file: Option<PathBuf>,
+    pub shutdown_grace: Duration,
+}
+
+impl Settings {
+    /// Merges flags over the config file over defaults.
+    pub fn resolve(args: &Args) -> Result<Self, ConfigError> {
+        let mut paths = Paths::resolve(args.home.as_deref());
+        let config_path = args
+            .config
+            .clone()
+            .unwrap_or_else(|| paths.config_file.clone());
+        let file = Config::load(&config_path)?;
+        let cfg = Config {
+            socket: args.socket.clone().or(file.socket),
+            log_format: args.log_format.or(file.log_format),
+            log_level: args.log_level.clone().or(file.log_level),
+            tcp_listen: args.tcp_listen.or(file.tcp_listen),
+            tcp_token_file: args.tcp_token_file.clone().or(file.tcp_token_file),
+            shutdown_grace_secs: args.shutdown_grace_secs.or(file.shutdown_grace_secs),
+        };
+        cfg.validate(&config_path)?;
+        paths.config_file = config_path;
+        if let Some(socket) = cfg.socket {
+            paths.socket = socket;
+        }
+        Ok(Self {
+            paths,
+            log_format: cfg.log_format.unwrap_or_default(),
+            log_level: cfg.log_level.unwrap_or_else(|| "info".into()),
+            tcp_listen: cfg.tcp_listen,
+            tcp_token_file: cfg.tcp_token_file,
+            shutdown_grace: Duration::from_secs(
+                cfg.shutdown_grace_secs
+                    .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
+            ),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flag_overrides_config_file() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(
+            home.path().join("nexus.toml"),
+            "shutdown_grace_secs = 3\nlog_level = \"debug\"\n",
+        )
+        .unwrap();
+        let args = Args {
+            home: Some(home.path().into()),
+            shutdown_grace_secs: Some(7),
+            ..Args::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert_eq!(s.shutdown_grace, Duration::from_secs(7));
+        assert_eq!(s.log_level, "debug");
+    }
+
+    #[test]
+    fn tcp_flag_without_token_is_refused() {
+        let home = tempfile::tempdir().unwrap();
+        let args = Args {
+            home: Some(home.path().into()),
+            tcp_listen: Some("127.0.0.1:1".parse().unwrap()),
+            ..Args::default()
+        };
+        assert!(Settings::resolve(&args).is_err());
+    }
+}

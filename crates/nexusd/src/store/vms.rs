@@ -1,0 +1,312 @@
+//! Queries on the `vms` and `vm_transitions` tables.
+
+use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use uuid::Uuid;
+
+use nexus_lib::api::{Transition, Vm, VmState};
+
+use super::{StoreError, now_ms, rfc3339_ms};
+
+/// A VM row as stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct VmRow {
+    pub id: Uuid,
+    pub name: String,
+    pub state: VmState,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub vsock_cid: u32,
+    pub created_at_ms: i64,
+    pub state_changed_at_ms: i64,
+}
+
+impl VmRow {
+    /// The API's view of the row.
+    pub fn to_api(&self) -> Vm {
+        Vm {
+            id: self.id,
+            name: self.name.clone(),
+            state: self.state,
+            vcpus: self.vcpus,
+            memory_mib: self.memory_mib,
+            vsock_cid: self.vsock_cid,
+            created_at: rfc3339_ms(self.created_at_ms),
+            state_changed_at: rfc3339_ms(self.state_changed_at_ms),
+        }
+    }
+}
+
+/// What a new VM row needs.
+#[derive(Debug, Clone)]
+pub struct NewVm {
+    pub name: String,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+}
+
+/// Outcome of an insert that may clash on the name.
+#[derive(Debug)]
+pub enum Inserted {
+    Ok(VmRow),
+    NameTaken,
+}
+
+/// Outcome of a guarded state change.
+#[derive(Debug)]
+pub enum Changed {
+    Ok(VmRow),
+    NotFound,
+    /// The current state did not allow the change; nothing was written.
+    Refused(VmState),
+}
+
+const COLUMNS: &str =
+    "id, name, state, vcpus, memory_mib, vsock_cid, created_at_ms, state_changed_at_ms";
+
+fn parse_state(s: String, idx: usize) -> rusqlite::Result<VmState> {
+    s.parse().map_err(|e: String| {
+        rusqlite::Error::FromSqlConversionFailure(idx, rusqlite::types::Type::Text, e.into())
+    })
+}
+
+fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<VmRow> {
+    let id: String = row.get(0)?;
+    Ok(VmRow {
+        id: Uuid::parse_str(&id).map_err(|e| {
+            rusqlite::Error::FromSqlConversionFailure(0, rusqlite::types::Type::Text, e.into())
+        })?,
+        name: row.get(1)?,
+        state: parse_state(row.get(2)?, 2)?,
+        vcpus: row.get(3)?,
+        memory_mib: row.get(4)?,
+        vsock_cid: row.get(5)?,
+        created_at_ms: row.get(6)?,
+        state_changed_at_ms: row.get(7)?,
+    })
+}
+
+/// Inserts a VM in state `created`, allocating the lowest free vsock CID (>= 3) and recording
+/// the creation in the history, all in one immediate transaction.
+pub fn insert(conn: &mut Connection, new: &NewVm) -> Result<Inserted, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let taken: bool = tx.query_row(
+        "SELECT EXISTS(SELECT 1 FROM vms WHERE name = ?1)",
+        [&new.name],
+        |r| r.get(0),
+    )?;
+    if taken {
+        return Ok(Inserted::NameTaken);
+    }
+    let cid: u32 = tx.query_row(
+        "SELECT c FROM (SELECT 3 AS c UNION ALL SELECT vsock_cid + 1 FROM vms)
+         WHERE c NOT IN (SELECT vsock_cid FROM vms) ORDER BY c LIMIT 1",
+        [],
+        |r| r.get(0),
+    )?;
+    let now = now_ms();
+    let row = VmRow {
+        id: Uuid::now_v7(),
+        name: new.name.clone(),
+        state: VmState::Created,
+        vcpus: new.vcpus,
+        memory_mib: new.memory_mib,
+        vsock_cid: cid,
+        created_at_ms: now,
+        state_changed_at_ms: now,
+    };
+    tx.execute(
+        &format!("INSERT INTO vms ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)"),
+        params![
+            row.id.to_string(),
+            row.name,
+            row.state.as_str(),
+            row.vcpus,
+            row.memory_mib,
+            row.vsock_cid,
+            row.created_at_ms,
+            row.state_changed_at_ms
+        ],
+    )?;
+    tx.execute(
+        "INSERT INTO vm_transitions (vm_id, from_state, to_state, reason, at_ms)
+         VALUES (?1, NULL, ?2, 'created', ?3)",
+        params![row.id.to_string(), row.state.as_str(), now],
+    )?;
+    tx.commit()?;
+    Ok(Inserted::Ok(row))
+}
+
+/// Finds a VM by id or by name.
+pub fn get(conn: &Connection, id_or_name: &str) -> Result<Option<VmRow>, StoreError> {
+    Ok(conn
+        .query_row(
+            &format!("SELECT {COLUMNS} FROM vms WHERE id = ?1 OR name = ?1"),
+            [id_or_name],
+            vm_from_row,
+        )
+        .optional()?)
+}
+
+/// All VMs, oldest first, optionally only those in `state`.
+pub fn list(conn: &Connection, state: Option<VmState>) -> Result<Vec<VmRow>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!(
+        "SELECT {COLUMNS} FROM vms WHERE ?1 IS NULL OR state = ?1 ORDER BY created_at_ms, id"
+    ))?;
+    let rows = stmt
+        .query_map([state.map(VmState::as_str)], vm_from_row)?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+/// Moves a VM to `to` if `allowed(current)` holds, recording the transition in the same
+/// transaction.
+pub fn change_state(
+    conn: &mut Connection,
+    id_or_name: &str,
+    to: VmState,
+    reason: &str,
+    allowed: impl Fn(VmState) -> bool,
+) -> Result<Changed, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let Some(mut row) = get(&tx, id_or_name)? else {
+        return Ok(Changed::NotFound);
+    };
+    if !allowed(row.state) {
+        return Ok(Changed::Refused(row.state));
+    }
+    let now = now_ms();
+    tx.execute(
+        "UPDATE vms SET state = ?2, state_changed_at_ms = ?3 WHERE id = ?1",
+        params![row.id.to_string(), to.as_str(), now],
+    )?;
+    tx.execute(
+        "INSERT INTO vm_transitions (vm_id, from_state, to_state, reason, at_ms)
+         VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![
+            row.id.to_string(),
+            row.state.as_str(),
+            to.as_str(),
+            reason,
+            now
+        ],
+    )?;
+    tx.commit()?;
+    row.state = to;
+    row.state_changed_at_ms = now;
+    Ok(Changed::Ok(row))
+}
+
+/// Deletes a VM if `allowed(current)` holds. Its history goes with it.
+pub fn delete(
+    conn: &mut Connection,
+    id_or_name: &str,
+    allowed: impl Fn(VmState) -> bool,
+) -> Result<Changed, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let Some(row) = get(&tx, id_or_name)? else {
+        return Ok(Changed::NotFound);
+    };
+    if !allowed(row.state) {
+        return Ok(Changed::Refused(row.state));
+    }
+    tx.execute("DELETE FROM vms WHERE id = ?1", [row.id.to_string()])?;
+    tx.commit()?;
+    Ok(Changed::Ok(row))
+}
+
+/// The state history of a VM, oldest first.
+pub fn history(conn: &Connection, vm_id: Uuid) -> Result<Vec<Transition>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT from_state, to_state, reason, at_ms FROM vm_transitions
+         WHERE vm_id = ?1 ORDER BY seq",
+    )?;
+    let rows = stmt
+        .query_map([vm_id.to_string()], |r| {
+            let from: Option<String> = r.get(0)?;
+            let at_ms: i64 = r.get(3)?;
+            Ok(Transition {
+                from: from.map(|s| parse_state(s, 0)).transpose()?,
+                to: parse_state(r.get(1)?, 1)?,
+                reason: r.get(2)?,
+                at_ms,
+                at: rfc3339_ms(at_ms),
+            })
+        })?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(rows)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Store;
+
+    fn store() -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("t.db")).unwrap();
+        (dir, store)
+    }
+
+    fn new(name: &str) -> NewVm {
+        NewVm {
+            name: name.into(),
+            vcpus: 1,
+            memory_mib: 256,
+        }
+    }
+
+    fn insert_ok(store: &Store, name: &str) -> VmRow {
+        match store.call_blocking(|c| insert(c, &new(name))).unwrap() {
+            Inserted::Ok(row) => row,
+            Inserted::NameTaken => panic!("name {name} taken"),
+        }
+    }
+
+    #[test]
+    fn cids_start_at_three_and_fill_gaps() {
+        let (_d, store) = store();
+        let a = insert_ok(&store, "a");
+        let b = insert_ok(&store, "b");
+        assert_eq!((a.vsock_cid, b.vsock_cid), (3, 4));
+        store.call_blocking(|c| delete(c, "a", |_| true)).unwrap();
+        assert_eq!(insert_ok(&store, "c").vsock_cid, 3);
+    }
+
+    #[test]
+    fn duplicate_name_is_reported_and_not_written() {
+        let (_d, store) = store();
+        insert_ok(&store, "a");
+        let second = store.call_blocking(|c| insert(c, &new("a"))).unwrap();
+        assert!(matches!(second, Inserted::NameTaken));
+        assert_eq!(store.call_blocking(|c| list(c, None)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn refused_change_writes_nothing() {
+        let (_d, store) = store();
+        let vm = insert_ok(&store, "a");
+        let out = store
+            .call_blocking(|c| change_state(c, "a", VmState::Running, "x", |_| false))
+            .unwrap();
+        assert!(matches!(out, Changed::Refused(VmState::Created)));
+        assert_eq!(store.call_blocking(|c| history(c, vm.id)).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn change_is_recorded_in_history() {
+        let (_d, store) = store();
+        let vm = insert_ok(&store, "a");
+        store
+            .call_blocking(|c| {
+                change_state(c, &vm.id.to_string(), VmState::Starting, "start", |_| true)
+            })
+            .unwrap();
+        let h = store.call_blocking(|c| history(c, vm.id)).unwrap();
+        assert_eq!(h.len(), 2);
+        assert_eq!(
+            (h[1].from, h[1].to),
+            (Some(VmState::Created), VmState::Starting)
+        );
+        assert_eq!(h[1].reason, "start");
+    }
+}

@@ -1,0 +1,203 @@
+//! VM records and their life cycle: validation of requests, the state machine, and the service
+//! that API handlers call. Handlers never touch SQL; this module never touches HTTP.
+
+pub mod state;
+
+use nexus_lib::api::{
+    CreateVm, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MEMORY_MIB_RANGE, Transition, VCPUS_RANGE, Vm,
+    VmState,
+};
+use nexus_lib::names::validate_name;
+
+use crate::store::vms::{self, Changed, Inserted, NewVm};
+use crate::store::{Store, StoreError};
+
+/// Errors of VM operations.
+#[derive(Debug, thiserror::Error)]
+pub enum VmError {
+    #[error("no VM named or with id {0:?}")]
+    NotFound(String),
+    #[error("a VM named {0:?} already exists")]
+    NameTaken(String),
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("VM {vm} is {state}; {action} is not allowed in that state")]
+    WrongState {
+        vm: String,
+        state: VmState,
+        action: &'static str,
+    },
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+/// The VM service.
+#[derive(Debug, Clone)]
+pub struct VmService {
+    store: Store,
+}
+
+impl VmService {
+    pub fn new(store: Store) -> Self {
+        Self { store }
+    }
+
+    /// Validates and records a new VM in state `created`.
+    pub async fn create(&self, req: CreateVm) -> Result<Vm, VmError> {
+        let new = validate_create(req)?;
+        let name = new.name.clone();
+        match self.store.call(move |c| vms::insert(c, &new)).await? {
+            Inserted::Ok(row) => {
+                tracing::info!(vm = %row.name, id = %row.id, cid = row.vsock_cid, "VM created");
+                Ok(row.to_api())
+            }
+            Inserted::NameTaken => Err(VmError::NameTaken(name)),
+        }
+    }
+
+    pub async fn list(&self, state: Option<VmState>) -> Result<Vec<Vm>, VmError> {
+        let rows = self.store.call(move |c| vms::list(c, state)).await?;
+        Ok(rows.iter().map(vms::VmRow::to_api).collect())
+    }
+
+    pub async fn get(&self, id_or_name: &str) -> Result<Vm, VmError> {
+        let key = id_or_name.to_owned();
+        self.store
+            .call(move |c| vms::get(c, &key))
+            .await?
+            .map(|r| r.to_api())
+            .ok_or_else(|| VmError::NotFound(id_or_name.to_owned()))
+    }
+
+    pub async fn delete(&self, id_or_name: &str) -> Result<(), VmError> {
+        let key = id_or_name.to_owned();
+        match self
+            .store
+            .call(move |c| vms::delete(c, &key, state::can_delete))
+            .await?
+        {
+            Changed::Ok(row) => {
+                tracing::info!(vm = %row.name, id = %row.id, "VM deleted");
+                Ok(())
+            }
+            Changed::NotFound => Err(VmError::NotFound(id_or_name.to_owned())),
+            Changed::Refused(state) => Err(VmError::WrongState {
+                vm: id_or_name.to_owned(),
+                state,
+                action: "delete",
+            }),
+        }
+    }
+
+    pub async fn history(&self, id_or_name: &str) -> Result<Vec<Transition>, VmError> {
+        let key = id_or_name.to_owned();
+        self.store
+            .call(move |c| {
+                vms::get(c, &key)?
+                    .map(|row| vms::history(c, row.id))
+                    .transpose()
+            })
+            .await?
+            .ok_or_else(|| VmError::NotFound(id_or_name.to_owned()))
+    }
+
+    /// Moves a VM to `to`, refusing illegal transitions with [`VmError::WrongState`].
+    pub async fn transition(
+        &self,
+        id_or_name: &str,
+        to: VmState,
+        reason: &str,
+        action: &'static str,
+    ) -> Result<Vm, VmError> {
+        let (key, why) = (id_or_name.to_owned(), reason.to_owned());
+        let out = self
+            .store
+            .call(move |c| {
+                vms::change_state(c, &key, to, &why, |from| state::can_transition(from, to))
+            })
+            .await?;
+        match out {
+            Changed::Ok(row) => Ok(row.to_api()),
+            Changed::NotFound => Err(VmError::NotFound(id_or_name.to_owned())),
+            Changed::Refused(state) => Err(VmError::WrongState {
+                vm: id_or_name.to_owned(),
+                state,
+                action,
+            }),
+        }
+    }
+}
+
+/// Applies defaults and bounds to a create request.
+fn validate_create(req: CreateVm) -> Result<NewVm, VmError> {
+    validate_name(&req.name).map_err(|e| VmError::Invalid {
+        field: "name",
+        message: e.to_string(),
+    })?;
+    let vcpus = req.vcpus.unwrap_or(DEFAULT_VCPUS);
+    if !VCPUS_RANGE.contains(&vcpus) {
+        return Err(VmError::Invalid {
+            field: "vcpus",
+            message: format!(
+                "{vcpus} is out of range {}..={}",
+                VCPUS_RANGE.start(),
+                VCPUS_RANGE.end()
+            ),
+        });
+    }
+    let memory_mib = req.memory_mib.unwrap_or(DEFAULT_MEMORY_MIB);
+    if !MEMORY_MIB_RANGE.contains(&memory_mib) {
+        return Err(VmError::Invalid {
+            field: "memory_mib",
+            message: format!(
+                "{memory_mib} MiB is out of range {}..={}",
+                MEMORY_MIB_RANGE.start(),
+                MEMORY_MIB_RANGE.end()
+            ),
+        });
+    }
+    Ok(NewVm {
+        name: req.name,
+        vcpus,
+        memory_mib,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(name: &str, vcpus: Option<u32>, memory_mib: Option<u32>) -> CreateVm {
+        CreateVm {
+            name: name.into(),
+            vcpus,
+            memory_mib,
+        }
+    }
+
+    #[test]
+    fn defaults_are_applied() {
+        let v = validate_create(req("a", None, None)).unwrap();
+        assert_eq!((v.vcpus, v.memory_mib), (1, 256));
+    }
+
+    #[test]
+    fn out_of_range_fields_are_named() {
+        for (r, field) in [
+            (req("a", Some(0), None), "vcpus"),
+            (req("a", Some(33), None), "vcpus"),
+            (req("a", None, Some(63)), "memory_mib"),
+            (req("a", None, Some(65537)), "memory_mib"),
+            (req("A", None, None), "name"),
+        ] {
+            let err = validate_create(r).unwrap_err();
+            assert!(
+                matches!(err, VmError::Invalid { field: f, .. } if f == field),
+                "{err}"
+            );
+        }
+    }
+}
