@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Installs what Nexus needs on a Debian/Ubuntu host: packages, vhost-device-vsock, and the guest
+# kernel package. Idempotent; needs root for apt (skipped with a note when not root).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PACKAGES=(qemu-system-x86 btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd)
+missing=()
+for p in "${PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: missing packages: ${missing[*]} (run as root, or: sudo apt-get install ${missing[*]})" >&2
+    exit 1
+  fi
+  echo "setup: installing ${missing[*]}"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+if ! command -v vhost-device-vsock >/dev/null 2>&1; then
+  echo "setup: cargo install vhost-device-vsock 0.3.0"
+  cargo install --quiet --locked vhost-device-vsock --version 0.3.0
+fi
+if ! cargo nextest --version >/dev/null 2>&1; then
+  echo "setup: cargo install cargo-nextest"
+  cargo install --quiet --locked cargo-nextest
+fi
+if [[ -x scripts/fetch-kernel.sh ]]; then
+  scripts/fetch-kernel.sh
+fi

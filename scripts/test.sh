@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The test command: builds the static guest agent, then runs every test of the workspace.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+if [[ -x scripts/build-agent.sh ]]; then
+  NEXUS_AGENT_BIN=$(scripts/build-agent.sh | tail -n 1)
+  export NEXUS_AGENT_BIN
+fi
+exec cargo nextest run --workspace --no-fail-fast "$@"
