@@ -1,1 +1,3 @@
 //! nexusd.
+
+pub mod storage;
