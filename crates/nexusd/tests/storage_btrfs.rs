@@ -213,7 +213,10 @@ fn snapshot_of_a_4gib_ext4_file_shares_data_and_is_independent() {
     drive.seek(SeekFrom::Start(1 << 30)).unwrap();
     drive.write_all(b"drive-only").unwrap();
     let mut original = [0u8; 10];
-    File::open(&image).unwrap().read_exact_at(&mut original, 1 << 30).unwrap();
+    File::open(&image)
+        .unwrap()
+        .read_exact_at(&mut original, 1 << 30)
+        .unwrap();
     assert_eq!(original, [0xa5; 10]);
 }
 
