@@ -426,21 +426,8 @@ fn delete_as_a_non_root_user_removes_drive_and_readonly_image() {
     chown_tree(&pool.root, NOBODY);
     btrfs::set_readonly(&image_dir, true).unwrap();
 
-    let status = Command::new("setpriv")
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(std::env::current_exe().unwrap())
-        .args([
-            "--exact",
-            "unprivileged_delete_helper",
-            "--ignored",
-            "--nocapture",
-            "--quiet",
-        ])
-        .env("NEXUS_TEST_POOL", &pool.root)
-        .status()
-        .unwrap();
+    run_as_nobody("unprivileged_delete_helper", &pool.root);
 
-    assert!(status.success(), "unprivileged helper failed: {status}");
     assert_eq!(fs::metadata(&pool.root).unwrap().uid(), NOBODY);
     assert!(storage.list_drive_ids().unwrap().is_empty());
     assert!(storage.list_image_ids().unwrap().is_empty());
@@ -463,4 +450,70 @@ fn unprivileged_delete_helper() {
 
     storage.delete_drive("d1").unwrap();
     storage.delete_image("base").unwrap();
+}
+
+#[test]
+fn pool_image_without_root_says_how_to_use_a_btrfs_dir() {
+    require_prerequisites();
+    let dir = tempfile::tempdir().unwrap();
+    chown_tree(dir.path(), NOBODY);
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+
+    run_as_nobody("unprivileged_pool_open_helper", dir.path());
+}
+
+/// Runs as uid 65534 under `pool_image_without_root_says_how_to_use_a_btrfs_dir`.
+#[test]
+#[ignore = "run as uid 65534 by pool_image_without_root_says_how_to_use_a_btrfs_dir"]
+fn unprivileged_pool_open_helper() {
+    let Some(dir) = std::env::var_os("NEXUS_TEST_POOL") else {
+        return;
+    };
+    let config = PoolConfig::embedded(Path::new(&dir));
+
+    let err = Pool::open(&config).unwrap_err();
+
+    assert!(matches!(err, StorageError::PoolNeedsRoot { .. }), "{err:?}");
+    assert!(err.to_string().contains("pool = "), "{err}");
+}
+
+#[test]
+fn build_from_dir_without_root_makes_the_callers_files_root_owned() {
+    require_prerequisites();
+    let dir = tempfile::tempdir().unwrap();
+    sample_tree(dir.path());
+    chown_tree(dir.path(), NOBODY);
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+
+    run_as_nobody("unprivileged_build_helper", dir.path());
+
+    let image = dir.path().join("out.ext4");
+    assert_eq!(owner_in_image(&image, "/"), 0);
+    assert_eq!(owner_in_image(&image, "/etc/hostname"), 0);
+    assert_eq!(owner_in_image(&image, "/home/user/note"), 0);
+}
+
+/// Runs as uid 65534 under `build_from_dir_without_root_makes_the_callers_files_root_owned`.
+#[test]
+#[ignore = "run as uid 65534 by build_from_dir_without_root_makes_the_callers_files_root_owned"]
+fn unprivileged_build_helper() {
+    let Some(dir) = std::env::var_os("NEXUS_TEST_POOL") else {
+        return;
+    };
+    let dir = Path::new(&dir);
+
+    ext4::build_from_dir(&dir.join("tree"), &dir.join("out.ext4"), 64 * MIB).unwrap();
+}
+
+/// Re-runs this test binary as uid/gid 65534 (through `setpriv`), executing only the ignored test
+/// `helper` with `NEXUS_TEST_POOL=path`, and fails unless it passes.
+fn run_as_nobody(helper: &str, path: &Path) {
+    let status = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(std::env::current_exe().unwrap())
+        .args(["--exact", helper, "--ignored", "--nocapture", "--quiet"])
+        .env("NEXUS_TEST_POOL", path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "{helper} as uid 65534 failed: {status}");
 }

@@ -279,7 +279,11 @@ impl Storage {
         // A read-only subvolume cannot be renamed (EROFS), so it becomes writable first.
         btrfs::set_readonly(&dir, false)?;
         let work = self.work_path("deleted-image", id);
-        rename(&dir, &work, RenameFlags::RENAME_NOREPLACE)?;
+        if let Err(e) = rename(&dir, &work, RenameFlags::RENAME_NOREPLACE) {
+            // Leave the image as it was: published images are read-only.
+            let _ = btrfs::set_readonly(&dir, true);
+            return Err(e);
+        }
         btrfs::delete_subvolume(&work)
     }
 
