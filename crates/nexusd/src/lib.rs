@@ -4,5 +4,6 @@
 pub mod api;
 pub mod daemon;
 pub mod settings;
+pub mod storage;
 pub mod store;
 pub mod vm;

@@ -1,0 +1,403 @@
+//! ext4 image files: build one from a directory, recognise one, grow one, read its geometry, hash it.
+//!
+//! The work is done by e2fsprogs run as child processes (`mke2fs`, `e2fsck`, `resize2fs`, `dumpe2fs`),
+//! their exit codes checked and their stderr carried in the error.
+//!
+//! # Ownership of files in images built from a directory
+//!
+//! A guest needs its system files owned by root, not by whoever ran the build on the host.
+//! `mke2fs -d` copies each file's uid/gid as `stat` reports it, and `-E root_owner` only sets the owner
+//! of the image's root directory (verified with e2fsprogs 1.47: the files below it keep the host uid).
+//! So Nexus does this:
+//! - as root: `mke2fs -d` keeps ownership exactly as in the directory (a rootfs unpacked as root is
+//!   already root-owned where it should be, and keeps its other owners such as `_apt` or `www-data`);
+//!   the root directory is `0:0` (`-E root_owner=0:0`).
+//! - not as root: `mke2fs` runs inside a user namespace that maps the calling user to root
+//!   (`unshare --map-root-user`), so every file the caller owns lands in the image owned by `0:0`; files
+//!   owned by other host users appear as 65534 (`nobody`), which is what such a user could not map
+//!   anyway. Plus `-E root_owner=0:0`. Without unprivileged user namespaces the build fails with the
+//!   `unshare` error rather than silently producing host-owned files.
+
+use std::fs::{self, File};
+use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use sha2::{Digest, Sha256};
+
+use super::StorageError;
+use super::cmd;
+
+/// ext2/3/4 superblock magic, little-endian at byte 1080 of the image (superblock at 1024, field 0x38).
+pub const EXT4_MAGIC: u16 = 0xEF53;
+const MAGIC_OFFSET: u64 = 1024 + 0x38;
+/// ext4 block size Nexus builds with; sizes are whole multiples of it.
+pub const BLOCK_SIZE: u64 = 4096;
+/// The smallest image [`size_for_dir`] proposes.
+pub const MIN_IMAGE_SIZE: u64 = 64 << 20;
+/// Fixed headroom on top of the content: journal, metadata, reserved blocks, some free space.
+const HEADROOM: u64 = 32 << 20;
+/// Bytes of inode table per inode (mke2fs's default inode size).
+const INODE_SIZE: u64 = 256;
+/// mke2fs's default bytes-per-inode ratio; a directory with more files than that allows gets `-N`.
+const BYTES_PER_INODE: u64 = 16384;
+/// Read/write chunk for hashing and copying.
+const CHUNK: usize = 1 << 20;
+
+/// Whether `path` is a regular file that starts with an ext2/3/4 superblock (all mountable as ext4).
+/// Reads two bytes, never the whole file.
+pub fn is_ext4(path: &Path) -> Result<bool, StorageError> {
+    let file = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| StorageError::io("stat", path, e))?;
+    if !meta.is_file() {
+        return Ok(false);
+    }
+    let mut magic = [0u8; 2];
+    match file.read_exact_at(&mut magic, MAGIC_OFFSET) {
+        Ok(()) => Ok(u16::from_le_bytes(magic) == EXT4_MAGIC),
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
+        Err(e) => Err(StorageError::io("read superblock of", path, e)),
+    }
+}
+
+/// What a directory tree needs in an ext4 filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirUsage {
+    /// Data bytes, each file and directory rounded up to whole blocks.
+    pub bytes: u64,
+    /// Files, directories, links and special files, the root included.
+    pub inodes: u64,
+}
+
+/// Walks `dir` (symlinks are not followed) and sums what its content needs.
+pub fn dir_usage(dir: &Path) -> Result<DirUsage, StorageError> {
+    let mut usage = DirUsage::default();
+    let mut pending = vec![dir.to_owned()];
+    while let Some(path) = pending.pop() {
+        let meta = fs::symlink_metadata(&path).map_err(|e| StorageError::io("stat", &path, e))?;
+        usage.inodes += 1;
+        if meta.is_dir() {
+            usage.bytes += BLOCK_SIZE;
+            for entry in
+                fs::read_dir(&path).map_err(|e| StorageError::io("read directory", &path, e))?
+            {
+                let entry = entry.map_err(|e| StorageError::io("read directory", &path, e))?;
+                pending.push(entry.path());
+            }
+        } else if meta.is_file() || meta.file_type().is_symlink() {
+            // Short symlinks live inside the inode; longer ones and file data take whole blocks.
+            if meta.is_file() || meta.len() > 59 {
+                usage.bytes += meta.len().div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+            }
+        }
+    }
+    Ok(usage)
+}
+
+/// Inodes to reserve for `count` entries: room for the guest to create more files.
+fn inodes_for(count: u64) -> u64 {
+    count + count / 2 + 1024
+}
+
+/// A filesystem size for the content of `dir`: data and inode tables plus a quarter, plus 32 MiB of
+/// headroom, at least [`MIN_IMAGE_SIZE`], rounded up to a MiB.
+pub fn size_for_dir(dir: &Path) -> Result<u64, StorageError> {
+    let usage = dir_usage(dir)?;
+    Ok(size_for_usage(usage))
+}
+
+fn size_for_usage(usage: DirUsage) -> u64 {
+    let content = usage.bytes + inodes_for(usage.inodes) * INODE_SIZE;
+    let size = (content + content / 4 + HEADROOM).max(MIN_IMAGE_SIZE);
+    size.div_ceil(1 << 20) << 20
+}
+
+/// Builds the ext4 image `out` (which must not exist) of `size` bytes from the content of `dir`, with
+/// `mke2fs -d`. See the module documentation for file ownership. On failure `out` is removed.
+pub fn build_from_dir(dir: &Path, out: &Path, size: u64) -> Result<(), StorageError> {
+    if !fs::metadata(dir)
+        .map_err(|e| StorageError::io("stat", dir, e))?
+        .is_dir()
+    {
+        return Err(StorageError::NotADirectory {
+            path: dir.to_owned(),
+        });
+    }
+    check_size(size)?;
+    let inodes = inodes_for(dir_usage(dir)?.inodes).max(size / BYTES_PER_INODE);
+    let file = File::options()
+        .write(true)
+        .create_new(true)
+        .open(out)
+        .map_err(|e| StorageError::io("create", out, e))?;
+    let result = file
+        .set_len(size)
+        .map_err(|e| StorageError::io("set length of", out, e))
+        .and_then(|()| {
+            let mut mke2fs = if nix::unistd::geteuid().is_root() {
+                cmd::tool("mke2fs")
+            } else {
+                let mut unshare = cmd::tool("unshare");
+                unshare.arg("--map-root-user").arg(cmd::program("mke2fs"));
+                unshare
+            };
+            mke2fs
+                .args([
+                    "-q",
+                    "-F",
+                    "-t",
+                    "ext4",
+                    "-b",
+                    "4096",
+                    "-E",
+                    "root_owner=0:0",
+                    "-N",
+                ])
+                .arg(inodes.to_string())
+                .arg("-d")
+                .arg(dir)
+                .arg(out);
+            cmd::run(&mut mke2fs, &[0]).map(drop)
+        });
+    if result.is_err() {
+        let _ = fs::remove_file(out);
+    }
+    result
+}
+
+/// Grows the ext4 image at `path` to `new_size` bytes: sparse extension, `e2fsck -fy` (exit 0 or 1:
+/// clean or corrected), `resize2fs`. Growing to the current size is a no-op; shrinking is an error.
+/// The image must not be in use by a VM.
+pub fn grow(path: &Path, new_size: u64) -> Result<(), StorageError> {
+    check_size(new_size)?;
+    let file = File::options()
+        .write(true)
+        .open(path)
+        .map_err(|e| StorageError::io("open", path, e))?;
+    let current = file
+        .metadata()
+        .map_err(|e| StorageError::io("stat", path, e))?
+        .len();
+    if new_size < current {
+        return Err(StorageError::SizeTooSmall {
+            requested: new_size,
+            current,
+        });
+    }
+    if new_size == current {
+        return Ok(());
+    }
+    file.set_len(new_size)
+        .map_err(|e| StorageError::io("set length of", path, e))?;
+    let result = cmd::run(cmd::tool("e2fsck").arg("-fy").arg(path), &[0, 1])
+        .and_then(|_| cmd::run(cmd::tool("resize2fs").arg(path), &[0]));
+    if result.is_err() {
+        // The filesystem still has its old size, so the old length is safe to restore.
+        let _ = file.set_len(current);
+    }
+    result.map(drop)
+}
+
+pub(crate) fn check_size(size: u64) -> Result<(), StorageError> {
+    if size == 0 || !size.is_multiple_of(BLOCK_SIZE) {
+        return Err(StorageError::InvalidSize {
+            size,
+            reason: "must be a positive multiple of 4096 bytes",
+        });
+    }
+    Ok(())
+}
+
+/// Block geometry of an ext4 image as `dumpe2fs -h` reports it: what the guest will see.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Geometry {
+    pub block_count: u64,
+    pub block_size: u64,
+}
+
+impl Geometry {
+    /// Filesystem size in bytes.
+    pub fn bytes(&self) -> u64 {
+        self.block_count * self.block_size
+    }
+}
+
+/// Reads the block count and block size of the ext4 image at `path` with `dumpe2fs -h`.
+pub fn geometry(path: &Path) -> Result<Geometry, StorageError> {
+    let mut dumpe2fs = cmd::tool("dumpe2fs");
+    dumpe2fs.arg("-h").arg(path);
+    let output = cmd::run(&mut dumpe2fs, &[0])?;
+    let text = String::from_utf8_lossy(&output.stdout);
+    let field = |name: &str| {
+        text.lines()
+            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|value| value.trim().parse::<u64>().ok())
+            .ok_or_else(|| StorageError::ToolOutput {
+                command: format!("dumpe2fs -h {}", path.display()),
+                reason: format!("no numeric `{name}` field"),
+            })
+    };
+    Ok(Geometry {
+        block_count: field("Block count")?,
+        block_size: field("Block size")?,
+    })
+}
+
+/// The sha256 of the file at `path`, as lowercase hex, read in 1 MiB chunks.
+pub fn sha256_file(path: &Path) -> Result<String, StorageError> {
+    let mut file = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    loop {
+        let n = file
+            .read(&mut buf)
+            .map_err(|e| StorageError::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buf[..n]);
+    }
+    Ok(hex(&hasher.finalize()))
+}
+
+/// Copies `src` to the new file `dst`, hashing while streaming. All-zero chunks become holes, so a
+/// sparse image stays sparse. Returns the length and the sha256 (hex) of the content.
+pub fn copy_with_sha256(src: &Path, dst: &Path) -> Result<(u64, String), StorageError> {
+    let mut input = File::open(src).map_err(|e| StorageError::io("open", src, e))?;
+    let mut output = File::options()
+        .write(true)
+        .create_new(true)
+        .open(dst)
+        .map_err(|e| StorageError::io("create", dst, e))?;
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut len = 0u64;
+    loop {
+        let n = read_full(&mut input, &mut buf).map_err(|e| StorageError::io("read", src, e))?;
+        if n == 0 {
+            break;
+        }
+        let chunk = &buf[..n];
+        hasher.update(chunk);
+        if chunk.iter().all(|&b| b == 0) {
+            output
+                .seek(SeekFrom::Current(n as i64))
+                .map_err(|e| StorageError::io("seek in", dst, e))?;
+        } else {
+            output
+                .write_all(chunk)
+                .map_err(|e| StorageError::io("write", dst, e))?;
+        }
+        len += n as u64;
+    }
+    output
+        .set_len(len)
+        .map_err(|e| StorageError::io("set length of", dst, e))?;
+    output
+        .sync_all()
+        .map_err(|e| StorageError::io("sync", dst, e))?;
+    Ok((len, hex(&hasher.finalize())))
+}
+
+/// Fills `buf` as far as the input allows; short only at end of file.
+fn read_full(input: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match input.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_ext4_is_false_for_a_short_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short");
+        fs::write(&path, b"tiny").unwrap();
+        assert!(!is_ext4(&path).unwrap());
+    }
+
+    #[test]
+    fn is_ext4_is_true_for_the_magic_at_offset_1080() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("fake");
+        let mut bytes = vec![0u8; 2048];
+        bytes[1080..1082].copy_from_slice(&EXT4_MAGIC.to_le_bytes());
+        fs::write(&path, bytes).unwrap();
+        assert!(is_ext4(&path).unwrap());
+    }
+
+    #[test]
+    fn size_for_an_empty_tree_is_the_minimum() {
+        assert_eq!(
+            size_for_usage(DirUsage {
+                bytes: 4096,
+                inodes: 1
+            }),
+            MIN_IMAGE_SIZE
+        );
+    }
+
+    #[test]
+    fn size_grows_with_content_and_is_whole_mebibytes() {
+        let size = size_for_usage(DirUsage {
+            bytes: 1 << 30,
+            inodes: 10_000,
+        });
+        assert!(
+            size > (1 << 30) + (1 << 30) / 4 && size.is_multiple_of(1 << 20),
+            "{size}"
+        );
+    }
+
+    #[test]
+    fn check_size_rejects_unaligned_sizes() {
+        assert!(matches!(
+            check_size(4097),
+            Err(StorageError::InvalidSize { .. })
+        ));
+    }
+
+    #[test]
+    fn copy_keeps_content_hash_and_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let (src, dst) = (dir.path().join("src"), dir.path().join("dst"));
+        let mut content = vec![0u8; 3 * CHUNK + 5];
+        content[CHUNK + 7] = 1;
+        fs::write(&src, &content).unwrap();
+        let (len, sha) = copy_with_sha256(&src, &dst).unwrap();
+        assert_eq!(
+            (len, sha, fs::read(&dst).unwrap()),
+            (
+                content.len() as u64,
+                hex(&Sha256::digest(&content)),
+                content
+            )
+        );
+    }
+
+    #[test]
+    fn sha256_of_a_known_string() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("abc");
+        fs::write(&path, b"abc").unwrap();
+        assert_eq!(
+            sha256_file(&path).unwrap(),
+            "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad"
+        );
+    }
+}

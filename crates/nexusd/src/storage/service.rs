@@ -1,0 +1,468 @@
+//! The storage service the daemon calls: import master images, create, resize and delete drives, list
+//! what is on disk for reconciliation, and clean up interrupted work.
+//!
+//! Crash safety: work happens in a subvolume under `tmp/`; it becomes visible under `images/` or
+//! `drives/` in one atomic step (a snapshot, or `renameat2` with `RENAME_NOREPLACE`/`RENAME_EXCHANGE`).
+//! Deletion first moves the subvolume into `tmp/`, then empties it. So after a crash, `images/` and
+//! `drives/` hold only complete subvolumes, and [`Storage::clean_tmp`] at start-up removes the rest.
+//!
+//! Every method blocks (ioctls, child processes, big copies): call them from `spawn_blocking`.
+
+use std::fs::{self, File};
+use std::io::{ErrorKind, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+use serde::{Deserialize, Serialize};
+
+use super::{StorageError, btrfs, ext4};
+
+/// The ext4 image inside every image and drive subvolume.
+pub const IMAGE_FILE: &str = "rootfs.ext4";
+/// The image's metadata, next to [`IMAGE_FILE`].
+pub const META_FILE: &str = "meta.json";
+/// Longest accepted image or drive id.
+pub const MAX_ID_LEN: usize = 128;
+
+const IMAGES: &str = "images";
+const DRIVES: &str = "drives";
+const TMP: &str = "tmp";
+
+/// Where a master image came from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", content = "path", rename_all = "snake_case")]
+pub enum ImageSource {
+    /// Copied from an existing ext4 image file.
+    Ext4File(PathBuf),
+    /// Built with `mke2fs -d` from a directory.
+    Directory(PathBuf),
+}
+
+/// A master image as stored in its subvolume's `meta.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ImageInfo {
+    pub id: String,
+    /// The image's `rootfs.ext4` (not stored in `meta.json`: it follows from where the pool is).
+    #[serde(skip)]
+    pub path: PathBuf,
+    pub size_bytes: u64,
+    /// sha256 of `rootfs.ext4`, lowercase hex.
+    pub sha256: String,
+    /// Milliseconds since the Unix epoch.
+    pub created_at_ms: u64,
+    pub source: ImageSource,
+}
+
+/// A drive: a writable copy-on-write snapshot of an image.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveInfo {
+    pub id: String,
+    /// The drive's `rootfs.ext4`, what a VM gets as its block device.
+    pub path: PathBuf,
+    pub size_bytes: u64,
+}
+
+/// Storage operations on one pool, rooted at a directory on btrfs.
+#[derive(Debug, Clone)]
+pub struct Storage {
+    root: PathBuf,
+}
+
+impl Storage {
+    /// Uses the pool rooted at `root` (checked to be btrfs), creating `images/`, `drives/` and `tmp/`.
+    pub fn open(root: &Path) -> Result<Self, StorageError> {
+        btrfs::ensure_btrfs(root)?;
+        for dir in [IMAGES, DRIVES, TMP] {
+            let path = root.join(dir);
+            fs::create_dir_all(&path)
+                .map_err(|e| StorageError::io("create directory", &path, e))?;
+        }
+        Ok(Self {
+            root: root.to_owned(),
+        })
+    }
+
+    /// The pool's root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The subvolume of image `id` (whether or not it exists).
+    pub fn image_dir(&self, id: &str) -> PathBuf {
+        self.root.join(IMAGES).join(id)
+    }
+
+    /// The subvolume of drive `id` (whether or not it exists).
+    pub fn drive_dir(&self, id: &str) -> PathBuf {
+        self.root.join(DRIVES).join(id)
+    }
+
+    /// Imports the ext4 image file `src` as image `id`: copied (sparse, hashed while streaming) into a
+    /// new subvolume, then published read-only. A file that is not ext4 is rejected before anything is
+    /// created.
+    pub fn import_image_from_ext4(&self, src: &Path, id: &str) -> Result<ImageInfo, StorageError> {
+        validate_id(id)?;
+        let meta = source_metadata(src)?;
+        if !meta.is_file() || !ext4::is_ext4(src)? {
+            return Err(StorageError::NotExt4 {
+                path: src.to_owned(),
+            });
+        }
+        let source = ImageSource::Ext4File(src.to_owned());
+        self.import(id, source, |file| {
+            let (size, sha256) = ext4::copy_with_sha256(src, file)?;
+            // The source could have changed since the first check.
+            if !ext4::is_ext4(file)? {
+                return Err(StorageError::NotExt4 {
+                    path: src.to_owned(),
+                });
+            }
+            Ok((size, sha256))
+        })
+    }
+
+    /// Imports the directory `dir` as image `id`: an ext4 image built with `mke2fs -d`, sized with
+    /// [`ext4::size_for_dir`] (see [`ext4`] for who owns the files inside).
+    pub fn import_image_from_dir(&self, dir: &Path, id: &str) -> Result<ImageInfo, StorageError> {
+        validate_id(id)?;
+        if !source_metadata(dir)?.is_dir() {
+            return Err(StorageError::NotADirectory {
+                path: dir.to_owned(),
+            });
+        }
+        let size = ext4::size_for_dir(dir)?;
+        self.import(id, ImageSource::Directory(dir.to_owned()), |file| {
+            ext4::build_from_dir(dir, file, size)?;
+            Ok((size, ext4::sha256_file(file)?))
+        })
+    }
+
+    /// Builds an image in a fresh subvolume under `tmp/` with `fill` (which writes `rootfs.ext4` and
+    /// returns its size and sha256), then publishes it as a read-only snapshot at `images/<id>`.
+    fn import(
+        &self,
+        id: &str,
+        source: ImageSource,
+        fill: impl FnOnce(&Path) -> Result<(u64, String), StorageError>,
+    ) -> Result<ImageInfo, StorageError> {
+        let dest = self.image_dir(id);
+        if exists(&dest)? {
+            return Err(StorageError::ImageExists { id: id.to_owned() });
+        }
+        let work = self.work_path("image", id);
+        btrfs::create_subvolume(&work)?;
+        let result = (|| {
+            let (size_bytes, sha256) = fill(&work.join(IMAGE_FILE))?;
+            let info = ImageInfo {
+                id: id.to_owned(),
+                path: dest.join(IMAGE_FILE),
+                size_bytes,
+                sha256,
+                created_at_ms: now_ms(),
+                source,
+            };
+            write_meta(&work.join(META_FILE), &info)?;
+            btrfs::snapshot(&work, &dest, true)
+                .map_err(|e| exists_as(e, || StorageError::ImageExists { id: id.to_owned() }))?;
+            Ok(info)
+        })();
+        self.discard(&work);
+        result
+    }
+
+    /// Reads the metadata of image `id`.
+    pub fn image_info(&self, id: &str) -> Result<ImageInfo, StorageError> {
+        let dir = self.existing_image(id)?;
+        let path = dir.join(META_FILE);
+        let text = fs::read_to_string(&path).map_err(|e| StorageError::io("read", &path, e))?;
+        let mut info: ImageInfo =
+            serde_json::from_str(&text).map_err(|source| StorageError::Metadata {
+                path: path.clone(),
+                source,
+            })?;
+        info.path = dir.join(IMAGE_FILE);
+        Ok(info)
+    }
+
+    /// Creates drive `drive_id` as a writable snapshot of image `image_id`, in constant time. With
+    /// `size`, the drive's filesystem is grown to it (a size below the image's is an error, checked first).
+    pub fn create_drive(
+        &self,
+        image_id: &str,
+        drive_id: &str,
+        size: Option<u64>,
+    ) -> Result<DriveInfo, StorageError> {
+        validate_id(drive_id)?;
+        let image = self.existing_image(image_id)?;
+        let dest = self.drive_dir(drive_id);
+        if exists(&dest)? {
+            return Err(StorageError::DriveExists {
+                id: drive_id.to_owned(),
+            });
+        }
+        let image_size = file_len(&image.join(IMAGE_FILE))?;
+        let drive_exists = || StorageError::DriveExists {
+            id: drive_id.to_owned(),
+        };
+        match size {
+            Some(size) if size < image_size => {
+                return Err(StorageError::SizeTooSmall {
+                    requested: size,
+                    current: image_size,
+                });
+            }
+            Some(size) if size > image_size => {
+                ext4::check_size(size)?;
+                let work = self.work_path("drive", drive_id);
+                btrfs::snapshot(&image, &work, false)?;
+                let result = ext4::grow(&work.join(IMAGE_FILE), size)
+                    .and_then(|()| rename(&work, &dest, RenameFlags::RENAME_NOREPLACE))
+                    .map_err(|e| exists_as(e, drive_exists));
+                self.discard(&work);
+                result?;
+            }
+            _ => btrfs::snapshot(&image, &dest, false).map_err(|e| exists_as(e, drive_exists))?,
+        }
+        self.drive_info(drive_id)
+    }
+
+    /// Describes drive `id` as it is on disk.
+    pub fn drive_info(&self, id: &str) -> Result<DriveInfo, StorageError> {
+        let dir = self.existing_drive(id)?;
+        let path = dir.join(IMAGE_FILE);
+        Ok(DriveInfo {
+            id: id.to_owned(),
+            size_bytes: file_len(&path)?,
+            path,
+        })
+    }
+
+    /// Grows drive `id` to `new_size` bytes. The resize happens on a snapshot under `tmp/` that is then
+    /// swapped in atomically (`RENAME_EXCHANGE`), so a crash leaves the old drive intact. The drive must
+    /// not be in use by a running VM.
+    pub fn resize_drive(&self, id: &str, new_size: u64) -> Result<DriveInfo, StorageError> {
+        let dir = self.existing_drive(id)?;
+        let current = file_len(&dir.join(IMAGE_FILE))?;
+        if new_size < current {
+            return Err(StorageError::SizeTooSmall {
+                requested: new_size,
+                current,
+            });
+        }
+        ext4::check_size(new_size)?;
+        if new_size > current {
+            let work = self.work_path("resize", id);
+            btrfs::snapshot(&dir, &work, false)?;
+            let result = ext4::grow(&work.join(IMAGE_FILE), new_size)
+                .and_then(|()| rename(&work, &dir, RenameFlags::RENAME_EXCHANGE));
+            // After the exchange `work` holds the old drive; either way it is garbage now.
+            self.discard(&work);
+            result?;
+        }
+        self.drive_info(id)
+    }
+
+    /// Deletes drive `id` (no privileges needed): moved into `tmp/` atomically, then removed.
+    pub fn delete_drive(&self, id: &str) -> Result<(), StorageError> {
+        let dir = self.existing_drive(id)?;
+        let work = self.work_path("deleted-drive", id);
+        rename(&dir, &work, RenameFlags::RENAME_NOREPLACE)?;
+        btrfs::delete_subvolume(&work)
+    }
+
+    /// Deletes image `id`. Drives made from it are independent snapshots and stay intact; refusing to
+    /// delete an image that drives still reference is the database's job.
+    pub fn delete_image(&self, id: &str) -> Result<(), StorageError> {
+        let dir = self.existing_image(id)?;
+        // A read-only subvolume cannot be renamed (EROFS), so it becomes writable first.
+        btrfs::set_readonly(&dir, false)?;
+        let work = self.work_path("deleted-image", id);
+        if let Err(e) = rename(&dir, &work, RenameFlags::RENAME_NOREPLACE) {
+            // Leave the image as it was: published images are read-only.
+            let _ = btrfs::set_readonly(&dir, true);
+            return Err(e);
+        }
+        btrfs::delete_subvolume(&work)
+    }
+
+    /// Ids of the image subvolumes on disk, sorted.
+    pub fn list_image_ids(&self) -> Result<Vec<String>, StorageError> {
+        btrfs::list_subvolumes(&self.root.join(IMAGES))
+    }
+
+    /// Ids of the drive subvolumes on disk, sorted.
+    pub fn list_drive_ids(&self) -> Result<Vec<String>, StorageError> {
+        btrfs::list_subvolumes(&self.root.join(DRIVES))
+    }
+
+    /// Removes everything under `tmp/` (debris of interrupted work) and returns the names removed. Call
+    /// it at start-up, before any storage operation runs.
+    pub fn clean_tmp(&self) -> Result<Vec<String>, StorageError> {
+        let tmp = self.root.join(TMP);
+        let mut removed = Vec::new();
+        for entry in fs::read_dir(&tmp).map_err(|e| StorageError::io("read directory", &tmp, e))? {
+            let entry = entry.map_err(|e| StorageError::io("read directory", &tmp, e))?;
+            btrfs::remove_tree(&entry.path())?;
+            removed.push(entry.file_name().to_string_lossy().into_owned());
+        }
+        removed.sort();
+        Ok(removed)
+    }
+
+    fn existing_image(&self, id: &str) -> Result<PathBuf, StorageError> {
+        validate_id(id)?;
+        let dir = self.image_dir(id);
+        if exists(&dir)? {
+            Ok(dir)
+        } else {
+            Err(StorageError::ImageNotFound { id: id.to_owned() })
+        }
+    }
+
+    fn existing_drive(&self, id: &str) -> Result<PathBuf, StorageError> {
+        validate_id(id)?;
+        let dir = self.drive_dir(id);
+        if exists(&dir)? {
+            Ok(dir)
+        } else {
+            Err(StorageError::DriveNotFound { id: id.to_owned() })
+        }
+    }
+
+    /// A fresh, unique path under `tmp/` for work on `id`.
+    fn work_path(&self, kind: &str, id: &str) -> PathBuf {
+        static COUNTER: AtomicU64 = AtomicU64::new(0);
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        self.root
+            .join(TMP)
+            .join(format!("{kind}-{id}-{}-{n}", std::process::id()))
+    }
+
+    /// Best-effort removal of a work subvolume; what is left is removed by the next `clean_tmp`.
+    fn discard(&self, work: &Path) {
+        if exists(work).unwrap_or(true)
+            && let Err(e) = btrfs::remove_tree(work)
+        {
+            tracing::warn!(path = %work.display(), error = %e, "could not remove storage work directory");
+        }
+    }
+}
+
+/// Checks that `id` is safe as a single path component: 1 to 128 of `[A-Za-z0-9._-]`, no leading dot.
+pub fn validate_id(id: &str) -> Result<(), StorageError> {
+    let invalid = |reason| {
+        Err(StorageError::InvalidId {
+            id: id.to_owned(),
+            reason,
+        })
+    };
+    if id.is_empty() || id.len() > MAX_ID_LEN {
+        return invalid("must be 1 to 128 characters long");
+    }
+    if id.starts_with('.') {
+        return invalid("must not start with a dot");
+    }
+    if !id
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+    {
+        return invalid("may only contain ASCII letters, digits, '-', '_' and '.'");
+    }
+    Ok(())
+}
+
+fn source_metadata(path: &Path) -> Result<fs::Metadata, StorageError> {
+    fs::metadata(path).map_err(|e| match e.kind() {
+        ErrorKind::NotFound => StorageError::SourceNotFound {
+            path: path.to_owned(),
+        },
+        _ => StorageError::io("stat", path, e),
+    })
+}
+
+fn exists(path: &Path) -> Result<bool, StorageError> {
+    path.try_exists()
+        .map_err(|e| StorageError::io("stat", path, e))
+}
+
+fn file_len(path: &Path) -> Result<u64, StorageError> {
+    Ok(fs::metadata(path)
+        .map_err(|e| StorageError::io("stat", path, e))?
+        .len())
+}
+
+/// Turns an `EEXIST` from publishing into the caller's "already exists" error (a concurrent twin won).
+fn exists_as(err: StorageError, already: impl FnOnce() -> StorageError) -> StorageError {
+    match err {
+        StorageError::Sys {
+            source: nix::Error::EEXIST,
+            ..
+        } => already(),
+        other => other,
+    }
+}
+
+fn rename(from: &Path, to: &Path, flags: RenameFlags) -> Result<(), StorageError> {
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, flags).map_err(|e| StorageError::sys("rename", to, e))
+}
+
+fn write_meta(path: &Path, info: &ImageInfo) -> Result<(), StorageError> {
+    let json = serde_json::to_vec_pretty(info).map_err(|source| StorageError::Metadata {
+        path: path.to_owned(),
+        source,
+    })?;
+    let mut file = File::create(path).map_err(|e| StorageError::io("create", path, e))?;
+    file.write_all(&json)
+        .map_err(|e| StorageError::io("write", path, e))?;
+    file.sync_all()
+        .map_err(|e| StorageError::io("sync", path, e))
+}
+
+fn now_ms() -> u64 {
+    let since_epoch = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validate_id_accepts_uuid_like_ids() {
+        assert!(validate_id("0190a8e4-7c1b-7d2e-9f00-1234567890ab").is_ok());
+    }
+
+    #[test]
+    fn validate_id_rejects_path_tricks() {
+        for bad in ["", "..", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+            assert!(
+                matches!(validate_id(bad), Err(StorageError::InvalidId { .. })),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn image_info_round_trips_through_json_without_the_path() {
+        let info = ImageInfo {
+            id: "img".into(),
+            path: "/pool/images/img/rootfs.ext4".into(),
+            size_bytes: 4096,
+            sha256: "00".into(),
+            created_at_ms: 1,
+            source: ImageSource::Directory("/src".into()),
+        };
+        let back: ImageInfo = serde_json::from_str(&serde_json::to_string(&info).unwrap()).unwrap();
+        assert_eq!(
+            back,
+            ImageInfo {
+                path: PathBuf::new(),
+                ..info
+            }
+        );
+    }
+}
