@@ -1,1 +1,2 @@
 //! Shared types.
+pub mod agent;
