@@ -45,7 +45,11 @@ pub fn parse_protocol_header(value: &str) -> Option<Vec<u32>> {
 
 /// Formats the host's supported versions for [`PROTOCOL_HEADER`].
 pub fn protocol_header_value(versions: &[u32]) -> String {
-    versions.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
+    versions
+        .iter()
+        .map(u32::to_string)
+        .collect::<Vec<_>>()
+        .join(",")
 }
 
 /// Milestones of the guest's boot, in milliseconds since the guest kernel started.
@@ -93,7 +97,10 @@ impl ExecRequest {
         I: IntoIterator<Item = S>,
         S: Into<String>,
     {
-        Self { argv: argv.into_iter().map(Into::into).collect(), ..Self::default() }
+        Self {
+            argv: argv.into_iter().map(Into::into).collect(),
+            ..Self::default()
+        }
     }
 
     /// Checks the request against the protocol's limits.
@@ -114,7 +121,11 @@ impl ExecRequest {
         if let Some(cwd) = &self.cwd {
             validate_path(cwd)?;
         }
-        if self.stdin.as_ref().is_some_and(|s| s.len() > MAX_STDIN_BYTES) {
+        if self
+            .stdin
+            .as_ref()
+            .is_some_and(|s| s.len() > MAX_STDIN_BYTES)
+        {
             return Err(format!("stdin larger than {MAX_STDIN_BYTES} bytes"));
         }
         Ok(())
@@ -134,7 +145,11 @@ pub enum ExecEvent {
         data: Vec<u8>,
     },
     /// The process ended: `code` when it exited, `signal` when a signal killed it.
-    Exit { code: Option<i32>, signal: Option<i32>, timed_out: bool },
+    Exit {
+        code: Option<i32>,
+        signal: Option<i32>,
+        timed_out: bool,
+    },
     /// The process could not be run, or the stream broke; always the last event.
     Error { message: String },
 }
@@ -283,7 +298,9 @@ mod b64 {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
         let text = <std::borrow::Cow<'de, str>>::deserialize(d)?;
-        STANDARD.decode(text.as_bytes()).map_err(serde::de::Error::custom)
+        STANDARD
+            .decode(text.as_bytes())
+            .map_err(serde::de::Error::custom)
     }
 }
 
@@ -320,7 +337,10 @@ mod tests {
 
     #[test]
     fn protocol_header_round_trips() {
-        assert_eq!(parse_protocol_header(&protocol_header_value(&[1, 2])), Some(vec![1, 2]));
+        assert_eq!(
+            parse_protocol_header(&protocol_header_value(&[1, 2])),
+            Some(vec![1, 2])
+        );
     }
 
     #[test]
@@ -330,15 +350,25 @@ mod tests {
 
     #[test]
     fn exec_stdout_event_serializes_as_tagged_base64() {
-        let json = serde_json::to_string(&ExecEvent::Stdout { data: b"hi\n".to_vec() }).unwrap();
+        let json = serde_json::to_string(&ExecEvent::Stdout {
+            data: b"hi\n".to_vec(),
+        })
+        .unwrap();
         assert_eq!(json, r#"{"type":"stdout","data":"aGkK"}"#);
     }
 
     #[test]
     fn exec_exit_event_serializes_nulls() {
-        let ev = ExecEvent::Exit { code: Some(3), signal: None, timed_out: false };
+        let ev = ExecEvent::Exit {
+            code: Some(3),
+            signal: None,
+            timed_out: false,
+        };
         let json = serde_json::to_string(&ev).unwrap();
-        assert_eq!(json, r#"{"type":"exit","code":3,"signal":null,"timed_out":false}"#);
+        assert_eq!(
+            json,
+            r#"{"type":"exit","code":3,"signal":null,"timed_out":false}"#
+        );
     }
 
     #[test]
