@@ -1,1 +1,2 @@
 //! nexusd.
+pub mod boot;
