@@ -1,2 +1,3 @@
 //! nexusd.
 pub mod boot;
+pub mod vmm;
