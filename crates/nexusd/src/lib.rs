@@ -1,3 +1,4 @@
 //! nexusd.
 pub mod boot;
 pub mod vmm;
+pub mod agent;
