@@ -1,4 +1,4 @@
 //! nexusd.
+pub mod agent;
 pub mod boot;
 pub mod vmm;
-pub mod agent;

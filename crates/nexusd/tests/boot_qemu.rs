@@ -24,12 +24,19 @@ fn agent_binary() -> PathBuf {
     let path = std::env::var_os("NEXUS_AGENT_BIN")
         .map(PathBuf::from)
         .expect("NEXUS_AGENT_BIN is not set: build the agent with scripts/build-agent.sh and export its path");
-    assert!(path.is_file(), "NEXUS_AGENT_BIN={} does not exist: run scripts/build-agent.sh", path.display());
+    assert!(
+        path.is_file(),
+        "NEXUS_AGENT_BIN={} does not exist: run scripts/build-agent.sh",
+        path.display()
+    );
     path
 }
 
 fn kernel_deb_dir() -> PathBuf {
-    std::env::var_os("NEXUS_KERNEL_DEB_DIR").map_or_else(|| PathBuf::from("/var/tmp/nexus-test-assets"), PathBuf::from)
+    std::env::var_os("NEXUS_KERNEL_DEB_DIR").map_or_else(
+        || PathBuf::from("/var/tmp/nexus-test-assets"),
+        PathBuf::from,
+    )
 }
 
 fn vhost_device_vsock() -> PathBuf {
@@ -55,7 +62,10 @@ struct VmGuard {
 impl Drop for VmGuard {
     fn drop(&mut self) {
         for pid in &self.pids {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(*pid as i32), nix::sys::signal::Signal::SIGKILL);
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(*pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
         }
         if std::thread::panicking() {
             for log in ["console.log", "vhost-vsock.log", "qemu.log"] {
@@ -74,7 +84,11 @@ struct Output {
 
 async fn run(client: &AgentClient, req: ExecRequest) -> Output {
     let mut events = client.exec(&req).await.expect("exec request");
-    let mut out = Output { stdout: Vec::new(), stderr: Vec::new(), code: None };
+    let mut out = Output {
+        stdout: Vec::new(),
+        stderr: Vec::new(),
+        code: None,
+    };
     while let Some(event) = events.next().await {
         match event.expect("exec event") {
             ExecEvent::Stdout { data } => out.stdout.extend(data),
@@ -110,14 +124,26 @@ async fn prepare(work: &Path) -> (VmSpec, String) {
     let kernel = tokio::task::spawn_blocking(move || boot::unpack_debian_kernel(&assets))
         .await
         .unwrap()
-        .unwrap_or_else(|e| panic!("kernel asset: {e} (run scripts/fetch-kernel.sh {})", kernel_deb_dir().display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "kernel asset: {e} (run scripts/fetch-kernel.sh {})",
+                kernel_deb_dir().display()
+            )
+        });
     let work_dir = work.to_path_buf();
     let k = kernel.clone();
     let (initrd, rootfs) = tokio::task::spawn_blocking(move || {
-        let initrd = boot::build_initramfs(&k, &agent, DEFAULT_MODULES, &work_dir.join("cache")).expect("initramfs");
+        let initrd = boot::build_initramfs(&k, &agent, DEFAULT_MODULES, &work_dir.join("cache"))
+            .expect("initramfs");
         let dir = work_dir.join("rootfs");
-        boot::build_busybox_rootfs(&dir, &RootfsOptions { hostname: "e2e".into(), ..RootfsOptions::default() })
-            .expect("busybox rootfs (apt-get install busybox-static)");
+        boot::build_busybox_rootfs(
+            &dir,
+            &RootfsOptions {
+                hostname: "e2e".into(),
+                ..RootfsOptions::default()
+            },
+        )
+        .expect("busybox rootfs (apt-get install busybox-static)");
         let image = work_dir.join("root.ext4");
         boot::make_ext4(&dir, &image, 256).expect("mke2fs (apt-get install e2fsprogs)");
         (initrd, image)
@@ -152,8 +178,13 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
 
     let spawned_at = Instant::now();
     let mut launched: Launched = vmm.spawn(&spec).await.expect("spawn qemu");
-    let _guard = VmGuard { pids: launched.processes.iter().map(|p| p.pid).collect(), run_dir: spec.runtime_dir.clone() };
-    let (client, handshake) = AgentClient::connect(&spec.vsock_uds, BOOT_TIMEOUT).await.expect("agent handshake");
+    let _guard = VmGuard {
+        pids: launched.processes.iter().map(|p| p.pid).collect(),
+        run_dir: spec.runtime_dir.clone(),
+    };
+    let (client, handshake) = AgentClient::connect(&spec.vsock_uds, BOOT_TIMEOUT)
+        .await
+        .expect("agent handshake");
     let ready = spawned_at.elapsed();
     println!(
         "accel={accel:?} spawn->agent-ready {} ms (guest: init {} ms, root {} ms, agent listening {} ms)",
@@ -167,10 +198,20 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
     // uname names the guest kernel, not the host's.
     let uname = run(&client, ExecRequest::new(["uname", "-a"])).await;
     let uname_text = String::from_utf8_lossy(&uname.stdout).into_owned();
-    let host_release = nix::sys::utsname::uname().unwrap().release().to_string_lossy().into_owned();
+    let host_release = nix::sys::utsname::uname()
+        .unwrap()
+        .release()
+        .to_string_lossy()
+        .into_owned();
     assert!(uname_text.contains(&release), "uname -a: {uname_text}");
-    assert!(host_release == release || !uname_text.contains(&host_release), "host kernel in {uname_text}");
-    assert!(uname_text.contains("e2e-vm"), "hostname missing from {uname_text}");
+    assert!(
+        host_release == release || !uname_text.contains(&host_release),
+        "host kernel in {uname_text}"
+    );
+    assert!(
+        uname_text.contains("e2e-vm"),
+        "hostname missing from {uname_text}"
+    );
 
     // stdin reaches the process.
     let mut cat = ExecRequest::new(["cat"]);
@@ -178,17 +219,33 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
     assert_eq!(run(&client, cat).await.stdout, b"hello through stdin\n");
 
     // A non-zero exit code and stderr come back.
-    let failing = run(&client, ExecRequest::new(["sh", "-c", "echo oops >&2; exit 7"])).await;
-    assert_eq!((failing.code, failing.stderr.as_slice()), (Some(7), b"oops\n".as_slice()));
+    let failing = run(
+        &client,
+        ExecRequest::new(["sh", "-c", "echo oops >&2; exit 7"]),
+    )
+    .await;
+    assert_eq!(
+        (failing.code, failing.stderr.as_slice()),
+        (Some(7), b"oops\n".as_slice())
+    );
 
     // 20 concurrent execs on the one connection, each with its own answer.
     let concurrent = futures_util::future::join_all((0..20).map(|i| {
         let client = client.clone();
-        async move { run(&client, ExecRequest::new(["sh", "-c", &format!("sleep 0.2; echo {i}")])).await }
+        async move {
+            run(
+                &client,
+                ExecRequest::new(["sh", "-c", &format!("sleep 0.2; echo {i}")]),
+            )
+            .await
+        }
     }))
     .await;
     for (i, out) in concurrent.iter().enumerate() {
-        assert_eq!((out.code, String::from_utf8_lossy(&out.stdout).into_owned()), (Some(0), format!("{i}\n")));
+        assert_eq!(
+            (out.code, String::from_utf8_lossy(&out.stdout).into_owned()),
+            (Some(0), format!("{i}\n"))
+        );
     }
 
     // A timeout kills the process group.
@@ -197,24 +254,37 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
     let mut events = client.exec(&slow).await.unwrap();
     let mut timed_out = false;
     while let Some(ev) = events.next().await {
-        if let ExecEvent::Exit { timed_out: t, signal, .. } = ev.unwrap() {
+        if let ExecEvent::Exit {
+            timed_out: t,
+            signal,
+            ..
+        } = ev.unwrap()
+        {
             timed_out = t && signal == Some(9);
         }
     }
     assert!(timed_out, "sleep 30 with a 300 ms timeout was not killed");
 
     // 50 MiB written and read back with the same sha256.
-    let expected: Vec<u8> = (0..FILE_MIB).fold(Sha256::new(), |mut h, i| {
-        h.update(chunk(i));
-        h
-    })
-    .finalize()
-    .to_vec();
-    let upload = futures_util::stream::iter((0..FILE_MIB).map(|i| Ok::<_, std::io::Error>(chunk(i))));
+    let expected: Vec<u8> = (0..FILE_MIB)
+        .fold(Sha256::new(), |mut h, i| {
+            h.update(chunk(i));
+            h
+        })
+        .finalize()
+        .to_vec();
+    let upload =
+        futures_util::stream::iter((0..FILE_MIB).map(|i| Ok::<_, std::io::Error>(chunk(i))));
     let started = Instant::now();
-    let stat = client.write_file("/root/big.bin", 0o600, upload).await.expect("write_file");
+    let stat = client
+        .write_file("/root/big.bin", 0o600, upload)
+        .await
+        .expect("write_file");
     let write_time = started.elapsed();
-    assert_eq!((stat.size, stat.mode), ((FILE_MIB * 1024 * 1024) as u64, 0o600));
+    assert_eq!(
+        (stat.size, stat.mode),
+        ((FILE_MIB * 1024 * 1024) as u64, 0o600)
+    );
     let started = Instant::now();
     let mut hasher = Sha256::new();
     let mut stream = client.read_file("/root/big.bin").await.expect("read_file");
@@ -235,7 +305,13 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
     assert!(listing.entries.iter().any(|e| e.name == "big.bin"));
     client.remove("/root/big.bin", false).await.unwrap();
     let missing = client.stat("/root/big.bin").await.unwrap_err();
-    assert!(matches!(missing, nexusd::agent::AgentError::Remote { status: 404, .. }), "{missing}");
+    assert!(
+        matches!(
+            missing,
+            nexusd::agent::AgentError::Remote { status: 404, .. }
+        ),
+        "{missing}"
+    );
 
     // Exec round trip of `true`.
     let mut times = Vec::with_capacity(50);
@@ -246,18 +322,32 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
         assert_eq!(out.code, Some(0));
     }
     times.sort();
-    println!("exec true round trip: p50 {:.2} ms, p99 {:.2} ms", percentile(&times, 0.5), percentile(&times, 0.99));
+    println!(
+        "exec true round trip: p50 {:.2} ms, p99 {:.2} ms",
+        percentile(&times, 0.5),
+        percentile(&times, 0.99)
+    );
 
     let info = client.info().await.unwrap();
-    assert_eq!((info.hostname.as_str(), info.kernel_release.as_str()), ("e2e-vm", release.as_str()));
+    assert_eq!(
+        (info.hostname.as_str(), info.kernel_release.as_str()),
+        ("e2e-vm", release.as_str())
+    );
 
     // Shutdown through the agent makes QEMU exit.
     client.shutdown().await.expect("shutdown");
-    let qemu = launched.processes.iter_mut().find(|p| p.role == ProcessRole::Vmm).unwrap();
+    let qemu = launched
+        .processes
+        .iter_mut()
+        .find(|p| p.role == ProcessRole::Vmm)
+        .unwrap();
     let status = tokio::time::timeout(Duration::from_secs(30), qemu.child.wait())
         .await
         .expect("QEMU did not exit within 30 s of the shutdown request")
         .unwrap();
-    println!("QEMU exited with {status} {} ms after boot", spawned_at.elapsed().as_millis());
+    println!(
+        "QEMU exited with {status} {} ms after boot",
+        spawned_at.elapsed().as_millis()
+    );
     launched.kill().await;
 }

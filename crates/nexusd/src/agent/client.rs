@@ -16,8 +16,9 @@ use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use nexus_lib::agent::{
-    self as proto, AGENT_VSOCK_PORT, AgentInfo, DirListing, ErrorBody, ExecEvent, ExecRequest, FileStat, Handshake,
-    MAX_EVENT_LINE_BYTES, MAX_REPLY_JSON_BYTES, SUPPORTED_PROTOCOLS, ShutdownAccepted,
+    self as proto, AGENT_VSOCK_PORT, AgentInfo, DirListing, ErrorBody, ExecEvent, ExecRequest,
+    FileStat, Handshake, MAX_EVENT_LINE_BYTES, MAX_REPLY_JSON_BYTES, SUPPORTED_PROTOCOLS,
+    ShutdownAccepted,
 };
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
@@ -56,27 +57,46 @@ struct Inner {
 impl AgentClient {
     /// A client that dials lazily on its first call.
     pub fn new(uds: impl Into<PathBuf>) -> Self {
-        let inner = Inner { uds: uds.into(), port: AGENT_VSOCK_PORT, call_timeout: DEFAULT_CALL_TIMEOUT, sender: Mutex::new(None) };
-        Self { inner: Arc::new(inner) }
+        let inner = Inner {
+            uds: uds.into(),
+            port: AGENT_VSOCK_PORT,
+            call_timeout: DEFAULT_CALL_TIMEOUT,
+            sender: Mutex::new(None),
+        };
+        Self {
+            inner: Arc::new(inner),
+        }
     }
 
     /// Dials until the agent completes a handshake or `timeout` passes: this is how a booting VM
     /// is waited for. Returns the client and the handshake.
-    pub async fn connect(uds: impl Into<PathBuf>, timeout: Duration) -> Result<(Self, Handshake), AgentError> {
+    pub async fn connect(
+        uds: impl Into<PathBuf>,
+        timeout: Duration,
+    ) -> Result<(Self, Handshake), AgentError> {
         let client = Self::new(uds);
         let deadline = Instant::now() + timeout;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
-            let attempt = tokio::time::timeout(remaining.min(ATTEMPT_TIMEOUT), client.handshake()).await;
+            let attempt =
+                tokio::time::timeout(remaining.min(ATTEMPT_TIMEOUT), client.handshake()).await;
             match attempt {
                 Ok(Ok(handshake)) => return Ok((client, handshake)),
-                Ok(Err(e @ (AgentError::Protocol(_) | AgentError::Remote { .. }))) => return Err(e),
+                Ok(Err(e @ (AgentError::Protocol(_) | AgentError::Remote { .. }))) => {
+                    return Err(e);
+                }
                 Ok(Err(_)) | Err(_) => client.forget_connection().await,
             }
             if Instant::now() >= deadline {
-                return Err(AgentError::Timeout { path: client.inner.uds.clone(), waited: timeout });
+                return Err(AgentError::Timeout {
+                    path: client.inner.uds.clone(),
+                    waited: timeout,
+                });
             }
-            tokio::time::sleep(RETRY_INTERVAL.min(deadline.saturating_duration_since(Instant::now()))).await;
+            tokio::time::sleep(
+                RETRY_INTERVAL.min(deadline.saturating_duration_since(Instant::now())),
+            )
+            .await;
         }
     }
 
@@ -89,56 +109,90 @@ impl AgentClient {
         let req = request(Method::GET, "/v1/handshake", empty())?;
         let handshake: Handshake = self.json_call(req).await?;
         if !SUPPORTED_PROTOCOLS.contains(&handshake.protocol) {
-            return Err(AgentError::Protocol(format!("agent chose unsupported version {}", handshake.protocol)));
+            return Err(AgentError::Protocol(format!(
+                "agent chose unsupported version {}",
+                handshake.protocol
+            )));
         }
         Ok(handshake)
     }
 
     pub async fn info(&self) -> Result<AgentInfo, AgentError> {
-        self.json_call(request(Method::GET, "/v1/info", empty())?).await
+        self.json_call(request(Method::GET, "/v1/info", empty())?)
+            .await
     }
 
     /// Asks the guest to power off; the VMM exits shortly after the reply.
     pub async fn shutdown(&self) -> Result<ShutdownAccepted, AgentError> {
-        self.json_call(request(Method::POST, "/v1/shutdown", empty())?).await
+        self.json_call(request(Method::POST, "/v1/shutdown", empty())?)
+            .await
     }
 
     pub async fn stat(&self, path: &str) -> Result<FileStat, AgentError> {
-        self.json_call(request(Method::GET, &path_uri("/v1/stat", path, "")?, empty())?).await
+        self.json_call(request(
+            Method::GET,
+            &path_uri("/v1/stat", path, "")?,
+            empty(),
+        )?)
+        .await
     }
 
     pub async fn list(&self, path: &str) -> Result<DirListing, AgentError> {
-        self.json_call(request(Method::GET, &path_uri("/v1/list", path, "")?, empty())?).await
+        self.json_call(request(
+            Method::GET,
+            &path_uri("/v1/list", path, "")?,
+            empty(),
+        )?)
+        .await
     }
 
     pub async fn remove(&self, path: &str, recursive: bool) -> Result<(), AgentError> {
         let uri = path_uri("/v1/files", path, &format!("&recursive={recursive}"))?;
-        let resp = self.timed(self.send(request(Method::DELETE, &uri, empty())?)).await?;
+        let resp = self
+            .timed(self.send(request(Method::DELETE, &uri, empty())?))
+            .await?;
         check(resp).await.map(drop)
     }
 
     /// Streams a file's content.
     pub async fn read_file(&self, path: &str) -> Result<ByteStream, AgentError> {
         let uri = path_uri("/v1/files", path, "")?;
-        let resp = check(self.timed(self.send(request(Method::GET, &uri, empty())?)).await?).await?;
-        let body = resp.into_body().into_data_stream().map_err(AgentError::from);
+        let resp = check(
+            self.timed(self.send(request(Method::GET, &uri, empty())?))
+                .await?,
+        )
+        .await?;
+        let body = resp
+            .into_body()
+            .into_data_stream()
+            .map_err(AgentError::from);
         Ok(Box::pin(body))
     }
 
     /// Streams `body` into `path` (written to a temp file, then renamed) with permission `mode`.
-    pub async fn write_file<S>(&self, path: &str, mode: u32, body: S) -> Result<FileStat, AgentError>
+    pub async fn write_file<S>(
+        &self,
+        path: &str,
+        mode: u32,
+        body: S,
+    ) -> Result<FileStat, AgentError>
     where
         S: Stream<Item = io::Result<Bytes>> + Send + 'static,
     {
         let uri = path_uri("/v1/files", path, &format!("&mode={mode:o}"))?;
-        let frames = body.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError);
+        let frames = body
+            .map_ok(Frame::data)
+            .map_err(|e| Box::new(e) as BoxError);
         let req = request(Method::PUT, &uri, StreamBody::new(frames).boxed_unsync())?;
         let resp = check(self.send(req).await?).await?;
         read_json(resp).await
     }
 
     /// Runs a command; events arrive as the process produces output, ending with `Exit` or `Error`.
-    pub async fn exec(&self, req: &ExecRequest) -> Result<Pin<Box<dyn Stream<Item = Result<ExecEvent, AgentError>> + Send>>, AgentError> {
+    pub async fn exec(
+        &self,
+        req: &ExecRequest,
+    ) -> Result<Pin<Box<dyn Stream<Item = Result<ExecEvent, AgentError>> + Send>>, AgentError> {
         let lines = self.exec_lines(req).await?;
         Ok(Box::pin(lines.map_ok(|(_, event)| event)))
     }
@@ -150,10 +204,17 @@ impl AgentClient {
         Ok(Box::pin(lines.map_ok(|(line, _)| line)))
     }
 
-    async fn exec_lines(&self, req: &ExecRequest) -> Result<impl Stream<Item = Result<(Bytes, ExecEvent), AgentError>> + Send + use<>, AgentError> {
+    async fn exec_lines(
+        &self,
+        req: &ExecRequest,
+    ) -> Result<impl Stream<Item = Result<(Bytes, ExecEvent), AgentError>> + Send + use<>, AgentError>
+    {
         req.validate().map_err(AgentError::InvalidRequest)?;
-        let body = serde_json::to_vec(req).map_err(|e| AgentError::InvalidRequest(e.to_string()))?;
-        let resp = self.timed(self.send(request(Method::POST, "/v1/exec", full(body))?)).await?;
+        let body =
+            serde_json::to_vec(req).map_err(|e| AgentError::InvalidRequest(e.to_string()))?;
+        let resp = self
+            .timed(self.send(request(Method::POST, "/v1/exec", full(body))?))
+            .await?;
         let resp = check(resp).await?;
         Ok(event_lines(resp.into_body()))
     }
@@ -166,11 +227,17 @@ impl AgentClient {
         .await
     }
 
-    async fn timed<T>(&self, fut: impl Future<Output = Result<T, AgentError>>) -> Result<T, AgentError> {
+    async fn timed<T>(
+        &self,
+        fut: impl Future<Output = Result<T, AgentError>>,
+    ) -> Result<T, AgentError> {
         let waited = self.inner.call_timeout;
         tokio::time::timeout(waited, fut)
             .await
-            .map_err(|_| AgentError::Timeout { path: self.inner.uds.clone(), waited })?
+            .map_err(|_| AgentError::Timeout {
+                path: self.inner.uds.clone(),
+                waited,
+            })?
     }
 
     async fn send(&self, req: Request<ReqBody>) -> Result<Response<Incoming>, AgentError> {
@@ -218,21 +285,33 @@ fn empty() -> ReqBody {
 }
 
 fn full(bytes: Vec<u8>) -> ReqBody {
-    Full::new(Bytes::from(bytes)).map_err(|never| match never {}).boxed_unsync()
+    Full::new(Bytes::from(bytes))
+        .map_err(|never| match never {})
+        .boxed_unsync()
 }
 
-fn request(method: Method, path_and_query: &str, body: ReqBody) -> Result<Request<ReqBody>, AgentError> {
+fn request(
+    method: Method,
+    path_and_query: &str,
+    body: ReqBody,
+) -> Result<Request<ReqBody>, AgentError> {
     Request::builder()
         .method(method)
         .uri(format!("http://nexus-agent{path_and_query}"))
-        .header(proto::PROTOCOL_HEADER, proto::protocol_header_value(SUPPORTED_PROTOCOLS))
+        .header(
+            proto::PROTOCOL_HEADER,
+            proto::protocol_header_value(SUPPORTED_PROTOCOLS),
+        )
         .body(body)
         .map_err(|e| AgentError::InvalidRequest(e.to_string()))
 }
 
 fn path_uri(endpoint: &str, path: &str, extra: &str) -> Result<String, AgentError> {
     proto::validate_path(path).map_err(AgentError::InvalidRequest)?;
-    Ok(format!("{endpoint}?path={}{extra}", proto::encode_query_value(path)))
+    Ok(format!(
+        "{endpoint}?path={}{extra}",
+        proto::encode_query_value(path)
+    ))
 }
 
 /// Turns a non-2xx reply into [`AgentError::Remote`] (or `Protocol` for a version mismatch).
@@ -241,15 +320,26 @@ async fn check(resp: Response<Incoming>) -> Result<Response<Incoming>, AgentErro
     if status.is_success() {
         return Ok(resp);
     }
-    let body = Limited::new(resp.into_body(), MAX_ERROR_BODY_BYTES).collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    let body = Limited::new(resp.into_body(), MAX_ERROR_BODY_BYTES)
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
     let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
         Ok(ErrorBody { error }) => (error.code, error.message),
-        Err(_) => ("unknown".to_string(), String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned()),
+        Err(_) => (
+            "unknown".to_string(),
+            String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+        ),
     };
     if code == "unsupported_protocol" {
         return Err(AgentError::Protocol(message));
     }
-    Err(AgentError::Remote { status: status.as_u16(), code, message })
+    Err(AgentError::Remote {
+        status: status.as_u16(),
+        code,
+        message,
+    })
 }
 
 async fn read_json<T: DeserializeOwned>(resp: Response<Incoming>) -> Result<T, AgentError> {
@@ -273,8 +363,15 @@ struct Lines {
 }
 
 /// Validated `(line, event)` pairs of an exec reply.
-fn event_lines(body: Incoming) -> impl Stream<Item = Result<(Bytes, ExecEvent), AgentError>> + Send {
-    let state = Lines { body, decoder: NdjsonDecoder::new(MAX_EVENT_LINE_BYTES), ready: VecDeque::new(), ended: false };
+fn event_lines(
+    body: Incoming,
+) -> impl Stream<Item = Result<(Bytes, ExecEvent), AgentError>> + Send {
+    let state = Lines {
+        body,
+        decoder: NdjsonDecoder::new(MAX_EVENT_LINE_BYTES),
+        ready: VecDeque::new(),
+        ended: false,
+    };
     futures_util::stream::unfold(Some(state), |state| async move {
         let mut st = state?;
         loop {

@@ -28,7 +28,11 @@ pub enum AgentError {
     #[error("the agent on {} did not answer within {waited:?}", path.display())]
     Timeout { path: PathBuf, waited: Duration },
     #[error("the agent replied {status} {code}: {message}")]
-    Remote { status: u16, code: String, message: String },
+    Remote {
+        status: u16,
+        code: String,
+        message: String,
+    },
     #[error("no common protocol version: {0}")]
     Protocol(String),
     #[error("agent reply larger than {limit} bytes")]

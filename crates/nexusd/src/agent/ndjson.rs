@@ -13,7 +13,10 @@ pub struct NdjsonDecoder {
 
 impl NdjsonDecoder {
     pub fn new(max_line: usize) -> Self {
-        Self { buf: BytesMut::new(), max_line }
+        Self {
+            buf: BytesMut::new(),
+            max_line,
+        }
     }
 
     /// Adds a chunk; returns the complete lines it finished (each with its `\n`).
@@ -22,19 +25,27 @@ impl NdjsonDecoder {
         let mut lines = Vec::new();
         while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
             if pos > self.max_line {
-                return Err(AgentError::TooLarge { limit: self.max_line });
+                return Err(AgentError::TooLarge {
+                    limit: self.max_line,
+                });
             }
             lines.push(self.buf.split_to(pos + 1).freeze());
         }
         if self.buf.len() > self.max_line {
-            return Err(AgentError::TooLarge { limit: self.max_line });
+            return Err(AgentError::TooLarge {
+                limit: self.max_line,
+            });
         }
         Ok(lines)
     }
 
     /// At end of stream: a partial last line is an error (the agent always ends lines).
     pub fn finish(&self) -> Result<(), AgentError> {
-        if self.buf.is_empty() { Ok(()) } else { Err(AgentError::Malformed("stream ended inside a line".into())) }
+        if self.buf.is_empty() {
+            Ok(())
+        } else {
+            Err(AgentError::Malformed("stream ended inside a line".into()))
+        }
     }
 }
 
@@ -47,13 +58,22 @@ mod tests {
         let mut d = NdjsonDecoder::new(100);
         assert!(d.push(b"{\"a\":").unwrap().is_empty());
         let lines = d.push(b"1}\n{\"b\":2}\n").unwrap();
-        assert_eq!(lines, vec![Bytes::from_static(b"{\"a\":1}\n"), Bytes::from_static(b"{\"b\":2}\n")]);
+        assert_eq!(
+            lines,
+            vec![
+                Bytes::from_static(b"{\"a\":1}\n"),
+                Bytes::from_static(b"{\"b\":2}\n")
+            ]
+        );
     }
 
     #[test]
     fn overlong_line_is_rejected() {
         let mut d = NdjsonDecoder::new(4);
-        assert!(matches!(d.push(b"123456"), Err(AgentError::TooLarge { limit: 4 })));
+        assert!(matches!(
+            d.push(b"123456"),
+            Err(AgentError::TooLarge { limit: 4 })
+        ));
     }
 
     #[test]

@@ -13,15 +13,28 @@ use super::AgentError;
 const MAX_ACK_BYTES: usize = 64;
 
 pub async fn dial_hybrid_vsock(uds: &Path, port: u32) -> Result<UnixStream, AgentError> {
-    let connect_err = |source| AgentError::Connect { path: uds.to_path_buf(), source };
+    let connect_err = |source| AgentError::Connect {
+        path: uds.to_path_buf(),
+        source,
+    };
     let mut stream = UnixStream::connect(uds).await.map_err(connect_err)?;
-    stream.write_all(format!("CONNECT {port}\n").as_bytes()).await.map_err(connect_err)?;
+    stream
+        .write_all(format!("CONNECT {port}\n").as_bytes())
+        .await
+        .map_err(connect_err)?;
     let mut line = Vec::with_capacity(MAX_ACK_BYTES);
     loop {
         let mut byte = [0u8; 1];
-        let handshake_err = |reason: String| AgentError::VsockHandshake { path: uds.to_path_buf(), reason };
+        let handshake_err = |reason: String| AgentError::VsockHandshake {
+            path: uds.to_path_buf(),
+            reason,
+        };
         match stream.read(&mut byte).await {
-            Ok(0) => return Err(handshake_err("closed before OK (is the agent listening?)".into())),
+            Ok(0) => {
+                return Err(handshake_err(
+                    "closed before OK (is the agent listening?)".into(),
+                ));
+            }
             Ok(_) if byte[0] == b'\n' => break,
             Ok(_) if line.len() < MAX_ACK_BYTES => line.push(byte[0]),
             Ok(_) => return Err(handshake_err("acknowledgement line too long".into())),
@@ -32,7 +45,10 @@ pub async fn dial_hybrid_vsock(uds: &Path, port: u32) -> Result<UnixStream, Agen
         Ok(stream)
     } else {
         let reason = format!("unexpected reply {:?}", String::from_utf8_lossy(&line));
-        Err(AgentError::VsockHandshake { path: uds.to_path_buf(), reason })
+        Err(AgentError::VsockHandshake {
+            path: uds.to_path_buf(),
+            reason,
+        })
     }
 }
 

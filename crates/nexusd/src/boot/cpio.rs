@@ -17,7 +17,11 @@ pub struct CpioWriter<W: Write> {
 
 impl<W: Write> CpioWriter<W> {
     pub fn new(out: W) -> Self {
-        Self { out, written: 0, next_ino: 1 }
+        Self {
+            out,
+            written: 0,
+            next_ino: 1,
+        }
     }
 
     pub fn dir(&mut self, path: &str, perm: u32) -> io::Result<()> {
@@ -43,18 +47,36 @@ impl<W: Write> CpioWriter<W> {
         Ok(self.out)
     }
 
-    fn entry(&mut self, path: &str, mode: u32, nlink: u32, rdev: (u32, u32), data: &[u8]) -> io::Result<()> {
+    fn entry(
+        &mut self,
+        path: &str,
+        mode: u32,
+        nlink: u32,
+        rdev: (u32, u32),
+        data: &[u8],
+    ) -> io::Result<()> {
         let ino = self.next_ino;
         self.next_ino += 1;
-        let size = u32::try_from(data.len()).map_err(|_| io::Error::other(format!("{path}: over 4 GiB")))?;
+        let size = u32::try_from(data.len())
+            .map_err(|_| io::Error::other(format!("{path}: over 4 GiB")))?;
         self.header(path.trim_start_matches('/'), mode, nlink, rdev, size, ino)?;
         self.write(data)?;
         self.pad()
     }
 
-    fn header(&mut self, name: &str, mode: u32, nlink: u32, rdev: (u32, u32), size: u32, ino: u32) -> io::Result<()> {
+    fn header(
+        &mut self,
+        name: &str,
+        mode: u32,
+        nlink: u32,
+        rdev: (u32, u32),
+        size: u32,
+        ino: u32,
+    ) -> io::Result<()> {
         let namesize = name.len() as u32 + 1;
-        let fields = [ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, namesize, 0];
+        let fields = [
+            ino, mode, 0, 0, nlink, 0, size, 0, 0, rdev.0, rdev.1, namesize, 0,
+        ];
         let mut header = String::with_capacity(110);
         header.push_str(MAGIC);
         for field in fields {

@@ -34,7 +34,12 @@ pub fn build_initramfs(
     let mut hasher = Sha256::new();
     hasher.update(&agent);
     hasher.update(modules.join(",").as_bytes());
-    let key: String = hasher.finalize().iter().take(8).map(|b| format!("{b:02x}")).collect();
+    let key: String = hasher
+        .finalize()
+        .iter()
+        .take(8)
+        .map(|b| format!("{b:02x}"))
+        .collect();
     let out = cache_dir.join(format!("initramfs-{}-{key}.cpio.gz", kernel.release));
     if out.is_file() {
         return Ok(out);
@@ -46,11 +51,18 @@ pub fn build_initramfs(
     write_archive(gz, &agent, &order)
         .and_then(|gz| gz.finish()?.flush())
         .map_err(BootError::io(temp.path()))?;
-    temp.persist(&out).map_err(|e| BootError::Io { path: out.clone(), source: e.error })?;
+    temp.persist(&out).map_err(|e| BootError::Io {
+        path: out.clone(),
+        source: e.error,
+    })?;
     Ok(out)
 }
 
-fn write_archive<W: Write>(out: W, agent: &[u8], order: &[(String, PathBuf)]) -> std::io::Result<W> {
+fn write_archive<W: Write>(
+    out: W,
+    agent: &[u8],
+    order: &[(String, PathBuf)],
+) -> std::io::Result<W> {
     let mut cpio = CpioWriter::new(out);
     for dir in ["/dev", "/proc", "/sys", "/newroot", "/modules"] {
         cpio.dir(dir, 0o755)?;

@@ -24,23 +24,31 @@ pub fn find_kernel_deb(dir: &Path) -> Result<PathBuf, BootError> {
     let entries = fs::read_dir(dir).map_err(BootError::io(dir))?;
     let mut debs: Vec<PathBuf> = entries
         .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.file_name().and_then(|n| n.to_str()).is_some_and(is_versioned_cloud_kernel))
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(is_versioned_cloud_kernel)
+        })
         .collect();
     debs.sort_by_key(|p| version_key(p));
-    debs.pop().ok_or_else(|| BootError::NoKernelDeb { dir: dir.to_path_buf() })
+    debs.pop().ok_or_else(|| BootError::NoKernelDeb {
+        dir: dir.to_path_buf(),
+    })
 }
 
 fn is_versioned_cloud_kernel(name: &str) -> bool {
-    name.strip_prefix("linux-image-")
-        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()) && !rest.contains("-dbg"))
-        && name.contains("-cloud-amd64_")
+    name.strip_prefix("linux-image-").is_some_and(|rest| {
+        rest.starts_with(|c: char| c.is_ascii_digit()) && !rest.contains("-dbg")
+    }) && name.contains("-cloud-amd64_")
         && name.ends_with(".deb")
 }
 
 /// Sorts `6.1.0-56` after `6.1.0-9` by comparing digit runs numerically.
 fn version_key(path: &Path) -> Vec<u64> {
     let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
-    name.split(|c: char| !c.is_ascii_digit()).filter_map(|s| s.parse().ok()).collect()
+    name.split(|c: char| !c.is_ascii_digit())
+        .filter_map(|s| s.parse().ok())
+        .collect()
 }
 
 /// Unpacks the newest cloud-kernel `.deb` in `assets` into `assets/kernels/<release>/`.
@@ -53,15 +61,26 @@ pub fn unpack_debian_kernel(assets: &Path) -> Result<KernelAsset, BootError> {
     {
         return Ok(asset);
     }
-    let staging = tempfile::Builder::new().prefix(".unpack-").tempdir_in(&kernels).map_err(BootError::io(&kernels))?;
-    run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(staging.path()))?;
+    let staging = tempfile::Builder::new()
+        .prefix(".unpack-")
+        .tempdir_in(&kernels)
+        .map_err(BootError::io(&kernels))?;
+    run(Command::new("dpkg-deb")
+        .arg("-x")
+        .arg(&deb)
+        .arg(staging.path()))?;
     let unpacked = locate(staging.path())?;
     let dest = kernels.join(&unpacked.release);
     match fs::rename(staging.path(), &dest) {
         Ok(()) => {}
         // Another caller won the race: its copy is just as good.
         Err(_) if dest.exists() => {}
-        Err(e) => return Err(BootError::Io { path: dest, source: e }),
+        Err(e) => {
+            return Err(BootError::Io {
+                path: dest,
+                source: e,
+            });
+        }
     }
     locate(&dest)
 }
@@ -69,22 +88,37 @@ pub fn unpack_debian_kernel(assets: &Path) -> Result<KernelAsset, BootError> {
 /// `linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb` → `6.1.0-56-cloud-amd64`.
 fn release_from_deb_name(deb: &Path) -> Option<String> {
     let name = deb.file_name()?.to_str()?;
-    Some(name.strip_prefix("linux-image-")?.split('_').next()?.to_string())
+    Some(
+        name.strip_prefix("linux-image-")?
+            .split('_')
+            .next()?
+            .to_string(),
+    )
 }
 
 /// Finds `boot/vmlinuz-<release>` and its modules in an unpacked package tree.
 fn locate(root: &Path) -> Result<KernelAsset, BootError> {
     let boot = root.join("boot");
-    let entries = fs::read_dir(&boot).map_err(|_| BootError::NoVmlinuz { dir: root.to_path_buf() })?;
+    let entries = fs::read_dir(&boot).map_err(|_| BootError::NoVmlinuz {
+        dir: root.to_path_buf(),
+    })?;
     let release = entries
         .filter_map(|e| e.ok()?.file_name().into_string().ok())
         .find_map(|n| n.strip_prefix("vmlinuz-").map(str::to_string))
-        .ok_or_else(|| BootError::NoVmlinuz { dir: root.to_path_buf() })?;
+        .ok_or_else(|| BootError::NoVmlinuz {
+            dir: root.to_path_buf(),
+        })?;
     let modules_dir = root.join("lib/modules").join(&release);
     if !modules_dir.is_dir() {
-        return Err(BootError::NoVmlinuz { dir: root.to_path_buf() });
+        return Err(BootError::NoVmlinuz {
+            dir: root.to_path_buf(),
+        });
     }
-    Ok(KernelAsset { kernel: boot.join(format!("vmlinuz-{release}")), modules_dir, release })
+    Ok(KernelAsset {
+        kernel: boot.join(format!("vmlinuz-{release}")),
+        modules_dir,
+        release,
+    })
 }
 
 #[cfg(test)]
@@ -93,18 +127,25 @@ mod tests {
 
     #[test]
     fn meta_package_is_not_a_kernel_deb() {
-        assert!(!is_versioned_cloud_kernel("linux-image-cloud-amd64_6.1.192-2_amd64.deb"));
+        assert!(!is_versioned_cloud_kernel(
+            "linux-image-cloud-amd64_6.1.192-2_amd64.deb"
+        ));
     }
 
     #[test]
     fn versioned_package_is_a_kernel_deb() {
-        assert!(is_versioned_cloud_kernel("linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb"));
+        assert!(is_versioned_cloud_kernel(
+            "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb"
+        ));
     }
 
     #[test]
     fn newest_kernel_deb_wins_numerically() {
         let dir = tempfile::tempdir().unwrap();
-        for name in ["linux-image-6.1.0-9-cloud-amd64_6.1.1-1_amd64.deb", "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb"] {
+        for name in [
+            "linux-image-6.1.0-9-cloud-amd64_6.1.1-1_amd64.deb",
+            "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb",
+        ] {
             fs::write(dir.path().join(name), b"").unwrap();
         }
         let found = find_kernel_deb(dir.path()).unwrap();
@@ -114,6 +155,9 @@ mod tests {
     #[test]
     fn release_comes_from_package_name() {
         let deb = Path::new("/x/linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb");
-        assert_eq!(release_from_deb_name(deb).as_deref(), Some("6.1.0-56-cloud-amd64"));
+        assert_eq!(
+            release_from_deb_name(deb).as_deref(),
+            Some("6.1.0-56-cloud-amd64")
+        );
     }
 }

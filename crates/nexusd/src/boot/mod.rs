@@ -50,7 +50,10 @@ impl BootError {
 /// Runs a command to completion, turning a failure into [`BootError::Command`].
 pub(crate) fn run(cmd: &mut std::process::Command) -> Result<std::process::Output, BootError> {
     let command = format!("{cmd:?}");
-    let output = cmd.output().map_err(|e| BootError::Command { command: command.clone(), detail: e.to_string() })?;
+    let output = cmd.output().map_err(|e| BootError::Command {
+        command: command.clone(),
+        detail: e.to_string(),
+    })?;
     if !output.status.success() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         let detail = format!("{}: {}", output.status, stderr.trim());

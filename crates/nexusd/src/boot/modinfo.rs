@@ -17,7 +17,10 @@ pub struct ModuleIndex {
 
 impl ModuleIndex {
     pub fn scan(modules_dir: &Path) -> Result<Self, BootError> {
-        let mut index = Self { root: modules_dir.to_path_buf(), modules: BTreeMap::new() };
+        let mut index = Self {
+            root: modules_dir.to_path_buf(),
+            modules: BTreeMap::new(),
+        };
         let mut stack = vec![modules_dir.join("kernel")];
         while let Some(dir) = stack.pop() {
             for entry in fs::read_dir(&dir).map_err(BootError::io(&dir))? {
@@ -57,15 +60,23 @@ impl ModuleIndex {
             return Ok(());
         }
         if path_stack.iter().any(|n| n == name) {
-            return Err(BootError::DependencyCycle { name: name.to_string() });
+            return Err(BootError::DependencyCycle {
+                name: name.to_string(),
+            });
         }
         let path = self
             .path(name)
-            .ok_or_else(|| BootError::ModuleMissing { name: name.to_string(), dir: self.root.clone() })?
+            .ok_or_else(|| BootError::ModuleMissing {
+                name: name.to_string(),
+                dir: self.root.clone(),
+            })?
             .to_path_buf();
         let image = read_module(&path)?;
         path_stack.push(name.to_string());
-        for dep in modinfo_depends(&image).map_err(|reason| BootError::BadModule { path: path.clone(), reason })? {
+        for dep in modinfo_depends(&image).map_err(|reason| BootError::BadModule {
+            path: path.clone(),
+            reason,
+        })? {
             self.visit(&normalise(&dep), path_stack, done, order)?;
         }
         path_stack.pop();
@@ -82,7 +93,9 @@ fn normalise(name: &str) -> String {
 /// `virtio-rng.ko`, `x.ko.xz`, `x.ko.zst` → normalised module name.
 fn module_name(path: &Path) -> Option<String> {
     let file = path.file_name()?.to_str()?;
-    let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"].iter().find_map(|ext| file.strip_suffix(ext))?;
+    let stem = [".ko", ".ko.xz", ".ko.zst", ".ko.gz"]
+        .iter()
+        .find_map(|ext| file.strip_suffix(ext))?;
     Some(normalise(stem))
 }
 
@@ -112,7 +125,11 @@ pub fn modinfo_depends(image: &[u8]) -> Result<Vec<String>, String> {
         .find_map(|field| field.strip_prefix(b"depends="))
         .unwrap_or_default();
     let text = std::str::from_utf8(depends).map_err(|_| "depends= is not UTF-8".to_string())?;
-    Ok(text.split(',').filter(|s| !s.is_empty()).map(str::to_string).collect())
+    Ok(text
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .collect())
 }
 
 /// The contents of the named section of a little-endian ELF64 file.
@@ -129,13 +146,17 @@ fn elf_section<'a>(image: &'a [u8], wanted: &str) -> Result<&'a [u8], String> {
         let name = read_u32(image, base)?;
         let offset = read_u64(image, base + 0x18)? as usize;
         let size = read_u64(image, base + 0x20)? as usize;
-        let data = image.get(offset..offset.saturating_add(size)).ok_or("section out of bounds")?;
+        let data = image
+            .get(offset..offset.saturating_add(size))
+            .ok_or("section out of bounds")?;
         Ok((name, data))
     };
     let (_, names) = section(shstrndx)?;
     for i in 0..shnum {
         let (name_off, data) = section(i)?;
-        let name = names.get(name_off as usize..).ok_or("section name out of bounds")?;
+        let name = names
+            .get(name_off as usize..)
+            .ok_or("section name out of bounds")?;
         let name = name.split(|b| *b == 0).next().unwrap_or_default();
         if name == wanted.as_bytes() {
             return Ok(data);
@@ -145,15 +166,30 @@ fn elf_section<'a>(image: &'a [u8], wanted: &str) -> Result<&'a [u8], String> {
 }
 
 fn read_u16(b: &[u8], at: usize) -> Result<u16, String> {
-    Ok(u16::from_le_bytes(b.get(at..at + 2).ok_or("truncated ELF")?.try_into().map_err(|_| "ELF")?))
+    Ok(u16::from_le_bytes(
+        b.get(at..at + 2)
+            .ok_or("truncated ELF")?
+            .try_into()
+            .map_err(|_| "ELF")?,
+    ))
 }
 
 fn read_u32(b: &[u8], at: usize) -> Result<u32, String> {
-    Ok(u32::from_le_bytes(b.get(at..at + 4).ok_or("truncated ELF")?.try_into().map_err(|_| "ELF")?))
+    Ok(u32::from_le_bytes(
+        b.get(at..at + 4)
+            .ok_or("truncated ELF")?
+            .try_into()
+            .map_err(|_| "ELF")?,
+    ))
 }
 
 fn read_u64(b: &[u8], at: usize) -> Result<u64, String> {
-    Ok(u64::from_le_bytes(b.get(at..at + 8).ok_or("truncated ELF")?.try_into().map_err(|_| "ELF")?))
+    Ok(u64::from_le_bytes(
+        b.get(at..at + 8)
+            .ok_or("truncated ELF")?
+            .try_into()
+            .map_err(|_| "ELF")?,
+    ))
 }
 
 #[cfg(test)]
@@ -174,7 +210,11 @@ mod tests {
         image[0x3a..0x3c].copy_from_slice(&64u16.to_le_bytes());
         image[0x3c..0x3e].copy_from_slice(&3u16.to_le_bytes());
         image[0x3e..0x40].copy_from_slice(&1u16.to_le_bytes());
-        for (name, off, size) in [(0u32, 0usize, 0usize), (1, names_off, names.len()), (11, info_off, modinfo.len())] {
+        for (name, off, size) in [
+            (0u32, 0usize, 0usize),
+            (1, names_off, names.len()),
+            (11, info_off, modinfo.len()),
+        ] {
             let mut sh = vec![0u8; 64];
             sh[..4].copy_from_slice(&name.to_le_bytes());
             sh[0x18..0x20].copy_from_slice(&(off as u64).to_le_bytes());
@@ -187,7 +227,10 @@ mod tests {
     #[test]
     fn depends_are_read_from_modinfo_section() {
         let image = fake_module(b"license=GPL\0depends=virtio,virtio_ring\0name=virtio_blk\0");
-        assert_eq!(modinfo_depends(&image).unwrap(), vec!["virtio", "virtio_ring"]);
+        assert_eq!(
+            modinfo_depends(&image).unwrap(),
+            vec!["virtio", "virtio_ring"]
+        );
     }
 
     #[test]
@@ -210,7 +253,12 @@ mod tests {
         fs::write(kernel.join("b.ko"), fake_module(b"depends=c_d\0")).unwrap();
         fs::write(kernel.join("c-d.ko"), fake_module(b"depends=\0")).unwrap();
         let index = ModuleIndex::scan(dir.path()).unwrap();
-        let order: Vec<String> = index.load_order(&["a"]).unwrap().into_iter().map(|(n, _)| n).collect();
+        let order: Vec<String> = index
+            .load_order(&["a"])
+            .unwrap()
+            .into_iter()
+            .map(|(n, _)| n)
+            .collect();
         assert_eq!(order, vec!["c_d", "b", "a"]);
     }
 
@@ -219,6 +267,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         fs::create_dir_all(dir.path().join("kernel")).unwrap();
         let index = ModuleIndex::scan(dir.path()).unwrap();
-        assert!(matches!(index.load_order(&["nope"]), Err(BootError::ModuleMissing { .. })));
+        assert!(matches!(
+            index.load_order(&["nope"]),
+            Err(BootError::ModuleMissing { .. })
+        ));
     }
 }

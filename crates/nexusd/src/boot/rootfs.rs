@@ -19,7 +19,10 @@ pub struct RootfsOptions {
 
 impl Default for RootfsOptions {
     fn default() -> Self {
-        Self { busybox: PathBuf::from("/bin/busybox"), hostname: "nexus".into() }
+        Self {
+            busybox: PathBuf::from("/bin/busybox"),
+            hostname: "nexus".into(),
+        }
     }
 }
 
@@ -46,11 +49,13 @@ pub fn build_busybox_rootfs(dir: &Path, opts: &RootfsOptions) -> Result<(), Boot
     for (sub, mode) in DIRS {
         let path = dir.join(sub);
         fs::create_dir_all(&path).map_err(BootError::io(&path))?;
-        fs::set_permissions(&path, fs::Permissions::from_mode(*mode)).map_err(BootError::io(&path))?;
+        fs::set_permissions(&path, fs::Permissions::from_mode(*mode))
+            .map_err(BootError::io(&path))?;
     }
     let busybox = dir.join("bin/busybox");
     fs::copy(&opts.busybox, &busybox).map_err(BootError::io(&opts.busybox))?;
-    fs::set_permissions(&busybox, fs::Permissions::from_mode(0o755)).map_err(BootError::io(&busybox))?;
+    fs::set_permissions(&busybox, fs::Permissions::from_mode(0o755))
+        .map_err(BootError::io(&busybox))?;
     let applets = run(Command::new(&opts.busybox).arg("--list-full"))?.stdout;
     for applet in String::from_utf8_lossy(&applets).lines().map(str::trim) {
         let link = dir.join(applet);
@@ -61,13 +66,19 @@ pub fn build_busybox_rootfs(dir: &Path, opts: &RootfsOptions) -> Result<(), Boot
     }
     let os_release = "NAME=\"Nexus busybox\"\nID=nexus-busybox\nPRETTY_NAME=\"Nexus busybox quick-start image\"\n";
     let files = [
-        ("etc/passwd", "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n"),
+        (
+            "etc/passwd",
+            "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/false\n",
+        ),
         ("etc/group", "root:x:0:\ntty:x:5:\nnogroup:x:65534:\n"),
         ("etc/shadow", "root:*:19000:0:99999:7:::\n"),
         ("etc/hostname", &format!("{}\n", opts.hostname)),
         ("etc/hosts", "127.0.0.1 localhost\n::1 localhost\n"),
         ("etc/os-release", os_release),
-        ("etc/profile", "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PS1='\\h:\\w\\$ '\n"),
+        (
+            "etc/profile",
+            "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nexport PS1='\\h:\\w\\$ '\n",
+        ),
         ("etc/resolv.conf", ""),
     ];
     for (name, content) in files {
@@ -84,7 +95,8 @@ pub fn build_busybox_rootfs(dir: &Path, opts: &RootfsOptions) -> Result<(), Boot
 /// in `dir`, so build `dir` as root (or fix ownership afterwards) for a root-owned system.
 pub fn make_ext4(dir: &Path, out: &Path, size_mib: u64) -> Result<(), BootError> {
     let file = fs::File::create(out).map_err(BootError::io(out))?;
-    file.set_len(size_mib * 1024 * 1024).map_err(BootError::io(out))?;
+    file.set_len(size_mib * 1024 * 1024)
+        .map_err(BootError::io(out))?;
     drop(file);
     run(Command::new("mke2fs")
         .args(["-q", "-F", "-t", "ext4", "-E", "root_owner=0:0", "-d"])

@@ -13,8 +13,16 @@ pub enum Accel {
 /// KVM when `dev_kvm` opens read-write and `kvm_pvm_module` (normally `/sys/module/kvm_pvm`)
 /// does not exist; TCG otherwise.
 pub fn detect_accel(dev_kvm: &Path, kvm_pvm_module: &Path) -> Accel {
-    let openable = std::fs::OpenOptions::new().read(true).write(true).open(dev_kvm).is_ok();
-    if openable && !kvm_pvm_module.exists() { Accel::Kvm } else { Accel::Tcg }
+    let openable = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(dev_kvm)
+        .is_ok();
+    if openable && !kvm_pvm_module.exists() {
+        Accel::Kvm
+    } else {
+        Accel::Tcg
+    }
 }
 
 #[cfg(test)]
@@ -40,6 +48,9 @@ mod tests {
     #[test]
     fn missing_dev_kvm_means_tcg() {
         let dir = tempfile::tempdir().unwrap();
-        assert_eq!(detect_accel(&dir.path().join("nope"), &dir.path().join("kvm_pvm")), Accel::Tcg);
+        assert_eq!(
+            detect_accel(&dir.path().join("nope"), &dir.path().join("kvm_pvm")),
+            Accel::Tcg
+        );
     }
 }

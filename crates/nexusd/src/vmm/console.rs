@@ -16,14 +16,23 @@ pub fn cap_console_log(log: &Path, max_bytes: u64) -> Result<bool, VmmError> {
     let size = match fs::metadata(log) {
         Ok(m) => m.len(),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
-        Err(e) => return Err(VmmError::Io { path: log.to_path_buf(), source: e }),
+        Err(e) => {
+            return Err(VmmError::Io {
+                path: log.to_path_buf(),
+                source: e,
+            });
+        }
     };
     if size <= max_bytes {
         return Ok(false);
     }
     let rotated = rotated_path(log);
     fs::copy(log, &rotated).map_err(VmmError::io(&rotated))?;
-    fs::OpenOptions::new().write(true).open(log).and_then(|f| f.set_len(0)).map_err(VmmError::io(log))?;
+    fs::OpenOptions::new()
+        .write(true)
+        .open(log)
+        .and_then(|f| f.set_len(0))
+        .map_err(VmmError::io(log))?;
     Ok(true)
 }
 
@@ -44,7 +53,12 @@ mod tests {
         fs::write(&log, vec![b'x'; 100]).unwrap();
         assert!(cap_console_log(&log, 10).unwrap());
         assert_eq!(fs::metadata(&log).unwrap().len(), 0);
-        assert_eq!(fs::metadata(dir.path().join("console.log.1")).unwrap().len(), 100);
+        assert_eq!(
+            fs::metadata(dir.path().join("console.log.1"))
+                .unwrap()
+                .len(),
+            100
+        );
     }
 
     #[test]

@@ -95,15 +95,31 @@ impl FirecrackerConfig {
                 boot_args: boot_args(&spec.cmdline),
             },
             drives,
-            machine_config: MachineConfig { vcpu_count: spec.vcpus, mem_size_mib: spec.memory_mib, smt: false },
+            machine_config: MachineConfig {
+                vcpu_count: spec.vcpus,
+                mem_size_mib: spec.memory_mib,
+                smt: false,
+            },
             network_interfaces: spec
                 .tap
                 .iter()
-                .map(|t| NetworkInterface { iface_id: "eth0".into(), host_dev_name: t.ifname.clone(), guest_mac: t.mac.clone() })
+                .map(|t| NetworkInterface {
+                    iface_id: "eth0".into(),
+                    host_dev_name: t.ifname.clone(),
+                    guest_mac: t.mac.clone(),
+                })
                 .collect(),
-            vsock: Vsock { guest_cid: spec.vsock_cid, uds_path: spec.vsock_uds.clone() },
-            logger: Logger { log_path: log_path(spec), level: "Warning".into() },
-            metrics: Metrics { metrics_path: metrics_path(spec) },
+            vsock: Vsock {
+                guest_cid: spec.vsock_cid,
+                uds_path: spec.vsock_uds.clone(),
+            },
+            logger: Logger {
+                log_path: log_path(spec),
+                level: "Warning".into(),
+            },
+            metrics: Metrics {
+                metrics_path: metrics_path(spec),
+            },
         }
     }
 }
@@ -136,7 +152,9 @@ pub struct FirecrackerVmm {
 
 impl FirecrackerVmm {
     pub fn new(binary: impl Into<PathBuf>) -> Self {
-        Self { binary: binary.into() }
+        Self {
+            binary: binary.into(),
+        }
     }
 
     pub fn api_socket(spec: &VmSpec) -> PathBuf {
@@ -148,7 +166,8 @@ impl FirecrackerVmm {
         std::fs::create_dir_all(dir).map_err(VmmError::io(dir))?;
         let config = FirecrackerConfig::for_spec(spec);
         let config_path = dir.join("firecracker.json");
-        let json = serde_json::to_vec_pretty(&config).map_err(|e| VmmError::io(&config_path)(e.into()))?;
+        let json =
+            serde_json::to_vec_pretty(&config).map_err(|e| VmmError::io(&config_path)(e.into()))?;
         std::fs::write(&config_path, json).map_err(VmmError::io(&config_path))?;
         // Firecracker opens but does not create its log and metrics files.
         for file in [&config.logger.log_path, &config.metrics.metrics_path] {
@@ -170,12 +189,20 @@ impl FirecrackerVmm {
             .stderr(stderr)
             .process_group(0)
             .spawn()
-            .map_err(|source| VmmError::Spawn { vm: spec.name.clone(), program: self.binary.display().to_string(), source })?;
+            .map_err(|source| VmmError::Spawn {
+                vm: spec.name.clone(),
+                program: self.binary.display().to_string(),
+                source,
+            })?;
         let pid = child.id().unwrap_or(0);
         Ok(Launched {
             kind: VmmKind::Firecracker,
             accel: Accel::Kvm,
-            processes: vec![VmmProcess { role: ProcessRole::Vmm, pid, child }],
+            processes: vec![VmmProcess {
+                role: ProcessRole::Vmm,
+                pid,
+                child,
+            }],
             control_socket: api,
         })
     }
@@ -211,9 +238,25 @@ mod tests {
     #[test]
     fn top_level_keys_are_the_documented_ones() {
         let cfg = config();
-        let mut keys: Vec<&str> = cfg.as_object().unwrap().keys().map(String::as_str).collect();
+        let mut keys: Vec<&str> = cfg
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         keys.sort_unstable();
-        assert_eq!(keys, ["boot-source", "drives", "logger", "machine-config", "metrics", "network-interfaces", "vsock"]);
+        assert_eq!(
+            keys,
+            [
+                "boot-source",
+                "drives",
+                "logger",
+                "machine-config",
+                "metrics",
+                "network-interfaces",
+                "vsock"
+            ]
+        );
     }
 
     #[test]
@@ -249,7 +292,10 @@ mod tests {
 
     #[test]
     fn machine_config_has_vcpus_and_memory() {
-        assert_eq!(config()["machine-config"], json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false}));
+        assert_eq!(
+            config()["machine-config"],
+            json!({"vcpu_count": 2, "mem_size_mib": 256, "smt": false})
+        );
     }
 
     #[test]
@@ -262,18 +308,30 @@ mod tests {
 
     #[test]
     fn vsock_has_cid_and_uds_path() {
-        assert_eq!(config()["vsock"], json!({"guest_cid": 7, "uds_path": "/run/vm1/vsock.sock"}));
+        assert_eq!(
+            config()["vsock"],
+            json!({"guest_cid": 7, "uds_path": "/run/vm1/vsock.sock"})
+        );
     }
 
     #[test]
     fn logger_and_metrics_go_to_runtime_dir() {
         let cfg = config();
-        assert_eq!(cfg["logger"], json!({"log_path": "/run/vm1/firecracker.log", "level": "Warning"}));
-        assert_eq!(cfg["metrics"], json!({"metrics_path": "/run/vm1/firecracker.metrics"}));
+        assert_eq!(
+            cfg["logger"],
+            json!({"log_path": "/run/vm1/firecracker.log", "level": "Warning"})
+        );
+        assert_eq!(
+            cfg["metrics"],
+            json!({"metrics_path": "/run/vm1/firecracker.metrics"})
+        );
     }
 
     #[test]
     fn boot_args_are_not_duplicated() {
-        assert_eq!(boot_args("console=ttyS0 pci=off reboot=k"), "console=ttyS0 pci=off reboot=k");
+        assert_eq!(
+            boot_args("console=ttyS0 pci=off reboot=k"),
+            "console=ttyS0 pci=off reboot=k"
+        );
     }
 }

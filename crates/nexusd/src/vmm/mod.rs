@@ -94,7 +94,10 @@ pub struct Launched {
 
 impl Launched {
     pub fn vmm_pid(&self) -> Option<u32> {
-        self.processes.iter().find(|p| p.role == ProcessRole::Vmm).map(|p| p.pid)
+        self.processes
+            .iter()
+            .find(|p| p.role == ProcessRole::Vmm)
+            .map(|p| p.pid)
     }
 
     /// Kills every process (SIGKILL) and reaps them.
@@ -115,9 +118,18 @@ pub enum VmmError {
         source: std::io::Error,
     },
     #[error("{program} of VM {vm} exited early ({status}); see {}", log.display())]
-    ExitedEarly { vm: String, program: String, status: std::process::ExitStatus, log: PathBuf },
+    ExitedEarly {
+        vm: String,
+        program: String,
+        status: std::process::ExitStatus,
+        log: PathBuf,
+    },
     #[error("{} did not appear within {waited:?} for VM {vm}", path.display())]
-    SocketTimeout { vm: String, path: PathBuf, waited: Duration },
+    SocketTimeout {
+        vm: String,
+        path: PathBuf,
+        waited: Duration,
+    },
     #[error("{}: {source}", path.display())]
     Io {
         path: PathBuf,
@@ -158,7 +170,11 @@ pub fn guest_cmdline(hostname: &str, net: Option<(Ipv4Addr, u8, Ipv4Addr)>) -> S
 
 /// Opens (creating, appending) a log file for a child's stdout/stderr.
 pub(crate) fn log_file(path: &Path) -> Result<std::fs::File, VmmError> {
-    std::fs::OpenOptions::new().create(true).append(true).open(path).map_err(VmmError::io(path))
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(VmmError::io(path))
 }
 
 #[cfg(test)]

@@ -24,7 +24,11 @@ pub struct QemuVmm {
 
 impl QemuVmm {
     pub fn new(qemu: impl Into<PathBuf>, vhost_vsock: impl Into<PathBuf>, accel: Accel) -> Self {
-        Self { qemu: qemu.into(), vhost_vsock: vhost_vsock.into(), accel }
+        Self {
+            qemu: qemu.into(),
+            vhost_vsock: vhost_vsock.into(),
+            accel,
+        }
     }
 
     /// Path of the vhost-user socket between QEMU and vhost-device-vsock.
@@ -79,19 +83,28 @@ impl QemuVmm {
         push(&[&"-device"]);
         push(&[&"vhost-user-vsock-device,chardev=vsock"]);
         push(&[&"-drive"]);
-        push(&[&"id=root,format=raw,if=none,file=", &escape_comma(&spec.root_drive)]);
+        push(&[
+            &"id=root,format=raw,if=none,file=",
+            &escape_comma(&spec.root_drive),
+        ]);
         push(&[&"-device"]);
         push(&[&"virtio-blk-device,drive=root"]);
         for drive in &spec.extra_drives {
             let ro = if drive.read_only { ",readonly=on" } else { "" };
             push(&[&"-drive"]);
-            push(&[&format!("id={},format=raw,if=none{ro},file=", drive.id), &escape_comma(&drive.path)]);
+            push(&[
+                &format!("id={},format=raw,if=none{ro},file=", drive.id),
+                &escape_comma(&drive.path),
+            ]);
             push(&[&"-device"]);
             push(&[&format!("virtio-blk-device,drive={}", drive.id)]);
         }
         if let Some(tap) = &spec.tap {
             push(&[&"-netdev"]);
-            push(&[&format!("tap,id=n0,ifname={},script=no,downscript=no", tap.ifname)]);
+            push(&[&format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                tap.ifname
+            )]);
             push(&[&"-device"]);
             push(&[&format!("virtio-net-device,netdev=n0,mac={}", tap.mac)]);
         }
@@ -104,11 +117,18 @@ impl QemuVmm {
         push(&[&"-append"]);
         push(&[&spec.cmdline]);
         push(&[&"-chardev"]);
-        push(&[&"file,id=console,append=on,path=", &escape_comma(&spec.console_log)]);
+        push(&[
+            &"file,id=console,append=on,path=",
+            &escape_comma(&spec.console_log),
+        ]);
         push(&[&"-serial"]);
         push(&[&"chardev:console"]);
         push(&[&"-qmp"]);
-        push(&[&"unix:", &escape_comma(&Self::qmp_socket(spec)), &",server=on,wait=off"]);
+        push(&[
+            &"unix:",
+            &escape_comma(&Self::qmp_socket(spec)),
+            &",server=on,wait=off",
+        ]);
         for fixed in ["-nodefaults", "-nographic", "-no-reboot"] {
             push(&[&fixed]);
         }
@@ -118,12 +138,24 @@ impl QemuVmm {
     async fn launch(&self, spec: &VmSpec) -> Result<Launched, VmmError> {
         validate(spec)?;
         std::fs::create_dir_all(&spec.runtime_dir).map_err(VmmError::io(&spec.runtime_dir))?;
-        for stale in [&spec.vsock_uds, &Self::vhost_socket(spec), &Self::qmp_socket(spec)] {
+        for stale in [
+            &spec.vsock_uds,
+            &Self::vhost_socket(spec),
+            &Self::qmp_socket(spec),
+        ] {
             let _ = std::fs::remove_file(stale);
         }
         let vhost_log = spec.runtime_dir.join("vhost-vsock.log");
         let mut vhost = spawn(spec, &self.vhost_vsock, Self::vhost_args(spec), &vhost_log)?;
-        if let Err(e) = wait_for_socket(spec, &Self::vhost_socket(spec), &mut vhost, &self.vhost_vsock, &vhost_log).await {
+        if let Err(e) = wait_for_socket(
+            spec,
+            &Self::vhost_socket(spec),
+            &mut vhost,
+            &self.vhost_vsock,
+            &vhost_log,
+        )
+        .await
+        {
             let _ = vhost.kill().await;
             return Err(e);
         }
@@ -135,11 +167,18 @@ impl QemuVmm {
                 return Err(e);
             }
         };
-        let process = |role, child: Child| VmmProcess { role, pid: child.id().unwrap_or(0), child };
+        let process = |role, child: Child| VmmProcess {
+            role,
+            pid: child.id().unwrap_or(0),
+            child,
+        };
         Ok(Launched {
             kind: VmmKind::Qemu,
             accel: self.accel,
-            processes: vec![process(ProcessRole::VsockBackend, vhost), process(ProcessRole::Vmm, qemu)],
+            processes: vec![
+                process(ProcessRole::VsockBackend, vhost),
+                process(ProcessRole::Vmm, qemu),
+            ],
             control_socket: Self::qmp_socket(spec),
         })
     }
@@ -156,18 +195,29 @@ impl Vmm for QemuVmm {
 }
 
 fn validate(spec: &VmSpec) -> Result<(), VmmError> {
-    let bad = |reason: &str| Err(VmmError::InvalidSpec { vm: spec.name.clone(), reason: reason.into() });
+    let bad = |reason: &str| {
+        Err(VmmError::InvalidSpec {
+            vm: spec.name.clone(),
+            reason: reason.into(),
+        })
+    };
     if spec.vcpus == 0 || spec.memory_mib < 64 {
         return bad("needs at least 1 vCPU and 64 MiB");
     }
     if spec.vsock_cid < 3 {
         return bad("vsock CID must be at least 3");
     }
-    let ok_id = |id: &str| !id.is_empty() && id != "root" && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
+    let ok_id = |id: &str| {
+        !id.is_empty() && id != "root" && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
     if !spec.extra_drives.iter().all(|d| ok_id(&d.id)) {
         return bad("drive ids must be letters, digits or '_' and not 'root'");
     }
-    if spec.tap.as_ref().is_some_and(|t| t.ifname.len() > 15 || t.ifname.contains(',') || t.mac.contains(',')) {
+    if spec
+        .tap
+        .as_ref()
+        .is_some_and(|t| t.ifname.len() > 15 || t.ifname.contains(',') || t.mac.contains(','))
+    {
         return bad("tap name must be at most 15 bytes, without ','");
     }
     let has_comma = |p: &Path| p.to_string_lossy().contains(',');
@@ -182,7 +232,12 @@ fn escape_comma(path: &Path) -> OsString {
     OsString::from(path.to_string_lossy().replace(',', ",,"))
 }
 
-fn spawn(spec: &VmSpec, program: &Path, args: Vec<OsString>, log: &Path) -> Result<Child, VmmError> {
+fn spawn(
+    spec: &VmSpec,
+    program: &Path,
+    args: Vec<OsString>,
+    log: &Path,
+) -> Result<Child, VmmError> {
     let stdout = log_file(log)?;
     let stderr = stdout.try_clone().map_err(VmmError::io(log))?;
     Command::new(program)
@@ -192,18 +247,37 @@ fn spawn(spec: &VmSpec, program: &Path, args: Vec<OsString>, log: &Path) -> Resu
         .stderr(stderr)
         .process_group(0)
         .spawn()
-        .map_err(|source| VmmError::Spawn { vm: spec.name.clone(), program: program.display().to_string(), source })
+        .map_err(|source| VmmError::Spawn {
+            vm: spec.name.clone(),
+            program: program.display().to_string(),
+            source,
+        })
 }
 
-async fn wait_for_socket(spec: &VmSpec, path: &Path, child: &mut Child, program: &Path, log: &Path) -> Result<(), VmmError> {
+async fn wait_for_socket(
+    spec: &VmSpec,
+    path: &Path,
+    child: &mut Child,
+    program: &Path,
+    log: &Path,
+) -> Result<(), VmmError> {
     let start = Instant::now();
     while !path.exists() {
         if let Ok(Some(status)) = child.try_wait() {
             let program = program.display().to_string();
-            return Err(VmmError::ExitedEarly { vm: spec.name.clone(), program, status, log: log.to_path_buf() });
+            return Err(VmmError::ExitedEarly {
+                vm: spec.name.clone(),
+                program,
+                status,
+                log: log.to_path_buf(),
+            });
         }
         if start.elapsed() > SOCKET_WAIT {
-            return Err(VmmError::SocketTimeout { vm: spec.name.clone(), path: path.to_path_buf(), waited: SOCKET_WAIT });
+            return Err(VmmError::SocketTimeout {
+                vm: spec.name.clone(),
+                path: path.to_path_buf(),
+                waited: SOCKET_WAIT,
+            });
         }
         tokio::time::sleep(Duration::from_millis(2)).await;
     }
@@ -222,12 +296,19 @@ pub(crate) mod tests {
             initrd: Some("/k/initrd.gz".into()),
             cmdline: "console=ttyS0".into(),
             root_drive: "/d/root.ext4".into(),
-            extra_drives: vec![DriveSpec { id: "work".into(), path: "/d/work,1.ext4".into(), read_only: true }],
+            extra_drives: vec![DriveSpec {
+                id: "work".into(),
+                path: "/d/work,1.ext4".into(),
+                read_only: true,
+            }],
             vcpus: 2,
             memory_mib: 256,
             vsock_cid: 7,
             vsock_uds: "/run/vm1/vsock.sock".into(),
-            tap: Some(TapSpec { ifname: "nx-tap1".into(), mac: "02:00:00:00:00:01".into() }),
+            tap: Some(TapSpec {
+                ifname: "nx-tap1".into(),
+                mac: "02:00:00:00:00:01".into(),
+            }),
             runtime_dir: "/run/vm1".into(),
             console_log: "/run/vm1/console.log".into(),
         }
@@ -235,11 +316,16 @@ pub(crate) mod tests {
 
     fn args(accel: Accel) -> Vec<String> {
         let vmm = QemuVmm::new("qemu-system-x86_64", "vhost-device-vsock", accel);
-        vmm.qemu_args(&spec()).into_iter().map(|a| a.into_string().unwrap()).collect()
+        vmm.qemu_args(&spec())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
     }
 
     fn value_after(args: &[String], flag: &str, prefix: &str) -> Option<String> {
-        args.windows(2).find(|w| w[0] == flag && w[1].starts_with(prefix)).map(|w| w[1].clone())
+        args.windows(2)
+            .find(|w| w[0] == flag && w[1].starts_with(prefix))
+            .map(|w| w[1].clone())
     }
 
     #[test]
@@ -259,32 +345,56 @@ pub(crate) mod tests {
     #[test]
     fn memory_is_shared_memfd_for_vhost_user() {
         let a = args(Accel::Tcg);
-        assert_eq!(value_after(&a, "-object", "memory-backend").as_deref(), Some("memory-backend-memfd,id=mem,size=256M,share=on"));
+        assert_eq!(
+            value_after(&a, "-object", "memory-backend").as_deref(),
+            Some("memory-backend-memfd,id=mem,size=256M,share=on")
+        );
     }
 
     #[test]
     fn extra_drive_is_read_only_with_escaped_comma() {
         let a = args(Accel::Tcg);
-        assert_eq!(value_after(&a, "-drive", "id=work").as_deref(), Some("id=work,format=raw,if=none,readonly=on,file=/d/work,,1.ext4"));
+        assert_eq!(
+            value_after(&a, "-drive", "id=work").as_deref(),
+            Some("id=work,format=raw,if=none,readonly=on,file=/d/work,,1.ext4")
+        );
     }
 
     #[test]
     fn tap_nic_uses_given_name_and_mac() {
         let a = args(Accel::Tcg);
-        assert_eq!(value_after(&a, "-netdev", "").as_deref(), Some("tap,id=n0,ifname=nx-tap1,script=no,downscript=no"));
-        assert_eq!(value_after(&a, "-device", "virtio-net").as_deref(), Some("virtio-net-device,netdev=n0,mac=02:00:00:00:00:01"));
+        assert_eq!(
+            value_after(&a, "-netdev", "").as_deref(),
+            Some("tap,id=n0,ifname=nx-tap1,script=no,downscript=no")
+        );
+        assert_eq!(
+            value_after(&a, "-device", "virtio-net").as_deref(),
+            Some("virtio-net-device,netdev=n0,mac=02:00:00:00:00:01")
+        );
     }
 
     #[test]
     fn console_goes_to_append_file_and_reboot_exits() {
         let a = args(Accel::Tcg);
-        assert_eq!(value_after(&a, "-chardev", "file").as_deref(), Some("file,id=console,append=on,path=/run/vm1/console.log"));
+        assert_eq!(
+            value_after(&a, "-chardev", "file").as_deref(),
+            Some("file,id=console,append=on,path=/run/vm1/console.log")
+        );
         assert!(a.contains(&"-no-reboot".to_string()));
     }
 
     #[test]
     fn vhost_args_name_cid_and_sockets() {
-        let a: Vec<String> = QemuVmm::vhost_args(&spec()).into_iter().map(|a| a.into_string().unwrap()).collect();
-        assert_eq!(a, vec!["--vm", "guest-cid=7,uds-path=/run/vm1/vsock.sock,socket=/run/vm1/vhost-vsock.sock"]);
+        let a: Vec<String> = QemuVmm::vhost_args(&spec())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            a,
+            vec![
+                "--vm",
+                "guest-cid=7,uds-path=/run/vm1/vsock.sock,socket=/run/vm1/vhost-vsock.sock"
+            ]
+        );
     }
 }

@@ -27,7 +27,9 @@ impl FromStr for VmmChoice {
             "auto" => Ok(Self::Auto),
             "firecracker" => Ok(Self::Firecracker),
             "qemu" => Ok(Self::Qemu),
-            other => Err(format!("unknown vmm {other:?}: expected auto, firecracker or qemu")),
+            other => Err(format!(
+                "unknown vmm {other:?}: expected auto, firecracker or qemu"
+            )),
         }
     }
 }
@@ -45,7 +47,10 @@ impl HostProbe {
     /// [`detect_accel`] on `/dev/kvm` and `/sys/module/kvm_pvm`.
     pub fn detect(firecracker_candidates: &[PathBuf]) -> Self {
         Self {
-            firecracker: firecracker_candidates.iter().find(|p| is_executable(p)).cloned(),
+            firecracker: firecracker_candidates
+                .iter()
+                .find(|p| is_executable(p))
+                .cloned(),
             accel: detect_accel(Path::new("/dev/kvm"), Path::new("/sys/module/kvm_pvm")),
         }
     }
@@ -71,27 +76,42 @@ mod tests {
     use super::*;
 
     fn probe(firecracker: bool, accel: Accel) -> HostProbe {
-        HostProbe { firecracker: firecracker.then(|| PathBuf::from("/usr/bin/firecracker")), accel }
+        HostProbe {
+            firecracker: firecracker.then(|| PathBuf::from("/usr/bin/firecracker")),
+            accel,
+        }
     }
 
     #[test]
     fn auto_picks_firecracker_with_binary_and_kvm() {
-        assert_eq!(select_backend(VmmChoice::Auto, &probe(true, Accel::Kvm)).unwrap(), VmmKind::Firecracker);
+        assert_eq!(
+            select_backend(VmmChoice::Auto, &probe(true, Accel::Kvm)).unwrap(),
+            VmmKind::Firecracker
+        );
     }
 
     #[test]
     fn auto_picks_qemu_without_kvm() {
-        assert_eq!(select_backend(VmmChoice::Auto, &probe(true, Accel::Tcg)).unwrap(), VmmKind::Qemu);
+        assert_eq!(
+            select_backend(VmmChoice::Auto, &probe(true, Accel::Tcg)).unwrap(),
+            VmmKind::Qemu
+        );
     }
 
     #[test]
     fn auto_picks_qemu_without_firecracker_binary() {
-        assert_eq!(select_backend(VmmChoice::Auto, &probe(false, Accel::Kvm)).unwrap(), VmmKind::Qemu);
+        assert_eq!(
+            select_backend(VmmChoice::Auto, &probe(false, Accel::Kvm)).unwrap(),
+            VmmKind::Qemu
+        );
     }
 
     #[test]
     fn explicit_qemu_is_always_qemu() {
-        assert_eq!(select_backend(VmmChoice::Qemu, &probe(true, Accel::Kvm)).unwrap(), VmmKind::Qemu);
+        assert_eq!(
+            select_backend(VmmChoice::Qemu, &probe(true, Accel::Kvm)).unwrap(),
+            VmmKind::Qemu
+        );
     }
 
     #[test]
@@ -108,7 +128,10 @@ mod tests {
 
     #[test]
     fn choice_parses_from_config_string() {
-        assert_eq!("firecracker".parse::<VmmChoice>().unwrap(), VmmChoice::Firecracker);
+        assert_eq!(
+            "firecracker".parse::<VmmChoice>().unwrap(),
+            VmmChoice::Firecracker
+        );
         assert!("kvm".parse::<VmmChoice>().is_err());
     }
 }
