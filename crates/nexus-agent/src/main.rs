@@ -1,1 +1,57 @@
-fn main() {}
+//! `nexus-agent`: the guest side of Nexus. As PID 1 (the initramfs's `/init`, or the image's init)
+//! it prepares the system and supervises itself; the forked child serves the host over vsock.
+
+mod cmdline;
+mod exec;
+mod files;
+mod init;
+mod net;
+mod server;
+mod sysinfo;
+mod vsock;
+
+use std::sync::Arc;
+
+use nexus_lib::agent::{AGENT_VSOCK_PORT, BootTimes};
+
+fn main() {
+    if std::process::id() == 1 {
+        init::run(serve);
+    }
+    let now = sysinfo::uptime_ms();
+    std::process::exit(serve(BootTimes {
+        init_ms: now,
+        root_ms: now,
+        ready_ms: 0,
+    }));
+}
+
+/// Runs the vsock server on a fresh tokio runtime; returns the process exit code.
+fn serve(mut boot: BootTimes) -> i32 {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            init::log(&format!("tokio runtime: {e}"));
+            return 1;
+        }
+    };
+    runtime.block_on(async {
+        let listener = match vsock::VsockListener::bind(AGENT_VSOCK_PORT) {
+            Ok(l) => l,
+            Err(e) => {
+                init::log(&format!("vsock listen on port {AGENT_VSOCK_PORT}: {e}"));
+                return 1;
+            }
+        };
+        boot.ready_ms = sysinfo::uptime_ms();
+        let state = Arc::new(server::State {
+            boot,
+            shutdown: tokio::sync::Notify::new(),
+        });
+        server::run(listener, state).await
+    })
+}

@@ -1,8 +1,10 @@
 //! What `nexusd` and `nexusctl` share: wire types of the API, names and ids, the resolution of
-//! Nexus's files and sockets, the config file schema, and the typed client for the daemon's API.
+//! Nexus's files and sockets, the config file schema, the typed client for the daemon's API, and
+//! the guest-agent protocol types.
 //!
 //! No SQL, no ioctls, no processes here: this crate is what a third-party client links against.
 
+pub mod agent;
 pub mod api;
 pub mod client;
 pub mod config;

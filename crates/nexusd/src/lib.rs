@@ -1,9 +1,12 @@
 //! `nexusd`, the Nexus daemon, as a library: the binary only parses flags, installs logging and
 //! calls [`daemon::run`]. Tests drive [`api::router`] directly or the real binary.
 
+pub mod agent;
 pub mod api;
+pub mod boot;
 pub mod daemon;
 pub mod settings;
 pub mod storage;
 pub mod store;
 pub mod vm;
+pub mod vmm;

@@ -1,0 +1,155 @@
+//! `POST /v1/exec`: runs a process in its own process group and streams its output as NDJSON
+//! [`ExecEvent`]s while it is produced; a timeout or a vanished client kills the whole group.
+
+use std::io;
+use std::os::unix::process::ExitStatusExt;
+use std::process::{ExitStatus, Stdio};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::Request;
+use hyper::body::Incoming;
+use nexus_lib::agent::{EXEC_CHUNK_BYTES, ExecEvent, ExecRequest, MAX_REQUEST_JSON_BYTES};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::{Child, Command};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+
+use crate::server::{self, ApiError, ApiResult};
+
+const DEFAULT_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+/// How long output is still collected after the process exited (background children may hold the
+/// pipes open forever).
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+pub async fn handle(req: Request<Incoming>) -> ApiResult {
+    let request: ExecRequest = server::read_json(req.into_body(), MAX_REQUEST_JSON_BYTES).await?;
+    request.validate().map_err(ApiError::bad_request)?;
+    let (tx, rx) = mpsc::channel::<Bytes>(16);
+    match spawn(&request) {
+        Ok(child) => {
+            tokio::spawn(supervise(child, request.stdin, request.timeout_ms, tx));
+        }
+        Err(e) => {
+            let message = format!("cannot run {:?}: {e}", request.argv[0]);
+            let _ = tx.send(encode(&ExecEvent::Error { message })).await;
+        }
+    }
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|line| (Ok::<_, io::Error>(line), rx))
+    });
+    Ok(server::streamed("application/x-ndjson", chunks))
+}
+
+fn spawn(req: &ExecRequest) -> io::Result<Child> {
+    let mut cmd = Command::new(&req.argv[0]);
+    cmd.args(&req.argv[1..])
+        .env_clear()
+        .env("PATH", DEFAULT_PATH)
+        .env("HOME", "/root")
+        .env("TERM", "xterm")
+        .envs(&req.env)
+        .current_dir(req.cwd.as_deref().unwrap_or("/"))
+        .stdin(if req.stdin.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    cmd.spawn()
+}
+
+async fn supervise(
+    mut child: Child,
+    stdin: Option<Vec<u8>>,
+    timeout_ms: Option<u64>,
+    tx: mpsc::Sender<Bytes>,
+) {
+    let pgid = child.id().map(|id| Pid::from_raw(id as i32));
+    if let (Some(mut pipe), Some(data)) = (child.stdin.take(), stdin) {
+        tokio::spawn(async move {
+            let _ = pipe.write_all(&data).await;
+        });
+    }
+    let mut stdout = child.stdout.take();
+    let mut stderr = child.stderr.take();
+    let deadline = timeout_ms.map(|ms| Instant::now() + Duration::from_millis(ms));
+    let mut timed_out = false;
+    let mut status: Option<ExitStatus> = None;
+    let mut drain_until = None;
+    let (mut out_buf, mut err_buf) = (vec![0u8; EXEC_CHUNK_BYTES], vec![0u8; EXEC_CHUNK_BYTES]);
+    while stdout.is_some() || stderr.is_some() || status.is_none() {
+        let event = tokio::select! {
+            n = read_some(&mut stdout, &mut out_buf) => n.map(|data| ExecEvent::Stdout { data }),
+            n = read_some(&mut stderr, &mut err_buf) => n.map(|data| ExecEvent::Stderr { data }),
+            s = child.wait(), if status.is_none() => {
+                status = Some(s.unwrap_or_else(|_| ExitStatus::from_raw(0)));
+                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                None
+            }
+            () = sleep_until(deadline), if !timed_out => {
+                timed_out = true;
+                kill_group(pgid);
+                None
+            }
+            () = sleep_until(drain_until) => break,
+        };
+        if let Some(event) = event
+            && tx.send(encode(&event)).await.is_err()
+        {
+            kill_group(pgid);
+            return;
+        }
+    }
+    let status = match status {
+        Some(s) => s,
+        None => child
+            .wait()
+            .await
+            .unwrap_or_else(|_| ExitStatus::from_raw(0)),
+    };
+    let exit = ExecEvent::Exit {
+        code: status.code(),
+        signal: status.signal(),
+        timed_out,
+    };
+    let _ = tx.send(encode(&exit)).await;
+}
+
+/// Reads one chunk; on EOF or error clears the pipe and yields `None` (and never again).
+async fn read_some<R: AsyncRead + Unpin>(pipe: &mut Option<R>, buf: &mut [u8]) -> Option<Vec<u8>> {
+    let Some(reader) = pipe.as_mut() else {
+        return std::future::pending().await;
+    };
+    match reader.read(buf).await {
+        Ok(n) if n > 0 => Some(buf[..n].to_vec()),
+        _ => {
+            *pipe = None;
+            None
+        }
+    }
+}
+
+async fn sleep_until(deadline: Option<Instant>) {
+    match deadline {
+        Some(d) => tokio::time::sleep_until(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn kill_group(pgid: Option<Pid>) {
+    if let Some(pgid) = pgid {
+        let _ = killpg(pgid, Signal::SIGKILL);
+    }
+}
+
+fn encode(event: &ExecEvent) -> Bytes {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}

@@ -1,0 +1,63 @@
+//! Boot assets for the embedded default: Debian's cloud kernel unpacked from its `.deb`, an
+//! initramfs generated in pure Rust (the agent as `/init` plus the virtio/vsock modules in
+//! dependency order), and a busybox root filesystem for the quick start.
+//!
+//! Everything here is blocking file work: call it through `spawn_blocking`.
+
+mod cpio;
+mod initramfs;
+mod kernel;
+mod modinfo;
+mod rootfs;
+
+use std::path::PathBuf;
+
+pub use cpio::CpioWriter;
+pub use initramfs::{DEFAULT_MODULES, build_initramfs};
+pub use kernel::{KernelAsset, find_kernel_deb, unpack_debian_kernel};
+pub use modinfo::{ModuleIndex, modinfo_depends};
+pub use rootfs::{RootfsOptions, build_busybox_rootfs, make_ext4};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("no linux-image-*-cloud-amd64 .deb in {} (fetch one with scripts/fetch-kernel.sh)", dir.display())]
+    NoKernelDeb { dir: PathBuf },
+    #[error("`{command}` failed: {detail}")]
+    Command { command: String, detail: String },
+    #[error("{} holds no boot/vmlinuz-*", dir.display())]
+    NoVmlinuz { dir: PathBuf },
+    #[error("kernel module {name} not found under {}", dir.display())]
+    ModuleMissing { name: String, dir: PathBuf },
+    #[error("kernel module {}: {reason}", path.display())]
+    BadModule { path: PathBuf, reason: String },
+    #[error("module dependency cycle through {name}")]
+    DependencyCycle { name: String },
+}
+
+impl BootError {
+    pub(crate) fn io(path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.into();
+        move |source| Self::Io { path, source }
+    }
+}
+
+/// Runs a command to completion, turning a failure into [`BootError::Command`].
+pub(crate) fn run(cmd: &mut std::process::Command) -> Result<std::process::Output, BootError> {
+    let command = format!("{cmd:?}");
+    let output = cmd.output().map_err(|e| BootError::Command {
+        command: command.clone(),
+        detail: e.to_string(),
+    })?;
+    if !output.status.success() {
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let detail = format!("{}: {}", output.status, stderr.trim());
+        return Err(BootError::Command { command, detail });
+    }
+    Ok(output)
+}

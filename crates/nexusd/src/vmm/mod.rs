@@ -1,0 +1,192 @@
+//! VMM backends behind one trait. A [`VmSpec`] describes a VM independently of the backend;
+//! [`Vmm::spawn`] starts the backend's processes and hands them back as [`Launched`], whose
+//! `tokio::process::Child`ren the VM supervisor owns and awaits (exit is noticed at once).
+//!
+//! Children are put in their own process group and are not killed on drop: VMs outlive a
+//! restarting daemon, which re-adopts them.
+
+mod accel;
+mod console;
+mod firecracker;
+mod qemu;
+mod select;
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+
+pub use accel::{Accel, detect_accel};
+pub use console::cap_console_log;
+pub use firecracker::{FirecrackerConfig, FirecrackerVmm};
+pub use qemu::QemuVmm;
+pub use select::{HostProbe, VmmChoice, select_backend};
+
+/// Everything a backend needs to boot one VM.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VmSpec {
+    pub name: String,
+    pub kernel: PathBuf,
+    pub initrd: Option<PathBuf>,
+    pub cmdline: String,
+    pub root_drive: PathBuf,
+    pub extra_drives: Vec<DriveSpec>,
+    pub vcpus: u32,
+    pub memory_mib: u32,
+    pub vsock_cid: u32,
+    /// Host side of the hybrid vsock (`CONNECT <port>\n` protocol).
+    pub vsock_uds: PathBuf,
+    pub tap: Option<TapSpec>,
+    /// The VM's own directory for sockets, configs and logs.
+    pub runtime_dir: PathBuf,
+    pub console_log: PathBuf,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DriveSpec {
+    /// Short identifier (letters, digits, `_`), unique within the VM.
+    pub id: String,
+    pub path: PathBuf,
+    pub read_only: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TapSpec {
+    pub ifname: String,
+    /// `aa:bb:cc:dd:ee:ff`.
+    pub mac: String,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmmKind {
+    Firecracker,
+    Qemu,
+}
+
+/// What a process of a launched VM does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProcessRole {
+    /// The VMM proper; the VM is gone when it exits.
+    Vmm,
+    /// `vhost-device-vsock`, the vsock backend of QEMU.
+    VsockBackend,
+}
+
+#[derive(Debug)]
+pub struct VmmProcess {
+    pub role: ProcessRole,
+    pub pid: u32,
+    pub child: tokio::process::Child,
+}
+
+/// The running processes of a VM, to be owned by its supervisor.
+#[derive(Debug)]
+pub struct Launched {
+    pub kind: VmmKind,
+    pub accel: Accel,
+    /// Ordered as started: helpers first, the VMM last.
+    pub processes: Vec<VmmProcess>,
+    /// Control socket (QMP for QEMU, API socket for Firecracker).
+    pub control_socket: PathBuf,
+}
+
+impl Launched {
+    pub fn vmm_pid(&self) -> Option<u32> {
+        self.processes
+            .iter()
+            .find(|p| p.role == ProcessRole::Vmm)
+            .map(|p| p.pid)
+    }
+
+    /// Kills every process (SIGKILL) and reaps them.
+    pub async fn kill(&mut self) {
+        for p in self.processes.iter_mut().rev() {
+            let _ = p.child.kill().await;
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum VmmError {
+    #[error("cannot start {program} for VM {vm}")]
+    Spawn {
+        vm: String,
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{program} of VM {vm} exited early ({status}); see {}", log.display())]
+    ExitedEarly {
+        vm: String,
+        program: String,
+        status: std::process::ExitStatus,
+        log: PathBuf,
+    },
+    #[error("{} did not appear within {waited:?} for VM {vm}", path.display())]
+    SocketTimeout {
+        vm: String,
+        path: PathBuf,
+        waited: Duration,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("invalid VM spec for {vm}: {reason}")]
+    InvalidSpec { vm: String, reason: String },
+    #[error("the firecracker backend needs a firecracker binary, none was found")]
+    FirecrackerMissing,
+    #[error("the firecracker backend needs a working KVM: {reason}")]
+    KvmUnusable { reason: String },
+}
+
+impl VmmError {
+    pub(crate) fn io(path: impl AsRef<Path>) -> impl FnOnce(std::io::Error) -> Self {
+        let path = path.as_ref().to_path_buf();
+        move |source| Self::Io { path, source }
+    }
+}
+
+/// A VMM backend.
+pub trait Vmm: Send + Sync {
+    fn kind(&self) -> VmmKind;
+
+    /// Starts the VM's processes; returns once the VMM process is running.
+    fn spawn<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Launched, VmmError>>;
+}
+
+/// The guest kernel command line for the agent: serial console, no reboot loop, settings.
+pub fn guest_cmdline(hostname: &str, net: Option<(Ipv4Addr, u8, Ipv4Addr)>) -> String {
+    let mut cmdline = format!("console=ttyS0 panic=-1 quiet nexus.hostname={hostname}");
+    if let Some((ip, prefix, gw)) = net {
+        cmdline.push_str(&format!(" nexus.ip={ip}/{prefix} nexus.gw={gw}"));
+    }
+    cmdline
+}
+
+/// Opens (creating, appending) a log file for a child's stdout/stderr.
+pub(crate) fn log_file(path: &Path) -> Result<std::fs::File, VmmError> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(VmmError::io(path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cmdline_carries_hostname_and_network() {
+        let net = Some((Ipv4Addr::new(10, 0, 0, 2), 24, Ipv4Addr::new(10, 0, 0, 1)));
+        assert_eq!(
+            guest_cmdline("vm1", net),
+            "console=ttyS0 panic=-1 quiet nexus.hostname=vm1 nexus.ip=10.0.0.2/24 nexus.gw=10.0.0.1"
+        );
+    }
+}

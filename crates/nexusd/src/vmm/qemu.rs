@@ -1,0 +1,400 @@
+//! The QEMU backend: `qemu-system-x86_64 -M microvm` with KVM when it works and TCG otherwise,
+//! vsock through a per-VM `vhost-device-vsock` (started first, so its socket exists when QEMU
+//! connects), which gives the same hybrid-vsock UDS as Firecracker. The serial console goes to an
+//! `append=on` file chardev (see `console`), QMP to `<runtime>/qmp.sock`.
+
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use futures_util::future::BoxFuture;
+use tokio::process::{Child, Command};
+
+use super::{Accel, Launched, ProcessRole, VmSpec, Vmm, VmmError, VmmKind, VmmProcess, log_file};
+
+const SOCKET_WAIT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, Clone)]
+pub struct QemuVmm {
+    pub qemu: PathBuf,
+    pub vhost_vsock: PathBuf,
+    pub accel: Accel,
+}
+
+impl QemuVmm {
+    pub fn new(qemu: impl Into<PathBuf>, vhost_vsock: impl Into<PathBuf>, accel: Accel) -> Self {
+        Self {
+            qemu: qemu.into(),
+            vhost_vsock: vhost_vsock.into(),
+            accel,
+        }
+    }
+
+    /// Path of the vhost-user socket between QEMU and vhost-device-vsock.
+    pub fn vhost_socket(spec: &VmSpec) -> PathBuf {
+        spec.runtime_dir.join("vhost-vsock.sock")
+    }
+
+    pub fn qmp_socket(spec: &VmSpec) -> PathBuf {
+        spec.runtime_dir.join("qmp.sock")
+    }
+
+    /// Arguments of `vhost-device-vsock`.
+    pub fn vhost_args(spec: &VmSpec) -> Vec<OsString> {
+        let mut vm = OsString::from(format!("guest-cid={},uds-path=", spec.vsock_cid));
+        vm.push(&spec.vsock_uds);
+        vm.push(",socket=");
+        vm.push(Self::vhost_socket(spec));
+        vec!["--vm".into(), vm]
+    }
+
+    /// Arguments of `qemu-system-x86_64`.
+    pub fn qemu_args(&self, spec: &VmSpec) -> Vec<OsString> {
+        let mut args: Vec<OsString> = Vec::new();
+        let mut push = |parts: &[&dyn AsRef<std::ffi::OsStr>]| {
+            let mut arg = OsString::new();
+            for p in parts {
+                arg.push(p);
+            }
+            args.push(arg);
+        };
+        let (accel, cpu) = match self.accel {
+            Accel::Kvm => ("kvm", "host"),
+            Accel::Tcg => ("tcg", "max"),
+        };
+        let mem = spec.memory_mib.to_string();
+        push(&[&"-M"]);
+        push(&[&"microvm"]);
+        push(&[&"-accel"]);
+        push(&[&accel]);
+        push(&[&"-cpu"]);
+        push(&[&cpu]);
+        push(&[&"-m"]);
+        push(&[&mem]);
+        push(&[&"-smp"]);
+        push(&[&spec.vcpus.to_string()]);
+        push(&[&"-object"]);
+        push(&[&format!("memory-backend-memfd,id=mem,size={mem}M,share=on")]);
+        push(&[&"-numa"]);
+        push(&[&"node,memdev=mem"]);
+        push(&[&"-chardev"]);
+        push(&[&"socket,id=vsock,path=", &Self::vhost_socket(spec)]);
+        push(&[&"-device"]);
+        push(&[&"vhost-user-vsock-device,chardev=vsock"]);
+        push(&[&"-drive"]);
+        push(&[
+            &"id=root,format=raw,if=none,file=",
+            &escape_comma(&spec.root_drive),
+        ]);
+        push(&[&"-device"]);
+        push(&[&"virtio-blk-device,drive=root"]);
+        for drive in &spec.extra_drives {
+            let ro = if drive.read_only { ",readonly=on" } else { "" };
+            push(&[&"-drive"]);
+            push(&[
+                &format!("id={},format=raw,if=none{ro},file=", drive.id),
+                &escape_comma(&drive.path),
+            ]);
+            push(&[&"-device"]);
+            push(&[&format!("virtio-blk-device,drive={}", drive.id)]);
+        }
+        if let Some(tap) = &spec.tap {
+            push(&[&"-netdev"]);
+            push(&[&format!(
+                "tap,id=n0,ifname={},script=no,downscript=no",
+                tap.ifname
+            )]);
+            push(&[&"-device"]);
+            push(&[&format!("virtio-net-device,netdev=n0,mac={}", tap.mac)]);
+        }
+        push(&[&"-kernel"]);
+        push(&[&spec.kernel]);
+        if let Some(initrd) = &spec.initrd {
+            push(&[&"-initrd"]);
+            push(&[initrd]);
+        }
+        push(&[&"-append"]);
+        push(&[&spec.cmdline]);
+        push(&[&"-chardev"]);
+        push(&[
+            &"file,id=console,append=on,path=",
+            &escape_comma(&spec.console_log),
+        ]);
+        push(&[&"-serial"]);
+        push(&[&"chardev:console"]);
+        push(&[&"-qmp"]);
+        push(&[
+            &"unix:",
+            &escape_comma(&Self::qmp_socket(spec)),
+            &",server=on,wait=off",
+        ]);
+        for fixed in ["-nodefaults", "-nographic", "-no-reboot"] {
+            push(&[&fixed]);
+        }
+        args
+    }
+
+    async fn launch(&self, spec: &VmSpec) -> Result<Launched, VmmError> {
+        validate(spec)?;
+        std::fs::create_dir_all(&spec.runtime_dir).map_err(VmmError::io(&spec.runtime_dir))?;
+        for stale in [
+            &spec.vsock_uds,
+            &Self::vhost_socket(spec),
+            &Self::qmp_socket(spec),
+        ] {
+            let _ = std::fs::remove_file(stale);
+        }
+        let vhost_log = spec.runtime_dir.join("vhost-vsock.log");
+        let mut vhost = spawn(spec, &self.vhost_vsock, Self::vhost_args(spec), &vhost_log)?;
+        if let Err(e) = wait_for_socket(
+            spec,
+            &Self::vhost_socket(spec),
+            &mut vhost,
+            &self.vhost_vsock,
+            &vhost_log,
+        )
+        .await
+        {
+            let _ = vhost.kill().await;
+            return Err(e);
+        }
+        let qemu_log = spec.runtime_dir.join("qemu.log");
+        let qemu = match spawn(spec, &self.qemu, self.qemu_args(spec), &qemu_log) {
+            Ok(child) => child,
+            Err(e) => {
+                let _ = vhost.kill().await;
+                return Err(e);
+            }
+        };
+        let process = |role, child: Child| VmmProcess {
+            role,
+            pid: child.id().unwrap_or(0),
+            child,
+        };
+        Ok(Launched {
+            kind: VmmKind::Qemu,
+            accel: self.accel,
+            processes: vec![
+                process(ProcessRole::VsockBackend, vhost),
+                process(ProcessRole::Vmm, qemu),
+            ],
+            control_socket: Self::qmp_socket(spec),
+        })
+    }
+}
+
+impl Vmm for QemuVmm {
+    fn kind(&self) -> VmmKind {
+        VmmKind::Qemu
+    }
+
+    fn spawn<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Launched, VmmError>> {
+        Box::pin(self.launch(spec))
+    }
+}
+
+fn validate(spec: &VmSpec) -> Result<(), VmmError> {
+    let bad = |reason: &str| {
+        Err(VmmError::InvalidSpec {
+            vm: spec.name.clone(),
+            reason: reason.into(),
+        })
+    };
+    if spec.vcpus == 0 || spec.memory_mib < 64 {
+        return bad("needs at least 1 vCPU and 64 MiB");
+    }
+    if spec.vsock_cid < 3 {
+        return bad("vsock CID must be at least 3");
+    }
+    let ok_id = |id: &str| {
+        !id.is_empty() && id != "root" && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    };
+    if !spec.extra_drives.iter().all(|d| ok_id(&d.id)) {
+        return bad("drive ids must be letters, digits or '_' and not 'root'");
+    }
+    if spec
+        .tap
+        .as_ref()
+        .is_some_and(|t| t.ifname.len() > 15 || t.ifname.contains(',') || t.mac.contains(','))
+    {
+        return bad("tap name must be at most 15 bytes, without ','");
+    }
+    let has_comma = |p: &Path| p.to_string_lossy().contains(',');
+    if has_comma(&spec.vsock_uds) || has_comma(&spec.runtime_dir) {
+        return bad("vsock socket and runtime directory paths must not contain ','");
+    }
+    Ok(())
+}
+
+/// QEMU option values separate with commas; a literal comma is doubled.
+fn escape_comma(path: &Path) -> OsString {
+    OsString::from(path.to_string_lossy().replace(',', ",,"))
+}
+
+fn spawn(
+    spec: &VmSpec,
+    program: &Path,
+    args: Vec<OsString>,
+    log: &Path,
+) -> Result<Child, VmmError> {
+    let stdout = log_file(log)?;
+    let stderr = stdout.try_clone().map_err(VmmError::io(log))?;
+    Command::new(program)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .process_group(0)
+        .spawn()
+        .map_err(|source| VmmError::Spawn {
+            vm: spec.name.clone(),
+            program: program.display().to_string(),
+            source,
+        })
+}
+
+async fn wait_for_socket(
+    spec: &VmSpec,
+    path: &Path,
+    child: &mut Child,
+    program: &Path,
+    log: &Path,
+) -> Result<(), VmmError> {
+    let start = Instant::now();
+    while !path.exists() {
+        if let Ok(Some(status)) = child.try_wait() {
+            let program = program.display().to_string();
+            return Err(VmmError::ExitedEarly {
+                vm: spec.name.clone(),
+                program,
+                status,
+                log: log.to_path_buf(),
+            });
+        }
+        if start.elapsed() > SOCKET_WAIT {
+            return Err(VmmError::SocketTimeout {
+                vm: spec.name.clone(),
+                path: path.to_path_buf(),
+                waited: SOCKET_WAIT,
+            });
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::vmm::{DriveSpec, TapSpec};
+
+    pub(crate) fn spec() -> VmSpec {
+        VmSpec {
+            name: "vm1".into(),
+            kernel: "/k/vmlinuz".into(),
+            initrd: Some("/k/initrd.gz".into()),
+            cmdline: "console=ttyS0".into(),
+            root_drive: "/d/root.ext4".into(),
+            extra_drives: vec![DriveSpec {
+                id: "work".into(),
+                path: "/d/work,1.ext4".into(),
+                read_only: true,
+            }],
+            vcpus: 2,
+            memory_mib: 256,
+            vsock_cid: 7,
+            vsock_uds: "/run/vm1/vsock.sock".into(),
+            tap: Some(TapSpec {
+                ifname: "nx-tap1".into(),
+                mac: "02:00:00:00:00:01".into(),
+            }),
+            runtime_dir: "/run/vm1".into(),
+            console_log: "/run/vm1/console.log".into(),
+        }
+    }
+
+    fn args(accel: Accel) -> Vec<String> {
+        let vmm = QemuVmm::new("qemu-system-x86_64", "vhost-device-vsock", accel);
+        vmm.qemu_args(&spec())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect()
+    }
+
+    fn value_after(args: &[String], flag: &str, prefix: &str) -> Option<String> {
+        args.windows(2)
+            .find(|w| w[0] == flag && w[1].starts_with(prefix))
+            .map(|w| w[1].clone())
+    }
+
+    #[test]
+    fn tcg_uses_cpu_max() {
+        let a = args(Accel::Tcg);
+        assert_eq!(value_after(&a, "-accel", "").as_deref(), Some("tcg"));
+        assert_eq!(value_after(&a, "-cpu", "").as_deref(), Some("max"));
+    }
+
+    #[test]
+    fn kvm_uses_cpu_host() {
+        let a = args(Accel::Kvm);
+        assert_eq!(value_after(&a, "-accel", "").as_deref(), Some("kvm"));
+        assert_eq!(value_after(&a, "-cpu", "").as_deref(), Some("host"));
+    }
+
+    #[test]
+    fn memory_is_shared_memfd_for_vhost_user() {
+        let a = args(Accel::Tcg);
+        assert_eq!(
+            value_after(&a, "-object", "memory-backend").as_deref(),
+            Some("memory-backend-memfd,id=mem,size=256M,share=on")
+        );
+    }
+
+    #[test]
+    fn extra_drive_is_read_only_with_escaped_comma() {
+        let a = args(Accel::Tcg);
+        assert_eq!(
+            value_after(&a, "-drive", "id=work").as_deref(),
+            Some("id=work,format=raw,if=none,readonly=on,file=/d/work,,1.ext4")
+        );
+    }
+
+    #[test]
+    fn tap_nic_uses_given_name_and_mac() {
+        let a = args(Accel::Tcg);
+        assert_eq!(
+            value_after(&a, "-netdev", "").as_deref(),
+            Some("tap,id=n0,ifname=nx-tap1,script=no,downscript=no")
+        );
+        assert_eq!(
+            value_after(&a, "-device", "virtio-net").as_deref(),
+            Some("virtio-net-device,netdev=n0,mac=02:00:00:00:00:01")
+        );
+    }
+
+    #[test]
+    fn console_goes_to_append_file_and_reboot_exits() {
+        let a = args(Accel::Tcg);
+        assert_eq!(
+            value_after(&a, "-chardev", "file").as_deref(),
+            Some("file,id=console,append=on,path=/run/vm1/console.log")
+        );
+        assert!(a.contains(&"-no-reboot".to_string()));
+    }
+
+    #[test]
+    fn vhost_args_name_cid_and_sockets() {
+        let a: Vec<String> = QemuVmm::vhost_args(&spec())
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+        assert_eq!(
+            a,
+            vec![
+                "--vm",
+                "guest-cid=7,uds-path=/run/vm1/vsock.sock,socket=/run/vm1/vhost-vsock.sock"
+            ]
+        );
+    }
+}
