@@ -76,7 +76,8 @@ pub struct Handshake {
 }
 
 /// Body of `POST /v1/exec`.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
 pub struct ExecRequest {
     pub argv: Vec<String>,
     #[serde(default)]
@@ -85,6 +86,7 @@ pub struct ExecRequest {
     pub cwd: Option<String>,
     /// Standard input, base64; the process gets an empty stdin when absent.
     #[serde(default, skip_serializing_if = "Option::is_none", with = "b64_opt")]
+    #[schema(value_type = Option<String>, format = Byte)]
     pub stdin: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
@@ -133,15 +135,17 @@ impl ExecRequest {
 }
 
 /// One line of the newline-delimited JSON stream answering `POST /v1/exec`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum ExecEvent {
     Stdout {
         #[serde(with = "b64")]
+        #[schema(value_type = String, format = Byte)]
         data: Vec<u8>,
     },
     Stderr {
         #[serde(with = "b64")]
+        #[schema(value_type = String, format = Byte)]
         data: Vec<u8>,
     },
     /// The process ended: `code` when it exited, `signal` when a signal killed it.
@@ -155,7 +159,7 @@ pub enum ExecEvent {
 }
 
 /// Reply to `GET /v1/stat` and `PUT /v1/files`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct FileStat {
     pub path: String,
     pub kind: FileKind,
@@ -167,7 +171,7 @@ pub struct FileStat {
     pub mtime_ms: i64,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum FileKind {
     File,

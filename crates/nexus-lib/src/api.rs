@@ -104,6 +104,9 @@ pub struct CreateVm {
     /// 64..=65536, default 256.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub memory_mib: Option<u32>,
+    /// Boot the VM right away (the response comes once its agent answers).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub start: bool,
 }
 
 /// Query of `GET /v1/vms`.
@@ -163,4 +166,50 @@ pub struct ErrorDetail {
     /// The request field at fault, when there is one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub field: Option<String>,
+}
+
+/// One boot of a VM: when, on what, how long each phase took, and how it ended.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+pub struct BootRecord {
+    pub id: i64,
+    pub started_at: String,
+    /// `qemu` or `firecracker`.
+    pub backend: String,
+    /// `kvm` or `tcg`.
+    pub accel: String,
+    /// Spawning the VMM until it was up (ms).
+    pub vmm_ready_ms: Option<u64>,
+    /// Guest clock: kernel start until the agent ran as init (ms).
+    pub guest_init_ms: Option<u64>,
+    /// Guest clock: kernel start until the agent listened on vsock (ms).
+    pub guest_ready_ms: Option<u64>,
+    /// Spawning the VMM until the agent answered its handshake (ms): the start latency.
+    pub agent_ready_ms: Option<u64>,
+    /// `booting`, `running`, or `failed: ...`.
+    pub outcome: String,
+    pub ended_at: Option<String>,
+    /// How the VMM ended: exit code, signal, or unknown for a re-adopted process.
+    pub exit: Option<String>,
+}
+
+/// Query of `GET/PUT /v1/vms/{vm}/files`.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct FileQuery {
+    /// Absolute path in the guest.
+    pub path: String,
+    /// Octal permission bits for a written file (default 644).
+    pub mode: Option<String>,
+}
+
+/// Query of `GET /v1/vms/{vm}/console`.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
+pub struct ConsoleQuery {
+    /// The last N lines (default 100, at most 10000).
+    pub tail: Option<usize>,
+    /// Everything after this byte offset (for following); overrides `tail`.
+    pub offset: Option<u64>,
 }

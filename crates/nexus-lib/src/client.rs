@@ -7,13 +7,33 @@ use std::path::{Path, PathBuf};
 
 use bytes::Bytes;
 use http::{Method, Request, StatusCode};
-use http_body_util::{BodyExt, Full};
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::api::{CreateVm, ErrorBody, Health, Transition, Vm, VmState};
+use crate::agent::{ExecEvent, ExecRequest, FileStat, MAX_EVENT_LINE_BYTES};
+use crate::api::{BootRecord, CreateVm, ErrorBody, Health, Transition, Vm, VmState};
+
+/// A request body: bytes in memory or a stream.
+pub type Body = BoxBody<Bytes, std::io::Error>;
+
+/// A body holding `bytes`.
+pub fn full_body(bytes: Bytes) -> Body {
+    Full::new(bytes).map_err(|never| match never {}).boxed()
+}
+
+/// A body streaming from `reader` in chunks.
+pub fn reader_body<R>(reader: R) -> Body
+where
+    R: tokio::io::AsyncRead + Send + Sync + 'static,
+{
+    use futures_util::TryStreamExt;
+    let frames = tokio_util::io::ReaderStream::new(reader).map_ok(hyper::body::Frame::data);
+    BodyExt::boxed(StreamBody::new(frames))
+}
 
 /// Largest response body the client reads into memory (streams are read incrementally).
 pub const MAX_RESPONSE_BYTES: usize = 64 << 20;
@@ -115,6 +135,19 @@ impl Client {
         body: Option<Bytes>,
         content_type: Option<&str>,
     ) -> Result<http::Response<Incoming>, ClientError> {
+        let body = full_body(body.unwrap_or_default());
+        self.send_body(method, path_and_query, body, content_type)
+            .await
+    }
+
+    /// Sends a request with any body and returns the response head and streaming body.
+    pub async fn send_body(
+        &self,
+        method: Method,
+        path_and_query: &str,
+        body: Body,
+        content_type: Option<&str>,
+    ) -> Result<http::Response<Incoming>, ClientError> {
         let unreachable = |source| ClientError::Unreachable {
             endpoint: self.endpoint.to_string(),
             source,
@@ -142,7 +175,7 @@ impl Client {
             builder = builder.header(http::header::CONTENT_TYPE, ct);
         }
         let req = builder
-            .body(Full::new(body.unwrap_or_default()))
+            .body(body)
             .map_err(|e| ClientError::Http(e.into()))?;
         sender
             .send_request(req)
@@ -234,9 +267,147 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `POST /v1/vms/{vm}/start|stop|restart`.
+    pub async fn vm_action(&self, vm: &str, action: &str) -> Result<Vm, ClientError> {
+        let path = format!("/v1/vms/{}/{}", segment(vm), segment(action));
+        self.request(Method::POST, &path, None::<&()>).await
+    }
+
+    /// `GET /v1/vms/{vm}/boots`.
+    pub async fn vm_boots(&self, vm: &str) -> Result<Vec<BootRecord>, ClientError> {
+        let path = format!("/v1/vms/{}/boots", segment(vm));
+        self.request(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `POST /v1/vms/{vm}/exec`: the events as they arrive.
+    pub async fn exec(&self, vm: &str, req: &ExecRequest) -> Result<ExecEvents, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let path = format!("/v1/vms/{}/exec", segment(vm));
+        let resp = self
+            .send_raw(
+                Method::POST,
+                &path,
+                Some(body.into()),
+                Some("application/json"),
+            )
+            .await?;
+        let resp = check(resp).await?;
+        Ok(ExecEvents {
+            body: resp.into_body(),
+            buf: bytes::BytesMut::new(),
+            done: false,
+        })
+    }
+
+    /// `GET /v1/vms/{vm}/files?path=`: the file's content as a stream of chunks.
+    pub async fn read_file(&self, vm: &str, path: &str) -> Result<Incoming, ClientError> {
+        let uri = format!("/v1/vms/{}/files?path={}", segment(vm), segment(path));
+        let resp = self.send_raw(Method::GET, &uri, None, None).await?;
+        Ok(check(resp).await?.into_body())
+    }
+
+    /// `PUT /v1/vms/{vm}/files?path=&mode=` streaming `body`.
+    pub async fn write_file(
+        &self,
+        vm: &str,
+        path: &str,
+        mode: u32,
+        body: Body,
+    ) -> Result<FileStat, ClientError> {
+        let uri = format!(
+            "/v1/vms/{}/files?path={}&mode={mode:o}",
+            segment(vm),
+            segment(path)
+        );
+        let resp = self
+            .send_body(Method::PUT, &uri, body, Some("application/octet-stream"))
+            .await?;
+        let resp = check(resp).await?;
+        let bytes = read_body(resp.into_body(), MAX_RESPONSE_BYTES).await?;
+        serde_json::from_slice(&bytes).map_err(|e| ClientError::Decode(e.to_string()))
+    }
+
+    /// `GET /v1/vms/{vm}/console`: text and the offset to continue from.
+    pub async fn console(
+        &self,
+        vm: &str,
+        tail: Option<usize>,
+        offset: Option<u64>,
+    ) -> Result<(Bytes, u64), ClientError> {
+        let mut uri = format!("/v1/vms/{}/console", segment(vm));
+        match (tail, offset) {
+            (_, Some(o)) => uri.push_str(&format!("?offset={o}")),
+            (Some(t), None) => uri.push_str(&format!("?tail={t}")),
+            (None, None) => {}
+        }
+        let resp = check(self.send_raw(Method::GET, &uri, None, None).await?).await?;
+        let end = resp
+            .headers()
+            .get("x-console-offset")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        Ok((read_body(resp.into_body(), MAX_RESPONSE_BYTES).await?, end))
+    }
+}
+
+/// Turns an error status into [`ClientError::Api`], passing success through.
+async fn check(resp: http::Response<Incoming>) -> Result<http::Response<Incoming>, ClientError> {
+    if resp.status().is_success() {
+        return Ok(resp);
+    }
+    let status = resp.status();
+    let bytes = read_body(resp.into_body(), 1 << 20).await?;
+    Err(api_error(status, &bytes))
+}
+
+/// The events of a running exec, read line by line with a bound on each line.
+#[derive(Debug)]
+pub struct ExecEvents {
+    body: Incoming,
+    buf: bytes::BytesMut,
+    done: bool,
+}
+
+impl ExecEvents {
+    /// The next event; `None` at the end of the stream.
+    pub async fn next(&mut self) -> Result<Option<ExecEvent>, ClientError> {
+        loop {
+            if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+                let line = self.buf.split_to(pos + 1);
+                let event = serde_json::from_slice(&line[..pos])
+                    .map_err(|e| ClientError::Decode(format!("exec event: {e}")))?;
+                return Ok(Some(event));
+            }
+            if self.buf.len() > MAX_EVENT_LINE_BYTES {
+                return Err(ClientError::Decode("exec event line too long".into()));
+            }
+            if self.done {
+                return if self.buf.is_empty() {
+                    Ok(None)
+                } else {
+                    Err(ClientError::Decode(
+                        "exec stream ended inside a line".into(),
+                    ))
+                };
+            }
+            match self.body.frame().await {
+                Some(frame) => {
+                    let frame = frame.map_err(|e| ClientError::Http(e.into()))?;
+                    if let Some(data) = frame.data_ref() {
+                        self.buf.extend_from_slice(data);
+                    }
+                }
+                None => self.done = true,
+            }
+        }
+    }
+}
+
 async fn handshake<S>(
     stream: S,
-) -> Result<hyper::client::conn::http1::SendRequest<Full<Bytes>>, ClientError>
+) -> Result<hyper::client::conn::http1::SendRequest<Body>, ClientError>
 where
     S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -45,6 +45,26 @@ pub struct Config {
     pub tcp_token_file: Option<PathBuf>,
     /// Seconds to let in-flight requests finish at shutdown (0..=600).
     pub shutdown_grace_secs: Option<u64>,
+    /// VMM backend: `auto` (Firecracker where it and KVM work, else QEMU), `firecracker`, `qemu`.
+    pub vmm: Option<String>,
+    /// Seconds a booting VM gets to answer the agent handshake (1..=600).
+    pub boot_timeout_secs: Option<u64>,
+    /// Seconds a stopping guest gets to power off before the VMM is terminated (1..=600).
+    pub stop_timeout_secs: Option<u64>,
+    /// Stop every VM when nexusd stops (default: VMs keep running and are re-adopted).
+    pub stop_vms_on_shutdown: Option<bool>,
+    /// Directory holding the guest kernel package (`linux-image-*-cloud-amd64_*.deb`).
+    pub kernel_dir: Option<PathBuf>,
+    /// The statically linked guest agent (`nexus-agent`).
+    pub agent_binary: Option<PathBuf>,
+    /// `qemu-system-x86_64` to run.
+    pub qemu_binary: Option<PathBuf>,
+    /// `vhost-device-vsock` to run.
+    pub vhost_vsock_binary: Option<PathBuf>,
+    /// `firecracker` to run.
+    pub firecracker_binary: Option<PathBuf>,
+    /// Console log size (bytes) past which it is rotated (4096..=1 GiB).
+    pub console_max_bytes: Option<u64>,
 }
 
 /// A config file that could not be used.
@@ -116,6 +136,32 @@ impl Config {
                 "a TCP listener needs a bearer token: set `tcp_token_file` too".into(),
             ));
         }
+        if let Some(vmm) = &self.vmm
+            && !["auto", "firecracker", "qemu"].contains(&vmm.as_str())
+        {
+            return Err(bad(
+                "vmm",
+                format!("{vmm:?} is not one of auto, firecracker, qemu"),
+            ));
+        }
+        for (key, value) in [
+            ("boot_timeout_secs", self.boot_timeout_secs),
+            ("stop_timeout_secs", self.stop_timeout_secs),
+        ] {
+            if let Some(v) = value
+                && !(1..=600).contains(&v)
+            {
+                return Err(bad(key, format!("{v} is outside 1..=600")));
+            }
+        }
+        if let Some(v) = self.console_max_bytes
+            && !(4096..=1 << 30).contains(&v)
+        {
+            return Err(bad(
+                "console_max_bytes",
+                format!("{v} is outside 4096..=1073741824"),
+            ));
+        }
         if let Some(level) = &self.log_level
             && level.trim().is_empty()
         {
@@ -150,6 +196,12 @@ mod tests {
         assert!(err.contains("log_format"), "{err}");
         let err = parse("shutdown_grace_secs = 9000").unwrap_err().to_string();
         assert!(err.contains("shutdown_grace_secs"), "{err}");
+    }
+
+    #[test]
+    fn unknown_vmm_is_named() {
+        let err = parse("vmm = \"xen\"").unwrap_err().to_string();
+        assert!(err.contains("vmm"), "{err}");
     }
 
     #[test]

@@ -50,6 +50,59 @@ pub enum VmCommand {
     Delete(VmRef),
     /// Show a VM's state transitions.
     History(VmRef),
+    /// Boot a VM and wait for its guest agent.
+    Start(VmRef),
+    /// Power a VM off (the guest is asked first; the VMM is killed after the stop timeout).
+    Stop(VmRef),
+    /// Stop and start a VM.
+    Restart(VmRef),
+    /// Run a command in a running VM; exits with the command's exit code.
+    Exec(VmExecArgs),
+    /// Copy a file into (`LOCAL VM:/path`) or out of (`VM:/path LOCAL`) a running VM.
+    Cp(VmCpArgs),
+    /// Show a VM's serial console.
+    Logs(VmLogsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct VmExecArgs {
+    /// VM name or id.
+    pub vm: String,
+    /// Send this process's standard input to the command (read fully first, at most 16 MiB).
+    #[arg(short = 'i', long = "stdin")]
+    pub stdin: bool,
+    /// Environment variable for the command (repeatable).
+    #[arg(short, long = "env", value_name = "KEY=VALUE")]
+    pub env: Vec<String>,
+    /// Working directory in the guest.
+    #[arg(short = 'w', long = "workdir", value_name = "DIR")]
+    pub workdir: Option<String>,
+    /// Kill the command after this many seconds (exit code 124).
+    #[arg(long, value_name = "SECS")]
+    pub timeout: Option<u64>,
+    /// The command and its arguments.
+    #[arg(last = true, required = true, value_name = "CMD")]
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmCpArgs {
+    /// `LOCAL` or `VM:/path`.
+    pub from: String,
+    /// `VM:/path` or `LOCAL`.
+    pub to: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VmLogsArgs {
+    /// VM name or id.
+    pub vm: String,
+    /// Keep printing new output.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Lines of history to print first.
+    #[arg(long, default_value_t = 100)]
+    pub tail: usize,
 }
 
 #[derive(Debug, Args)]
@@ -62,6 +115,9 @@ pub struct VmCreateArgs {
     /// Memory in MiB (64-65536, default 256).
     #[arg(long, value_name = "MIB")]
     pub memory: Option<u32>,
+    /// Boot it right away.
+    #[arg(long)]
+    pub start: bool,
 }
 
 #[derive(Debug, Args)]

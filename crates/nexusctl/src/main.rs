@@ -33,12 +33,12 @@ fn main() -> ExitCode {
     let home = cli.home.clone();
     let result = runtime.block_on(async {
         match cli.command {
-            Command::Status => commands::status::run(&client, out).await,
+            Command::Status => commands::status::run(&client, out).await.map(|()| 0),
             Command::Vm(cmd) => commands::vm::run(&client, out, cmd).await,
         }
     });
     match result {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code),
         Err(e) => report(&e, home.as_deref()),
     }
 }

@@ -13,6 +13,9 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, AppState, BearerToken};
 use crate::settings::Settings;
 use crate::store::{Store, StoreError};
+use crate::vm::VmService;
+use crate::vm::assets::BootAssets;
+use crate::vm::lifecycle::{Lifecycle, LifecycleConfig};
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -35,6 +38,8 @@ pub enum DaemonError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error("cannot recover the VMs of the previous run")]
+    Recover(#[source] crate::vm::VmError),
     #[error("cannot listen on {what}")]
     Listen {
         what: String,
@@ -130,7 +135,29 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
         .await
         .map_err(StoreError::Worker)??;
-    let state = AppState::new(store.clone());
+    let vms = VmService::new(store.clone());
+    let assets = BootAssets::new(
+        settings.kernel_dir.clone(),
+        paths.data_dir.join("assets"),
+        settings.agent_binary.clone(),
+    );
+    let lifecycle = Lifecycle::new(
+        store.clone(),
+        vms.clone(),
+        assets,
+        LifecycleConfig {
+            vmm: settings.vmm,
+            boot_timeout: settings.boot_timeout,
+            stop_timeout: settings.stop_timeout,
+            qemu: settings.qemu_binary.clone(),
+            vhost_vsock: settings.vhost_vsock_binary.clone(),
+            firecracker: settings.firecracker_binary.clone(),
+            console_max_bytes: settings.console_max_bytes,
+            vms_dir: paths.data_dir.join("vms"),
+        },
+    );
+    lifecycle.recover().await.map_err(DaemonError::Recover)?;
+    let state = AppState::new(store.clone(), vms, lifecycle.clone());
 
     // We hold the home lock, so a socket file left here belongs to a daemon that died.
     let _ = std::fs::remove_file(&paths.socket);
@@ -191,6 +218,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         servers.abort_all();
     }
     drop(socket_guard);
+    lifecycle.shutdown(settings.stop_vms_on_shutdown).await;
     drop(state);
     tokio::task::spawn_blocking(move || store.checkpoint())
         .await

@@ -44,7 +44,46 @@ pub struct Args {
     /// Seconds to let in-flight requests finish at shutdown.
     #[arg(long, value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// VMM backend: auto, firecracker or qemu.
+    #[arg(long, value_name = "BACKEND")]
+    pub vmm: Option<String>,
+    /// Seconds a booting VM gets to answer the agent handshake.
+    #[arg(long, value_name = "SECS")]
+    pub boot_timeout_secs: Option<u64>,
+    /// Seconds a stopping guest gets to power off before the VMM is terminated.
+    #[arg(long, value_name = "SECS")]
+    pub stop_timeout_secs: Option<u64>,
+    /// Stop every VM when nexusd stops.
+    #[arg(long, value_name = "BOOL")]
+    pub stop_vms_on_shutdown: Option<bool>,
+    /// Directory holding the guest kernel .deb.
+    #[arg(long, value_name = "DIR")]
+    pub kernel_dir: Option<PathBuf>,
+    /// The static guest agent binary.
+    #[arg(long, env = "NEXUS_AGENT_BIN", value_name = "FILE")]
+    pub agent_binary: Option<PathBuf>,
+    /// qemu-system-x86_64 binary.
+    #[arg(long, value_name = "FILE")]
+    pub qemu_binary: Option<PathBuf>,
+    /// vhost-device-vsock binary.
+    #[arg(long, value_name = "FILE")]
+    pub vhost_vsock_binary: Option<PathBuf>,
+    /// firecracker binary.
+    #[arg(long, value_name = "FILE")]
+    pub firecracker_binary: Option<PathBuf>,
+    /// Console log size (bytes) past which it is rotated.
+    #[arg(long, value_name = "BYTES")]
+    pub console_max_bytes: Option<u64>,
 }
+
+/// Default directory of the guest kernel package (filled by scripts/setup.sh).
+pub const DEFAULT_KERNEL_DIR: &str = "/var/cache/nexus/kernel";
+/// Default seconds for a boot (TCG boots take ~2 s; generous for loaded hosts).
+pub const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 60;
+/// Default seconds for a guest to power off.
+pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 10;
+/// Default console log cap.
+pub const DEFAULT_CONSOLE_MAX_BYTES: u64 = 4 << 20;
 
 /// The resolved settings.
 #[derive(Debug, Clone)]
@@ -55,6 +94,16 @@ pub struct Settings {
     pub tcp_listen: Option<SocketAddr>,
     pub tcp_token_file: Option<PathBuf>,
     pub shutdown_grace: Duration,
+    pub vmm: crate::vmm::VmmChoice,
+    pub boot_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub stop_vms_on_shutdown: bool,
+    pub kernel_dir: PathBuf,
+    pub agent_binary: Option<PathBuf>,
+    pub qemu_binary: PathBuf,
+    pub vhost_vsock_binary: PathBuf,
+    pub firecracker_binary: Option<PathBuf>,
+    pub console_max_bytes: u64,
 }
 
 impl Settings {
@@ -73,6 +122,16 @@ impl Settings {
             tcp_listen: args.tcp_listen.or(file.tcp_listen),
             tcp_token_file: args.tcp_token_file.clone().or(file.tcp_token_file),
             shutdown_grace_secs: args.shutdown_grace_secs.or(file.shutdown_grace_secs),
+            vmm: args.vmm.clone().or(file.vmm),
+            boot_timeout_secs: args.boot_timeout_secs.or(file.boot_timeout_secs),
+            stop_timeout_secs: args.stop_timeout_secs.or(file.stop_timeout_secs),
+            stop_vms_on_shutdown: args.stop_vms_on_shutdown.or(file.stop_vms_on_shutdown),
+            kernel_dir: args.kernel_dir.clone().or(file.kernel_dir),
+            agent_binary: args.agent_binary.clone().or(file.agent_binary),
+            qemu_binary: args.qemu_binary.clone().or(file.qemu_binary),
+            vhost_vsock_binary: args.vhost_vsock_binary.clone().or(file.vhost_vsock_binary),
+            firecracker_binary: args.firecracker_binary.clone().or(file.firecracker_binary),
+            console_max_bytes: args.console_max_bytes.or(file.console_max_bytes),
         };
         cfg.validate(&config_path)?;
         paths.config_file = config_path;
@@ -89,8 +148,49 @@ impl Settings {
                 cfg.shutdown_grace_secs
                     .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
             ),
+            // Validated above, so the parse cannot fail.
+            vmm: cfg
+                .vmm
+                .as_deref()
+                .unwrap_or("auto")
+                .parse()
+                .unwrap_or_default(),
+            boot_timeout: Duration::from_secs(
+                cfg.boot_timeout_secs.unwrap_or(DEFAULT_BOOT_TIMEOUT_SECS),
+            ),
+            stop_timeout: Duration::from_secs(
+                cfg.stop_timeout_secs.unwrap_or(DEFAULT_STOP_TIMEOUT_SECS),
+            ),
+            stop_vms_on_shutdown: cfg.stop_vms_on_shutdown.unwrap_or(false),
+            kernel_dir: cfg.kernel_dir.unwrap_or_else(|| DEFAULT_KERNEL_DIR.into()),
+            agent_binary: cfg
+                .agent_binary
+                .or_else(crate::vm::assets::default_agent_binary),
+            qemu_binary: cfg
+                .qemu_binary
+                .unwrap_or_else(|| "qemu-system-x86_64".into()),
+            vhost_vsock_binary: cfg.vhost_vsock_binary.unwrap_or_else(default_vhost_vsock),
+            firecracker_binary: cfg.firecracker_binary,
+            console_max_bytes: cfg.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
         })
     }
+}
+
+/// `vhost-device-vsock` from PATH, else where `cargo install` puts it.
+fn default_vhost_vsock() -> PathBuf {
+    let name = "vhost-device-vsock";
+    let in_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join(name))
+        .find(|p| p.is_file());
+    in_path
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| PathBuf::from(h).join(".cargo/bin").join(name))
+                .filter(|p| p.is_file())
+        })
+        .unwrap_or_else(|| name.into())
 }
 
 #[cfg(test)]

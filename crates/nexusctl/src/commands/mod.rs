@@ -1,4 +1,5 @@
 //! What each command does. One module per noun; each verb is a function.
 
+pub mod guest;
 pub mod status;
 pub mod vm;

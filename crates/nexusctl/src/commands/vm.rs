@@ -1,12 +1,33 @@
 //! `nexusctl vm <verb>`.
 
-use nexus_lib::api::{CreateVm, Vm};
+use nexus_lib::api::{BootRecord, CreateVm, Vm};
 use nexus_lib::client::{Client, ClientError};
 
 use crate::cli::{VmCommand, VmCreateArgs};
 use crate::output::{Printer, fields, table};
 
-pub async fn run(client: &Client, out: Printer, cmd: VmCommand) -> Result<(), ClientError> {
+/// Runs a `vm` verb; returns the process exit code.
+pub async fn run(client: &Client, out: Printer, cmd: VmCommand) -> Result<u8, ClientError> {
+    match cmd {
+        VmCommand::Exec(args) => return super::guest::exec(client, args).await,
+        VmCommand::Cp(args) => super::guest::cp(client, args).await?,
+        VmCommand::Logs(args) => super::guest::logs(client, args).await?,
+        VmCommand::Start(r) => action(client, out, &r.vm, "start").await?,
+        VmCommand::Stop(r) => action(client, out, &r.vm, "stop").await?,
+        VmCommand::Restart(r) => action(client, out, &r.vm, "restart").await?,
+        other => records(client, out, other).await?,
+    }
+    Ok(0)
+}
+
+async fn action(client: &Client, out: Printer, vm: &str, verb: &str) -> Result<(), ClientError> {
+    let vm = client.vm_action(vm, verb).await?;
+    let boot = client.vm_boots(&vm.id.to_string()).await?.pop();
+    out.print(&vm, || show(&vm, boot.as_ref()));
+    Ok(())
+}
+
+async fn records(client: &Client, out: Printer, cmd: VmCommand) -> Result<(), ClientError> {
     match cmd {
         VmCommand::Create(args) => create(client, out, args).await,
         VmCommand::List(args) => {
@@ -16,7 +37,8 @@ pub async fn run(client: &Client, out: Printer, cmd: VmCommand) -> Result<(), Cl
         }
         VmCommand::Show(r) => {
             let vm = client.get_vm(&r.vm).await?;
-            out.print(&vm, || show(&vm));
+            let boot = client.vm_boots(&vm.id.to_string()).await?.pop();
+            out.print(&vm, || show(&vm, boot.as_ref()));
             Ok(())
         }
         VmCommand::Delete(r) => {
@@ -44,6 +66,7 @@ pub async fn run(client: &Client, out: Printer, cmd: VmCommand) -> Result<(), Cl
             });
             Ok(())
         }
+        _ => unreachable!("handled by run"),
     }
 }
 
@@ -53,9 +76,11 @@ async fn create(client: &Client, out: Printer, args: VmCreateArgs) -> Result<(),
             name: args.name,
             vcpus: args.vcpus,
             memory_mib: args.memory,
+            start: args.start,
         })
         .await?;
-    out.print(&vm, || show(&vm));
+    let boot = client.vm_boots(&vm.id.to_string()).await?.pop();
+    out.print(&vm, || show(&vm, boot.as_ref()));
     Ok(())
 }
 
@@ -76,8 +101,8 @@ fn list_table(vms: &[Vm]) -> String {
     table(&["NAME", "STATE", "VCPUS", "MEMORY", "CID", "ID"], &rows)
 }
 
-fn show(vm: &Vm) -> String {
-    fields(&[
+fn show(vm: &Vm, boot: Option<&BootRecord>) -> String {
+    let mut text = fields(&[
         ("name", vm.name.clone()),
         ("id", vm.id.to_string()),
         (
@@ -88,5 +113,28 @@ fn show(vm: &Vm) -> String {
         ("memory", format!("{} MiB", vm.memory_mib)),
         ("vsock cid", vm.vsock_cid.to_string()),
         ("created", vm.created_at.clone()),
-    ])
+    ]);
+    if let Some(b) = boot {
+        let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} ms"));
+        text += &fields(&[
+            (
+                "last boot",
+                format!(
+                    "{} on {}/{} ({})",
+                    b.started_at, b.backend, b.accel, b.outcome
+                ),
+            ),
+            ("  vmm ready", ms(b.vmm_ready_ms)),
+            ("  guest init", ms(b.guest_init_ms)),
+            ("  guest agent up", ms(b.guest_ready_ms)),
+            ("  agent handshake", ms(b.agent_ready_ms)),
+        ]);
+        if let Some(exit) = &b.exit {
+            text += &fields(&[(
+                "  ended",
+                format!("{} ({exit})", b.ended_at.as_deref().unwrap_or("-")),
+            )]);
+        }
+    }
+    text
 }

@@ -6,6 +6,7 @@ use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use nexus_lib::api::{ErrorBody, ErrorDetail};
 
+use crate::agent::AgentError;
 use crate::store::StoreError;
 use crate::vm::VmError;
 
@@ -34,6 +35,13 @@ impl ApiError {
 
     pub fn not_found(message: impl Into<String>) -> Self {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+
+    pub fn invalid(field: &str, message: impl Into<String>) -> Self {
+        Self {
+            field: Some(field.to_owned()),
+            ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        }
     }
 
     fn internal(err: &dyn std::error::Error) -> Self {
@@ -92,7 +100,64 @@ impl From<VmError> for ApiError {
                 field: Some(field.into()),
                 ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
             },
-            VmError::Store(e) => Self::internal(&e),
+            VmError::NoRootDrive(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            VmError::Assets(e) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                error_chain(&e),
+            ),
+            VmError::Backend(e) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                error_chain(&e),
+            ),
+            VmError::BootFailed { .. } => {
+                Self::new(StatusCode::INTERNAL_SERVER_ERROR, "boot_failed", message)
+            }
+            VmError::Adopt { .. } | VmError::Store(_) => Self::internal(&e),
         }
     }
+}
+
+impl From<AgentError> for ApiError {
+    fn from(e: AgentError) -> Self {
+        let message = error_chain(&e);
+        match e {
+            // The guest's own answer: its 4xx statuses are passed on, anything else is the
+            // guest failing (a guest is untrusted: never let it choose a 5xx of ours).
+            AgentError::Remote {
+                status,
+                code: guest_code,
+                message,
+            } => {
+                let status = match status {
+                    404 => StatusCode::NOT_FOUND,
+                    400 | 409 | 413 | 422 => StatusCode::UNPROCESSABLE_ENTITY,
+                    _ => StatusCode::BAD_GATEWAY,
+                };
+                let code = if status == StatusCode::NOT_FOUND {
+                    "not_found"
+                } else {
+                    "guest_error"
+                };
+                let text: String = format!("guest: {}: {message}", code_prefix(&guest_code))
+                    .chars()
+                    .take(1024)
+                    .collect();
+                Self::new(status, code, text)
+            }
+            AgentError::InvalidRequest(_) => {
+                Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+            }
+            _ => Self::new(StatusCode::BAD_GATEWAY, "guest_unreachable", message),
+        }
+    }
+}
+
+/// A guest-chosen error code, bounded and printable.
+fn code_prefix(code: &str) -> String {
+    code.chars()
+        .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .take(64)
+        .collect()
 }

@@ -5,6 +5,7 @@
 mod auth;
 pub mod error;
 pub mod extract;
+mod guest;
 mod health;
 mod vms;
 
@@ -24,6 +25,7 @@ use utoipa_axum::router::OpenApiRouter;
 
 use crate::store::Store;
 use crate::vm::VmService;
+use crate::vm::lifecycle::Lifecycle;
 use error::ApiError;
 
 pub use auth::BearerToken;
@@ -36,14 +38,16 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub store: Store,
     pub vms: VmService,
+    pub lifecycle: Lifecycle,
     pub started: Instant,
 }
 
 impl AppState {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, vms: VmService, lifecycle: Lifecycle) -> Self {
         Self {
-            vms: VmService::new(store.clone()),
             store,
+            vms,
+            lifecycle,
             started: Instant::now(),
         }
     }
@@ -55,7 +59,7 @@ impl AppState {
         title = "Nexus API",
         description = "The nexusd API: microVMs for AI agents. Errors are `{\"error\":{\"code\",\"message\",\"field\"}}`."
     ),
-    tags((name = "system"), (name = "vms"))
+    tags((name = "system"), (name = "vms"), (name = "guest"))
 )]
 struct ApiDoc;
 
@@ -64,6 +68,7 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::routes())
         .merge(vms::routes())
+        .merge(guest::routes())
 }
 
 /// The OpenAPI document of every route.

@@ -33,7 +33,14 @@ async fn create_vm(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateVm>,
 ) -> Result<(StatusCode, Json<Vm>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.vms.create(req).await?)))
+    let start = req.start;
+    let vm = state.vms.create(req).await?;
+    let vm = if start {
+        state.lifecycle.start(&vm.id.to_string()).await?
+    } else {
+        vm
+    };
+    Ok((StatusCode::CREATED, Json(vm)))
 }
 
 /// Lists VMs, oldest first.
@@ -75,7 +82,7 @@ async fn delete_vm(
     State(state): State<AppState>,
     Path(vm): Path<String>,
 ) -> Result<StatusCode, ApiError> {
-    state.vms.delete(&vm).await?;
+    state.lifecycle.delete(&vm).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -53,7 +53,12 @@ fn version_key(path: &Path) -> Vec<u64> {
 
 /// Unpacks the newest cloud-kernel `.deb` in `assets` into `assets/kernels/<release>/`.
 pub fn unpack_debian_kernel(assets: &Path) -> Result<KernelAsset, BootError> {
-    let deb = find_kernel_deb(assets)?;
+    unpack_kernel_deb(&find_kernel_deb(assets)?, assets)
+}
+
+/// Unpacks the kernel package `deb` into `assets/kernels/<release>/` (idempotent).
+pub fn unpack_kernel_deb(deb: &Path, assets: &Path) -> Result<KernelAsset, BootError> {
+    let deb = deb.to_path_buf();
     let kernels = assets.join("kernels");
     fs::create_dir_all(&kernels).map_err(BootError::io(&kernels))?;
     if let Some(release) = release_from_deb_name(&deb)

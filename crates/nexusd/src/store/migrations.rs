@@ -4,11 +4,12 @@ use rusqlite_migration::{M, Migrations};
 
 /// The schema version after all migrations.
 #[cfg(test)]
-pub const LATEST: u32 = 1;
+pub const LATEST: u32 = 2;
 
 pub fn migrations() -> Migrations<'static> {
-    Migrations::new(vec![M::up(
-        r#"
+    Migrations::new(vec![
+        M::up(
+            r#"
         CREATE TABLE vms (
             id              TEXT PRIMARY KEY NOT NULL,
             name            TEXT NOT NULL UNIQUE,
@@ -32,5 +33,39 @@ pub fn migrations() -> Migrations<'static> {
         ) STRICT;
         CREATE INDEX vm_transitions_vm ON vm_transitions(vm_id, seq);
         "#,
-    )])
+        ),
+        M::up(
+            r#"
+        -- The processes of a live VM, so that a restarted daemon can re-adopt them.
+        CREATE TABLE vm_runtime (
+            vm_id               TEXT PRIMARY KEY NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+            boot_id             INTEGER NOT NULL,
+            backend             TEXT NOT NULL,
+            accel               TEXT NOT NULL,
+            runtime_dir         TEXT NOT NULL,
+            vmm_pid             INTEGER NOT NULL,
+            vmm_start_ticks     INTEGER NOT NULL,
+            helper_pid          INTEGER,
+            helper_start_ticks  INTEGER
+        ) STRICT;
+
+        -- One row per boot: phase timings (ms) and how it ended.
+        CREATE TABLE vm_boots (
+            id              INTEGER PRIMARY KEY AUTOINCREMENT,
+            vm_id           TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+            started_at_ms   INTEGER NOT NULL,
+            backend         TEXT NOT NULL,
+            accel           TEXT NOT NULL,
+            vmm_ready_ms    INTEGER,
+            guest_init_ms   INTEGER,
+            guest_ready_ms  INTEGER,
+            agent_ready_ms  INTEGER,
+            outcome         TEXT NOT NULL,
+            ended_at_ms     INTEGER,
+            exit            TEXT
+        ) STRICT;
+        CREATE INDEX vm_boots_vm ON vm_boots(vm_id, id);
+        "#,
+        ),
+    ])
 }

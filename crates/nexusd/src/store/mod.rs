@@ -7,6 +7,7 @@
 //! deleted to upgrade.
 
 mod migrations;
+pub mod runtime;
 pub mod vms;
 
 use std::path::{Path, PathBuf};

@@ -1,6 +1,9 @@
 //! VM records and their life cycle: validation of requests, the state machine, and the service
 //! that API handlers call. Handlers never touch SQL; this module never touches HTTP.
 
+pub mod assets;
+pub mod lifecycle;
+pub mod process;
 pub mod state;
 
 use nexus_lib::api::{
@@ -29,6 +32,22 @@ pub enum VmError {
         vm: String,
         state: VmState,
         action: &'static str,
+    },
+    #[error(
+        "VM {0} has no root drive: create it with an image (`nexusctl vm create NAME --image IMG`)"
+    )]
+    NoRootDrive(String),
+    #[error("boot assets are not available")]
+    Assets(#[source] assets::AssetError),
+    #[error("no usable VMM backend")]
+    Backend(#[source] crate::vmm::VmmError),
+    #[error("VM {vm} failed to start: {reason}")]
+    BootFailed { vm: String, reason: String },
+    #[error("cannot re-adopt the processes of VM {vm}")]
+    Adopt {
+        vm: String,
+        #[source]
+        source: std::io::Error,
     },
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -104,6 +123,26 @@ impl VmService {
             .ok_or_else(|| VmError::NotFound(id_or_name.to_owned()))
     }
 
+    /// The boots of a VM, oldest first (the last 100).
+    pub async fn boots(
+        &self,
+        id_or_name: &str,
+    ) -> Result<Vec<nexus_lib::api::BootRecord>, VmError> {
+        let vm = self.get(id_or_name).await?;
+        Ok(self
+            .store
+            .call(move |c| crate::store::runtime::boots(c, vm.id, 100))
+            .await?)
+    }
+
+    /// The ext4 file of the VM's root drive, if it has one.
+    pub async fn root_drive_path(
+        &self,
+        _vm: uuid::Uuid,
+    ) -> Result<Option<std::path::PathBuf>, VmError> {
+        Ok(None)
+    }
+
     /// Moves a VM to `to`, refusing illegal transitions with [`VmError::WrongState`].
     pub async fn transition(
         &self,
@@ -175,6 +214,7 @@ mod tests {
             name: name.into(),
             vcpus,
             memory_mib,
+            ..CreateVm::default()
         }
     }
 

@@ -1,0 +1,782 @@
+//! Booting and stopping VMs, supervising their processes, and re-adopting them after a daemon
+//! restart.
+//!
+//! Start: preflight (root drive, boot assets, backend) → `starting` → spawn the backend → wait
+//! for the guest agent's handshake → `running`. Every VM has one supervisor task that owns its
+//! processes: it notices the VMM's exit at once (child reaping, or a pidfd for re-adopted
+//! processes) and records the outcome (`stopped` when asked, `failed` during boot, `crashed`
+//! otherwise, with the exit and the console tail). Stop: ask the agent to power off, wait with a
+//! deadline, then SIGTERM, then SIGKILL.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use nexus_lib::api::{Vm, VmState};
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use super::assets::{BootAssets, Prepared};
+use super::process::{Watch, is_same_process, start_ticks};
+use super::{VmError, VmService};
+use crate::agent::AgentClient;
+use crate::store::runtime::{self, BootPhases, RuntimeRow};
+use crate::store::{Store, now_ms};
+use crate::vmm::{
+    Accel, FirecrackerVmm, HostProbe, Launched, ProcessRole, QemuVmm, VmSpec, Vmm, VmmChoice,
+    VmmKind, cap_console_log, guest_cmdline, select_backend,
+};
+
+/// How much console output is quoted into a crash or failure reason.
+const CONSOLE_TAIL_BYTES: u64 = 2048;
+/// How often the console log is checked against its cap.
+const CONSOLE_CAP_INTERVAL: Duration = Duration::from_secs(5);
+/// How long the agent gets to accept a shutdown request.
+const SHUTDOWN_ASK_TIMEOUT: Duration = Duration::from_secs(3);
+/// Grace between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(3);
+
+/// Settings of the life cycle.
+#[derive(Debug, Clone)]
+pub struct LifecycleConfig {
+    pub vmm: VmmChoice,
+    pub boot_timeout: Duration,
+    pub stop_timeout: Duration,
+    pub qemu: PathBuf,
+    pub vhost_vsock: PathBuf,
+    pub firecracker: Option<PathBuf>,
+    pub console_max_bytes: u64,
+    /// Parent of every VM's runtime directory.
+    pub vms_dir: PathBuf,
+}
+
+/// How a supervisor should record the VMM's exit when someone asked for it.
+#[derive(Debug, Default)]
+struct Outcome(Mutex<Option<(VmState, String)>>);
+
+impl Outcome {
+    fn set(&self, state: VmState, reason: impl Into<String>) {
+        *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((state, reason.into()));
+    }
+
+    fn take(&self) -> Option<(VmState, String)> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+/// A VM whose processes are up.
+#[derive(Clone)]
+struct Live {
+    agent: AgentClient,
+    outcome: Arc<Outcome>,
+    signals: mpsc::UnboundedSender<Signal>,
+    exited: watch::Receiver<bool>,
+    console_log: PathBuf,
+}
+
+impl Live {
+    /// Waits until the VMM has exited and its supervisor has recorded it, or `limit` passes.
+    async fn wait_exit(&self, limit: Duration) -> bool {
+        let mut exited = self.exited.clone();
+        tokio::time::timeout(limit, exited.wait_for(|e| *e))
+            .await
+            .is_ok()
+    }
+}
+
+/// The VM life-cycle service; cheap to clone.
+#[derive(Clone)]
+pub struct Lifecycle {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Store,
+    vms: VmService,
+    assets: BootAssets,
+    cfg: LifecycleConfig,
+    host: HostProbe,
+    live: Mutex<HashMap<Uuid, Live>>,
+}
+
+impl std::fmt::Debug for Lifecycle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lifecycle")
+            .field("cfg", &self.inner.cfg)
+            .finish()
+    }
+}
+
+impl Lifecycle {
+    pub fn new(store: Store, vms: VmService, assets: BootAssets, cfg: LifecycleConfig) -> Self {
+        let mut candidates: Vec<PathBuf> = cfg.firecracker.iter().cloned().collect();
+        candidates.push("/usr/local/bin/firecracker".into());
+        candidates.push("/usr/bin/firecracker".into());
+        let host = HostProbe::detect(&candidates);
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                vms,
+                assets,
+                cfg,
+                host,
+                live: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    fn live(&self, id: Uuid) -> Option<Live> {
+        self.inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&id)
+            .cloned()
+    }
+
+    fn set_live(&self, id: Uuid, live: Option<Live>) {
+        let mut map = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        match live {
+            Some(l) => map.insert(id, l),
+            None => map.remove(&id),
+        };
+    }
+
+    fn runtime_dir(&self, id: Uuid) -> PathBuf {
+        self.inner.cfg.vms_dir.join(id.to_string())
+    }
+
+    /// The console log of a VM (it may not exist yet).
+    pub fn console_log(&self, id: Uuid) -> PathBuf {
+        self.runtime_dir(id).join("console.log")
+    }
+
+    fn backend(&self) -> Result<(Arc<dyn Vmm>, Accel), VmError> {
+        let cfg = &self.inner.cfg;
+        let kind = select_backend(cfg.vmm, &self.inner.host).map_err(VmError::Backend)?;
+        let accel = self.inner.host.accel;
+        Ok(match kind {
+            VmmKind::Qemu => (
+                Arc::new(QemuVmm::new(&cfg.qemu, &cfg.vhost_vsock, accel)),
+                accel,
+            ),
+            VmmKind::Firecracker => {
+                let bin = self.inner.host.firecracker.clone().unwrap_or_default();
+                (Arc::new(FirecrackerVmm::new(bin)), accel)
+            }
+        })
+    }
+
+    /// Boots a VM and waits for its agent; returns the running VM.
+    pub async fn start(&self, key: &str) -> Result<Vm, VmError> {
+        let vm = self.inner.vms.get(key).await?;
+        let root = self.inner.vms.root_drive_path(vm.id).await?;
+        let root = root.ok_or_else(|| VmError::NoRootDrive(vm.name.clone()))?;
+        let assets = self.inner.assets.get().await.map_err(VmError::Assets)?;
+        let (backend, accel) = self.backend()?;
+        let vm = self
+            .inner
+            .vms
+            .transition(
+                &vm.id.to_string(),
+                VmState::Starting,
+                "start requested",
+                "start",
+            )
+            .await?;
+        self.boot(vm, root, assets, backend, accel).await
+    }
+
+    async fn boot(
+        &self,
+        vm: Vm,
+        root: PathBuf,
+        assets: Prepared,
+        backend: Arc<dyn Vmm>,
+        accel: Accel,
+    ) -> Result<Vm, VmError> {
+        let id = vm.id;
+        let dir = self.runtime_dir(id);
+        let spec = VmSpec {
+            name: vm.name.clone(),
+            kernel: assets.kernel.clone(),
+            initrd: Some(assets.initrd.clone()),
+            cmdline: guest_cmdline(&vm.name, None),
+            root_drive: root,
+            extra_drives: Vec::new(),
+            vcpus: vm.vcpus,
+            memory_mib: vm.memory_mib,
+            vsock_cid: vm.vsock_cid,
+            vsock_uds: dir.join("vsock.sock"),
+            tap: None,
+            runtime_dir: dir.clone(),
+            console_log: dir.join("console.log"),
+        };
+        let kind = kind_name(backend.kind());
+        let accel_name = accel_name(accel);
+        let boot_id = self
+            .inner
+            .store
+            .call(move |c| runtime::insert_boot(c, id, now_ms(), kind, accel_name))
+            .await?;
+        if let Err(e) = prepare_runtime_dir(&dir) {
+            return self
+                .fail_boot(
+                    &vm,
+                    boot_id,
+                    format!("cannot prepare {}: {e}", dir.display()),
+                )
+                .await;
+        }
+        let t0 = Instant::now();
+        let launched = match backend.spawn(&spec).await {
+            Ok(l) => l,
+            Err(e) => {
+                let reason = format!(
+                    "{}; console: {}",
+                    crate::api::error::error_chain(&e),
+                    console_tail(&spec.console_log)
+                );
+                return self.fail_boot(&vm, boot_id, reason).await;
+            }
+        };
+        let vmm_ready_ms = t0.elapsed().as_millis() as u64;
+        let live = self
+            .supervise(
+                &vm,
+                boot_id,
+                launched_watches(launched),
+                &spec,
+                accel_name,
+                kind,
+            )
+            .await?;
+        tracing::info!(vm = %vm.name, backend = kind, accel = accel_name, vmm_ready_ms, "VMM spawned; waiting for the agent");
+
+        let mut exited = live.exited.clone();
+        let connect = AgentClient::connect(spec.vsock_uds.clone(), self.inner.cfg.boot_timeout);
+        tokio::select! {
+            res = connect => match res {
+                Ok((agent, hs)) => {
+                    let agent_ready_ms = t0.elapsed().as_millis() as u64;
+                    let mut live = live;
+                    live.agent = agent;
+                    self.set_live(id, Some(live));
+                    let phases = BootPhases {
+                        vmm_ready_ms: Some(vmm_ready_ms),
+                        guest_init_ms: Some(hs.boot.init_ms),
+                        guest_ready_ms: Some(hs.boot.ready_ms),
+                        agent_ready_ms: Some(agent_ready_ms),
+                    };
+                    self.inner
+                        .store
+                        .call(move |c| runtime::finish_boot(c, boot_id, phases, "running"))
+                        .await?;
+                    let reason = format!(
+                        "agent answered in {agent_ready_ms} ms (protocol {}, agent {}, kernel {}, {kind}/{accel_name})",
+                        hs.protocol, hs.agent_version, hs.kernel_release
+                    );
+                    tracing::info!(vm = %vm.name, agent_ready_ms, "VM running");
+                    self.inner
+                        .vms
+                        .transition(&id.to_string(), VmState::Running, &reason, "start")
+                        .await
+                }
+                Err(e) => {
+                    let reason = format!(
+                        "{}; console: {}",
+                        crate::api::error::error_chain(&e),
+                        console_tail(&spec.console_log)
+                    );
+                    live.outcome.set(VmState::Failed, reason.clone());
+                    let _ = live.signals.send(Signal::SIGKILL);
+                    live.wait_exit(Duration::from_secs(10)).await;
+                    self.inner.store.call(move |c| runtime::finish_boot(c, boot_id, BootPhases { vmm_ready_ms: Some(vmm_ready_ms), ..BootPhases::default() }, "failed")).await?;
+                    Err(VmError::BootFailed { vm: vm.name.clone(), reason })
+                }
+            },
+            () = async { let _ = exited.wait_for(|e| *e).await; } => {
+                let state = self.inner.vms.get(&id.to_string()).await?;
+                self.inner.store.call(move |c| runtime::finish_boot(c, boot_id, BootPhases { vmm_ready_ms: Some(vmm_ready_ms), ..BootPhases::default() }, "failed")).await?;
+                let reason = self.inner.vms.history(&id.to_string()).await?
+                    .pop()
+                    .map(|t| t.reason)
+                    .unwrap_or_default();
+                Err(VmError::BootFailed { vm: state.name, reason })
+            }
+        }
+    }
+
+    /// Records a boot that failed before any process was supervised.
+    async fn fail_boot(&self, vm: &Vm, boot_id: i64, reason: String) -> Result<Vm, VmError> {
+        let id = vm.id;
+        let outcome = format!("failed: {reason}");
+        self.inner
+            .store
+            .call(move |c| runtime::finish_boot(c, boot_id, BootPhases::default(), &outcome))
+            .await?;
+        self.inner
+            .vms
+            .transition(&id.to_string(), VmState::Failed, &reason, "start")
+            .await?;
+        tracing::warn!(vm = %vm.name, %reason, "VM failed to start");
+        Err(VmError::BootFailed {
+            vm: vm.name.clone(),
+            reason,
+        })
+    }
+
+    /// Records the processes, and starts the supervisor task that owns them.
+    async fn supervise(
+        &self,
+        vm: &Vm,
+        boot_id: i64,
+        (vmm, helper): (Watch, Option<Watch>),
+        spec: &VmSpec,
+        accel: &'static str,
+        kind: &'static str,
+    ) -> Result<Live, VmError> {
+        let row = RuntimeRow {
+            vm_id: vm.id,
+            boot_id,
+            backend: kind.into(),
+            accel: accel.into(),
+            runtime_dir: spec.runtime_dir.display().to_string(),
+            vmm_pid: vmm.pid().unwrap_or(0),
+            vmm_start_ticks: vmm.pid().and_then(start_ticks).unwrap_or(0),
+            helper_pid: helper.as_ref().and_then(Watch::pid),
+            helper_start_ticks: helper.as_ref().and_then(Watch::pid).and_then(start_ticks),
+        };
+        self.inner
+            .store
+            .call(move |c| runtime::put_runtime(c, &row))
+            .await?;
+        Ok(self.spawn_supervisor(
+            vm,
+            boot_id,
+            vmm,
+            helper,
+            spec.vsock_uds.clone(),
+            spec.console_log.clone(),
+        ))
+    }
+
+    fn spawn_supervisor(
+        &self,
+        vm: &Vm,
+        boot_id: i64,
+        vmm: Watch,
+        helper: Option<Watch>,
+        vsock_uds: PathBuf,
+        console_log: PathBuf,
+    ) -> Live {
+        let (signals, sig_rx) = mpsc::unbounded_channel();
+        let (exited_tx, exited) = watch::channel(false);
+        let live = Live {
+            agent: AgentClient::new(vsock_uds),
+            outcome: Arc::new(Outcome::default()),
+            signals,
+            exited,
+            console_log,
+        };
+        self.set_live(vm.id, Some(live.clone()));
+        let this = self.clone();
+        let (id, name, outcome, log) = (
+            vm.id,
+            vm.name.clone(),
+            live.outcome.clone(),
+            live.console_log.clone(),
+        );
+        tokio::spawn(async move {
+            let how = this.watch_until_exit(vmm, sig_rx, &log).await;
+            if let Some(h) = helper {
+                stop_helper(h).await;
+            }
+            this.set_live(id, None);
+            if let Err(e) = this
+                .record_exit(id, &name, boot_id, &how, &outcome, &log)
+                .await
+            {
+                tracing::error!(vm = %name, error = %crate::api::error::error_chain(&e), "cannot record VM exit");
+            }
+            let _ = exited_tx.send(true);
+        });
+        live
+    }
+
+    async fn watch_until_exit(
+        &self,
+        mut vmm: Watch,
+        mut signals: mpsc::UnboundedReceiver<Signal>,
+        log: &Path,
+    ) -> String {
+        let max = self.inner.cfg.console_max_bytes;
+        let mut cap = tokio::time::interval(CONSOLE_CAP_INTERVAL);
+        cap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                how = vmm.wait() => return how,
+                Some(sig) = signals.recv() => vmm.signal(sig),
+                _ = cap.tick() => {
+                    let log = log.to_path_buf();
+                    let _ = tokio::task::spawn_blocking(move || cap_console_log(&log, max)).await;
+                }
+            }
+        }
+    }
+
+    async fn record_exit(
+        &self,
+        id: Uuid,
+        name: &str,
+        boot_id: i64,
+        how: &str,
+        outcome: &Outcome,
+        log: &Path,
+    ) -> Result<(), VmError> {
+        let exit = how.to_owned();
+        self.inner
+            .store
+            .call(move |c| {
+                runtime::end_boot(c, boot_id, now_ms(), &exit)?;
+                runtime::delete_runtime(c, id)
+            })
+            .await?;
+        let current = self.inner.vms.get(&id.to_string()).await?.state;
+        let (to, reason) = match (outcome.take(), current) {
+            (Some((to, reason)), _) => (to, format!("{reason} (VMM {how})")),
+            (None, VmState::Stopping) => (VmState::Stopped, format!("VMM {how}")),
+            (None, VmState::Starting) => (
+                VmState::Failed,
+                format!("VMM {how} during boot; console: {}", console_tail(log)),
+            ),
+            (None, _) => (
+                VmState::Crashed,
+                format!("VMM {how} unasked; console: {}", console_tail(log)),
+            ),
+        };
+        if !super::state::can_transition(current, to) {
+            return Ok(());
+        }
+        if to == VmState::Crashed {
+            tracing::warn!(vm = %name, %reason, "VM crashed");
+        } else {
+            tracing::info!(vm = %name, state = %to, "VM ended");
+        }
+        self.inner
+            .vms
+            .transition(&id.to_string(), to, &reason, "record exit")
+            .await
+            .map(drop)
+    }
+
+    /// Asks the guest to power off, then escalates; returns the stopped VM.
+    pub async fn stop(&self, key: &str) -> Result<Vm, VmError> {
+        let vm = self.inner.vms.get(key).await?;
+        let id = vm.id;
+        self.inner
+            .vms
+            .transition(&id.to_string(), VmState::Stopping, "stop requested", "stop")
+            .await?;
+        let Some(live) = self.live(id) else {
+            return self
+                .inner
+                .vms
+                .transition(
+                    &id.to_string(),
+                    VmState::Stopped,
+                    "no VMM process was running",
+                    "stop",
+                )
+                .await;
+        };
+        self.shut_down(&vm.name, &live).await;
+        self.inner.vms.get(&id.to_string()).await
+    }
+
+    async fn shut_down(&self, name: &str, live: &Live) {
+        let timeout = self.inner.cfg.stop_timeout;
+        live.outcome
+            .set(VmState::Stopped, "guest powered off on request");
+        let asked = tokio::time::timeout(SHUTDOWN_ASK_TIMEOUT, live.agent.shutdown()).await;
+        if !matches!(asked, Ok(Ok(_))) {
+            tracing::warn!(vm = %name, "agent did not accept the shutdown request; escalating");
+        } else if live.wait_exit(timeout).await {
+            return;
+        }
+        live.outcome.set(
+            VmState::Stopped,
+            format!("guest did not power off within {timeout:?}; VMM terminated"),
+        );
+        let _ = live.signals.send(Signal::SIGTERM);
+        if live.wait_exit(TERM_GRACE).await {
+            return;
+        }
+        live.outcome
+            .set(VmState::Stopped, "VMM ignored SIGTERM; killed");
+        let _ = live.signals.send(Signal::SIGKILL);
+        live.wait_exit(Duration::from_secs(10)).await;
+    }
+
+    /// Stops (when live) and starts again.
+    pub async fn restart(&self, key: &str) -> Result<Vm, VmError> {
+        let vm = self.inner.vms.get(key).await?;
+        if matches!(vm.state, VmState::Starting | VmState::Running) {
+            self.stop(key).await?;
+        }
+        self.start(key).await
+    }
+
+    /// The agent of a running VM.
+    pub async fn agent(&self, key: &str) -> Result<(Vm, AgentClient), VmError> {
+        let vm = self.inner.vms.get(key).await?;
+        match (vm.state, self.live(vm.id)) {
+            (VmState::Running, Some(live)) => Ok((vm, live.agent)),
+            (state, _) => Err(VmError::WrongState {
+                vm: vm.name,
+                state,
+                action: "talking to the guest",
+            }),
+        }
+    }
+
+    /// Deletes a VM that is not live, with its runtime directory.
+    pub async fn delete(&self, key: &str) -> Result<(), VmError> {
+        let vm = self.inner.vms.get(key).await?;
+        self.inner.vms.delete(&vm.id.to_string()).await?;
+        let dir = self.runtime_dir(vm.id);
+        let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        Ok(())
+    }
+
+    /// At start-up: re-adopts the processes of VMs that were live when the last daemon
+    /// stopped, and records the end of those whose VMM is gone.
+    pub async fn recover(&self) -> Result<(), VmError> {
+        for vm in self.inner.vms.list(None).await? {
+            if !matches!(
+                vm.state,
+                VmState::Starting | VmState::Running | VmState::Stopping
+            ) {
+                continue;
+            }
+            let id = vm.id;
+            let row = self
+                .inner
+                .store
+                .call(move |c| runtime::get_runtime(c, id))
+                .await?;
+            let alive = row
+                .as_ref()
+                .is_some_and(|r| is_same_process(r.vmm_pid, r.vmm_start_ticks, &r.runtime_dir));
+            match row {
+                Some(row) if alive => self.adopt(&vm, row).await?,
+                row => self.record_lost(&vm, row).await?,
+            }
+        }
+        Ok(())
+    }
+
+    async fn adopt(&self, vm: &Vm, row: RuntimeRow) -> Result<(), VmError> {
+        let vmm = Watch::adopt(row.vmm_pid).map_err(|e| VmError::Adopt {
+            vm: vm.name.clone(),
+            source: e,
+        })?;
+        let helper = match (row.helper_pid, row.helper_start_ticks) {
+            (Some(pid), Some(ticks)) if is_same_process(pid, ticks, &row.runtime_dir) => {
+                Watch::adopt(pid).ok()
+            }
+            _ => None,
+        };
+        let dir = PathBuf::from(&row.runtime_dir);
+        let live = self.spawn_supervisor(
+            vm,
+            row.boot_id,
+            vmm,
+            helper,
+            dir.join("vsock.sock"),
+            dir.join("console.log"),
+        );
+        tracing::info!(vm = %vm.name, pid = row.vmm_pid, state = %vm.state, "re-adopted running VM");
+        let this = self.clone();
+        let vm = vm.clone();
+        tokio::spawn(async move {
+            match vm.state {
+                VmState::Stopping => this.shut_down(&vm.name, &live).await,
+                state => {
+                    let wait = if state == VmState::Starting {
+                        this.inner.cfg.boot_timeout
+                    } else {
+                        Duration::from_secs(10)
+                    };
+                    match AgentClient::connect(live.agent.socket_path().to_owned(), wait).await {
+                        Ok((agent, _)) => {
+                            let mut l = live.clone();
+                            l.agent = agent;
+                            if this.live(vm.id).is_some() {
+                                this.set_live(vm.id, Some(l));
+                            }
+                            if state == VmState::Starting {
+                                let _ = this
+                                    .inner
+                                    .vms
+                                    .transition(
+                                        &vm.id.to_string(),
+                                        VmState::Running,
+                                        "agent answered after daemon restart",
+                                        "start",
+                                    )
+                                    .await;
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(vm = %vm.name, error = %e, "re-adopted VM's agent does not answer")
+                        }
+                    }
+                }
+            }
+        });
+        Ok(())
+    }
+
+    async fn record_lost(&self, vm: &Vm, row: Option<RuntimeRow>) -> Result<(), VmError> {
+        if let Some(r) = &row
+            && let (Some(pid), Some(ticks)) = (r.helper_pid, r.helper_start_ticks)
+            && is_same_process(pid, ticks, &r.runtime_dir)
+        {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
+        let id = vm.id;
+        let boot_id = row.map(|r| r.boot_id);
+        self.inner
+            .store
+            .call(move |c| {
+                if let Some(b) = boot_id {
+                    runtime::end_boot(c, b, now_ms(), "gone while nexusd was not running")?;
+                }
+                runtime::delete_runtime(c, id)
+            })
+            .await?;
+        let to = match vm.state {
+            VmState::Stopping => VmState::Stopped,
+            VmState::Starting => VmState::Failed,
+            _ => VmState::Crashed,
+        };
+        let reason = format!(
+            "VMM exited while nexusd was not running; console: {}",
+            console_tail(&self.console_log(id))
+        );
+        tracing::warn!(vm = %vm.name, state = %to, "VM's VMM is gone");
+        self.inner
+            .vms
+            .transition(&id.to_string(), to, &reason, "recover")
+            .await
+            .map(drop)
+    }
+
+    /// At daemon shutdown: stops every live VM when asked to, else leaves them running.
+    pub async fn shutdown(&self, stop_vms: bool) {
+        if !stop_vms {
+            return;
+        }
+        let ids: Vec<Uuid> = self
+            .inner
+            .live
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .keys()
+            .copied()
+            .collect();
+        let stops = ids.into_iter().map(|id| {
+            let this = self.clone();
+            async move {
+                if let Err(e) = this.stop(&id.to_string()).await {
+                    tracing::warn!(vm = %id, error = %e, "cannot stop VM at shutdown");
+                }
+            }
+        });
+        futures_util::future::join_all(stops).await;
+    }
+}
+
+fn launched_watches(launched: Launched) -> (Watch, Option<Watch>) {
+    let mut vmm = None;
+    let mut helper = None;
+    for p in launched.processes {
+        match p.role {
+            ProcessRole::Vmm => vmm = Some(Watch::Child(p.child)),
+            ProcessRole::VsockBackend => helper = Some(Watch::Child(p.child)),
+        }
+    }
+    // A backend always launches its VMM; without one, watch the helper as the VM.
+    match (vmm, helper) {
+        (Some(v), h) => (v, h),
+        (None, Some(h)) => (h, None),
+        (None, None) => unreachable!("a launched VM has at least one process"),
+    }
+}
+
+async fn stop_helper(mut helper: Watch) {
+    helper.signal(Signal::SIGTERM);
+    if tokio::time::timeout(TERM_GRACE, helper.wait())
+        .await
+        .is_err()
+    {
+        helper.signal(Signal::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(5), helper.wait()).await;
+    }
+}
+
+/// Creates the runtime directory and removes sockets a previous boot left behind.
+fn prepare_runtime_dir(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)?;
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name.to_string_lossy().contains(".sock") {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// The last bytes of the console, printable, for error reasons.
+pub fn console_tail(log: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return "(no console output)".into();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)));
+    let mut buf = Vec::new();
+    let _ = f.take(CONSOLE_TAIL_BYTES).read_to_end(&mut buf);
+    let text: String = String::from_utf8_lossy(&buf)
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
+    let text = text.trim();
+    if text.is_empty() {
+        "(no console output)".into()
+    } else {
+        text.to_owned()
+    }
+}
+
+fn kind_name(kind: VmmKind) -> &'static str {
+    match kind {
+        VmmKind::Qemu => "qemu",
+        VmmKind::Firecracker => "firecracker",
+    }
+}
+
+fn accel_name(accel: Accel) -> &'static str {
+    match accel {
+        Accel::Kvm => "kvm",
+        Accel::Tcg => "tcg",
+    }
+}
