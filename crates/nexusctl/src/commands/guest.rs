@@ -117,13 +117,15 @@ pub async fn logs(client: &Client, args: VmLogsArgs) -> Result<(), ClientError> 
     let (text, mut offset) = client.console(&args.vm, Some(args.tail), None).await?;
     let mut out = std::io::stdout();
     let _ = out.write_all(&text).and_then(|()| out.flush());
-    while args.follow {
+    if !args.follow {
+        return Ok(());
+    }
+    loop {
         tokio::time::sleep(Duration::from_millis(250)).await;
         let (text, end) = client.console(&args.vm, None, Some(offset)).await?;
         let _ = out.write_all(&text).and_then(|()| out.flush());
         offset = end;
     }
-    Ok(())
 }
 
 fn usage(message: String) -> ClientError {
