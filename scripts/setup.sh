@@ -27,6 +27,12 @@ if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: cargo install cargo-nextest"
   cargo install --quiet --locked cargo-nextest
 fi
-if [[ -x scripts/fetch-kernel.sh ]]; then
-  scripts/fetch-kernel.sh
+# The guest kernel package, where nexusd looks for it by default (`kernel_dir`).
+KERNEL_DIR=${NEXUS_KERNEL_DIR:-/var/cache/nexus/kernel}
+if ! ls "$KERNEL_DIR"/linux-image-*-cloud-amd64_*.deb >/dev/null 2>&1; then
+  echo "setup: fetching the guest kernel package into $KERNEL_DIR"
+  scripts/fetch-kernel.sh "$KERNEL_DIR" >/dev/null 2>&1 || {
+    apt-get update -qq
+    scripts/fetch-kernel.sh "$KERNEL_DIR" >/dev/null
+  }
 fi
