@@ -55,7 +55,10 @@ fn main() {
         }
         report("nexusctl status wall time", "ms", &mut status_ms);
     } else {
-        println!("nexusctl status: skipped ({} not built)", nexusctl.display());
+        println!(
+            "nexusctl status: skipped ({} not built)",
+            nexusctl.display()
+        );
     }
 
     let (mut lat_ms, wall) = rt.block_on(async {

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -12,6 +13,8 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, BearerToken};
 use crate::settings::Settings;
+use crate::storage::reconcile::{self, ReconcileError};
+use crate::storage::{PoolManager, StorageError};
 use crate::store::{Store, StoreError};
 
 /// Why the daemon could not start or stop cleanly.
@@ -49,6 +52,10 @@ pub enum DaemonError {
     },
     #[error("the TCP token file {0} is empty")]
     EmptyToken(PathBuf),
+    #[error("cannot open the storage pool")]
+    Pool(#[source] StorageError),
+    #[error("cannot reconcile the storage pool with the database")]
+    Reconcile(#[source] ReconcileError),
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
@@ -130,7 +137,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
         .await
         .map_err(StoreError::Worker)??;
-    let state = AppState::new(store.clone());
+    let pool = open_pool(&settings, &store).await?;
+    let state = AppState::new(store.clone(), pool.clone());
 
     // We hold the home lock, so a socket file left here belongs to a daemon that died.
     let _ = std::fs::remove_file(&paths.socket);
@@ -192,11 +200,39 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     }
     drop(socket_guard);
     drop(state);
+    close_pool(pool).await;
     tokio::task::spawn_blocking(move || store.checkpoint())
         .await
         .map_err(StoreError::Worker)??;
     tracing::info!("nexusd stopped");
     Ok(())
+}
+
+/// Opens the pool if it exists (the embedded one is created on first use instead) and reconciles it
+/// with the database.
+async fn open_pool(settings: &Settings, store: &Store) -> Result<Arc<PoolManager>, DaemonError> {
+    let pool = Arc::new(PoolManager::new(settings.pool.clone()));
+    let opening = pool.clone();
+    tokio::task::spawn_blocking(move || opening.open_existing())
+        .await
+        .map_err(StoreError::Worker)?
+        .map_err(DaemonError::Pool)?;
+    reconcile::reconcile(store, &pool)
+        .await
+        .map_err(DaemonError::Reconcile)?;
+    Ok(pool)
+}
+
+/// Unmounts the pool if this daemon mounted it; a busy pool (VMs still running) stays mounted.
+async fn close_pool(pool: Arc<PoolManager>) {
+    match tokio::task::spawn_blocking(move || pool.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ StorageError::PoolBusy { .. })) => tracing::info!("{e}"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %api::error::error_chain(&e), "could not close the storage pool")
+        }
+        Err(e) => tracing::warn!(error = %e, "pool close worker failed"),
+    }
 }
 
 fn read_token(path: Option<&Path>) -> Result<BearerToken, DaemonError> {

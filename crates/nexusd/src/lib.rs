@@ -3,6 +3,8 @@
 
 pub mod api;
 pub mod daemon;
+pub mod drives;
+pub mod images;
 pub mod settings;
 pub mod storage;
 pub mod store;

@@ -8,6 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 use nexus_lib::config::{Config, ConfigError, LogFormat};
 use nexus_lib::paths::{HOME_ENV, Paths};
+use nexus_lib::size::ByteSize;
+
+use crate::storage::PoolConfig;
 
 /// Default seconds for in-flight requests at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -44,6 +47,12 @@ pub struct Args {
     /// Seconds to let in-flight requests finish at shutdown.
     #[arg(long, value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
+    /// Storage pool: an existing directory on btrfs (default: an embedded loop-mounted image).
+    #[arg(long, value_name = "DIR")]
+    pub pool: Option<PathBuf>,
+    /// Size of the embedded pool image, e.g. 20G (default 20G).
+    #[arg(long, value_name = "SIZE")]
+    pub pool_size: Option<ByteSize>,
 }
 
 /// The resolved settings.
@@ -55,6 +64,7 @@ pub struct Settings {
     pub tcp_listen: Option<SocketAddr>,
     pub tcp_token_file: Option<PathBuf>,
     pub shutdown_grace: Duration,
+    pub pool: PoolConfig,
 }
 
 impl Settings {
@@ -73,12 +83,30 @@ impl Settings {
             tcp_listen: args.tcp_listen.or(file.tcp_listen),
             tcp_token_file: args.tcp_token_file.clone().or(file.tcp_token_file),
             shutdown_grace_secs: args.shutdown_grace_secs.or(file.shutdown_grace_secs),
+            pool: args.pool.clone().or(file.pool),
+            pool_size: args.pool_size.or(file.pool_size),
         };
         cfg.validate(&config_path)?;
         paths.config_file = config_path;
         if let Some(socket) = cfg.socket {
             paths.socket = socket;
         }
+        let pool = match cfg.pool {
+            Some(dir) => PoolConfig::Dir(dir),
+            None => match (PoolConfig::embedded(&paths.data_dir), cfg.pool_size) {
+                (
+                    PoolConfig::Image {
+                        file, mountpoint, ..
+                    },
+                    Some(size),
+                ) => PoolConfig::Image {
+                    file,
+                    size: size.bytes(),
+                    mountpoint,
+                },
+                (embedded, _) => embedded,
+            },
+        };
         Ok(Self {
             paths,
             log_format: cfg.log_format.unwrap_or_default(),
@@ -89,6 +117,7 @@ impl Settings {
                 cfg.shutdown_grace_secs
                     .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),
             ),
+            pool,
         })
     }
 }
@@ -113,6 +142,39 @@ mod tests {
         let s = Settings::resolve(&args).unwrap();
         assert_eq!(s.shutdown_grace, Duration::from_secs(7));
         assert_eq!(s.log_level, "debug");
+    }
+
+    #[test]
+    fn pool_size_flag_overrides_config_and_pool_dir_wins_over_the_image() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("nexus.toml"), "pool_size = \"20G\"\n").unwrap();
+        let args = Args {
+            home: Some(home.path().into()),
+            pool_size: Some(ByteSize(1 << 30)),
+            ..Args::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert!(matches!(s.pool, PoolConfig::Image { size, .. } if size == 1 << 30));
+        let args = Args {
+            pool: Some("/srv/btrfs/nexus".into()),
+            ..args
+        };
+        assert_eq!(
+            Settings::resolve(&args).unwrap().pool,
+            PoolConfig::Dir("/srv/btrfs/nexus".into())
+        );
+    }
+
+    #[test]
+    fn a_too_small_pool_size_flag_names_the_key() {
+        let home = tempfile::tempdir().unwrap();
+        let args = Args {
+            home: Some(home.path().into()),
+            pool_size: Some(ByteSize(1 << 20)),
+            ..Args::default()
+        };
+        let err = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("pool_size"), "{err}");
     }
 
     #[test]

@@ -77,7 +77,7 @@ fn status_reports_version_and_schema() {
     let out = d.ctl(&["--json", "status"]);
     let h: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(h["status"], "ok");
-    assert_eq!(h["database"]["schema_version"], 1);
+    assert_eq!(h["database"]["schema_version"], 2);
 }
 
 #[test]

@@ -20,7 +20,7 @@ pub async fn run(client: &Client, out: Printer, cmd: VmCommand) -> Result<(), Cl
             Ok(())
         }
         VmCommand::Delete(r) => {
-            client.delete_vm(&r.vm).await?;
+            client.delete_vm(&r.vm, r.keep_drives).await?;
             out.print(&serde_json::json!({"deleted": r.vm}), || {
                 format!("deleted {}", r.vm)
             });
@@ -53,6 +53,8 @@ async fn create(client: &Client, out: Printer, args: VmCreateArgs) -> Result<(),
             name: args.name,
             vcpus: args.vcpus,
             memory_mib: args.memory,
+            image: args.image,
+            disk_size: args.disk_size,
         })
         .await?;
     out.print(&vm, || show(&vm));

@@ -3,9 +3,11 @@
 //! then call a domain service.
 
 mod auth;
+mod drives;
 pub mod error;
 pub mod extract;
 mod health;
+mod images;
 mod vms;
 
 use std::sync::Arc;
@@ -22,6 +24,9 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::drives::DriveService;
+use crate::images::ImageService;
+use crate::storage::PoolManager;
 use crate::store::Store;
 use crate::vm::VmService;
 use error::ApiError;
@@ -36,13 +41,20 @@ pub const MAX_JSON_BODY: usize = 64 * 1024;
 pub struct AppState {
     pub store: Store,
     pub vms: VmService,
+    pub pool: Arc<PoolManager>,
+    pub images: ImageService,
+    pub drives: DriveService,
     pub started: Instant,
 }
 
 impl AppState {
-    pub fn new(store: Store) -> Self {
+    pub fn new(store: Store, pool: Arc<PoolManager>) -> Self {
+        let drives = DriveService::new(store.clone(), pool.clone());
         Self {
-            vms: VmService::new(store.clone()),
+            vms: VmService::new(store.clone(), drives.clone()),
+            images: ImageService::new(store.clone(), pool.clone()),
+            drives,
+            pool,
             store,
             started: Instant::now(),
         }
@@ -55,7 +67,7 @@ impl AppState {
         title = "Nexus API",
         description = "The nexusd API: microVMs for AI agents. Errors are `{\"error\":{\"code\",\"message\",\"field\"}}`."
     ),
-    tags((name = "system"), (name = "vms"))
+    tags((name = "system"), (name = "vms"), (name = "images"), (name = "drives"))
 )]
 struct ApiDoc;
 
@@ -64,6 +76,8 @@ fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::with_openapi(ApiDoc::openapi())
         .merge(health::routes())
         .merge(vms::routes())
+        .merge(images::routes())
+        .merge(drives::routes())
 }
 
 /// The OpenAPI document of every route.

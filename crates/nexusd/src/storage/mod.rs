@@ -18,12 +18,15 @@
 pub mod btrfs;
 mod cmd;
 pub mod ext4;
+mod manager;
 pub mod pool;
+pub mod reconcile;
 mod service;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use manager::PoolManager;
 pub use pool::{Pool, PoolConfig};
 pub use service::{DriveInfo, ImageInfo, ImageSource, Storage};
 
