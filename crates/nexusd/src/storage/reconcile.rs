@@ -103,6 +103,7 @@ fn log(s: &Summary) {
         && s.orphan_drives_removed.is_empty()
         && s.images_marked_broken.is_empty()
         && s.drives_marked_broken.is_empty()
+        && s.tmp_removed.is_empty()
         && s.failures.is_empty());
     if changed {
         tracing::warn!(
@@ -112,12 +113,9 @@ fn log(s: &Summary) {
             drives_marked_broken = ?s.drives_marked_broken,
             tmp_removed = ?s.tmp_removed,
             failures = ?s.failures,
-            "storage reconciled: the pool did not match the database"
+            "storage reconciled: removed or marked what did not match the database"
         );
     } else {
-        tracing::info!(
-            tmp_removed = s.tmp_removed.len(),
-            "storage reconciled: pool and database agree"
-        );
+        tracing::info!("storage reconciled: pool and database agree");
     }
 }
