@@ -265,3 +265,97 @@ fn restart_reopens_the_pool_with_its_images() {
     assert_eq!(ctl_json(&d, &["image", "show", "base"])["state"], "ready");
     assert_eq!(ctl_json(&d, &["status"])["pool"]["mounted"], true);
 }
+
+#[test]
+fn importing_into_a_full_pool_is_insufficient_storage_and_leaves_nothing() {
+    common::require_storage_prerequisites();
+    let d = TestDaemon::start_logged(tempfile::tempdir().unwrap(), &["--pool-size", "256M"]);
+    // 320 MiB of incompressible data in an ext4 file: more than the pool can hold.
+    let tree = d.home().join("random");
+    std::fs::create_dir(&tree).unwrap();
+    let mut urandom = std::fs::File::open("/dev/urandom").unwrap();
+    for i in 0..10 {
+        let mut f = std::fs::File::create(tree.join(format!("r{i}"))).unwrap();
+        std::io::copy(&mut std::io::Read::take(&mut urandom, 32 << 20), &mut f).unwrap();
+    }
+    let file = d.home().join("big.ext4");
+    let mke2fs = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4", "-d"])
+        .arg(&tree)
+        .arg(&file)
+        .arg("400M")
+        .status()
+        .unwrap();
+    assert!(mke2fs.success());
+
+    let err = common::rt()
+        .block_on(d.client.import_image(&nexus_lib::api::CreateImage {
+            path: file.to_string_lossy().into_owned(),
+            name: None,
+        }))
+        .unwrap_err();
+
+    assert_eq!(err.status(), Some(507), "{err}");
+    assert!(err.to_string().contains("out of space"), "{err}");
+    assert_eq!(ctl_json(&d, &["image", "list"]), serde_json::json!([]));
+    assert!(entries(&d.pool_root().join("images")).is_empty());
+    assert!(entries(&d.pool_root().join("tmp")).is_empty());
+}
+
+/// A home owned by uid 65534 and a nexusd running as that user, with the embedded pool.
+fn unprivileged_daemon_home() -> tempfile::TempDir {
+    common::require_storage_prerequisites();
+    let home = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(
+        home.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    std::os::unix::fs::chown(home.path(), Some(65534), Some(65534)).unwrap();
+    home
+}
+
+fn as_nobody() -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(common::nexusd_bin());
+    cmd
+}
+
+#[test]
+fn without_root_the_first_import_says_how_to_use_a_btrfs_directory() {
+    let home = unprivileged_daemon_home();
+    let tree = sample_tree(home.path());
+    let child = common::spawn_logged(as_nobody(), home.path(), &[]);
+    let d = TestDaemon::wrap(home, child, &[]);
+
+    let out = d.ctl(&["image", "import", tree.to_str().unwrap()]);
+
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("needs root") && stderr(&out).contains("pool = "),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(ctl_json(&d, &["image", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn without_root_an_existing_embedded_pool_is_a_startup_error_naming_the_fix() {
+    let home = unprivileged_daemon_home();
+    std::fs::create_dir_all(home.path().join("data")).unwrap();
+    std::fs::write(home.path().join("data/pool.img"), b"").unwrap();
+    for p in ["data", "data/pool.img"] {
+        std::os::unix::fs::chown(home.path().join(p), Some(65534), Some(65534)).unwrap();
+    }
+
+    let mut child = common::spawn_logged(as_nobody(), home.path(), &[]);
+    let status = common::wait_bounded(&mut child, Duration::from_secs(20));
+
+    assert!(!status.success());
+    let log = std::fs::read_to_string(home.path().join("nexusd.log")).unwrap();
+    assert!(
+        log.contains("needs root") && log.contains("pool = "),
+        "{log}"
+    );
+}
