@@ -5,7 +5,6 @@ mod common;
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use common::{
     TestDaemon, ctl_json, entries, ext4_bytes, require_storage_prerequisites, sample_tree,
@@ -285,11 +284,11 @@ fn a_daemon_running_as_an_ordinary_user_imports_and_deletes_without_privileges()
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     chown(home.path());
     let tree = sample_tree(home.path());
-    let mut setpriv = Command::new("setpriv");
-    setpriv
-        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(common::nexusd_bin());
-    let child = spawn_logged(setpriv, home.path(), &["--pool", pool.to_str().unwrap()]);
+    let child = spawn_logged(
+        common::nexusd_as_nobody(),
+        home.path(),
+        &["--pool", pool.to_str().unwrap()],
+    );
     let d = TestDaemon::wrap(home, child, &[]);
     ctl_json(
         &d,
@@ -326,4 +325,22 @@ fn a_daemon_running_as_an_ordinary_user_imports_and_deletes_without_privileges()
     assert!(entries(&pool.join("drives")).is_empty(), "{}", d.log());
     assert!(entries(&pool.join("images")).is_empty(), "{}", d.log());
     assert!(entries(&pool.join("tmp")).is_empty(), "{}", d.log());
+}
+
+#[test]
+fn the_api_names_the_size_field_when_a_drive_is_smaller_than_its_image() {
+    let d = daemon_with_image();
+
+    let err = common::rt()
+        .block_on(d.client.create_drive(&nexus_lib::api::CreateDrive {
+            image: "base".into(),
+            name: None,
+            size: Some(nexus_lib::size::ByteSize(1 << 20)),
+        }))
+        .unwrap_err();
+
+    assert!(
+        matches!(err, nexus_lib::client::ClientError::Api { status: 422, ref field, .. } if field.as_deref() == Some("size")),
+        "{err:?}"
+    );
 }

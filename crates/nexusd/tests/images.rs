@@ -315,18 +315,11 @@ fn unprivileged_daemon_home() -> tempfile::TempDir {
     home
 }
 
-fn as_nobody() -> Command {
-    let mut cmd = Command::new("setpriv");
-    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
-        .arg(common::nexusd_bin());
-    cmd
-}
-
 #[test]
 fn without_root_the_first_import_says_how_to_use_a_btrfs_directory() {
     let home = unprivileged_daemon_home();
     let tree = sample_tree(home.path());
-    let child = common::spawn_logged(as_nobody(), home.path(), &[]);
+    let child = common::spawn_logged(common::nexusd_as_nobody(), home.path(), &[]);
     let d = TestDaemon::wrap(home, child, &[]);
 
     let out = d.ctl(&["image", "import", tree.to_str().unwrap()]);
@@ -349,7 +342,7 @@ fn without_root_an_existing_embedded_pool_is_a_startup_error_naming_the_fix() {
         std::os::unix::fs::chown(home.path().join(p), Some(65534), Some(65534)).unwrap();
     }
 
-    let mut child = common::spawn_logged(as_nobody(), home.path(), &[]);
+    let mut child = common::spawn_logged(common::nexusd_as_nobody(), home.path(), &[]);
     let status = common::wait_bounded(&mut child, Duration::from_secs(20));
 
     assert!(!status.success());
@@ -358,4 +351,37 @@ fn without_root_an_existing_embedded_pool_is_a_startup_error_naming_the_fix() {
         log.contains("needs root") && log.contains("pool = "),
         "{log}"
     );
+}
+
+#[test]
+fn openapi_document_covers_the_storage_routes() {
+    let d = TestDaemon::start();
+
+    let doc: serde_json::Value = common::rt()
+        .block_on(
+            d.client
+                .request(http::Method::GET, "/v1/openapi.json", None::<&()>),
+        )
+        .unwrap();
+
+    let paths = doc["paths"].as_object().unwrap();
+    for (path, method) in [
+        ("/v1/images", "get"),
+        ("/v1/images", "post"),
+        ("/v1/images/{image}", "get"),
+        ("/v1/images/{image}", "delete"),
+        ("/v1/drives", "get"),
+        ("/v1/drives", "post"),
+        ("/v1/drives/{drive}", "get"),
+        ("/v1/drives/{drive}", "delete"),
+        ("/v1/drives/{drive}/attach", "post"),
+        ("/v1/drives/{drive}/detach", "post"),
+    ] {
+        assert!(
+            paths.get(path).and_then(|p| p.get(method)).is_some(),
+            "{method} {path} missing"
+        );
+    }
+    let params = &paths["/v1/vms/{vm}"]["delete"]["parameters"];
+    assert!(params.to_string().contains("keep_drives"), "{params}");
 }

@@ -185,6 +185,14 @@ pub fn spawn_logged(mut cmd: Command, home: &Path, extra: &[&str]) -> Child {
         .expect("spawn nexusd")
 }
 
+/// A `Command` running nexusd as uid/gid 65534 (through `setpriv`), for [`spawn_logged`].
+pub fn nexusd_as_nobody() -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(nexusd_bin());
+    cmd
+}
+
 /// Storage tests need root (to loop-mount btrfs), btrfs-progs and e2fsprogs: fail naming what is
 /// missing rather than pass silently.
 pub fn require_storage_prerequisites() {
