@@ -220,7 +220,12 @@ impl DriveService {
         let id = Uuid::now_v7();
         let name = name.unwrap_or_else(|| {
             let simple = id.simple().to_string();
-            format!("{}-{}", image_row.name, &simple[simple.len() - 8..])
+            let prefix = &image_row.name[..image_row.name.len().min(MAX_NAME_LEN - 9)];
+            format!(
+                "{}-{}",
+                prefix.trim_end_matches('-'),
+                &simple[simple.len() - 8..]
+            )
         });
         validate_name(&name).map_err(|e| DriveError::Invalid {
             field: "name",

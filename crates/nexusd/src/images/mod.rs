@@ -16,6 +16,9 @@ use crate::storage::{PoolManager, StorageError, ext4};
 use crate::store::images::{self, Deleted, ImageRow, Inserted};
 use crate::store::{Store, StoreError};
 
+/// Longest import path accepted (Linux's `PATH_MAX`).
+const MAX_PATH_LEN: usize = 4096;
+
 /// Errors of image operations.
 #[derive(Debug, thiserror::Error)]
 pub enum ImageError {
@@ -52,6 +55,12 @@ impl ImageService {
 
     /// Imports the ext4 file or directory at `req.path` (on this host) as a new master image.
     pub async fn import(&self, req: CreateImage) -> Result<Image, ImageError> {
+        if req.path.len() > MAX_PATH_LEN {
+            return Err(ImageError::Invalid {
+                field: "path",
+                message: format!("longer than {MAX_PATH_LEN} bytes"),
+            });
+        }
         let path = PathBuf::from(&req.path);
         if !path.is_absolute() {
             return Err(ImageError::Invalid {
