@@ -5,6 +5,11 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use uuid::Uuid;
 
+use crate::size::ByteSize;
+
+mod storage;
+pub use storage::*;
+
 /// Default number of vCPUs of a new VM.
 pub const DEFAULT_VCPUS: u32 = 1;
 /// Default memory of a new VM, MiB.
@@ -107,6 +112,12 @@ pub struct CreateVm {
     /// Boot the VM right away (the response comes once its agent answers).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub start: bool,
+    /// Image id or name: creates the VM's root drive from it in the same request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image: Option<String>,
+    /// Size of that root drive (not smaller than the image); needs `image`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk_size: Option<ByteSize>,
 }
 
 /// Query of `GET /v1/vms`.
@@ -148,6 +159,9 @@ pub struct Health {
     pub version: String,
     pub uptime_ms: u64,
     pub database: DatabaseHealth,
+    /// The storage pool.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<PoolHealth>,
 }
 
 /// Every error the API returns: `{"error": {...}}`.

@@ -15,7 +15,10 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::agent::{ExecEvent, ExecRequest, FileStat, MAX_EVENT_LINE_BYTES};
-use crate::api::{BootRecord, CreateVm, ErrorBody, Health, Transition, Vm, VmState};
+use crate::api::{
+    AttachDrive, BootRecord, CreateDrive, CreateImage, CreateVm, Drive, ErrorBody, Health, Image,
+    Transition, Vm, VmState,
+};
 
 /// A request body: bytes in memory or a stream.
 pub type Body = BoxBody<Bytes, std::io::Error>;
@@ -249,15 +252,72 @@ impl Client {
         .await
     }
 
-    /// `DELETE /v1/vms/{id-or-name}`.
-    pub async fn delete_vm(&self, vm: &str) -> Result<(), ClientError> {
-        self.request_bytes(
-            Method::DELETE,
-            &format!("/v1/vms/{}", segment(vm)),
-            None::<&()>,
-        )
-        .await
-        .map(drop)
+    /// `DELETE /v1/vms/{id-or-name}`; the drives made with the VM go too unless `keep_drives`.
+    pub async fn delete_vm(&self, vm: &str, keep_drives: bool) -> Result<(), ClientError> {
+        let query = if keep_drives { "?keep_drives=true" } else { "" };
+        self.delete(&format!("/v1/vms/{}{query}", segment(vm)))
+            .await
+    }
+
+    /// A `DELETE` whose success has no body.
+    async fn delete(&self, path: &str) -> Result<(), ClientError> {
+        self.request_bytes(Method::DELETE, path, None::<&()>)
+            .await
+            .map(drop)
+    }
+
+    /// `POST /v1/images`: imports an ext4 file or a directory on the daemon's host.
+    pub async fn import_image(&self, req: &CreateImage) -> Result<Image, ClientError> {
+        self.request(Method::POST, "/v1/images", Some(req)).await
+    }
+
+    /// `GET /v1/images`.
+    pub async fn list_images(&self) -> Result<Vec<Image>, ClientError> {
+        self.request(Method::GET, "/v1/images", None::<&()>).await
+    }
+
+    /// `GET /v1/images/{id-or-name}`.
+    pub async fn get_image(&self, image: &str) -> Result<Image, ClientError> {
+        let path = format!("/v1/images/{}", segment(image));
+        self.request(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `DELETE /v1/images/{id-or-name}`.
+    pub async fn delete_image(&self, image: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/images/{}", segment(image))).await
+    }
+
+    /// `POST /v1/drives`.
+    pub async fn create_drive(&self, req: &CreateDrive) -> Result<Drive, ClientError> {
+        self.request(Method::POST, "/v1/drives", Some(req)).await
+    }
+
+    /// `GET /v1/drives`.
+    pub async fn list_drives(&self) -> Result<Vec<Drive>, ClientError> {
+        self.request(Method::GET, "/v1/drives", None::<&()>).await
+    }
+
+    /// `GET /v1/drives/{id-or-name}`.
+    pub async fn get_drive(&self, drive: &str) -> Result<Drive, ClientError> {
+        let path = format!("/v1/drives/{}", segment(drive));
+        self.request(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `DELETE /v1/drives/{id-or-name}`.
+    pub async fn delete_drive(&self, drive: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/drives/{}", segment(drive))).await
+    }
+
+    /// `POST /v1/drives/{id-or-name}/attach`.
+    pub async fn attach_drive(&self, drive: &str, req: &AttachDrive) -> Result<Drive, ClientError> {
+        let path = format!("/v1/drives/{}/attach", segment(drive));
+        self.request(Method::POST, &path, Some(req)).await
+    }
+
+    /// `POST /v1/drives/{id-or-name}/detach`.
+    pub async fn detach_drive(&self, drive: &str) -> Result<Drive, ClientError> {
+        let path = format!("/v1/drives/{}/detach", segment(drive));
+        self.request(Method::POST, &path, None::<&()>).await
     }
 
     /// `GET /v1/vms/{id-or-name}/history`.

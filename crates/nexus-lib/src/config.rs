@@ -6,6 +6,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::size::ByteSize;
+
 /// How `nexusd` formats its log.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -65,6 +67,11 @@ pub struct Config {
     pub firecracker_binary: Option<PathBuf>,
     /// Console log size (bytes) past which it is rotated (4096..=1 GiB).
     pub console_max_bytes: Option<u64>,
+    /// Storage pool: an existing directory on btrfs, used as is. Unset: the embedded pool, a sparse
+    /// image file under the data directory that nexusd formats and loop-mounts (needs root).
+    pub pool: Option<PathBuf>,
+    /// Size of the embedded pool's sparse image (`"20G"` or bytes; default 20 GiB, at least 256M).
+    pub pool_size: Option<ByteSize>,
 }
 
 /// A config file that could not be used.
@@ -85,6 +92,9 @@ pub enum ConfigError {
         message: String,
     },
 }
+
+/// Smallest embedded pool image accepted (`mkfs.btrfs` needs some room for its own metadata).
+pub const MIN_POOL_SIZE: u64 = 256 << 20;
 
 /// Upper bound of `shutdown_grace_secs`.
 pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 600;
@@ -162,6 +172,22 @@ impl Config {
                 format!("{v} is outside 4096..=1073741824"),
             ));
         }
+        if let Some(size) = self.pool_size
+            && size.bytes() < MIN_POOL_SIZE
+        {
+            return Err(bad(
+                "pool_size",
+                format!("{} bytes is less than the minimum of 256M", size.bytes()),
+            ));
+        }
+        if let Some(pool) = &self.pool
+            && !pool.is_absolute()
+        {
+            return Err(bad(
+                "pool",
+                format!("{} is not an absolute path", pool.display()),
+            ));
+        }
         if let Some(level) = &self.log_level
             && level.trim().is_empty()
         {
@@ -202,6 +228,20 @@ mod tests {
     fn unknown_vmm_is_named() {
         let err = parse("vmm = \"xen\"").unwrap_err().to_string();
         assert!(err.contains("vmm"), "{err}");
+    }
+
+    #[test]
+    fn pool_size_accepts_suffixes_and_names_the_key_when_bad() {
+        assert_eq!(
+            parse("pool_size = \"20G\"").unwrap().pool_size,
+            Some(ByteSize(20 << 30))
+        );
+        let err = parse("pool_size = \"20X\"").unwrap_err().to_string();
+        assert!(err.contains("pool_size"), "{err}");
+        let err = parse("pool_size = \"1M\"").unwrap_err().to_string();
+        assert!(err.contains("pool_size"), "{err}");
+        let err = parse("pool = \"rel/dir\"").unwrap_err().to_string();
+        assert!(err.contains("`pool`"), "{err}");
     }
 
     #[test]

@@ -10,6 +10,7 @@ pub mod client;
 pub mod config;
 pub mod names;
 pub mod paths;
+pub mod size;
 
 /// The version of this build, reported by `GET /v1/health` and `nexusctl --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

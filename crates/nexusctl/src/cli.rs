@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use clap::{Args, Parser, Subcommand};
 use nexus_lib::api::VmState;
 use nexus_lib::paths::HOME_ENV;
+use nexus_lib::size::ByteSize;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -34,6 +35,12 @@ pub enum Command {
     /// Manage VMs.
     #[command(subcommand)]
     Vm(VmCommand),
+    /// Manage master images (read-only ext4 filesystems drives are made from).
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Manage drives (copy-on-write snapshots of images, attached to VMs).
+    #[command(subcommand)]
+    Drive(DriveCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -45,9 +52,9 @@ pub enum VmCommand {
     List(VmListArgs),
     /// Show one VM.
     Show(VmRef),
-    /// Delete a VM that is not running.
+    /// Delete a VM that is not running, and the drives created with it.
     #[command(alias = "rm")]
-    Delete(VmRef),
+    Delete(VmDeleteArgs),
     /// Show a VM's state transitions.
     History(VmRef),
     /// Boot a VM and wait for its guest agent.
@@ -118,6 +125,99 @@ pub struct VmCreateArgs {
     /// Boot it right away.
     #[arg(long)]
     pub start: bool,
+    /// Create the VM's root drive from this image (id or name).
+    #[arg(long, value_name = "IMAGE")]
+    pub image: Option<String>,
+    /// Size of that root drive, e.g. 4G (default: the image's size).
+    #[arg(long, value_name = "SIZE", requires = "image")]
+    pub disk_size: Option<ByteSize>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmDeleteArgs {
+    /// VM name or id.
+    pub vm: String,
+    /// Keep the drives created with the VM (they are detached instead).
+    #[arg(long)]
+    pub keep_drives: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Import an ext4 image file or a directory (a path on the daemon's host).
+    Import(ImageImportArgs),
+    /// List images.
+    #[command(alias = "ls")]
+    List,
+    /// Show one image.
+    Show(ImageRef),
+    /// Delete an image no drive depends on.
+    #[command(alias = "rm")]
+    Delete(ImageRef),
+}
+
+#[derive(Debug, Args)]
+pub struct ImageImportArgs {
+    /// An ext4 image file or a directory.
+    pub path: PathBuf,
+    /// Name (default: from the file name).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageRef {
+    /// Image name or id.
+    pub image: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DriveCommand {
+    /// Create a drive from an image.
+    Create(DriveCreateArgs),
+    /// List drives.
+    #[command(alias = "ls")]
+    List,
+    /// Show one drive.
+    Show(DriveRef),
+    /// Delete a drive that is not attached to a running VM.
+    #[command(alias = "rm")]
+    Delete(DriveRef),
+    /// Attach a drive to a VM that is not running.
+    Attach(DriveAttachArgs),
+    /// Detach a drive from its VM (which must not be running).
+    Detach(DriveRef),
+}
+
+#[derive(Debug, Args)]
+pub struct DriveCreateArgs {
+    /// Image name or id.
+    #[arg(long)]
+    pub image: String,
+    /// Grow the filesystem to this size, e.g. 4G (default: the image's size).
+    #[arg(long, value_name = "SIZE")]
+    pub size: Option<ByteSize>,
+    /// Name (default: <image>-<short id>).
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DriveRef {
+    /// Drive name or id.
+    pub drive: String,
+}
+
+#[derive(Debug, Args)]
+pub struct DriveAttachArgs {
+    /// Drive name or id.
+    pub drive: String,
+    /// VM name or id.
+    #[arg(long)]
+    pub vm: String,
+    /// Attach as the VM's root drive.
+    #[arg(long)]
+    pub root: bool,
 }
 
 #[derive(Debug, Args)]

@@ -35,6 +35,8 @@ fn main() -> ExitCode {
         match cli.command {
             Command::Status => commands::status::run(&client, out).await.map(|()| 0),
             Command::Vm(cmd) => commands::vm::run(&client, out, cmd).await,
+            Command::Image(cmd) => commands::image::run(&client, out, cmd).await.map(|()| 0),
+            Command::Drive(cmd) => commands::drive::run(&client, out, cmd).await.map(|()| 0),
         }
     });
     match result {
@@ -73,6 +75,7 @@ fn report(err: &ClientError, home: Option<&std::path::Path>) -> ExitCode {
                 404 => 4,
                 409 => 5,
                 400 | 413 | 422 => 2,
+                // 503 (pool unavailable) and 507 (pool full) are failures: 1.
                 _ => 1,
             })
         }

@@ -5,6 +5,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use nix::fcntl::{Flock, FlockArg};
@@ -12,10 +13,11 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, AppState, BearerToken};
 use crate::settings::Settings;
+use crate::storage::reconcile::{self, ReconcileError};
+use crate::storage::{PoolManager, StorageError};
 use crate::store::{Store, StoreError};
-use crate::vm::VmService;
 use crate::vm::assets::BootAssets;
-use crate::vm::lifecycle::{Lifecycle, LifecycleConfig};
+use crate::vm::lifecycle::LifecycleConfig;
 
 /// Why the daemon could not start or stop cleanly.
 #[derive(Debug, thiserror::Error)]
@@ -54,6 +56,10 @@ pub enum DaemonError {
     },
     #[error("the TCP token file {0} is empty")]
     EmptyToken(PathBuf),
+    #[error("cannot open the storage pool")]
+    Pool(#[source] StorageError),
+    #[error("cannot reconcile the storage pool with the database")]
+    Reconcile(#[source] ReconcileError),
 }
 
 fn create_dir(path: &Path, mode: u32) -> Result<(), DaemonError> {
@@ -135,29 +141,25 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     let store = tokio::task::spawn_blocking(move || Store::open(&db_path))
         .await
         .map_err(StoreError::Worker)??;
-    let vms = VmService::new(store.clone());
+    let pool = open_pool(&settings, &store).await?;
     let assets = BootAssets::new(
         settings.kernel_dir.clone(),
         paths.data_dir.join("assets"),
         settings.agent_binary.clone(),
     );
-    let lifecycle = Lifecycle::new(
-        store.clone(),
-        vms.clone(),
-        assets,
-        LifecycleConfig {
-            vmm: settings.vmm,
-            boot_timeout: settings.boot_timeout,
-            stop_timeout: settings.stop_timeout,
-            qemu: settings.qemu_binary.clone(),
-            vhost_vsock: settings.vhost_vsock_binary.clone(),
-            firecracker: settings.firecracker_binary.clone(),
-            console_max_bytes: settings.console_max_bytes,
-            vms_dir: paths.data_dir.join("vms"),
-        },
-    );
+    let lifecycle_cfg = LifecycleConfig {
+        vmm: settings.vmm,
+        boot_timeout: settings.boot_timeout,
+        stop_timeout: settings.stop_timeout,
+        qemu: settings.qemu_binary.clone(),
+        vhost_vsock: settings.vhost_vsock_binary.clone(),
+        firecracker: settings.firecracker_binary.clone(),
+        console_max_bytes: settings.console_max_bytes,
+        vms_dir: paths.data_dir.join("vms"),
+    };
+    let state = AppState::new(store.clone(), pool.clone(), assets, lifecycle_cfg);
+    let lifecycle = state.lifecycle.clone();
     lifecycle.recover().await.map_err(DaemonError::Recover)?;
-    let state = AppState::new(store.clone(), vms, lifecycle.clone());
 
     // We hold the home lock, so a socket file left here belongs to a daemon that died.
     let _ = std::fs::remove_file(&paths.socket);
@@ -220,11 +222,39 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     drop(socket_guard);
     lifecycle.shutdown(settings.stop_vms_on_shutdown).await;
     drop(state);
+    close_pool(pool).await;
     tokio::task::spawn_blocking(move || store.checkpoint())
         .await
         .map_err(StoreError::Worker)??;
     tracing::info!("nexusd stopped");
     Ok(())
+}
+
+/// Opens the pool if it exists (the embedded one is created on first use instead) and reconciles it
+/// with the database.
+async fn open_pool(settings: &Settings, store: &Store) -> Result<Arc<PoolManager>, DaemonError> {
+    let pool = Arc::new(PoolManager::new(settings.pool.clone()));
+    let opening = pool.clone();
+    tokio::task::spawn_blocking(move || opening.open_existing())
+        .await
+        .map_err(StoreError::Worker)?
+        .map_err(DaemonError::Pool)?;
+    reconcile::reconcile(store, &pool)
+        .await
+        .map_err(DaemonError::Reconcile)?;
+    Ok(pool)
+}
+
+/// Unmounts the pool if this daemon mounted it; a busy pool (VMs still running) stays mounted.
+async fn close_pool(pool: Arc<PoolManager>) {
+    match tokio::task::spawn_blocking(move || pool.close()).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e @ StorageError::PoolBusy { .. })) => tracing::info!("{e}"),
+        Ok(Err(e)) => {
+            tracing::warn!(error = %api::error::error_chain(&e), "could not close the storage pool")
+        }
+        Err(e) => tracing::warn!(error = %e, "pool close worker failed"),
+    }
 }
 
 fn read_token(path: Option<&Path>) -> Result<BearerToken, DaemonError> {

@@ -5,6 +5,8 @@ pub mod agent;
 pub mod api;
 pub mod boot;
 pub mod daemon;
+pub mod drives;
+pub mod images;
 pub mod settings;
 pub mod storage;
 pub mod store;

@@ -8,6 +8,9 @@ use std::time::Duration;
 use clap::Parser;
 use nexus_lib::config::{Config, ConfigError, LogFormat};
 use nexus_lib::paths::{HOME_ENV, Paths};
+use nexus_lib::size::ByteSize;
+
+use crate::storage::PoolConfig;
 
 /// Default seconds for in-flight requests at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
@@ -57,7 +60,7 @@ pub struct Args {
     #[arg(long, value_name = "BOOL")]
     pub stop_vms_on_shutdown: Option<bool>,
     /// Directory holding the guest kernel .deb.
-    #[arg(long, value_name = "DIR")]
+    #[arg(long, env = "NEXUS_KERNEL_DIR", value_name = "DIR")]
     pub kernel_dir: Option<PathBuf>,
     /// The static guest agent binary.
     #[arg(long, env = "NEXUS_AGENT_BIN", value_name = "FILE")]
@@ -74,6 +77,12 @@ pub struct Args {
     /// Console log size (bytes) past which it is rotated.
     #[arg(long, value_name = "BYTES")]
     pub console_max_bytes: Option<u64>,
+    /// Storage pool: an existing directory on btrfs (default: an embedded loop-mounted image).
+    #[arg(long, value_name = "DIR")]
+    pub pool: Option<PathBuf>,
+    /// Size of the embedded pool image, e.g. 20G (default 20G).
+    #[arg(long, value_name = "SIZE")]
+    pub pool_size: Option<ByteSize>,
 }
 
 /// Default directory of the guest kernel package (filled by scripts/setup.sh).
@@ -104,6 +113,7 @@ pub struct Settings {
     pub vhost_vsock_binary: PathBuf,
     pub firecracker_binary: Option<PathBuf>,
     pub console_max_bytes: u64,
+    pub pool: PoolConfig,
 }
 
 impl Settings {
@@ -132,12 +142,30 @@ impl Settings {
             vhost_vsock_binary: args.vhost_vsock_binary.clone().or(file.vhost_vsock_binary),
             firecracker_binary: args.firecracker_binary.clone().or(file.firecracker_binary),
             console_max_bytes: args.console_max_bytes.or(file.console_max_bytes),
+            pool: args.pool.clone().or(file.pool),
+            pool_size: args.pool_size.or(file.pool_size),
         };
         cfg.validate(&config_path)?;
         paths.config_file = config_path;
         if let Some(socket) = cfg.socket {
             paths.socket = socket;
         }
+        let pool = match cfg.pool {
+            Some(dir) => PoolConfig::Dir(dir),
+            None => match (PoolConfig::embedded(&paths.data_dir), cfg.pool_size) {
+                (
+                    PoolConfig::Image {
+                        file, mountpoint, ..
+                    },
+                    Some(size),
+                ) => PoolConfig::Image {
+                    file,
+                    size: size.bytes(),
+                    mountpoint,
+                },
+                (embedded, _) => embedded,
+            },
+        };
         Ok(Self {
             paths,
             log_format: cfg.log_format.unwrap_or_default(),
@@ -172,6 +200,7 @@ impl Settings {
             vhost_vsock_binary: cfg.vhost_vsock_binary.unwrap_or_else(default_vhost_vsock),
             firecracker_binary: cfg.firecracker_binary,
             console_max_bytes: cfg.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
+            pool,
         })
     }
 }
@@ -213,6 +242,39 @@ mod tests {
         let s = Settings::resolve(&args).unwrap();
         assert_eq!(s.shutdown_grace, Duration::from_secs(7));
         assert_eq!(s.log_level, "debug");
+    }
+
+    #[test]
+    fn pool_size_flag_overrides_config_and_pool_dir_wins_over_the_image() {
+        let home = tempfile::tempdir().unwrap();
+        std::fs::write(home.path().join("nexus.toml"), "pool_size = \"20G\"\n").unwrap();
+        let args = Args {
+            home: Some(home.path().into()),
+            pool_size: Some(ByteSize(1 << 30)),
+            ..Args::default()
+        };
+        let s = Settings::resolve(&args).unwrap();
+        assert!(matches!(s.pool, PoolConfig::Image { size, .. } if size == 1 << 30));
+        let args = Args {
+            pool: Some("/srv/btrfs/nexus".into()),
+            ..args
+        };
+        assert_eq!(
+            Settings::resolve(&args).unwrap().pool,
+            PoolConfig::Dir("/srv/btrfs/nexus".into())
+        );
+    }
+
+    #[test]
+    fn a_too_small_pool_size_flag_names_the_key() {
+        let home = tempfile::tempdir().unwrap();
+        let args = Args {
+            home: Some(home.path().into()),
+            pool_size: Some(ByteSize(1 << 20)),
+            ..Args::default()
+        };
+        let err = Settings::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("pool_size"), "{err}");
     }
 
     #[test]

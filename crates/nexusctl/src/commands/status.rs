@@ -1,13 +1,14 @@
 //! `nexusctl status`.
 
 use nexus_lib::client::{Client, ClientError};
+use nexus_lib::size::format_size;
 
 use crate::output::{Printer, fields};
 
 pub async fn run(client: &Client, out: Printer) -> Result<(), ClientError> {
     let h = client.health().await?;
     out.print(&h, || {
-        fields(&[
+        let mut lines = vec![
             ("nexusd", format!("{} ({})", h.status, h.version)),
             ("uptime", format_ms(h.uptime_ms)),
             ("socket", client.endpoint().to_string()),
@@ -18,7 +19,20 @@ pub async fn run(client: &Client, out: Printer) -> Result<(), ClientError> {
                     h.database.path, h.database.schema_version
                 ),
             ),
-        ])
+        ];
+        if let Some(pool) = &h.pool {
+            let space = match (pool.free_bytes, pool.total_bytes) {
+                (Some(free), Some(total)) => {
+                    format!(", {} free of {}", format_size(free), format_size(total))
+                }
+                _ => String::new(),
+            };
+            lines.push((
+                "pool",
+                format!("{} ({}, {}{space})", pool.path, pool.mode, pool.status),
+            ));
+        }
+        fields(&lines)
     });
     Ok(())
 }

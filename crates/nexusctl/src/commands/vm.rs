@@ -42,7 +42,7 @@ async fn records(client: &Client, out: Printer, cmd: VmCommand) -> Result<(), Cl
             Ok(())
         }
         VmCommand::Delete(r) => {
-            client.delete_vm(&r.vm).await?;
+            client.delete_vm(&r.vm, r.keep_drives).await?;
             out.print(&serde_json::json!({"deleted": r.vm}), || {
                 format!("deleted {}", r.vm)
             });
@@ -77,6 +77,8 @@ async fn create(client: &Client, out: Printer, args: VmCreateArgs) -> Result<(),
             vcpus: args.vcpus,
             memory_mib: args.memory,
             start: args.start,
+            image: args.image,
+            disk_size: args.disk_size,
         })
         .await?;
     let boot = client.vm_boots(&vm.id.to_string()).await?.pop();

@@ -7,6 +7,9 @@ use axum::response::{IntoResponse, Response};
 use nexus_lib::api::{ErrorBody, ErrorDetail};
 
 use crate::agent::AgentError;
+use crate::drives::DriveError;
+use crate::images::ImageError;
+use crate::storage::StorageError;
 use crate::store::StoreError;
 use crate::vm::VmError;
 
@@ -37,10 +40,21 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "conflict", message)
+    }
+
     pub fn invalid(field: &str, message: impl Into<String>) -> Self {
         Self {
-            field: Some(field.to_owned()),
+            field: Some(field.into()),
             ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
+        }
+    }
+
+    fn with_field(self, field: &str) -> Self {
+        Self {
+            field: Some(field.into()),
+            ..self
         }
     }
 
@@ -91,16 +105,15 @@ impl From<VmError> for ApiError {
         let message = e.to_string();
         match e {
             VmError::NotFound(_) => Self::not_found(message),
-            VmError::NameTaken(_) => Self {
-                field: Some("name".into()),
-                ..Self::new(StatusCode::CONFLICT, "conflict", message)
-            },
-            VmError::WrongState { .. } => Self::new(StatusCode::CONFLICT, "conflict", message),
-            VmError::Invalid { field, .. } => Self {
-                field: Some(field.into()),
-                ..Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)
-            },
-            VmError::NoRootDrive(_) => Self::new(StatusCode::CONFLICT, "conflict", message),
+            VmError::NameTaken(_) => Self::conflict(message).with_field("name"),
+            VmError::WrongState { .. } => Self::conflict(message),
+            VmError::Invalid { field, .. } => Self::invalid(field, message),
+            VmError::Store(e) => Self::internal(&e),
+            VmError::Drive(DriveError::ImageNotFound(_)) => {
+                Self::not_found(message).with_field("image")
+            }
+            VmError::Drive(e) => e.into(),
+            VmError::NoRootDrive(_) => Self::conflict(message),
             VmError::Assets(e) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",
@@ -114,7 +127,66 @@ impl From<VmError> for ApiError {
             VmError::BootFailed { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "boot_failed", message)
             }
-            VmError::Adopt { .. } | VmError::Store(_) => Self::internal(&e),
+            VmError::Adopt { .. } => Self::internal(&e),
+        }
+    }
+}
+
+impl From<StorageError> for ApiError {
+    fn from(e: StorageError) -> Self {
+        if e.is_out_of_space() {
+            return Self::new(
+                StatusCode::INSUFFICIENT_STORAGE,
+                "insufficient_storage",
+                e.to_string(),
+            );
+        }
+        let message = e.to_string();
+        match e {
+            StorageError::SourceNotFound { .. }
+            | StorageError::NotExt4 { .. }
+            | StorageError::NotADirectory { .. } => Self::invalid("path", message),
+            StorageError::SizeTooSmall { .. } | StorageError::InvalidSize { .. } => {
+                Self::invalid("size", message)
+            }
+            StorageError::PoolNeedsRoot { .. } | StorageError::NotBtrfs { .. } => {
+                tracing::warn!(error = %message, "storage pool unavailable");
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "pool_unavailable", message)
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<ImageError> for ApiError {
+    fn from(e: ImageError) -> Self {
+        let message = e.to_string();
+        match e {
+            ImageError::NotFound(_) => Self::not_found(message),
+            ImageError::NameTaken(_) => Self::conflict(message).with_field("name"),
+            ImageError::InUse { .. } => Self::conflict(message),
+            ImageError::Invalid { field, .. } => Self::invalid(field, message),
+            ImageError::Storage(e) => e.into(),
+            ImageError::Store(e) => Self::internal(&e),
+            ImageError::Worker(e) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<DriveError> for ApiError {
+    fn from(e: DriveError) -> Self {
+        let message = e.to_string();
+        match e {
+            DriveError::NotFound(_) | DriveError::VmNotFound(_) => Self::not_found(message),
+            DriveError::ImageNotFound(_) => Self::not_found(message).with_field("image"),
+            DriveError::NameTaken(_) | DriveError::VmNameTaken(_) => {
+                Self::conflict(message).with_field("name")
+            }
+            DriveError::Conflict(_) => Self::conflict(message),
+            DriveError::Invalid { field, .. } => Self::invalid(field, message),
+            DriveError::Storage(e) => e.into(),
+            DriveError::Store(e) => Self::internal(&e),
+            DriveError::Worker(e) => Self::internal(&e),
         }
     }
 }

@@ -36,6 +36,7 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
             schema_version: schema.unwrap_or(0),
             ok,
         },
+        pool: pool_health(&state).await,
     };
     let status = if ok {
         StatusCode::OK
@@ -43,4 +44,12 @@ async fn health(State(state): State<AppState>) -> (StatusCode, Json<Health>) {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (status, Json(report))
+}
+
+/// The pool's report (statvfs may block on a busy filesystem: off the reactor).
+async fn pool_health(state: &AppState) -> Option<nexus_lib::api::PoolHealth> {
+    let pool = state.pool.clone();
+    tokio::task::spawn_blocking(move || pool.health())
+        .await
+        .ok()
 }

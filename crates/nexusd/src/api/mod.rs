@@ -3,10 +3,12 @@
 //! then call a domain service.
 
 mod auth;
+mod drives;
 pub mod error;
 pub mod extract;
 mod guest;
 mod health;
+mod images;
 mod vms;
 
 use std::sync::Arc;
@@ -23,9 +25,13 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::drives::DriveService;
+use crate::images::ImageService;
+use crate::storage::PoolManager;
 use crate::store::Store;
 use crate::vm::VmService;
-use crate::vm::lifecycle::Lifecycle;
+use crate::vm::assets::BootAssets;
+use crate::vm::lifecycle::{Lifecycle, LifecycleConfig};
 use error::ApiError;
 
 pub use auth::BearerToken;
@@ -39,15 +45,28 @@ pub struct AppState {
     pub store: Store,
     pub vms: VmService,
     pub lifecycle: Lifecycle,
+    pub pool: Arc<PoolManager>,
+    pub images: ImageService,
+    pub drives: DriveService,
     pub started: Instant,
 }
 
 impl AppState {
-    pub fn new(store: Store, vms: VmService, lifecycle: Lifecycle) -> Self {
+    pub fn new(
+        store: Store,
+        pool: Arc<PoolManager>,
+        assets: BootAssets,
+        lifecycle: LifecycleConfig,
+    ) -> Self {
+        let drives = DriveService::new(store.clone(), pool.clone());
+        let vms = VmService::new(store.clone(), drives.clone());
         Self {
-            store,
+            lifecycle: Lifecycle::new(store.clone(), vms.clone(), assets, lifecycle),
             vms,
-            lifecycle,
+            images: ImageService::new(store.clone(), pool.clone()),
+            drives,
+            pool,
+            store,
             started: Instant::now(),
         }
     }
@@ -59,7 +78,7 @@ impl AppState {
         title = "Nexus API",
         description = "The nexusd API: microVMs for AI agents. Errors are `{\"error\":{\"code\",\"message\",\"field\"}}`."
     ),
-    tags((name = "system"), (name = "vms"), (name = "guest"))
+    tags((name = "system"), (name = "vms"), (name = "guest"), (name = "images"), (name = "drives"))
 )]
 struct ApiDoc;
 
@@ -69,6 +88,8 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(health::routes())
         .merge(vms::routes())
         .merge(guest::routes())
+        .merge(images::routes())
+        .merge(drives::routes())
 }
 
 /// The OpenAPI document of every route.

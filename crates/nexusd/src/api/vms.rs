@@ -3,7 +3,7 @@
 use axum::Json;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use nexus_lib::api::{CreateVm, ErrorBody, Transition, Vm, VmListQuery};
+use nexus_lib::api::{CreateVm, ErrorBody, Transition, Vm, VmDeleteQuery, VmListQuery};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
@@ -24,9 +24,11 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     responses(
         (status = 201, description = "Created", body = Vm),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 404, description = "No such image", body = ErrorBody),
         (status = 409, description = "Name taken", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 422, description = "Invalid field", body = ErrorBody),
+        (status = 507, description = "The storage pool is out of space", body = ErrorBody),
     )
 )]
 async fn create_vm(
@@ -34,6 +36,7 @@ async fn create_vm(
     ApiJson(req): ApiJson<CreateVm>,
 ) -> Result<(StatusCode, Json<Vm>), ApiError> {
     let start = req.start;
+    state.images.ensure_default(req.image.as_deref()).await?;
     let vm = state.vms.create(req).await?;
     let vm = if start {
         state.lifecycle.start(&vm.id.to_string()).await?
@@ -70,10 +73,10 @@ async fn get_vm(
     Ok(Json(state.vms.get(&vm).await?))
 }
 
-/// Deletes a VM that is not live.
+/// Deletes a VM that is not live, and the drives created with it unless `keep_drives=true`.
 #[utoipa::path(
     delete, path = "/v1/vms/{vm}", tag = "vms",
-    params(("vm" = String, Path, description = "VM id or name")),
+    params(("vm" = String, Path, description = "VM id or name"), VmDeleteQuery),
     responses((status = 204, description = "Deleted"),
                (status = 404, description = "No such VM", body = ErrorBody),
                (status = 409, description = "The VM's state forbids deletion", body = ErrorBody))
@@ -81,8 +84,9 @@ async fn get_vm(
 async fn delete_vm(
     State(state): State<AppState>,
     Path(vm): Path<String>,
+    ApiQuery(q): ApiQuery<VmDeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
-    state.lifecycle.delete(&vm).await?;
+    state.lifecycle.delete(&vm, q.keep_drives).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 

@@ -18,14 +18,17 @@
 pub mod btrfs;
 mod cmd;
 pub mod ext4;
+mod manager;
 pub mod pool;
+pub mod reconcile;
 mod service;
 
 use std::io;
 use std::path::{Path, PathBuf};
 
+pub use manager::PoolManager;
 pub use pool::{Pool, PoolConfig};
-pub use service::{DriveInfo, ImageInfo, ImageSource, Storage};
+pub use service::{DriveInfo, IMAGE_FILE, ImageInfo, ImageSource, Storage};
 
 /// Everything that can go wrong in storage. Variants carry the path or id a reader needs.
 #[derive(Debug, thiserror::Error)]

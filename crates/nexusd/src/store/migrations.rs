@@ -4,10 +4,11 @@ use rusqlite_migration::{M, Migrations};
 
 /// The schema version after all migrations.
 #[cfg(test)]
-pub const LATEST: u32 = 2;
+pub const LATEST: u32 = 3;
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
+        // 1: VM records and their history.
         M::up(
             r#"
         CREATE TABLE vms (
@@ -34,6 +35,42 @@ pub fn migrations() -> Migrations<'static> {
         CREATE INDEX vm_transitions_vm ON vm_transitions(vm_id, seq);
         "#,
         ),
+        // 2: storage. An image or drive row exists only once its subvolume is published; the database
+        // itself enforces one VM per drive (a single `vm_id` column), one root drive per VM (a partial
+        // unique index) and that no image is deleted while a drive depends on it.
+        M::up(
+            r#"
+        CREATE TABLE images (
+            id              TEXT PRIMARY KEY NOT NULL,
+            name            TEXT NOT NULL UNIQUE,
+            state           TEXT NOT NULL CHECK (state IN ('ready','broken')),
+            size_bytes      INTEGER NOT NULL CHECK (size_bytes > 0),
+            sha256          TEXT NOT NULL,
+            source          TEXT NOT NULL,
+            created_at_ms   INTEGER NOT NULL
+        ) STRICT;
+
+        CREATE TABLE drives (
+            id              TEXT PRIMARY KEY NOT NULL,
+            name            TEXT NOT NULL UNIQUE,
+            image_id        TEXT NOT NULL REFERENCES images(id) ON DELETE RESTRICT,
+            size_bytes      INTEGER NOT NULL CHECK (size_bytes > 0),
+            vm_id           TEXT REFERENCES vms(id) ON DELETE SET NULL,
+            is_root         INTEGER NOT NULL DEFAULT 0 CHECK (is_root IN (0, 1)),
+            created_with_vm INTEGER NOT NULL DEFAULT 0 CHECK (created_with_vm IN (0, 1)),
+            state           TEXT NOT NULL CHECK (state IN ('ready','broken')),
+            created_at_ms   INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX drives_image ON drives(image_id);
+        CREATE INDEX drives_vm ON drives(vm_id);
+        CREATE UNIQUE INDEX drives_one_root_per_vm ON drives(vm_id) WHERE is_root = 1;
+        -- A detached drive (also when its VM row goes away) has no role.
+        CREATE TRIGGER drives_detached_is_not_root AFTER UPDATE OF vm_id ON drives
+            WHEN NEW.vm_id IS NULL AND NEW.is_root = 1
+            BEGIN UPDATE drives SET is_root = 0 WHERE id = NEW.id; END;
+        "#,
+        ),
+        // 3: the processes of live VMs and the record of every boot.
         M::up(
             r#"
         -- The processes of a live VM, so that a restarted daemon can re-adopt them.

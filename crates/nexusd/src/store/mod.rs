@@ -6,6 +6,8 @@
 //! Schema changes are forward migrations tracked in `user_version`; the database is never
 //! deleted to upgrade.
 
+pub mod drives;
+pub mod images;
 mod migrations;
 pub mod runtime;
 pub mod vms;

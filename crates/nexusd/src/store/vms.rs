@@ -89,6 +89,13 @@ fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<VmRow> {
 /// the creation in the history, all in one immediate transaction.
 pub fn insert(conn: &mut Connection, new: &NewVm) -> Result<Inserted, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let inserted = insert_in(&tx, new)?;
+    tx.commit()?;
+    Ok(inserted)
+}
+
+/// The body of [`insert`], for callers that insert more rows in the same transaction `tx`.
+pub fn insert_in(tx: &Connection, new: &NewVm) -> Result<Inserted, StoreError> {
     let taken: bool = tx.query_row(
         "SELECT EXISTS(SELECT 1 FROM vms WHERE name = ?1)",
         [&new.name],
@@ -132,7 +139,6 @@ pub fn insert(conn: &mut Connection, new: &NewVm) -> Result<Inserted, StoreError
          VALUES (?1, NULL, ?2, 'created', ?3)",
         params![row.id.to_string(), row.state.as_str(), now],
     )?;
-    tx.commit()?;
     Ok(Inserted::Ok(row))
 }
 
@@ -196,22 +202,25 @@ pub fn change_state(
     Ok(Changed::Ok(row))
 }
 
-/// Deletes a VM if `allowed(current)` holds. Its history goes with it.
+/// Deletes a VM if `allowed(current)` holds. Its history goes with it; so do the rows of the drives
+/// made with it unless `keep_drives` (their ids are returned: the caller removes their subvolumes).
 pub fn delete(
     conn: &mut Connection,
     id_or_name: &str,
+    keep_drives: bool,
     allowed: impl Fn(VmState) -> bool,
-) -> Result<Changed, StoreError> {
+) -> Result<(Changed, Vec<Uuid>), StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let Some(row) = get(&tx, id_or_name)? else {
-        return Ok(Changed::NotFound);
+        return Ok((Changed::NotFound, Vec::new()));
     };
     if !allowed(row.state) {
-        return Ok(Changed::Refused(row.state));
+        return Ok((Changed::Refused(row.state), Vec::new()));
     }
+    let released = super::drives::release_for_vm_delete(&tx, row.id, keep_drives)?;
     tx.execute("DELETE FROM vms WHERE id = ?1", [row.id.to_string()])?;
     tx.commit()?;
-    Ok(Changed::Ok(row))
+    Ok((Changed::Ok(row), released))
 }
 
 /// The state history of a VM, oldest first.
@@ -268,7 +277,9 @@ mod tests {
         let a = insert_ok(&store, "a");
         let b = insert_ok(&store, "b");
         assert_eq!((a.vsock_cid, b.vsock_cid), (3, 4));
-        store.call_blocking(|c| delete(c, "a", |_| true)).unwrap();
+        store
+            .call_blocking(|c| delete(c, "a", false, |_| true))
+            .unwrap();
         assert_eq!(insert_ok(&store, "c").vsock_cid, 3);
     }
 

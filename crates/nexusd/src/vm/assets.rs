@@ -95,7 +95,7 @@ pub fn default_agent_binary() -> Option<PathBuf> {
 
 /// Whether `path` is an ELF file without a program interpreter. The interpreter path of a
 /// dynamic executable sits in its first page.
-fn is_static_elf(path: &Path) -> bool {
+pub fn is_static_elf(path: &Path) -> bool {
     use std::io::Read;
     let mut head = [0u8; 4096];
     let Ok(n) = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) else {

@@ -25,7 +25,7 @@ use crate::agent::AgentClient;
 use crate::store::runtime::{self, BootPhases, RuntimeRow};
 use crate::store::{Store, now_ms};
 use crate::vmm::{
-    Accel, FirecrackerVmm, HostProbe, Launched, ProcessRole, QemuVmm, VmSpec, Vmm, VmmChoice,
+    Accel, DriveSpec, FirecrackerVmm, HostProbe, Launched, ProcessRole, QemuVmm, VmSpec, Vmm, VmmChoice,
     VmmKind, cap_console_log, guest_cmdline, select_backend,
 };
 
@@ -172,7 +172,7 @@ impl Lifecycle {
     /// Boots a VM and waits for its agent; returns the running VM.
     pub async fn start(&self, key: &str) -> Result<Vm, VmError> {
         let vm = self.inner.vms.get(key).await?;
-        let root = self.inner.vms.root_drive_path(vm.id).await?;
+        let (root, extra) = self.inner.vms.drive_files(vm.id).await?;
         let root = root.ok_or_else(|| VmError::NoRootDrive(vm.name.clone()))?;
         let assets = self.inner.assets.get().await.map_err(VmError::Assets)?;
         let (backend, accel) = self.backend()?;
@@ -186,13 +186,13 @@ impl Lifecycle {
                 "start",
             )
             .await?;
-        self.boot(vm, root, assets, backend, accel).await
+        self.boot(vm, (root, extra), assets, backend, accel).await
     }
 
     async fn boot(
         &self,
         vm: Vm,
-        root: PathBuf,
+        (root, extra): (PathBuf, Vec<(Uuid, PathBuf)>),
         assets: Prepared,
         backend: Arc<dyn Vmm>,
         accel: Accel,
@@ -205,7 +205,15 @@ impl Lifecycle {
             initrd: Some(assets.initrd.clone()),
             cmdline: guest_cmdline(&vm.name, None),
             root_drive: root,
-            extra_drives: Vec::new(),
+            extra_drives: extra
+                .into_iter()
+                .enumerate()
+                .map(|(i, (_, path))| DriveSpec {
+                    id: format!("data{i}"),
+                    path,
+                    read_only: false,
+                })
+                .collect(),
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
             vsock_cid: vm.vsock_cid,
@@ -543,9 +551,9 @@ impl Lifecycle {
     }
 
     /// Deletes a VM that is not live, with its runtime directory.
-    pub async fn delete(&self, key: &str) -> Result<(), VmError> {
+    pub async fn delete(&self, key: &str, keep_drives: bool) -> Result<(), VmError> {
         let vm = self.inner.vms.get(key).await?;
-        self.inner.vms.delete(&vm.id.to_string()).await?;
+        self.inner.vms.delete(&vm.id.to_string(), keep_drives).await?;
         let dir = self.runtime_dir(vm.id);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         Ok(())

@@ -12,6 +12,7 @@ use nexus_lib::api::{
 };
 use nexus_lib::names::validate_name;
 
+use crate::drives::{DriveError, DriveService};
 use crate::store::vms::{self, Changed, Inserted, NewVm};
 use crate::store::{Store, StoreError};
 
@@ -51,23 +52,38 @@ pub enum VmError {
     },
     #[error(transparent)]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Drive(#[from] DriveError),
 }
 
 /// The VM service.
 #[derive(Debug, Clone)]
 pub struct VmService {
     store: Store,
+    drives: DriveService,
 }
 
 impl VmService {
-    pub fn new(store: Store) -> Self {
-        Self { store }
+    pub fn new(store: Store, drives: DriveService) -> Self {
+        Self { store, drives }
     }
 
-    /// Validates and records a new VM in state `created`.
+    /// Validates and records a new VM in state `created`; with `image`, together with its root drive.
     pub async fn create(&self, req: CreateVm) -> Result<Vm, VmError> {
+        let (image, disk_size) = (req.image.clone(), req.disk_size);
         let new = validate_create(req)?;
         let name = new.name.clone();
+        if let Some(image) = image {
+            return match self
+                .drives
+                .create_vm_with_root(new, &image, disk_size)
+                .await
+            {
+                Ok(row) => Ok(row.to_api()),
+                Err(DriveError::VmNameTaken(_)) => Err(VmError::NameTaken(name)),
+                Err(e) => Err(e.into()),
+            };
+        }
         match self.store.call(move |c| vms::insert(c, &new)).await? {
             Inserted::Ok(row) => {
                 tracing::info!(vm = %row.name, id = %row.id, cid = row.vsock_cid, "VM created");
@@ -91,15 +107,17 @@ impl VmService {
             .ok_or_else(|| VmError::NotFound(id_or_name.to_owned()))
     }
 
-    pub async fn delete(&self, id_or_name: &str) -> Result<(), VmError> {
+    /// Deletes a VM that is not live, and the drives made with it unless `keep_drives`.
+    pub async fn delete(&self, id_or_name: &str, keep_drives: bool) -> Result<(), VmError> {
         let key = id_or_name.to_owned();
-        match self
+        let (changed, released) = self
             .store
-            .call(move |c| vms::delete(c, &key, state::can_delete))
-            .await?
-        {
+            .call(move |c| vms::delete(c, &key, keep_drives, state::can_delete))
+            .await?;
+        match changed {
             Changed::Ok(row) => {
-                tracing::info!(vm = %row.name, id = %row.id, "VM deleted");
+                self.drives.remove_subvolumes(&released).await;
+                tracing::info!(vm = %row.name, id = %row.id, drives_deleted = released.len(), "VM deleted");
                 Ok(())
             }
             Changed::NotFound => Err(VmError::NotFound(id_or_name.to_owned())),
@@ -135,12 +153,12 @@ impl VmService {
             .await?)
     }
 
-    /// The ext4 file of the VM's root drive, if it has one.
-    pub async fn root_drive_path(
+    /// The ext4 files of the VM's drives: root (if any) and the others with their ids.
+    pub async fn drive_files(
         &self,
-        _vm: uuid::Uuid,
-    ) -> Result<Option<std::path::PathBuf>, VmError> {
-        Ok(None)
+        vm: uuid::Uuid,
+    ) -> Result<(Option<std::path::PathBuf>, Vec<(uuid::Uuid, std::path::PathBuf)>), VmError> {
+        Ok(self.drives.files_of_vm(vm).await?)
     }
 
     /// Moves a VM to `to`, refusing illegal transitions with [`VmError::WrongState`].
@@ -172,6 +190,12 @@ impl VmService {
 
 /// Applies defaults and bounds to a create request.
 fn validate_create(req: CreateVm) -> Result<NewVm, VmError> {
+    if req.disk_size.is_some() && req.image.is_none() {
+        return Err(VmError::Invalid {
+            field: "disk_size",
+            message: "a disk size needs an image to make the disk from".into(),
+        });
+    }
     validate_name(&req.name).map_err(|e| VmError::Invalid {
         field: "name",
         message: e.to_string(),

@@ -23,11 +23,14 @@ pub fn nexusctl_bin() -> PathBuf {
     p
 }
 
-/// A running daemon; killed on drop if still running.
+/// A running daemon; killed on drop if still running, and its home's embedded storage pool
+/// (`<home>/data/pool`) unmounted, even when the test failed.
 pub struct TestDaemon {
     pub home: tempfile::TempDir,
     pub child: Option<Child>,
     pub client: Client,
+    /// The extra flags it was started with, reused by [`TestDaemon::restart`].
+    pub extra: Vec<String>,
 }
 
 impl TestDaemon {
@@ -39,14 +42,57 @@ impl TestDaemon {
     /// Starts nexusd on `home` with extra flags and waits until it answers.
     pub fn start_in(home: tempfile::TempDir, extra: &[&str]) -> Self {
         let child = spawn_nexusd(home.path(), extra);
+        Self::wrap(home, child, extra)
+    }
+
+    /// Starts nexusd on a fresh home with a small (1 GiB) embedded pool and an info-level log in
+    /// `<home>/nexusd.log`. Fails at once, naming it, when a storage prerequisite is missing.
+    pub fn start_with_storage() -> Self {
+        require_storage_prerequisites();
+        Self::start_logged(
+            tempfile::tempdir().expect("tempdir"),
+            &["--pool-size", "1G"],
+        )
+    }
+
+    /// Starts nexusd on `home` with its log (info level) in `<home>/nexusd.log`.
+    pub fn start_logged(home: tempfile::TempDir, extra: &[&str]) -> Self {
+        let child = spawn_logged(Command::new(nexusd_bin()), home.path(), extra);
+        Self::wrap(home, child, extra)
+    }
+
+    /// Takes over `child`, a nexusd started on `home`, and waits until it answers.
+    pub fn wrap(home: tempfile::TempDir, child: Child, extra: &[&str]) -> Self {
         let client = Client::unix(home.path().join("run/nexusd.sock"));
         let mut d = Self {
             home,
             child: Some(child),
             client,
+            extra: extra.iter().map(|s| s.to_string()).collect(),
         };
         d.wait_ready();
         d
+    }
+
+    /// What the daemon logged so far (daemons started with [`TestDaemon::start_logged`]).
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.home().join("nexusd.log")).unwrap_or_default()
+    }
+
+    /// The embedded pool's mount point.
+    pub fn pool_root(&self) -> PathBuf {
+        self.home().join("data/pool")
+    }
+
+    /// Kills the daemon with SIGKILL (no shutdown at all) and starts a new one on the same home.
+    pub fn kill_and_restart(mut self) -> Self {
+        let mut child = self.child.take().expect("daemon already stopped");
+        signal(&child, nix::sys::signal::Signal::SIGKILL);
+        wait_bounded(&mut child, Duration::from_secs(20));
+        let home = std::mem::replace(&mut self.home, tempfile::tempdir().expect("tempdir"));
+        let extra = std::mem::take(&mut self.extra);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        Self::start_logged(home, &extra)
     }
 
     pub fn home(&self) -> &Path {
@@ -69,7 +115,7 @@ impl TestDaemon {
                 .as_mut()
                 .and_then(|c| c.try_wait().ok().flatten())
             {
-                panic!("nexusd exited during start-up: {status}");
+                panic!("nexusd exited during start-up: {status}\n{}", self.log());
             }
             assert!(
                 Instant::now() < deadline,
@@ -96,7 +142,13 @@ impl TestDaemon {
         let status = self.stop();
         assert!(status.success(), "nexusd exited with {status}");
         let home = std::mem::replace(&mut self.home, tempfile::tempdir().expect("tempdir"));
-        Self::start_in(home, &[])
+        let extra = std::mem::take(&mut self.extra);
+        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
+        if home.path().join("nexusd.log").exists() {
+            Self::start_logged(home, &extra)
+        } else {
+            Self::start_in(home, &extra)
+        }
     }
 }
 
@@ -106,6 +158,65 @@ impl Drop for TestDaemon {
             let _ = child.kill();
             let _ = child.wait();
         }
+        // VMs outlive their daemon by design: kill the ones this home started.
+        kill_processes_mentioning(self.home());
+        // The pool stays mounted when nexusd was killed (or when it was busy): unmount it before the
+        // temporary home is removed. Not mounted is fine.
+        let _ = nix::mount::umount2(&self.pool_root(), nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Spawns `nexusd` (the program `cmd` runs, possibly through a wrapper such as `setpriv`) on `home`
+/// with an info-level log appended to `<home>/nexusd.log`.
+pub fn spawn_logged(mut cmd: Command, home: &Path, extra: &[&str]) -> Child {
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(home.join("nexusd.log"))
+        .expect("open nexusd.log");
+    cmd.arg("--home")
+        .arg(home)
+        .args(extra)
+        .env_remove("NEXUS_HOME")
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(log)
+        .spawn()
+        .expect("spawn nexusd")
+}
+
+/// A `Command` running nexusd as uid/gid 65534 (through `setpriv`), for [`spawn_logged`].
+pub fn nexusd_as_nobody() -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "--"])
+        .arg(nexusd_bin());
+    cmd
+}
+
+/// Storage tests need root (to loop-mount btrfs), btrfs-progs and e2fsprogs: fail naming what is
+/// missing rather than pass silently.
+pub fn require_storage_prerequisites() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "storage integration tests need root (to loop-mount the btrfs pool)"
+    );
+    for tool in [
+        "mkfs.btrfs",
+        "mount",
+        "mke2fs",
+        "e2fsck",
+        "resize2fs",
+        "dumpe2fs",
+        "setpriv",
+    ] {
+        assert!(
+            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
+                .iter()
+                .any(|dir| Path::new(dir).join(tool).is_file()),
+            "storage integration tests need `{tool}` (apt-get install btrfs-progs e2fsprogs util-linux)"
+        );
     }
 }
 
@@ -168,4 +279,160 @@ pub fn stdout(o: &Output) -> String {
 
 pub fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Runs `nexusctl --json ARGS` against `d`, asserting success, and parses its output.
+pub fn ctl_json(d: &TestDaemon, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = d.ctl(&all);
+    assert!(
+        out.status.success(),
+        "nexusctl {args:?} failed ({}): {}",
+        out.status,
+        stderr(&out)
+    );
+    serde_json::from_slice(&out.stdout).expect("nexusctl printed JSON")
+}
+
+/// A small directory tree to import: `/etc/hostname` and `/home/user/note`.
+pub fn sample_tree(at: &Path) -> PathBuf {
+    let tree = at.join("tree");
+    std::fs::create_dir_all(tree.join("etc")).unwrap();
+    std::fs::create_dir_all(tree.join("home/user")).unwrap();
+    std::fs::write(tree.join("etc/hostname"), "nexus\n").unwrap();
+    std::fs::write(tree.join("home/user/note"), "hello\n").unwrap();
+    tree
+}
+
+/// An ext4 image of `size` bytes made by mke2fs on a sparse file.
+pub fn make_ext4(path: &Path, size: u64) {
+    std::fs::File::create(path).unwrap().set_len(size).unwrap();
+    let status = Command::new("mke2fs")
+        .args(["-q", "-F", "-t", "ext4"])
+        .arg(path)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mke2fs {}", path.display());
+}
+
+/// Sorted names in `dir` (empty when it does not exist).
+pub fn entries(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The filesystem size `dumpe2fs -h` reports for the ext4 image at `path` (what a guest sees).
+pub fn ext4_bytes(path: &Path) -> u64 {
+    let out = Command::new("dumpe2fs")
+        .arg("-h")
+        .arg(path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "dumpe2fs {}: {}",
+        path.display(),
+        stderr(&out)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let field = |name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no {name} in dumpe2fs output"))
+    };
+    field("Block count:") * field("Block size:")
+}
+
+/// Processes whose command line contains `needle` (and `also`).
+pub fn pids_mentioning(needle: &str, also: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && cmdline.contains(also) {
+            pids.push(pid);
+        }
+    }
+    pids.sort_unstable();
+    pids
+}
+
+/// SIGKILLs every process (VMMs, vsock backends) started for VMs under `home`.
+pub fn kill_processes_mentioning(home: &Path) {
+    let home = home.display().to_string();
+    for pid in pids_mentioning(&home, "") {
+        if pid != std::process::id() {
+            let _ = nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(pid as i32),
+                nix::sys::signal::Signal::SIGKILL,
+            );
+        }
+    }
+}
+
+/// The QEMU processes of the VM named `vm` under this daemon's home.
+pub fn vmm_pids(vm: &str, d: &TestDaemon) -> Vec<u32> {
+    pids_mentioning(&d.home().display().to_string(), &format!("nexus.hostname={vm} "))
+        .into_iter()
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/comm"))
+                .is_ok_and(|c| c.starts_with("qemu-system"))
+        })
+        .collect()
+}
+
+/// VM tests need the storage prerequisites plus QEMU, vhost-device-vsock, the guest kernel
+/// package, a static busybox and the static agent: fail naming what is missing.
+pub fn require_boot_prerequisites() {
+    require_storage_prerequisites();
+    let in_path = |tool: &str| {
+        std::env::var_os("PATH")
+            .map(|p| std::env::split_paths(&p).any(|d| d.join(tool).is_file()))
+            .unwrap_or(false)
+    };
+    assert!(
+        in_path("qemu-system-x86_64"),
+        "VM tests need qemu-system-x86_64 (apt-get install qemu-system-x86; scripts/setup.sh)"
+    );
+    let home_cargo = std::env::var_os("HOME")
+        .map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock").is_file())
+        .unwrap_or(false);
+    assert!(
+        in_path("vhost-device-vsock") || home_cargo,
+        "VM tests need vhost-device-vsock (cargo install vhost-device-vsock; scripts/setup.sh)"
+    );
+    let agent = std::env::var_os("NEXUS_AGENT_BIN").map(PathBuf::from);
+    assert!(
+        agent.as_ref().is_some_and(|a| a.is_file()),
+        "VM tests need the static guest agent: run them with scripts/test.sh, or set NEXUS_AGENT_BIN to the output of scripts/build-agent.sh"
+    );
+    let kernel_dir = std::env::var_os("NEXUS_KERNEL_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/var/cache/nexus/kernel"));
+    let has_deb = std::fs::read_dir(&kernel_dir)
+        .map(|d| {
+            d.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with("-cloud-amd64_amd64.deb") || e.file_name().to_string_lossy().contains("-cloud-amd64_"))
+        })
+        .unwrap_or(false);
+    assert!(
+        has_deb,
+        "VM tests need the guest kernel package in {} (scripts/setup.sh, or scripts/fetch-kernel.sh DIR with NEXUS_KERNEL_DIR=DIR)",
+        kernel_dir.display()
+    );
+    assert!(
+        Path::new("/bin/busybox").is_file(),
+        "VM tests need a static busybox for the default image (apt-get install busybox-static)"
+    );
 }

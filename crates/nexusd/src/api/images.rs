@@ -1,0 +1,76 @@
+//! `/v1/images`: master images.
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use nexus_lib::api::{CreateImage, ErrorBody, Image};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use super::error::ApiError;
+use super::extract::ApiJson;
+
+pub(super) fn routes() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(import_image, list_images))
+        .routes(routes!(get_image, delete_image))
+}
+
+/// Imports a master image from an ext4 file or a directory on the daemon's host.
+#[utoipa::path(
+    post, path = "/v1/images", tag = "images", request_body = CreateImage,
+    responses(
+        (status = 201, description = "Imported", body = Image),
+        (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 409, description = "Name taken", body = ErrorBody),
+        (status = 422, description = "Invalid field: a missing path, a file that is not ext4, a bad name", body = ErrorBody),
+        (status = 503, description = "The storage pool cannot be opened (e.g. mounting it needs root)", body = ErrorBody),
+        (status = 507, description = "The storage pool is out of space", body = ErrorBody),
+    )
+)]
+async fn import_image(
+    State(state): State<AppState>,
+    ApiJson(req): ApiJson<CreateImage>,
+) -> Result<(StatusCode, Json<Image>), ApiError> {
+    Ok((StatusCode::CREATED, Json(state.images.import(req).await?)))
+}
+
+/// Lists images, oldest first.
+#[utoipa::path(
+    get, path = "/v1/images", tag = "images",
+    responses((status = 200, description = "All images", body = Vec<Image>))
+)]
+async fn list_images(State(state): State<AppState>) -> Result<Json<Vec<Image>>, ApiError> {
+    Ok(Json(state.images.list().await?))
+}
+
+/// One image by id or name.
+#[utoipa::path(
+    get, path = "/v1/images/{image}", tag = "images",
+    params(("image" = String, Path, description = "Image id or name")),
+    responses((status = 200, description = "The image", body = Image),
+               (status = 404, description = "No such image", body = ErrorBody))
+)]
+async fn get_image(
+    State(state): State<AppState>,
+    Path(image): Path<String>,
+) -> Result<Json<Image>, ApiError> {
+    Ok(Json(state.images.get(&image).await?))
+}
+
+/// Deletes an image no drive depends on.
+#[utoipa::path(
+    delete, path = "/v1/images/{image}", tag = "images",
+    params(("image" = String, Path, description = "Image id or name")),
+    responses((status = 204, description = "Deleted"),
+               (status = 404, description = "No such image", body = ErrorBody),
+               (status = 409, description = "Drives depend on the image", body = ErrorBody))
+)]
+async fn delete_image(
+    State(state): State<AppState>,
+    Path(image): Path<String>,
+) -> Result<StatusCode, ApiError> {
+    state.images.delete(&image).await?;
+    Ok(StatusCode::NO_CONTENT)
+}

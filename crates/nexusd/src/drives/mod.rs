@@ -1,0 +1,359 @@
+//! Drives: writable copy-on-write snapshots of master images, and their attachment to VMs. The
+//! service API handlers (and the VM service, for a VM's root drive) call.
+//!
+//! Creation makes the subvolume first and inserts the row after, so an interruption leaves at most an
+//! unregistered subvolume (removed at start-up). Deletion removes the row first (atomically with the
+//! checks on the VM's state) and the subvolume after. A drive attached to a live VM (starting,
+//! running, stopping) cannot be detached or deleted: the rules come from [`crate::vm::state`].
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use nexus_lib::api::{AttachDrive, CreateDrive, Drive, StorageState, VmState};
+use nexus_lib::names::{MAX_NAME_LEN, validate_name};
+use nexus_lib::size::ByteSize;
+use uuid::Uuid;
+
+use crate::storage::{PoolManager, StorageError, ext4};
+use crate::store::drives::{self, DriveRow, Refusal};
+use crate::store::images::{self, ImageRow};
+use crate::store::vms::{NewVm, VmRow};
+use crate::store::{Store, StoreError, now_ms};
+use crate::vm::state;
+
+/// Errors of drive operations.
+#[derive(Debug, thiserror::Error)]
+pub enum DriveError {
+    #[error("no drive named or with id {0:?}")]
+    NotFound(String),
+    #[error("no image named or with id {0:?}")]
+    ImageNotFound(String),
+    #[error("no VM named or with id {0:?}")]
+    VmNotFound(String),
+    #[error("a drive named {0:?} already exists")]
+    NameTaken(String),
+    #[error("a VM named {0:?} already exists")]
+    VmNameTaken(String),
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("{0}")]
+    Conflict(String),
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("storage worker failed")]
+    Worker(#[source] tokio::task::JoinError),
+}
+
+/// Whether a VM in `state` may have a VMM process using its drives.
+fn vm_is_live(state: VmState) -> bool {
+    !state::can_delete(state)
+}
+
+/// The drive service.
+#[derive(Debug, Clone)]
+pub struct DriveService {
+    store: Store,
+    pool: Arc<PoolManager>,
+}
+
+impl DriveService {
+    pub fn new(store: Store, pool: Arc<PoolManager>) -> Self {
+        Self { store, pool }
+    }
+
+    /// The ext4 files of the drives attached to a VM: its root drive (if any) and the others,
+    /// each with its drive id. A broken drive is an error: the VM cannot boot without it.
+    pub async fn files_of_vm(
+        &self,
+        vm_id: Uuid,
+    ) -> Result<(Option<PathBuf>, Vec<(Uuid, PathBuf)>), DriveError> {
+        let rows = self
+            .store
+            .call(move |c| drives::attached_to(c, vm_id))
+            .await?;
+        if rows.is_empty() {
+            return Ok((None, Vec::new()));
+        }
+        if let Some(broken) = rows.iter().find(|r| r.state != StorageState::Ready) {
+            return Err(DriveError::Conflict(format!(
+                "drive {} is {:?}: its subvolume is missing; delete it",
+                broken.name, broken.state
+            )));
+        }
+        let pool = self.pool.clone();
+        let storage = tokio::task::spawn_blocking(move || pool.get_or_create())
+            .await
+            .map_err(DriveError::Worker)??;
+        let file = |id: Uuid| storage.drive_dir(&id.to_string()).join(crate::storage::IMAGE_FILE);
+        let mut root = None;
+        let mut extra = Vec::new();
+        for row in rows {
+            if row.is_root {
+                root = Some(file(row.id));
+            } else {
+                extra.push((row.id, file(row.id)));
+            }
+        }
+        Ok((root, extra))
+    }
+
+    /// Creates a detached drive from an image.
+    pub async fn create(&self, req: CreateDrive) -> Result<Drive, DriveError> {
+        let row = self
+            .make_subvolume(&req.image, req.name, req.size, "size")
+            .await?;
+        let insert = row.clone();
+        let inserted = self.store.call(move |c| drives::insert(c, &insert)).await;
+        let row = self.keep_or_remove(row, inserted).await?;
+        tracing::info!(drive = %row.name, id = %row.id, size = row.size_bytes, "drive created");
+        Ok(row.to_api())
+    }
+
+    /// Creates VM `new` with a root drive made from `image` (of `disk_size`), both rows in one
+    /// transaction: there is never a VM row without its drive, nor a drive left from a failed create.
+    pub async fn create_vm_with_root(
+        &self,
+        new: NewVm,
+        image: &str,
+        disk_size: Option<ByteSize>,
+    ) -> Result<VmRow, DriveError> {
+        let vm_name = new.name.clone();
+        let key = vm_name.clone();
+        if self
+            .store
+            .call(move |c| crate::store::vms::get(c, &key))
+            .await?
+            .is_some()
+        {
+            return Err(DriveError::VmNameTaken(vm_name));
+        }
+        let root_name = format!("{}-root", &vm_name[..vm_name.len().min(MAX_NAME_LEN - 5)]);
+        let drive = self
+            .make_subvolume(image, Some(root_name.clone()), disk_size, "disk_size")
+            .await?;
+        let id = drive.id;
+        let inserted = self
+            .store
+            .call(move |c| drives::insert_with_vm(c, &new, drive))
+            .await;
+        match inserted {
+            Ok(Ok((vm, drive))) => {
+                tracing::info!(vm = %vm.name, drive = %drive.name, "VM created with its root drive");
+                Ok(vm)
+            }
+            Ok(Err(refusal)) => {
+                self.remove_subvolumes(&[id]).await;
+                Err(match refusal {
+                    Refusal::VmNameTaken => DriveError::VmNameTaken(vm_name),
+                    other => refused(other, &root_name, image),
+                })
+            }
+            Err(e) => {
+                self.remove_subvolumes(&[id]).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<Drive>, DriveError> {
+        let rows = self.store.call(|c| drives::list(c)).await?;
+        Ok(rows.iter().map(DriveRow::to_api).collect())
+    }
+
+    pub async fn get(&self, id_or_name: &str) -> Result<Drive, DriveError> {
+        let key = id_or_name.to_owned();
+        self.store
+            .call(move |c| drives::get(c, &key))
+            .await?
+            .map(|r| r.to_api())
+            .ok_or_else(|| DriveError::NotFound(id_or_name.to_owned()))
+    }
+
+    pub async fn attach(&self, drive: &str, req: AttachDrive) -> Result<Drive, DriveError> {
+        let (key, vm, root) = (drive.to_owned(), req.vm.clone(), req.root);
+        let out = self
+            .store
+            .call(move |c| drives::attach(c, &key, &vm, root, vm_is_live))
+            .await?;
+        let row = out.map_err(|r| refused(r, drive, &req.vm))?;
+        tracing::info!(drive = %row.name, vm = %req.vm, root, "drive attached");
+        Ok(row.to_api())
+    }
+
+    pub async fn detach(&self, drive: &str) -> Result<Drive, DriveError> {
+        let key = drive.to_owned();
+        let out = self
+            .store
+            .call(move |c| drives::detach(c, &key, vm_is_live))
+            .await?;
+        let row = out.map_err(|r| refused(r, drive, ""))?;
+        tracing::info!(drive = %row.name, "drive detached");
+        Ok(row.to_api())
+    }
+
+    /// Deletes a drive not attached to a live VM: the row, then the subvolume.
+    pub async fn delete(&self, drive: &str) -> Result<(), DriveError> {
+        let key = drive.to_owned();
+        let out = self
+            .store
+            .call(move |c| drives::delete(c, &key, vm_is_live))
+            .await?;
+        let row = out.map_err(|r| refused(r, drive, ""))?;
+        self.remove_subvolumes(&[row.id]).await;
+        tracing::info!(drive = %row.name, id = %row.id, "drive deleted");
+        Ok(())
+    }
+
+    /// Removes the subvolumes of drives whose rows are gone. A failure leaves an unregistered
+    /// subvolume, which the next start-up removes: logged, not returned.
+    pub async fn remove_subvolumes(&self, ids: &[Uuid]) {
+        if ids.is_empty() {
+            return;
+        }
+        let (pool, ids) = (self.pool.clone(), ids.to_vec());
+        let result = tokio::task::spawn_blocking(move || {
+            let Some(storage) = pool.get() else {
+                return;
+            };
+            for id in ids {
+                match storage.delete_drive(&id.to_string()) {
+                    Ok(()) | Err(StorageError::DriveNotFound { .. }) => {}
+                    Err(e) => tracing::warn!(%id, error = %crate::api::error::error_chain(&e), "could not remove drive subvolume; it is removed at the next start"),
+                }
+            }
+        })
+        .await;
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "drive removal worker failed");
+        }
+    }
+
+    /// Validates a new drive (name, image, size), then snapshots the image into its subvolume.
+    /// Returns the row to insert; the caller removes the subvolume if the insert fails.
+    async fn make_subvolume(
+        &self,
+        image: &str,
+        name: Option<String>,
+        size: Option<ByteSize>,
+        size_field: &'static str,
+    ) -> Result<DriveRow, DriveError> {
+        let key = image.to_owned();
+        let image_row: ImageRow = self
+            .store
+            .call(move |c| images::get(c, &key))
+            .await?
+            .ok_or_else(|| DriveError::ImageNotFound(image.to_owned()))?;
+        if image_row.state == StorageState::Broken {
+            return Err(DriveError::Conflict(format!(
+                "image {} is broken (its subvolume is missing); delete it and import it again",
+                image_row.name
+            )));
+        }
+        let id = Uuid::now_v7();
+        let name = name.unwrap_or_else(|| {
+            let simple = id.simple().to_string();
+            let prefix = &image_row.name[..image_row.name.len().min(MAX_NAME_LEN - 9)];
+            format!(
+                "{}-{}",
+                prefix.trim_end_matches('-'),
+                &simple[simple.len() - 8..]
+            )
+        });
+        validate_name(&name).map_err(|e| DriveError::Invalid {
+            field: "name",
+            message: e.to_string(),
+        })?;
+        let size = size.map(|s| s.bytes().next_multiple_of(ext4::BLOCK_SIZE));
+        if let Some(size) = size
+            && size < image_row.size_bytes
+        {
+            return Err(DriveError::Invalid {
+                field: size_field,
+                message: format!(
+                    "{size} bytes is smaller than image {} ({} bytes)",
+                    image_row.name, image_row.size_bytes
+                ),
+            });
+        }
+        let key = name.clone();
+        if self
+            .store
+            .call(move |c| drives::name_taken(c, &key))
+            .await?
+        {
+            return Err(DriveError::NameTaken(name));
+        }
+        let (pool, image_id) = (self.pool.clone(), image_row.id);
+        let info = tokio::task::spawn_blocking(move || {
+            pool.get_or_create()?
+                .create_drive(&image_id.to_string(), &id.to_string(), size)
+        })
+        .await
+        .map_err(DriveError::Worker)?
+        .map_err(|e| match e {
+            StorageError::ImageNotFound { .. } => DriveError::Conflict(format!(
+                "image {} has no subvolume in the pool; delete it and import it again",
+                image_row.name
+            )),
+            other => other.into(),
+        })?;
+        Ok(DriveRow {
+            id,
+            name,
+            image_id,
+            size_bytes: info.size_bytes,
+            vm_id: None,
+            is_root: false,
+            created_with_vm: false,
+            state: StorageState::Ready,
+            created_at_ms: now_ms(),
+        })
+    }
+
+    /// Keeps the new drive `row` when its insert succeeded, else removes its subvolume.
+    async fn keep_or_remove(
+        &self,
+        row: DriveRow,
+        inserted: Result<Result<(), Refusal>, StoreError>,
+    ) -> Result<DriveRow, DriveError> {
+        match inserted {
+            Ok(Ok(())) => Ok(row),
+            Ok(Err(refusal)) => {
+                self.remove_subvolumes(&[row.id]).await;
+                Err(refused(refusal, &row.name, ""))
+            }
+            Err(e) => {
+                self.remove_subvolumes(&[row.id]).await;
+                Err(e.into())
+            }
+        }
+    }
+}
+
+/// The error for a refused change of `drive` (involving VM or image `other`, when there is one).
+fn refused(refusal: Refusal, drive: &str, other: &str) -> DriveError {
+    match refusal {
+        Refusal::DriveNotFound => DriveError::NotFound(drive.to_owned()),
+        Refusal::VmNotFound => DriveError::VmNotFound(other.to_owned()),
+        Refusal::DriveNameTaken => DriveError::NameTaken(drive.to_owned()),
+        Refusal::VmNameTaken => DriveError::VmNameTaken(drive.to_owned()),
+        Refusal::Broken => DriveError::Conflict(format!(
+            "drive {drive} is broken (its subvolume is missing); it can only be deleted"
+        )),
+        Refusal::AttachedElsewhere(vm) => DriveError::Conflict(format!(
+            "drive {drive} is attached to VM {vm}; detach it first"
+        )),
+        Refusal::NotAttached => DriveError::Conflict(format!("drive {drive} is not attached")),
+        Refusal::VmLive { vm, state } => DriveError::Conflict(format!(
+            "drive {drive} is attached to VM {vm}, which is {state}; stop the VM first"
+        )),
+        Refusal::RootTaken(root) => DriveError::Conflict(format!(
+            "VM {other} already has a root drive ({root}); detach it first"
+        )),
+    }
+}

@@ -1,0 +1,327 @@
+//! Master images: the service API handlers call to import, list, show and delete them.
+//!
+//! An import validates everything it can before touching the pool (name, path, file type), builds
+//! the image under the pool's `tmp/`, publishes the read-only subvolume, and only then inserts the
+//! row. So an interruption leaves at most an unregistered subvolume, which start-up reconciliation
+//! removes; a name clash found at insert time removes the subvolume it just published.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use nexus_lib::api::{CreateImage, Image, StorageState};
+use nexus_lib::names::{MAX_NAME_LEN, validate_name};
+use uuid::Uuid;
+
+use crate::storage::{PoolManager, StorageError, ext4};
+use crate::store::images::{self, Deleted, ImageRow, Inserted};
+use crate::store::{Store, StoreError};
+
+/// Longest import path accepted (Linux's `PATH_MAX`).
+const MAX_PATH_LEN: usize = 4096;
+
+/// Errors of image operations.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("no image named or with id {0:?}")]
+    NotFound(String),
+    #[error("an image named {0:?} already exists")]
+    NameTaken(String),
+    #[error("invalid {field}: {message}")]
+    Invalid {
+        field: &'static str,
+        message: String,
+    },
+    #[error("image {image} is used by drive(s) {}; delete them first", .drives.join(", "))]
+    InUse { image: String, drives: Vec<String> },
+    #[error(transparent)]
+    Storage(#[from] StorageError),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("storage worker failed")]
+    Worker(#[source] tokio::task::JoinError),
+}
+
+/// Name of the built-in image: Debian's static busybox, built by nexusd on first use.
+pub const DEFAULT_IMAGE: &str = "default";
+
+fn default_image_error(path: &Path, e: std::io::Error) -> ImageError {
+    ImageError::Storage(StorageError::Io {
+        op: "create a scratch directory in",
+        path: path.to_owned(),
+        source: e,
+    })
+}
+
+/// The image service.
+#[derive(Debug, Clone)]
+pub struct ImageService {
+    store: Store,
+    pool: Arc<PoolManager>,
+    /// Serialises building the default image.
+    default_lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl ImageService {
+    pub fn new(store: Store, pool: Arc<PoolManager>) -> Self {
+        Self {
+            store,
+            pool,
+            default_lock: Arc::default(),
+        }
+    }
+
+    /// Makes sure the image `default` exists when `name` refers to it: on first use it is
+    /// built from the host's static busybox (package busybox-static) into a small ext4 image.
+    pub async fn ensure_default(&self, name: Option<&str>) -> Result<(), ImageError> {
+        if name != Some(DEFAULT_IMAGE) {
+            return Ok(());
+        }
+        let _guard = self.default_lock.lock().await;
+        match self.get(DEFAULT_IMAGE).await {
+            Ok(_) => return Ok(()),
+            Err(ImageError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        let dir = tokio::task::spawn_blocking(move || -> Result<tempfile::TempDir, ImageError> {
+            let scratch = std::env::temp_dir();
+            let dir = tempfile::Builder::new()
+                .prefix("default-image-")
+                .tempdir_in(&scratch)
+                .map_err(|e| default_image_error(&scratch, e))?;
+            let opts = crate::boot::RootfsOptions::default();
+            if !crate::vm::assets::is_static_elf(&opts.busybox) {
+                return Err(ImageError::Invalid {
+                    field: "image",
+                    message: format!(
+                        "the default image needs a static busybox at {} (apt-get install busybox-static)",
+                        opts.busybox.display()
+                    ),
+                });
+            }
+            crate::boot::build_busybox_rootfs(dir.path(), &opts).map_err(|e| ImageError::Invalid {
+                field: "image",
+                message: format!("cannot build the default image: {e}"),
+            })?;
+            Ok(dir)
+        })
+        .await
+        .map_err(ImageError::Worker)??;
+        let image = self
+            .import(CreateImage {
+                path: dir.path().display().to_string(),
+                name: Some(DEFAULT_IMAGE.into()),
+            })
+            .await?;
+        tracing::info!(id = %image.id, size = image.size_bytes, "built the default busybox image");
+        Ok(())
+    }
+
+    /// Imports the ext4 file or directory at `req.path` (on this host) as a new master image.
+    pub async fn import(&self, req: CreateImage) -> Result<Image, ImageError> {
+        if req.path.len() > MAX_PATH_LEN {
+            return Err(ImageError::Invalid {
+                field: "path",
+                message: format!("longer than {MAX_PATH_LEN} bytes"),
+            });
+        }
+        let path = PathBuf::from(&req.path);
+        if !path.is_absolute() {
+            return Err(ImageError::Invalid {
+                field: "path",
+                message: format!("{} is not an absolute path", req.path),
+            });
+        }
+        let name = match req.name {
+            Some(name) => name,
+            None => name_from_path(&path).ok_or_else(|| ImageError::Invalid {
+                field: "name",
+                message: format!("cannot derive a name from {}; pass one", req.path),
+            })?,
+        };
+        validate_name(&name).map_err(|e| ImageError::Invalid {
+            field: "name",
+            message: e.to_string(),
+        })?;
+        let key = name.clone();
+        if self
+            .store
+            .call(move |c| images::name_taken(c, &key))
+            .await?
+        {
+            return Err(ImageError::NameTaken(name));
+        }
+        let pool = self.pool.clone();
+        let id = Uuid::now_v7();
+        let info = tokio::task::spawn_blocking(move || {
+            let is_dir = check_source(&path)?;
+            let storage = pool.get_or_create()?;
+            if is_dir {
+                storage.import_image_from_dir(&path, &id.to_string())
+            } else {
+                storage.import_image_from_ext4(&path, &id.to_string())
+            }
+            .map(|info| (info, is_dir))
+        })
+        .await
+        .map_err(ImageError::Worker)?;
+        let (info, is_dir) = info?;
+        let row = ImageRow {
+            id,
+            name: name.clone(),
+            state: StorageState::Ready,
+            size_bytes: info.size_bytes,
+            sha256: info.sha256,
+            source: format!("{}:{}", if is_dir { "dir" } else { "ext4" }, req.path),
+            created_at_ms: i64::try_from(info.created_at_ms).unwrap_or(i64::MAX),
+        };
+        let insert = row.clone();
+        match self.store.call(move |c| images::insert(c, &insert)).await {
+            Ok(Inserted::Ok) => {
+                tracing::info!(image = %row.name, %id, size = row.size_bytes, source = %row.source, "image imported");
+                Ok(row.to_api())
+            }
+            Ok(Inserted::NameTaken) => {
+                self.remove_subvolume(id).await;
+                Err(ImageError::NameTaken(name))
+            }
+            Err(e) => {
+                self.remove_subvolume(id).await;
+                Err(e.into())
+            }
+        }
+    }
+
+    pub async fn list(&self) -> Result<Vec<Image>, ImageError> {
+        let rows = self.store.call(|c| images::list(c)).await?;
+        Ok(rows.iter().map(ImageRow::to_api).collect())
+    }
+
+    pub async fn get(&self, id_or_name: &str) -> Result<Image, ImageError> {
+        let key = id_or_name.to_owned();
+        self.store
+            .call(move |c| images::get(c, &key))
+            .await?
+            .map(|r| r.to_api())
+            .ok_or_else(|| ImageError::NotFound(id_or_name.to_owned()))
+    }
+
+    /// Deletes an image no drive depends on: the row first (the database refuses while drives exist),
+    /// then its subvolume.
+    pub async fn delete(&self, id_or_name: &str) -> Result<(), ImageError> {
+        let key = id_or_name.to_owned();
+        match self.store.call(move |c| images::delete(c, &key)).await? {
+            Deleted::Ok(row) => {
+                self.remove_subvolume(row.id).await;
+                tracing::info!(image = %row.name, id = %row.id, "image deleted");
+                Ok(())
+            }
+            Deleted::NotFound => Err(ImageError::NotFound(id_or_name.to_owned())),
+            Deleted::InUse(drives) => Err(ImageError::InUse {
+                image: id_or_name.to_owned(),
+                drives,
+            }),
+        }
+    }
+
+    /// Removes the subvolume of image `id` when there is one. Failure only leaves an unregistered
+    /// subvolume, which the next start-up removes: logged, not returned.
+    async fn remove_subvolume(&self, id: Uuid) {
+        let pool = self.pool.clone();
+        let removed = tokio::task::spawn_blocking(move || match pool.get() {
+            Some(storage) => match storage.delete_image(&id.to_string()) {
+                Err(StorageError::ImageNotFound { .. }) => Ok(()),
+                other => other,
+            },
+            None => Ok(()),
+        })
+        .await;
+        match removed {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => {
+                tracing::warn!(%id, error = %crate::api::error::error_chain(&e), "could not remove image subvolume; it is removed at the next start")
+            }
+            Err(e) => tracing::warn!(%id, error = %e, "image removal worker failed"),
+        }
+    }
+}
+
+/// Checks the import source before the pool is touched: it exists and is a directory (`true`) or an
+/// ext4 image file (`false`).
+fn check_source(path: &Path) -> Result<bool, StorageError> {
+    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => StorageError::SourceNotFound {
+            path: path.to_owned(),
+        },
+        _ => StorageError::io("stat", path, e),
+    })?;
+    if meta.is_dir() {
+        return Ok(true);
+    }
+    if meta.is_file() && ext4::is_ext4(path)? {
+        return Ok(false);
+    }
+    Err(StorageError::NotExt4 {
+        path: path.to_owned(),
+    })
+}
+
+/// A name from a path's last component: `/srv/Debian_12.ext4` → `debian-12`.
+fn name_from_path(path: &Path) -> Option<String> {
+    let stem = path.file_name()?.to_string_lossy();
+    let stem = [".ext4", ".img", ".raw"]
+        .iter()
+        .find_map(|ext| stem.strip_suffix(ext))
+        .unwrap_or(&stem);
+    let mut name: String = stem
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_lowercase() || c.is_ascii_digit() {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    name.truncate(MAX_NAME_LEN);
+    let name = name.trim_matches('-').to_owned();
+    validate_name(&name).ok().map(|()| name)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_derived_from_the_file_name() {
+        assert_eq!(
+            name_from_path(Path::new("/srv/Debian_12.ext4")).as_deref(),
+            Some("debian-12")
+        );
+        assert_eq!(
+            name_from_path(Path::new("/srv/rootfs/")).as_deref(),
+            Some("rootfs")
+        );
+        assert_eq!(name_from_path(Path::new("/")), None);
+    }
+
+    #[test]
+    fn a_missing_source_is_source_not_found() {
+        let err = check_source(Path::new("/nonexistent/nexus-test")).unwrap_err();
+        assert!(
+            matches!(err, StorageError::SourceNotFound { .. }),
+            "{err:?}"
+        );
+    }
+
+    #[test]
+    fn a_file_that_is_not_ext4_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("x.img");
+        std::fs::write(&file, vec![0u8; 4096]).unwrap();
+        assert!(matches!(
+            check_source(&file),
+            Err(StorageError::NotExt4 { .. })
+        ));
+    }
+}
