@@ -14,7 +14,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use nexus_lib::agent::{ExecEvent, ExecRequest};
 use nexusd::agent::AgentClient;
 use nexusd::boot::{self, DEFAULT_MODULES, RootfsOptions};
-use nexusd::vmm::{Launched, ProcessRole, QemuVmm, VmSpec, Vmm, detect_accel, guest_cmdline};
+use nexusd::vmm::{Launched, ProcessRole, QemuVmm, VmSpec, Vmm, guest_cmdline};
 use sha2::{Digest, Sha256};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -173,8 +173,9 @@ async fn prepare(work: &Path) -> (VmSpec, String) {
 async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
     let work = tempfile::tempdir().unwrap();
     let (spec, release) = prepare(work.path()).await;
-    let accel = detect_accel(Path::new("/dev/kvm"), Path::new("/sys/module/kvm_pvm"));
-    let vmm = QemuVmm::new("qemu-system-x86_64", vhost_device_vsock(), accel);
+    let vmm = QemuVmm::for_host("qemu-system-x86_64", vhost_device_vsock());
+    let accel = vmm.accel;
+    println!("guest cmdline: {}", vmm.cmdline(&spec));
 
     let spawned_at = Instant::now();
     let mut launched: Launched = vmm.spawn(&spec).await.expect("spawn qemu");
@@ -182,9 +183,17 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
         pids: launched.processes.iter().map(|p| p.pid).collect(),
         run_dir: spec.runtime_dir.clone(),
     };
-    let (client, handshake) = AgentClient::connect(&spec.vsock_uds, BOOT_TIMEOUT)
-        .await
-        .expect("agent handshake");
+    let qemu_index = launched
+        .processes
+        .iter()
+        .position(|p| p.role == ProcessRole::Vmm)
+        .unwrap();
+    let (client, handshake) = tokio::select! {
+        connected = AgentClient::connect(&spec.vsock_uds, BOOT_TIMEOUT) => connected.expect("agent handshake"),
+        status = launched.processes[qemu_index].child.wait() => {
+            panic!("QEMU exited before the agent answered: {status:?}")
+        }
+    };
     let ready = spawned_at.elapsed();
     println!(
         "accel={accel:?} spawn->agent-ready {} ms (guest: init {} ms, root {} ms, agent listening {} ms)",
