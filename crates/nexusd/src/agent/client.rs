@@ -34,7 +34,10 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, AgentError>> + Sen
 /// Largest error body read from the agent.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and longest wait for one boot-time handshake attempt. A `CONNECT` sent before the guest's
+/// vsock driver is up can stay unanswered, so attempts start short and back off.
+const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
+const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_INTERVAL: Duration = Duration::from_millis(10);
 const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
@@ -76,10 +79,14 @@ impl AgentClient {
     ) -> Result<(Self, Handshake), AgentError> {
         let client = Self::new(uds);
         let deadline = Instant::now() + timeout;
+        let mut attempt_timeout = FIRST_ATTEMPT_TIMEOUT;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt =
-                tokio::time::timeout(remaining.min(ATTEMPT_TIMEOUT), client.handshake()).await;
+                tokio::time::timeout(remaining.min(attempt_timeout), client.handshake()).await;
+            if attempt.is_err() {
+                attempt_timeout = (attempt_timeout * 2).min(MAX_ATTEMPT_TIMEOUT);
+            }
             match attempt {
                 Ok(Ok(handshake)) => return Ok((client, handshake)),
                 Ok(Err(e @ (AgentError::Protocol(_) | AgentError::Remote { .. }))) => {
