@@ -100,6 +100,14 @@ async fn run(client: &AgentClient, req: ExecRequest) -> Output {
     out
 }
 
+/// Runs a command whose stream may break (the agent may die); returns whether it ended cleanly.
+async fn run_raw(client: &AgentClient, req: ExecRequest) -> bool {
+    match client.exec(&req).await {
+        Ok(events) => events.try_collect::<Vec<_>>().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 fn chunk(i: usize) -> Bytes {
     let mut state = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let data: Vec<u8> = (0..1024 * 1024)
@@ -221,6 +229,25 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
         uname_text.contains("e2e-vm"),
         "hostname missing from {uname_text}"
     );
+
+    // A protocol the agent does not speak is refused clearly.
+    let mismatch = client.handshake_offering(&[99]).await.unwrap_err();
+    assert!(
+        matches!(mismatch, nexusd::agent::AgentError::Protocol(_)),
+        "{mismatch}"
+    );
+
+    // cwd and env are applied; a missing program is an error event, not a hang.
+    let mut pwd = ExecRequest::new(["sh", "-c", "pwd; echo $GREETING"]);
+    pwd.cwd = Some("/tmp".into());
+    pwd.env.insert("GREETING".into(), "hi".into());
+    assert_eq!(run(&client, pwd).await.stdout, b"/tmp\nhi\n");
+    let mut missing = client
+        .exec(&ExecRequest::new(["no-such-program"]))
+        .await
+        .unwrap();
+    let first = missing.next().await.unwrap().unwrap();
+    assert!(matches!(first, ExecEvent::Error { .. }), "{first:?}");
 
     // stdin reaches the process.
     let mut cat = ExecRequest::new(["cat"]);
@@ -344,6 +371,40 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
     println!(
         "in-guest fork+exec of /bin/true: {:.2} ms each",
         started.elapsed().as_secs_f64() * 1000.0 / 50.0
+    );
+
+    // Orphans are reaped by PID 1: no zombies are left behind.
+    run(
+        &client,
+        ExecRequest::new(["sh", "-c", "sleep 0.1 & exit 0"]),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ps = run(&client, ExecRequest::new(["ps", "-o", "stat"])).await;
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains('Z'),
+        "zombies: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+
+    // When the agent server dies, PID 1 restarts it and the client re-dials.
+    let _ = run_raw(&client, ExecRequest::new(["sh", "-c", "kill -9 $PPID"])).await;
+    let restarted = Instant::now();
+    let again = loop {
+        match client.exec(&ExecRequest::new(["echo", "back"])).await {
+            Ok(events) => break events.try_collect::<Vec<_>>().await.unwrap(),
+            Err(_) if restarted.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("agent did not come back: {e}"),
+        }
+    };
+    assert!(again.contains(&ExecEvent::Stdout {
+        data: b"back\n".to_vec()
+    }));
+    println!(
+        "agent restarted and answered {} ms after being killed",
+        restarted.elapsed().as_millis()
     );
 
     let info = client.info().await.unwrap();

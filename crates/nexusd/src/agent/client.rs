@@ -113,11 +113,20 @@ impl AgentClient {
 
     /// Negotiates the protocol version.
     pub async fn handshake(&self) -> Result<Handshake, AgentError> {
-        let req = request(Method::GET, "/v1/handshake", empty())?;
+        self.handshake_offering(SUPPORTED_PROTOCOLS).await
+    }
+
+    /// Negotiates offering only `versions` (for tests and for pinning an older protocol).
+    pub async fn handshake_offering(&self, versions: &[u32]) -> Result<Handshake, AgentError> {
+        let mut req = request(Method::GET, "/v1/handshake", empty())?;
+        let offer = proto::protocol_header_value(versions)
+            .parse()
+            .map_err(|_| AgentError::InvalidRequest("bad protocol list".into()))?;
+        req.headers_mut().insert(proto::PROTOCOL_HEADER, offer);
         let handshake: Handshake = self.json_call(req).await?;
-        if !SUPPORTED_PROTOCOLS.contains(&handshake.protocol) {
+        if !versions.contains(&handshake.protocol) {
             return Err(AgentError::Protocol(format!(
-                "agent chose unsupported version {}",
+                "agent chose version {} which was not offered",
                 handshake.protocol
             )));
         }
