@@ -2,7 +2,9 @@
 //! [`ExecEvent`]s while it is produced; a timeout or a vanished client kills the whole group.
 
 use std::io;
+use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;
 
@@ -43,15 +45,25 @@ pub async fn handle(req: Request<Incoming>) -> ApiResult {
     Ok(server::streamed("application/x-ndjson", chunks))
 }
 
+/// Spawns the process. The program is resolved against `PATH` here and no working directory is
+/// set unless asked for, so std can use `posix_spawn` (a vfork) instead of forking the agent,
+/// which costs milliseconds under emulation.
 fn spawn(req: &ExecRequest) -> io::Result<Child> {
-    let mut cmd = Command::new(&req.argv[0]);
-    cmd.args(&req.argv[1..])
+    let path_var = req.env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
+    let program = resolve_program(&req.argv[0], path_var).ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::NotFound,
+            format!("{} not found in PATH", req.argv[0]),
+        )
+    })?;
+    let mut cmd = Command::new(program);
+    cmd.arg0(&req.argv[0])
+        .args(&req.argv[1..])
         .env_clear()
         .env("PATH", DEFAULT_PATH)
         .env("HOME", "/root")
         .env("TERM", "xterm")
         .envs(&req.env)
-        .current_dir(req.cwd.as_deref().unwrap_or("/"))
         .stdin(if req.stdin.is_some() {
             Stdio::piped()
         } else {
@@ -61,7 +73,25 @@ fn spawn(req: &ExecRequest) -> io::Result<Child> {
         .stderr(Stdio::piped())
         .process_group(0)
         .kill_on_drop(true);
+    if let Some(cwd) = &req.cwd {
+        cmd.current_dir(cwd);
+    }
     cmd.spawn()
+}
+
+/// `execvp`'s lookup: a name with a `/` is used as is, others are searched in `path_var`.
+fn resolve_program(name: &str, path_var: &str) -> Option<PathBuf> {
+    if name.contains('/') {
+        return Some(PathBuf::from(name));
+    }
+    path_var
+        .split(':')
+        .filter(|dir| !dir.is_empty())
+        .map(|dir| Path::new(dir).join(name))
+        .find(|candidate| {
+            std::fs::metadata(candidate)
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
 }
 
 async fn supervise(
@@ -152,4 +182,34 @@ fn encode(event: &ExecEvent) -> Bytes {
     let mut line = serde_json::to_vec(event).unwrap_or_default();
     line.push(b'\n');
     Bytes::from(line)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn name_with_slash_is_used_as_is() {
+        assert_eq!(resolve_program("./x", ""), Some(PathBuf::from("./x")));
+    }
+
+    #[test]
+    fn name_is_searched_in_path_order() {
+        let dir = tempfile::tempdir().unwrap();
+        let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+        for d in [&a, &b] {
+            std::fs::create_dir(d).unwrap();
+            std::fs::write(d.join("tool"), b"").unwrap();
+            std::fs::set_permissions(d.join("tool"), std::fs::Permissions::from_mode(0o755))
+                .unwrap();
+        }
+        std::fs::set_permissions(a.join("tool"), std::fs::Permissions::from_mode(0o644)).unwrap();
+        let path_var = format!("{}:{}", a.display(), b.display());
+        assert_eq!(resolve_program("tool", &path_var), Some(b.join("tool")));
+    }
+
+    #[test]
+    fn missing_program_is_none() {
+        assert_eq!(resolve_program("surely-not-here", "/nonexistent"), None);
+    }
 }

@@ -101,14 +101,13 @@ fn load_modules() {
 fn switch_root() -> Result<(), String> {
     wait_for(Path::new(ROOT_DEVICE), Duration::from_secs(10))?;
     fs::create_dir_all(NEW_ROOT).map_err(|e| format!("mkdir {NEW_ROOT}: {e}"))?;
-    mount::<str, str, str, str>(
-        Some(ROOT_DEVICE),
-        NEW_ROOT,
-        Some("ext4"),
-        MsFlags::empty(),
-        None,
-    )
-    .map_err(|e| format!("mount {ROOT_DEVICE} on {NEW_ROOT}: {e}"))?;
+    mount_root(MsFlags::empty())
+        .or_else(|e| match e {
+            // A read-only drive (shared base image) still boots, read-only.
+            Errno::EACCES | Errno::EROFS => mount_root(MsFlags::MS_RDONLY),
+            e => Err(e),
+        })
+        .map_err(|e| format!("mount {ROOT_DEVICE} on {NEW_ROOT}: {e}"))?;
     for fs in ["/dev", "/proc"] {
         let target = format!("{NEW_ROOT}{fs}");
         let _ = fs::create_dir_all(&target);
@@ -120,6 +119,10 @@ fn switch_root() -> Result<(), String> {
         .map_err(|e| format!("move {NEW_ROOT} to /: {e}"))?;
     chroot(".").map_err(|e| format!("chroot: {e}"))?;
     chdir("/").map_err(|e| format!("chdir /: {e}"))
+}
+
+fn mount_root(flags: MsFlags) -> nix::Result<()> {
+    mount::<str, str, str, str>(Some(ROOT_DEVICE), NEW_ROOT, Some("ext4"), flags, None)
 }
 
 fn mount_standard_filesystems() -> Result<(), String> {

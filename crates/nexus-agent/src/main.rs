@@ -28,11 +28,7 @@ fn main() {
 
 /// Runs the vsock server on a fresh tokio runtime; returns the process exit code.
 fn serve(mut boot: BootTimes) -> i32 {
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
             init::log(&format!("tokio runtime: {e}"));
@@ -54,4 +50,20 @@ fn serve(mut boot: BootTimes) -> i32 {
         });
         server::run(listener, state).await
     })
+}
+
+/// One thread per vCPU (at most 4); a single-vCPU guest gets a current-thread runtime, which
+/// avoids cross-thread wake-ups that are costly under emulation.
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    let cpus = std::thread::available_parallelism().map_or(1, usize::from);
+    if cpus == 1 {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(cpus.min(4))
+            .enable_all()
+            .build()
+    }
 }

@@ -14,7 +14,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use nexus_lib::agent::{ExecEvent, ExecRequest};
 use nexusd::agent::AgentClient;
 use nexusd::boot::{self, DEFAULT_MODULES, RootfsOptions};
-use nexusd::vmm::{Launched, ProcessRole, QemuVmm, VmSpec, Vmm, detect_accel, guest_cmdline};
+use nexusd::vmm::{Launched, ProcessRole, QemuVmm, VmSpec, Vmm, guest_cmdline};
 use sha2::{Digest, Sha256};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(90);
@@ -100,6 +100,14 @@ async fn run(client: &AgentClient, req: ExecRequest) -> Output {
     out
 }
 
+/// Runs a command whose stream may break (the agent may die); returns whether it ended cleanly.
+async fn run_raw(client: &AgentClient, req: ExecRequest) -> bool {
+    match client.exec(&req).await {
+        Ok(events) => events.try_collect::<Vec<_>>().await.is_ok(),
+        Err(_) => false,
+    }
+}
+
 fn chunk(i: usize) -> Bytes {
     let mut state = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
     let data: Vec<u8> = (0..1024 * 1024)
@@ -173,8 +181,9 @@ async fn prepare(work: &Path) -> (VmSpec, String) {
 async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
     let work = tempfile::tempdir().unwrap();
     let (spec, release) = prepare(work.path()).await;
-    let accel = detect_accel(Path::new("/dev/kvm"), Path::new("/sys/module/kvm_pvm"));
-    let vmm = QemuVmm::new("qemu-system-x86_64", vhost_device_vsock(), accel);
+    let vmm = QemuVmm::for_host("qemu-system-x86_64", vhost_device_vsock());
+    let accel = vmm.accel;
+    println!("guest cmdline: {}", vmm.cmdline(&spec));
 
     let spawned_at = Instant::now();
     let mut launched: Launched = vmm.spawn(&spec).await.expect("spawn qemu");
@@ -182,9 +191,17 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
         pids: launched.processes.iter().map(|p| p.pid).collect(),
         run_dir: spec.runtime_dir.clone(),
     };
-    let (client, handshake) = AgentClient::connect(&spec.vsock_uds, BOOT_TIMEOUT)
-        .await
-        .expect("agent handshake");
+    let qemu_index = launched
+        .processes
+        .iter()
+        .position(|p| p.role == ProcessRole::Vmm)
+        .unwrap();
+    let (client, handshake) = tokio::select! {
+        connected = AgentClient::connect(&spec.vsock_uds, BOOT_TIMEOUT) => connected.expect("agent handshake"),
+        status = launched.processes[qemu_index].child.wait() => {
+            panic!("QEMU exited before the agent answered: {status:?}")
+        }
+    };
     let ready = spawned_at.elapsed();
     println!(
         "accel={accel:?} spawn->agent-ready {} ms (guest: init {} ms, root {} ms, agent listening {} ms)",
@@ -212,6 +229,25 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
         uname_text.contains("e2e-vm"),
         "hostname missing from {uname_text}"
     );
+
+    // A protocol the agent does not speak is refused clearly.
+    let mismatch = client.handshake_offering(&[99]).await.unwrap_err();
+    assert!(
+        matches!(mismatch, nexusd::agent::AgentError::Protocol(_)),
+        "{mismatch}"
+    );
+
+    // cwd and env are applied; a missing program is an error event, not a hang.
+    let mut pwd = ExecRequest::new(["sh", "-c", "pwd; echo $GREETING"]);
+    pwd.cwd = Some("/tmp".into());
+    pwd.env.insert("GREETING".into(), "hi".into());
+    assert_eq!(run(&client, pwd).await.stdout, b"/tmp\nhi\n");
+    let mut missing = client
+        .exec(&ExecRequest::new(["no-such-program"]))
+        .await
+        .unwrap();
+    let first = missing.next().await.unwrap().unwrap();
+    assert!(matches!(first, ExecEvent::Error { .. }), "{first:?}");
 
     // stdin reaches the process.
     let mut cat = ExecRequest::new(["cat"]);
@@ -326,6 +362,49 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
         "exec true round trip: p50 {:.2} ms, p99 {:.2} ms",
         percentile(&times, 0.5),
         percentile(&times, 0.99)
+    );
+
+    // Reference: the guest's own fork+exec of /bin/true from busybox sh, without the agent.
+    let loop_script = "i=0; while [ $i -lt 50 ]; do /bin/true; i=$((i+1)); done";
+    let started = Instant::now();
+    run(&client, ExecRequest::new(["sh", "-c", loop_script])).await;
+    println!(
+        "in-guest fork+exec of /bin/true: {:.2} ms each",
+        started.elapsed().as_secs_f64() * 1000.0 / 50.0
+    );
+
+    // Orphans are reaped by PID 1: no zombies are left behind.
+    run(
+        &client,
+        ExecRequest::new(["sh", "-c", "sleep 0.1 & exit 0"]),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let ps = run(&client, ExecRequest::new(["ps", "-o", "stat"])).await;
+    assert!(
+        !String::from_utf8_lossy(&ps.stdout).contains('Z'),
+        "zombies: {}",
+        String::from_utf8_lossy(&ps.stdout)
+    );
+
+    // When the agent server dies, PID 1 restarts it and the client re-dials.
+    let _ = run_raw(&client, ExecRequest::new(["sh", "-c", "kill -9 $PPID"])).await;
+    let restarted = Instant::now();
+    let again = loop {
+        match client.exec(&ExecRequest::new(["echo", "back"])).await {
+            Ok(events) => break events.try_collect::<Vec<_>>().await.unwrap(),
+            Err(_) if restarted.elapsed() < Duration::from_secs(10) => {
+                tokio::time::sleep(Duration::from_millis(20)).await
+            }
+            Err(e) => panic!("agent did not come back: {e}"),
+        }
+    };
+    assert!(again.contains(&ExecEvent::Stdout {
+        data: b"back\n".to_vec()
+    }));
+    println!(
+        "agent restarted and answered {} ms after being killed",
+        restarted.elapsed().as_millis()
     );
 
     let info = client.info().await.unwrap();

@@ -34,7 +34,10 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, AgentError>> + Sen
 /// Largest error body read from the agent.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
-const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
+/// First and longest wait for one boot-time handshake attempt. A `CONNECT` sent before the guest's
+/// vsock driver is up can stay unanswered, so attempts start short and back off.
+const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
+const MAX_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(2);
 const RETRY_INTERVAL: Duration = Duration::from_millis(10);
 const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
@@ -76,10 +79,14 @@ impl AgentClient {
     ) -> Result<(Self, Handshake), AgentError> {
         let client = Self::new(uds);
         let deadline = Instant::now() + timeout;
+        let mut attempt_timeout = FIRST_ATTEMPT_TIMEOUT;
         loop {
             let remaining = deadline.saturating_duration_since(Instant::now());
             let attempt =
-                tokio::time::timeout(remaining.min(ATTEMPT_TIMEOUT), client.handshake()).await;
+                tokio::time::timeout(remaining.min(attempt_timeout), client.handshake()).await;
+            if attempt.is_err() {
+                attempt_timeout = (attempt_timeout * 2).min(MAX_ATTEMPT_TIMEOUT);
+            }
             match attempt {
                 Ok(Ok(handshake)) => return Ok((client, handshake)),
                 Ok(Err(e @ (AgentError::Protocol(_) | AgentError::Remote { .. }))) => {
@@ -106,11 +113,20 @@ impl AgentClient {
 
     /// Negotiates the protocol version.
     pub async fn handshake(&self) -> Result<Handshake, AgentError> {
-        let req = request(Method::GET, "/v1/handshake", empty())?;
+        self.handshake_offering(SUPPORTED_PROTOCOLS).await
+    }
+
+    /// Negotiates offering only `versions` (for tests and for pinning an older protocol).
+    pub async fn handshake_offering(&self, versions: &[u32]) -> Result<Handshake, AgentError> {
+        let mut req = request(Method::GET, "/v1/handshake", empty())?;
+        let offer = proto::protocol_header_value(versions)
+            .parse()
+            .map_err(|_| AgentError::InvalidRequest("bad protocol list".into()))?;
+        req.headers_mut().insert(proto::PROTOCOL_HEADER, offer);
         let handshake: Handshake = self.json_call(req).await?;
-        if !SUPPORTED_PROTOCOLS.contains(&handshake.protocol) {
+        if !versions.contains(&handshake.protocol) {
             return Err(AgentError::Protocol(format!(
-                "agent chose unsupported version {}",
+                "agent chose version {} which was not offered",
                 handshake.protocol
             )));
         }

@@ -10,6 +10,7 @@ mod console;
 mod firecracker;
 mod qemu;
 mod select;
+mod tsc;
 
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ pub use console::cap_console_log;
 pub use firecracker::{FirecrackerConfig, FirecrackerVmm};
 pub use qemu::QemuVmm;
 pub use select::{HostProbe, VmmChoice, select_backend};
+pub use tsc::host_tsc_khz;
 
 /// Everything a backend needs to boot one VM.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -11,7 +11,10 @@ use std::time::{Duration, Instant};
 use futures_util::future::BoxFuture;
 use tokio::process::{Child, Command};
 
-use super::{Accel, Launched, ProcessRole, VmSpec, Vmm, VmmError, VmmKind, VmmProcess, log_file};
+use super::{
+    Accel, Launched, ProcessRole, VmSpec, Vmm, VmmError, VmmKind, VmmProcess, detect_accel,
+    host_tsc_khz, log_file,
+};
 
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
 
@@ -20,6 +23,8 @@ pub struct QemuVmm {
     pub qemu: PathBuf,
     pub vhost_vsock: PathBuf,
     pub accel: Accel,
+    /// Host TSC rate handed to TCG guests as `tsc_early_khz=` (see `tsc`).
+    pub tsc_khz: Option<u64>,
 }
 
 impl QemuVmm {
@@ -28,6 +33,31 @@ impl QemuVmm {
             qemu: qemu.into(),
             vhost_vsock: vhost_vsock.into(),
             accel,
+            tsc_khz: None,
+        }
+    }
+
+    /// A backend for this host: the accelerator from [`detect_accel`] and, under TCG, the host TSC
+    /// rate (blocks for about 50 ms while measuring it).
+    pub fn for_host(qemu: impl Into<PathBuf>, vhost_vsock: impl Into<PathBuf>) -> Self {
+        let accel = detect_accel(Path::new("/dev/kvm"), Path::new("/sys/module/kvm_pvm"));
+        let tsc_khz = match accel {
+            Accel::Tcg => host_tsc_khz(Duration::from_millis(50)),
+            Accel::Kvm => None,
+        };
+        Self {
+            tsc_khz,
+            ..Self::new(qemu, vhost_vsock, accel)
+        }
+    }
+
+    /// The kernel command line as the guest will see it.
+    pub fn cmdline(&self, spec: &VmSpec) -> String {
+        match (self.accel, self.tsc_khz) {
+            (Accel::Tcg, Some(khz)) if !spec.cmdline.contains("tsc_early_khz=") => {
+                format!("{} tsc_early_khz={khz}", spec.cmdline)
+            }
+            _ => spec.cmdline.clone(),
         }
     }
 
@@ -115,7 +145,7 @@ impl QemuVmm {
             push(&[initrd]);
         }
         push(&[&"-append"]);
-        push(&[&spec.cmdline]);
+        push(&[&self.cmdline(spec)]);
         push(&[&"-chardev"]);
         push(&[
             &"file,id=console,append=on,path=",
@@ -381,6 +411,24 @@ pub(crate) mod tests {
             Some("file,id=console,append=on,path=/run/vm1/console.log")
         );
         assert!(a.contains(&"-no-reboot".to_string()));
+    }
+
+    #[test]
+    fn tcg_guest_gets_host_tsc_rate() {
+        let vmm = QemuVmm {
+            tsc_khz: Some(2_600_000),
+            ..QemuVmm::new("q", "v", Accel::Tcg)
+        };
+        assert_eq!(vmm.cmdline(&spec()), "console=ttyS0 tsc_early_khz=2600000");
+    }
+
+    #[test]
+    fn kvm_guest_calibrates_its_own_tsc() {
+        let vmm = QemuVmm {
+            tsc_khz: Some(2_600_000),
+            ..QemuVmm::new("q", "v", Accel::Kvm)
+        };
+        assert_eq!(vmm.cmdline(&spec()), "console=ttyS0");
     }
 
     #[test]
