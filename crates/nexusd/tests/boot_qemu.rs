@@ -2,8 +2,8 @@
 //! ext4 root, booted with the QEMU backend (TCG here), driven through the agent client.
 //!
 //! Needs root, qemu-system-x86_64, vhost-device-vsock, mke2fs, busybox-static, the agent binary
-//! (`NEXUS_AGENT_BIN`, from scripts/build-agent.sh) and the kernel .deb (`NEXUS_KERNEL_DEB_DIR`,
-//! default /var/tmp/nexus-test-assets, from scripts/fetch-kernel.sh). Missing pieces fail the test
+//! (`NEXUS_AGENT_BIN`, from scripts/build-agent.sh) and the kernel .deb (`NEXUS_KERNEL_DIR`,
+//! default /var/cache/nexus/kernel, from scripts/fetch-kernel.sh). Missing pieces fail the test
 //! with a message naming them.
 
 use std::path::{Path, PathBuf};
@@ -33,10 +33,8 @@ fn agent_binary() -> PathBuf {
 }
 
 fn kernel_deb_dir() -> PathBuf {
-    std::env::var_os("NEXUS_KERNEL_DEB_DIR").map_or_else(
-        || PathBuf::from("/var/tmp/nexus-test-assets"),
-        PathBuf::from,
-    )
+    std::env::var_os("NEXUS_KERNEL_DIR")
+        .map_or_else(|| PathBuf::from("/var/cache/nexus/kernel"), PathBuf::from)
 }
 
 fn vhost_device_vsock() -> PathBuf {

@@ -20,7 +20,12 @@ fn running_vm(name: &str) -> TestDaemon {
     common::require_boot_prerequisites();
     let d = TestDaemon::start_with_storage();
     let out = d.ctl(&["vm", "create", name, "--image", "default", "--start"]);
-    assert!(out.status.success(), "vm create --start failed: {}\n{}", stderr(&out), d.log());
+    assert!(
+        out.status.success(),
+        "vm create --start failed: {}\n{}",
+        stderr(&out),
+        d.log()
+    );
     d
 }
 
@@ -55,7 +60,10 @@ fn exec_uname_names_the_guest_kernel() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(text.contains("cloud-amd64"), "{text}");
     assert!(text.contains("uname"), "hostname is the VM name: {text}");
-    assert!(!text.contains(&host_release()), "the host kernel answered: {text}");
+    assert!(
+        !text.contains(&host_release()),
+        "the host kernel answered: {text}"
+    );
 }
 
 #[test]
@@ -64,13 +72,27 @@ fn exec_passes_stdin_and_the_exit_code_through() {
     let mut child = std::process::Command::new(common::nexusctl_bin())
         .arg("--home")
         .arg(d.home())
-        .args(["vm", "exec", "-i", "stdin", "--", "sh", "-c", "tr a-z A-Z; exit 3"])
+        .args([
+            "vm",
+            "exec",
+            "-i",
+            "stdin",
+            "--",
+            "sh",
+            "-c",
+            "tr a-z A-Z; exit 3",
+        ])
         .stdin(std::process::Stdio::piped())
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
     use std::io::Write;
-    child.stdin.take().unwrap().write_all(b"hello guest\n").unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"hello guest\n")
+        .unwrap();
     let out = child.wait_with_output().unwrap();
     assert_eq!(stdout(&out), "HELLO GUEST\n");
     assert_eq!(out.status.code(), Some(3));
@@ -84,7 +106,11 @@ fn twenty_concurrent_execs_each_get_their_own_output() {
         for i in 0..20 {
             let client = d.client.clone();
             set.spawn(async move {
-                let req = ExecRequest::new(["sh", "-c", &format!("sleep 0.$((RANDOM % 5)); echo out-{i}; echo err-{i} >&2; exit {i}")]);
+                let req = ExecRequest::new([
+                    "sh",
+                    "-c",
+                    &format!("sleep 0.$((RANDOM % 5)); echo out-{i}; echo err-{i} >&2; exit {i}"),
+                ]);
                 (i, exec(&client, "many", req).await)
             });
         }
@@ -138,8 +164,15 @@ fn stop_powers_the_guest_off_and_records_it() {
     assert_eq!(vm["state"], "stopped");
     let history = rt().block_on(d.client.vm_history("stopme")).unwrap();
     let last = history.last().unwrap();
-    assert!(last.reason.contains("powered off on request"), "{}", last.reason);
-    assert!(common::vmm_pids("stopme", &d).is_empty(), "VMM still running");
+    assert!(
+        last.reason.contains("powered off on request"),
+        "{}",
+        last.reason
+    );
+    assert!(
+        common::vmm_pids("stopme", &d).is_empty(),
+        "VMM still running"
+    );
 }
 
 #[test]
@@ -148,7 +181,11 @@ fn a_killed_vmm_is_recorded_as_crashed_within_a_second() {
     let pids = common::vmm_pids("crashme", &d);
     assert_eq!(pids.len(), 1, "one QEMU for the VM: {pids:?}");
     let killed = Instant::now();
-    nix::sys::signal::kill(nix::unistd::Pid::from_raw(pids[0] as i32), nix::sys::signal::Signal::SIGKILL).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pids[0] as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
     let rt = rt();
     let state = loop {
         let vm = rt.block_on(d.client.get_vm("crashme")).unwrap();
@@ -158,7 +195,12 @@ fn a_killed_vmm_is_recorded_as_crashed_within_a_second() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert_eq!(state, VmState::Crashed, "not crashed within 1 s of SIGKILL");
-    let reason = rt.block_on(d.client.vm_history("crashme")).unwrap().pop().unwrap().reason;
+    let reason = rt
+        .block_on(d.client.vm_history("crashme"))
+        .unwrap()
+        .pop()
+        .unwrap()
+        .reason;
     assert!(reason.contains("SIGKILL"), "{reason}");
 }
 
@@ -169,7 +211,11 @@ fn a_vm_survives_a_daemon_restart_and_still_runs_commands() {
     let d = d.restart();
     let vm = rt().block_on(d.client.get_vm("survivor")).unwrap();
     assert_eq!(vm.state, VmState::Running);
-    assert_eq!(common::vmm_pids("survivor", &d), before, "the same QEMU keeps running");
+    assert_eq!(
+        common::vmm_pids("survivor", &d),
+        before,
+        "the same QEMU keeps running"
+    );
     let out = d.ctl(&["vm", "exec", "survivor", "--", "echo", "still here"]);
     assert_eq!(stdout(&out), "still here\n", "{}", stderr(&out));
     let out = d.ctl(&["vm", "stop", "survivor"]);

@@ -36,7 +36,10 @@ async fn create_drive(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateDrive>,
 ) -> Result<(StatusCode, Json<Drive>), ApiError> {
-    state.images.ensure_default(Some(req.image.as_str())).await?;
+    state
+        .images
+        .ensure_default(Some(req.image.as_str()))
+        .await?;
     Ok((StatusCode::CREATED, Json(state.drives.create(req).await?)))
 }
 

@@ -89,7 +89,11 @@ impl DriveService {
         let storage = tokio::task::spawn_blocking(move || pool.get_or_create())
             .await
             .map_err(DriveError::Worker)??;
-        let file = |id: Uuid| storage.drive_dir(&id.to_string()).join(crate::storage::IMAGE_FILE);
+        let file = |id: Uuid| {
+            storage
+                .drive_dir(&id.to_string())
+                .join(crate::storage::IMAGE_FILE)
+        };
         let mut root = None;
         let mut extra = Vec::new();
         for row in rows {

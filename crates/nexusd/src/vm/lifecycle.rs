@@ -25,8 +25,8 @@ use crate::agent::AgentClient;
 use crate::store::runtime::{self, BootPhases, RuntimeRow};
 use crate::store::{Store, now_ms};
 use crate::vmm::{
-    Accel, DriveSpec, FirecrackerVmm, HostProbe, Launched, ProcessRole, QemuVmm, VmSpec, Vmm, VmmChoice,
-    VmmKind, cap_console_log, guest_cmdline, select_backend,
+    Accel, DriveSpec, FirecrackerVmm, HostProbe, Launched, ProcessRole, QemuVmm, VmSpec, Vmm,
+    VmmChoice, VmmKind, cap_console_log, guest_cmdline, select_backend,
 };
 
 /// How much console output is quoted into a crash or failure reason.
@@ -98,6 +98,8 @@ struct Inner {
     assets: BootAssets,
     cfg: LifecycleConfig,
     host: HostProbe,
+    /// The QEMU backend, measured against the host once (its TSC rate, for TCG guests).
+    qemu: tokio::sync::OnceCell<Arc<QemuVmm>>,
     live: Mutex<HashMap<Uuid, Live>>,
 }
 
@@ -122,6 +124,7 @@ impl Lifecycle {
                 assets,
                 cfg,
                 host,
+                qemu: tokio::sync::OnceCell::new(),
                 live: Mutex::new(HashMap::new()),
             }),
         }
@@ -153,15 +156,26 @@ impl Lifecycle {
         self.runtime_dir(id).join("console.log")
     }
 
-    fn backend(&self) -> Result<(Arc<dyn Vmm>, Accel), VmError> {
+    async fn backend(&self) -> Result<(Arc<dyn Vmm>, Accel), VmError> {
         let cfg = &self.inner.cfg;
         let kind = select_backend(cfg.vmm, &self.inner.host).map_err(VmError::Backend)?;
         let accel = self.inner.host.accel;
         Ok(match kind {
-            VmmKind::Qemu => (
-                Arc::new(QemuVmm::new(&cfg.qemu, &cfg.vhost_vsock, accel)),
-                accel,
-            ),
+            VmmKind::Qemu => {
+                let (qemu, vhost) = (cfg.qemu.clone(), cfg.vhost_vsock.clone());
+                let vmm = self
+                    .inner
+                    .qemu
+                    .get_or_init(|| async move {
+                        let vmm =
+                            tokio::task::spawn_blocking(move || QemuVmm::for_host(qemu, vhost))
+                                .await
+                                .expect("probing the host clock does not panic");
+                        Arc::new(vmm)
+                    })
+                    .await;
+                (vmm.clone() as Arc<dyn Vmm>, vmm.accel)
+            }
             VmmKind::Firecracker => {
                 let bin = self.inner.host.firecracker.clone().unwrap_or_default();
                 (Arc::new(FirecrackerVmm::new(bin)), accel)
@@ -175,7 +189,7 @@ impl Lifecycle {
         let (root, extra) = self.inner.vms.drive_files(vm.id).await?;
         let root = root.ok_or_else(|| VmError::NoRootDrive(vm.name.clone()))?;
         let assets = self.inner.assets.get().await.map_err(VmError::Assets)?;
-        let (backend, accel) = self.backend()?;
+        let (backend, accel) = self.backend().await?;
         let vm = self
             .inner
             .vms
@@ -553,7 +567,10 @@ impl Lifecycle {
     /// Deletes a VM that is not live, with its runtime directory.
     pub async fn delete(&self, key: &str, keep_drives: bool) -> Result<(), VmError> {
         let vm = self.inner.vms.get(key).await?;
-        self.inner.vms.delete(&vm.id.to_string(), keep_drives).await?;
+        self.inner
+            .vms
+            .delete(&vm.id.to_string(), keep_drives)
+            .await?;
         let dir = self.runtime_dir(vm.id);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
         Ok(())

@@ -157,7 +157,13 @@ impl VmService {
     pub async fn drive_files(
         &self,
         vm: uuid::Uuid,
-    ) -> Result<(Option<std::path::PathBuf>, Vec<(uuid::Uuid, std::path::PathBuf)>), VmError> {
+    ) -> Result<
+        (
+            Option<std::path::PathBuf>,
+            Vec<(uuid::Uuid, std::path::PathBuf)>,
+        ),
+        VmError,
+    > {
         Ok(self.drives.files_of_vm(vm).await?)
     }
 

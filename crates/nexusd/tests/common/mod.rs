@@ -355,7 +355,11 @@ pub fn ext4_bytes(path: &Path) -> u64 {
 pub fn pids_mentioning(needle: &str, also: &str) -> Vec<u32> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
             continue;
         };
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
@@ -383,13 +387,16 @@ pub fn kill_processes_mentioning(home: &Path) {
 
 /// The QEMU processes of the VM named `vm` under this daemon's home.
 pub fn vmm_pids(vm: &str, d: &TestDaemon) -> Vec<u32> {
-    pids_mentioning(&d.home().display().to_string(), &format!("nexus.hostname={vm} "))
-        .into_iter()
-        .filter(|pid| {
-            std::fs::read_to_string(format!("/proc/{pid}/comm"))
-                .is_ok_and(|c| c.starts_with("qemu-system"))
-        })
-        .collect()
+    pids_mentioning(
+        &d.home().display().to_string(),
+        &format!("nexus.hostname={vm} "),
+    )
+    .into_iter()
+    .filter(|pid| {
+        std::fs::read_to_string(format!("/proc/{pid}/comm"))
+            .is_ok_and(|c| c.starts_with("qemu-system"))
+    })
+    .collect()
 }
 
 /// VM tests need the storage prerequisites plus QEMU, vhost-device-vsock, the guest kernel
@@ -406,7 +413,11 @@ pub fn require_boot_prerequisites() {
         "VM tests need qemu-system-x86_64 (apt-get install qemu-system-x86; scripts/setup.sh)"
     );
     let home_cargo = std::env::var_os("HOME")
-        .map(|h| Path::new(&h).join(".cargo/bin/vhost-device-vsock").is_file())
+        .map(|h| {
+            Path::new(&h)
+                .join(".cargo/bin/vhost-device-vsock")
+                .is_file()
+        })
         .unwrap_or(false);
     assert!(
         in_path("vhost-device-vsock") || home_cargo,
@@ -422,8 +433,12 @@ pub fn require_boot_prerequisites() {
         .unwrap_or_else(|| PathBuf::from("/var/cache/nexus/kernel"));
     let has_deb = std::fs::read_dir(&kernel_dir)
         .map(|d| {
-            d.flatten()
-                .any(|e| e.file_name().to_string_lossy().ends_with("-cloud-amd64_amd64.deb") || e.file_name().to_string_lossy().contains("-cloud-amd64_"))
+            d.flatten().any(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .ends_with("-cloud-amd64_amd64.deb")
+                    || e.file_name().to_string_lossy().contains("-cloud-amd64_")
+            })
         })
         .unwrap_or(false);
     assert!(
