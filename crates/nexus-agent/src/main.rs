@@ -12,7 +12,7 @@ mod vsock;
 
 use std::sync::Arc;
 
-use nexus_lib::agent::{AGENT_VSOCK_PORT, BootTimes};
+use nexus_lib::agent::{AGENT_READY_LINE, AGENT_VSOCK_PORT, BootTimes};
 
 fn main() {
     if std::process::id() == 1 {
@@ -44,6 +44,7 @@ fn serve(mut boot: BootTimes) -> i32 {
             }
         };
         boot.ready_ms = sysinfo::uptime_ms();
+        eprintln!("{AGENT_READY_LINE} port {AGENT_VSOCK_PORT}");
         let state = Arc::new(server::State {
             boot,
             shutdown: tokio::sync::Notify::new(),

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use nexus_lib::agent::AGENT_READY_LINE;
 use nexus_lib::api::{Vm, VmState};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch};
@@ -278,7 +279,15 @@ impl Lifecycle {
         tracing::info!(vm = %vm.name, backend = kind, accel = accel_name, vmm_ready_ms, "VMM spawned; waiting for the agent");
 
         let mut exited = live.exited.clone();
-        let connect = AgentClient::connect(spec.vsock_uds.clone(), self.inner.cfg.boot_timeout);
+        let boot_timeout = self.inner.cfg.boot_timeout;
+        let (uds, log) = (spec.vsock_uds.clone(), spec.console_log.clone());
+        let connect = async move {
+            wait_for_console_line(&log, AGENT_READY_LINE, boot_timeout).await;
+            let left = boot_timeout
+                .saturating_sub(t0.elapsed())
+                .max(Duration::from_secs(1));
+            AgentClient::connect(uds, left).await
+        };
         tokio::select! {
             res = connect => match res {
                 Ok((agent, hs)) => {
@@ -750,6 +759,36 @@ async fn stop_helper(mut helper: Watch) {
     {
         helper.signal(Signal::SIGKILL);
         let _ = tokio::time::timeout(Duration::from_secs(5), helper.wait()).await;
+    }
+}
+
+/// Waits until `line` shows up in the console log or `limit` passes. Reads only what was added
+/// since the last look, keeping a line's worth of overlap.
+async fn wait_for_console_line(log: &Path, line: &str, limit: Duration) {
+    use std::io::{Read, Seek, SeekFrom};
+    let deadline = Instant::now() + limit;
+    let mut offset = 0u64;
+    let mut carry = Vec::new();
+    while Instant::now() < deadline {
+        if let Ok(mut f) = std::fs::File::open(log) {
+            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+            if len < offset {
+                offset = 0; // rotated
+            }
+            let mut buf = Vec::new();
+            if f.seek(SeekFrom::Start(offset)).is_ok()
+                && f.take(1 << 20).read_to_end(&mut buf).is_ok()
+            {
+                offset += buf.len() as u64;
+                carry.extend_from_slice(&buf);
+                if carry.windows(line.len()).any(|w| w == line.as_bytes()) {
+                    return;
+                }
+                let keep = carry.len().saturating_sub(line.len());
+                carry.drain(..keep);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
