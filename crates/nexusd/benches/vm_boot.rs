@@ -39,7 +39,10 @@ fn main() {
         nix::sys::signal::Signal::SIGTERM,
     );
     let _ = daemon.wait();
-    let _ = Command::new("umount").arg(home.path().join("data/pool")).status();
+    let _ = Command::new("umount")
+        .arg(home.path().join("data/pool"))
+        .stderr(Stdio::null())
+        .status();
 }
 
 async fn run(client: &Client, nexusd_pid: u32) {
@@ -58,7 +61,12 @@ async fn run(client: &Client, nexusd_pid: u32) {
         let t = Instant::now();
         client.vm_action("bench", "start").await.expect("start");
         api_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        let boot = client.vm_boots("bench").await.expect("boots").pop().expect("a boot");
+        let boot = client
+            .vm_boots("bench")
+            .await
+            .expect("boots")
+            .pop()
+            .expect("a boot");
         accel = format!("{}/{}", boot.backend, boot.accel);
         vmm.push(boot.vmm_ready_ms.unwrap_or(0) as f64);
         init.push(boot.guest_init_ms.unwrap_or(0) as f64);
@@ -71,11 +79,17 @@ async fn run(client: &Client, nexusd_pid: u32) {
     println!("accelerator: {accel}; {BOOTS} boots");
     report("  spawn -> VMM ready (host)", &mut vmm);
     report("  kernel start -> agent as init (guest clock)", &mut init);
-    report("  kernel start -> agent listening (guest clock)", &mut ready);
+    report(
+        "  kernel start -> agent listening (guest clock)",
+        &mut ready,
+    );
     report("  spawn -> agent handshake (host)", &mut agent);
     report("  POST /start wall time (API)", &mut api_ms);
     let overhead: Vec<f64> = api_ms.iter().zip(&agent).map(|(a, b)| a - b).collect();
-    report("  nexusd start overhead (API wall - spawn->handshake)", &mut overhead.clone());
+    report(
+        "  nexusd start overhead (API wall - spawn->handshake)",
+        &mut overhead.clone(),
+    );
 
     // Exec round trip, through nexusd and straight to the agent.
     let req = ExecRequest::new(["true"]);
@@ -123,7 +137,10 @@ async fn run(client: &Client, nexusd_pid: u32) {
     let mut read_mibs = Vec::new();
     for _ in 0..3 {
         let t = Instant::now();
-        let mut body = client.read_file("bench", "/tmp/bench.bin").await.expect("read");
+        let mut body = client
+            .read_file("bench", "/tmp/bench.bin")
+            .await
+            .expect("read");
         let mut n = 0usize;
         while let Some(f) = body.frame().await {
             n += f.expect("frame").data_ref().map_or(0, |d| d.len());
@@ -131,7 +148,10 @@ async fn run(client: &Client, nexusd_pid: u32) {
         assert_eq!(n, FILE_MIB << 20);
         read_mibs.push(FILE_MIB as f64 / t.elapsed().as_secs_f64());
     }
-    println!("file write via API: {:.1} MiB/s ({FILE_MIB} MiB)", FILE_MIB as f64 / write_s);
+    println!(
+        "file write via API: {:.1} MiB/s ({FILE_MIB} MiB)",
+        FILE_MIB as f64 / write_s
+    );
     report_unit("file read via API", "MiB/s", &mut read_mibs);
     client.vm_action("bench", "stop").await.expect("stop");
 }
@@ -165,7 +185,10 @@ fn find_vsock_socket(vm_id: &str) -> PathBuf {
 fn cpu_ms(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
     let rest = stat.rsplit(')').next().unwrap_or("");
-    let f: Vec<f64> = rest.split_whitespace().map(|v| v.parse().unwrap_or(0.0)).collect();
+    let f: Vec<f64> = rest
+        .split_whitespace()
+        .map(|v| v.parse().unwrap_or(0.0))
+        .collect();
     let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
     ticks * 1000.0 / 100.0
 }
