@@ -65,6 +65,9 @@ pub struct Config {
     pub vhost_vsock_binary: Option<PathBuf>,
     /// `firecracker` to run.
     pub firecracker_binary: Option<PathBuf>,
+    /// A Firecracker-ready guest kernel (uncompressed `vmlinux`, virtio-mmio built in). Without
+    /// one, `vmm = "auto"` uses QEMU even where Firecracker and KVM work.
+    pub firecracker_kernel: Option<PathBuf>,
     /// Console log size (bytes) past which it is rotated (4096..=1 GiB).
     pub console_max_bytes: Option<u64>,
     /// Storage pool: an existing directory on btrfs, used as is. Unset: the embedded pool, a sparse

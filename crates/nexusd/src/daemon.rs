@@ -154,6 +154,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         qemu: settings.qemu_binary.clone(),
         vhost_vsock: settings.vhost_vsock_binary.clone(),
         firecracker: settings.firecracker_binary.clone(),
+        firecracker_kernel: settings.firecracker_kernel.clone(),
         console_max_bytes: settings.console_max_bytes,
         vms_dir: paths.data_dir.join("vms"),
     };

@@ -74,6 +74,9 @@ pub struct Args {
     /// firecracker binary.
     #[arg(long, value_name = "FILE")]
     pub firecracker_binary: Option<PathBuf>,
+    /// A Firecracker-ready vmlinux (needed for the firecracker backend).
+    #[arg(long, value_name = "FILE")]
+    pub firecracker_kernel: Option<PathBuf>,
     /// Console log size (bytes) past which it is rotated.
     #[arg(long, value_name = "BYTES")]
     pub console_max_bytes: Option<u64>,
@@ -112,6 +115,7 @@ pub struct Settings {
     pub qemu_binary: PathBuf,
     pub vhost_vsock_binary: PathBuf,
     pub firecracker_binary: Option<PathBuf>,
+    pub firecracker_kernel: Option<PathBuf>,
     pub console_max_bytes: u64,
     pub pool: PoolConfig,
 }
@@ -141,6 +145,7 @@ impl Settings {
             qemu_binary: args.qemu_binary.clone().or(file.qemu_binary),
             vhost_vsock_binary: args.vhost_vsock_binary.clone().or(file.vhost_vsock_binary),
             firecracker_binary: args.firecracker_binary.clone().or(file.firecracker_binary),
+            firecracker_kernel: args.firecracker_kernel.clone().or(file.firecracker_kernel),
             console_max_bytes: args.console_max_bytes.or(file.console_max_bytes),
             pool: args.pool.clone().or(file.pool),
             pool_size: args.pool_size.or(file.pool_size),
@@ -199,6 +204,7 @@ impl Settings {
                 .unwrap_or_else(|| "qemu-system-x86_64".into()),
             vhost_vsock_binary: cfg.vhost_vsock_binary.unwrap_or_else(default_vhost_vsock),
             firecracker_binary: cfg.firecracker_binary,
+            firecracker_kernel: cfg.firecracker_kernel,
             console_max_bytes: cfg.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
             pool,
         })

@@ -119,6 +119,9 @@ impl From<VmError> for ApiError {
                 "unavailable",
                 error_chain(&e),
             ),
+            VmError::NoFirecrackerKernel => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message)
+            }
             VmError::Backend(e) => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "unavailable",

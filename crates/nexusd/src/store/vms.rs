@@ -56,8 +56,8 @@ pub enum Inserted {
 pub enum Changed {
     Ok(VmRow),
     NotFound,
-    /// The current state did not allow the change; nothing was written.
-    Refused(VmState),
+    /// The current state (and the VM's name) did not allow the change; nothing was written.
+    Refused(VmState, String),
 }
 
 const COLUMNS: &str =
@@ -178,7 +178,7 @@ pub fn change_state(
         return Ok(Changed::NotFound);
     };
     if !allowed(row.state) {
-        return Ok(Changed::Refused(row.state));
+        return Ok(Changed::Refused(row.state, row.name));
     }
     let now = now_ms();
     tx.execute(
@@ -215,7 +215,7 @@ pub fn delete(
         return Ok((Changed::NotFound, Vec::new()));
     };
     if !allowed(row.state) {
-        return Ok((Changed::Refused(row.state), Vec::new()));
+        return Ok((Changed::Refused(row.state, row.name), Vec::new()));
     }
     let released = super::drives::release_for_vm_delete(&tx, row.id, keep_drives)?;
     tx.execute("DELETE FROM vms WHERE id = ?1", [row.id.to_string()])?;
@@ -299,7 +299,7 @@ mod tests {
         let out = store
             .call_blocking(|c| change_state(c, "a", VmState::Running, "x", |_| false))
             .unwrap();
-        assert!(matches!(out, Changed::Refused(VmState::Created)));
+        assert!(matches!(out, Changed::Refused(VmState::Created, _)));
         assert_eq!(store.call_blocking(|c| history(c, vm.id)).unwrap().len(), 1);
     }
 

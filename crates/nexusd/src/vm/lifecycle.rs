@@ -48,6 +48,8 @@ pub struct LifecycleConfig {
     pub qemu: PathBuf,
     pub vhost_vsock: PathBuf,
     pub firecracker: Option<PathBuf>,
+    /// Firecracker-ready vmlinux; Firecracker is only chosen when there is one.
+    pub firecracker_kernel: Option<PathBuf>,
     pub console_max_bytes: u64,
     /// Parent of every VM's runtime directory.
     pub vms_dir: PathBuf,
@@ -117,7 +119,12 @@ impl Lifecycle {
         let mut candidates: Vec<PathBuf> = cfg.firecracker.iter().cloned().collect();
         candidates.push("/usr/local/bin/firecracker".into());
         candidates.push("/usr/bin/firecracker".into());
-        let host = HostProbe::detect(&candidates);
+        let mut host = HostProbe::detect(&candidates);
+        // Debian's kernel cannot boot under Firecracker (no virtio-mmio command-line devices):
+        // without a Firecracker-ready kernel, Firecracker counts as absent.
+        if cfg.firecracker_kernel.is_none() {
+            host.firecracker = None;
+        }
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -159,6 +166,9 @@ impl Lifecycle {
 
     async fn backend(&self) -> Result<(Arc<dyn Vmm>, Accel), VmError> {
         let cfg = &self.inner.cfg;
+        if cfg.vmm == VmmChoice::Firecracker && cfg.firecracker_kernel.is_none() {
+            return Err(VmError::NoFirecrackerKernel);
+        }
         let kind = select_backend(cfg.vmm, &self.inner.host).map_err(VmError::Backend)?;
         let accel = self.inner.host.accel;
         Ok(match kind {
@@ -191,6 +201,13 @@ impl Lifecycle {
         let root = root.ok_or_else(|| VmError::NoRootDrive(vm.name.clone()))?;
         let assets = self.inner.assets.get().await.map_err(VmError::Assets)?;
         let (backend, accel) = self.backend().await?;
+        let assets = match (backend.kind(), &self.inner.cfg.firecracker_kernel) {
+            (VmmKind::Firecracker, Some(vmlinux)) => Prepared {
+                kernel: vmlinux.clone(),
+                ..assets
+            },
+            _ => assets,
+        };
         let vm = self
             .inner
             .vms

@@ -40,6 +40,10 @@ pub enum VmError {
     NoRootDrive(String),
     #[error("boot assets are not available")]
     Assets(#[source] assets::AssetError),
+    #[error(
+        "the firecracker backend needs a Firecracker-ready kernel: set `firecracker_kernel` to a vmlinux with virtio-mmio built in"
+    )]
+    NoFirecrackerKernel,
     #[error("no usable VMM backend")]
     Backend(#[source] crate::vmm::VmmError),
     #[error("VM {vm} failed to start: {reason}")]
@@ -121,8 +125,8 @@ impl VmService {
                 Ok(())
             }
             Changed::NotFound => Err(VmError::NotFound(id_or_name.to_owned())),
-            Changed::Refused(state) => Err(VmError::WrongState {
-                vm: id_or_name.to_owned(),
+            Changed::Refused(state, name) => Err(VmError::WrongState {
+                vm: name,
                 state,
                 action: "delete",
             }),
@@ -185,8 +189,8 @@ impl VmService {
         match out {
             Changed::Ok(row) => Ok(row.to_api()),
             Changed::NotFound => Err(VmError::NotFound(id_or_name.to_owned())),
-            Changed::Refused(state) => Err(VmError::WrongState {
-                vm: id_or_name.to_owned(),
+            Changed::Refused(state, name) => Err(VmError::WrongState {
+                vm: name,
                 state,
                 action,
             }),
