@@ -53,3 +53,62 @@ async fn pool_health(state: &AppState) -> Option<nexus_lib::api::PoolHealth> {
         .await
         .ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    use crate::api::{AppState, router};
+    use crate::storage::{PoolConfig, PoolManager};
+    use crate::store::Store;
+    use crate::vm::assets::BootAssets;
+    use crate::vm::lifecycle::LifecycleConfig;
+
+    fn state(dir: &std::path::Path) -> AppState {
+        let store = Store::open(&dir.join("n.db")).unwrap();
+        let pool = Arc::new(PoolManager::new(PoolConfig::Dir(dir.join("pool"))));
+        let assets = BootAssets::new(dir.join("k"), dir.join("a"), None);
+        let cfg = LifecycleConfig {
+            vmm: crate::vmm::VmmChoice::Qemu,
+            boot_timeout: std::time::Duration::from_secs(1),
+            stop_timeout: std::time::Duration::from_secs(1),
+            qemu: "qemu-system-x86_64".into(),
+            vhost_vsock: "vhost-device-vsock".into(),
+            firecracker: None,
+            firecracker_kernel: None,
+            console_max_bytes: 4096,
+            vms_dir: dir.join("vms"),
+        };
+        AppState::new(store, pool, assets, cfg)
+    }
+
+    async fn health_status(state: AppState) -> StatusCode {
+        let req = Request::get("/v1/health").body(Body::empty()).unwrap();
+        router(state).oneshot(req).await.unwrap().status()
+    }
+
+    #[tokio::test]
+    async fn readable_database_is_healthy() {
+        let dir = tempfile::tempdir().unwrap();
+        assert_eq!(health_status(state(dir.path())).await, StatusCode::OK);
+    }
+
+    #[tokio::test]
+    async fn unreadable_database_is_503() {
+        let dir = tempfile::tempdir().unwrap();
+        let state = state(dir.path());
+        // A panic while holding the connection leaves it unusable, as a broken database would.
+        let store = state.store.clone();
+        let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            store.call_blocking(|_| -> Result<(), crate::store::StoreError> {
+                panic!("simulated failure")
+            })
+        }));
+        assert!(poisoned.is_err());
+        assert_eq!(health_status(state).await, StatusCode::SERVICE_UNAVAILABLE);
+    }
+}
