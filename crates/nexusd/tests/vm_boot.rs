@@ -243,3 +243,18 @@ fn exec_on_a_vm_that_is_not_running_is_a_conflict() {
     let out = d.ctl(&["vm", "exec", "idle", "--", "true"]);
     assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
 }
+
+#[test]
+fn restart_boots_again_and_a_running_vm_cannot_be_deleted() {
+    let d = running_vm("again");
+    let delete = d.ctl(&["vm", "delete", "again"]);
+    assert_eq!(delete.status.code(), Some(5), "{}", stderr(&delete));
+    let out = d.ctl(&["--json", "vm", "restart", "again"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let boots = rt().block_on(d.client.vm_boots("again")).unwrap();
+    assert_eq!(boots.len(), 2);
+    assert!(boots[0].exit.is_some(), "first boot ended: {:?}", boots[0]);
+    assert_eq!(boots[1].outcome, "running");
+    let out = d.ctl(&["vm", "exec", "again", "--", "echo", "back"]);
+    assert_eq!(stdout(&out), "back\n");
+}
