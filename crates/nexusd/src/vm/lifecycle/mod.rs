@@ -19,15 +19,20 @@ use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+mod recover;
+mod supervisor;
+
+pub use supervisor::console_tail;
+use supervisor::launched_watches;
+
 use super::assets::{BootAssets, Prepared};
-use super::process::{Watch, is_same_process, start_ticks};
 use super::{VmError, VmService};
 use crate::agent::AgentClient;
-use crate::store::runtime::{self, BootPhases, RuntimeRow};
+use crate::store::runtime::{self, BootPhases};
 use crate::store::{Store, now_ms};
 use crate::vmm::{
-    Accel, DriveSpec, FirecrackerVmm, HostProbe, Launched, ProcessRole, QemuVmm, VmSpec, Vmm,
-    VmmChoice, VmmKind, cap_console_log, guest_cmdline, select_backend,
+    Accel, DriveSpec, FirecrackerVmm, HostProbe, QemuVmm, VmSpec, Vmm, VmmChoice, VmmKind,
+    guest_cmdline, select_backend,
 };
 
 /// How much console output is quoted into a crash or failure reason.
@@ -376,150 +381,6 @@ impl Lifecycle {
         })
     }
 
-    /// Records the processes, and starts the supervisor task that owns them.
-    async fn supervise(
-        &self,
-        vm: &Vm,
-        boot_id: i64,
-        (vmm, helper): (Watch, Option<Watch>),
-        spec: &VmSpec,
-        accel: &'static str,
-        kind: &'static str,
-    ) -> Result<Live, VmError> {
-        let row = RuntimeRow {
-            vm_id: vm.id,
-            boot_id,
-            backend: kind.into(),
-            accel: accel.into(),
-            runtime_dir: spec.runtime_dir.display().to_string(),
-            vmm_pid: vmm.pid().unwrap_or(0),
-            vmm_start_ticks: vmm.pid().and_then(start_ticks).unwrap_or(0),
-            helper_pid: helper.as_ref().and_then(Watch::pid),
-            helper_start_ticks: helper.as_ref().and_then(Watch::pid).and_then(start_ticks),
-        };
-        self.inner
-            .store
-            .call(move |c| runtime::put_runtime(c, &row))
-            .await?;
-        Ok(self.spawn_supervisor(
-            vm,
-            boot_id,
-            vmm,
-            helper,
-            spec.vsock_uds.clone(),
-            spec.console_log.clone(),
-        ))
-    }
-
-    fn spawn_supervisor(
-        &self,
-        vm: &Vm,
-        boot_id: i64,
-        vmm: Watch,
-        helper: Option<Watch>,
-        vsock_uds: PathBuf,
-        console_log: PathBuf,
-    ) -> Live {
-        let (signals, sig_rx) = mpsc::unbounded_channel();
-        let (exited_tx, exited) = watch::channel(false);
-        let live = Live {
-            agent: AgentClient::new(vsock_uds),
-            outcome: Arc::new(Outcome::default()),
-            signals,
-            exited,
-            console_log,
-        };
-        self.set_live(vm.id, Some(live.clone()));
-        let this = self.clone();
-        let (id, name, outcome, log) = (
-            vm.id,
-            vm.name.clone(),
-            live.outcome.clone(),
-            live.console_log.clone(),
-        );
-        tokio::spawn(async move {
-            let how = this.watch_until_exit(vmm, sig_rx, &log).await;
-            if let Some(h) = helper {
-                stop_helper(h).await;
-            }
-            this.set_live(id, None);
-            if let Err(e) = this
-                .record_exit(id, &name, boot_id, &how, &outcome, &log)
-                .await
-            {
-                tracing::error!(vm = %name, error = %crate::api::error::error_chain(&e), "cannot record VM exit");
-            }
-            let _ = exited_tx.send(true);
-        });
-        live
-    }
-
-    async fn watch_until_exit(
-        &self,
-        mut vmm: Watch,
-        mut signals: mpsc::UnboundedReceiver<Signal>,
-        log: &Path,
-    ) -> String {
-        let max = self.inner.cfg.console_max_bytes;
-        let mut cap = tokio::time::interval(CONSOLE_CAP_INTERVAL);
-        cap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                how = vmm.wait() => return how,
-                Some(sig) = signals.recv() => vmm.signal(sig),
-                _ = cap.tick() => {
-                    let log = log.to_path_buf();
-                    let _ = tokio::task::spawn_blocking(move || cap_console_log(&log, max)).await;
-                }
-            }
-        }
-    }
-
-    async fn record_exit(
-        &self,
-        id: Uuid,
-        name: &str,
-        boot_id: i64,
-        how: &str,
-        outcome: &Outcome,
-        log: &Path,
-    ) -> Result<(), VmError> {
-        let exit = how.to_owned();
-        self.inner
-            .store
-            .call(move |c| {
-                runtime::end_boot(c, boot_id, now_ms(), &exit)?;
-                runtime::delete_runtime(c, id)
-            })
-            .await?;
-        let current = self.inner.vms.get(&id.to_string()).await?.state;
-        let (to, reason) = match (outcome.take(), current) {
-            (Some((to, reason)), _) => (to, format!("{reason} (VMM {how})")),
-            (None, VmState::Stopping) => (VmState::Stopped, format!("VMM {how}")),
-            (None, VmState::Starting) => (
-                VmState::Failed,
-                format!("VMM {how} during boot; console: {}", console_tail(log)),
-            ),
-            (None, _) => (
-                VmState::Crashed,
-                format!("VMM {how} unasked; console: {}", console_tail(log)),
-            ),
-        };
-        if !super::state::can_transition(current, to) {
-            return Ok(());
-        }
-        if to == VmState::Crashed {
-            tracing::warn!(vm = %name, %reason, "VM crashed");
-        } else {
-            tracing::info!(vm = %name, state = %to, "VM ended");
-        }
-        self.inner
-            .vms
-            .transition(&id.to_string(), to, &reason, "record exit")
-            .await
-            .map(drop)
-    }
-
     /// Asks the guest to power off, then escalates; returns the stopped VM.
     pub async fn stop(&self, key: &str) -> Result<Vm, VmError> {
         let vm = self.inner.vms.get(key).await?;
@@ -602,130 +463,6 @@ impl Lifecycle {
         Ok(())
     }
 
-    /// At start-up: re-adopts the processes of VMs that were live when the last daemon
-    /// stopped, and records the end of those whose VMM is gone.
-    pub async fn recover(&self) -> Result<(), VmError> {
-        for vm in self.inner.vms.list(None).await? {
-            if !matches!(
-                vm.state,
-                VmState::Starting | VmState::Running | VmState::Stopping
-            ) {
-                continue;
-            }
-            let id = vm.id;
-            let row = self
-                .inner
-                .store
-                .call(move |c| runtime::get_runtime(c, id))
-                .await?;
-            let alive = row
-                .as_ref()
-                .is_some_and(|r| is_same_process(r.vmm_pid, r.vmm_start_ticks, &r.runtime_dir));
-            match row {
-                Some(row) if alive => self.adopt(&vm, row).await?,
-                row => self.record_lost(&vm, row).await?,
-            }
-        }
-        Ok(())
-    }
-
-    async fn adopt(&self, vm: &Vm, row: RuntimeRow) -> Result<(), VmError> {
-        let vmm = Watch::adopt(row.vmm_pid).map_err(|e| VmError::Adopt {
-            vm: vm.name.clone(),
-            source: e,
-        })?;
-        let helper = match (row.helper_pid, row.helper_start_ticks) {
-            (Some(pid), Some(ticks)) if is_same_process(pid, ticks, &row.runtime_dir) => {
-                Watch::adopt(pid).ok()
-            }
-            _ => None,
-        };
-        let dir = PathBuf::from(&row.runtime_dir);
-        let live = self.spawn_supervisor(
-            vm,
-            row.boot_id,
-            vmm,
-            helper,
-            dir.join("vsock.sock"),
-            dir.join("console.log"),
-        );
-        tracing::info!(vm = %vm.name, pid = row.vmm_pid, state = %vm.state, "re-adopted running VM");
-        let this = self.clone();
-        let vm = vm.clone();
-        tokio::spawn(async move {
-            match vm.state {
-                VmState::Stopping => this.shut_down(&vm.name, &live).await,
-                state => {
-                    let wait = if state == VmState::Starting {
-                        this.inner.cfg.boot_timeout
-                    } else {
-                        Duration::from_secs(10)
-                    };
-                    match AgentClient::connect(live.agent.socket_path().to_owned(), wait).await {
-                        Ok((agent, _)) => {
-                            let mut l = live.clone();
-                            l.agent = agent;
-                            if this.live(vm.id).is_some() {
-                                this.set_live(vm.id, Some(l));
-                            }
-                            if state == VmState::Starting {
-                                let _ = this
-                                    .inner
-                                    .vms
-                                    .transition(
-                                        &vm.id.to_string(),
-                                        VmState::Running,
-                                        "agent answered after daemon restart",
-                                        "start",
-                                    )
-                                    .await;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(vm = %vm.name, error = %e, "re-adopted VM's agent does not answer")
-                        }
-                    }
-                }
-            }
-        });
-        Ok(())
-    }
-
-    async fn record_lost(&self, vm: &Vm, row: Option<RuntimeRow>) -> Result<(), VmError> {
-        if let Some(r) = &row
-            && let (Some(pid), Some(ticks)) = (r.helper_pid, r.helper_start_ticks)
-            && is_same_process(pid, ticks, &r.runtime_dir)
-        {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
-        let id = vm.id;
-        let boot_id = row.map(|r| r.boot_id);
-        self.inner
-            .store
-            .call(move |c| {
-                if let Some(b) = boot_id {
-                    runtime::end_boot(c, b, now_ms(), "gone while nexusd was not running")?;
-                }
-                runtime::delete_runtime(c, id)
-            })
-            .await?;
-        let to = match vm.state {
-            VmState::Stopping => VmState::Stopped,
-            VmState::Starting => VmState::Failed,
-            _ => VmState::Crashed,
-        };
-        let reason = format!(
-            "VMM exited while nexusd was not running; console: {}",
-            console_tail(&self.console_log(id))
-        );
-        tracing::warn!(vm = %vm.name, state = %to, "VM's VMM is gone");
-        self.inner
-            .vms
-            .transition(&id.to_string(), to, &reason, "recover")
-            .await
-            .map(drop)
-    }
-
     /// At daemon shutdown: stops every live VM when asked to, else leaves them running.
     pub async fn shutdown(&self, stop_vms: bool) {
         if !stop_vms {
@@ -748,34 +485,6 @@ impl Lifecycle {
             }
         });
         futures_util::future::join_all(stops).await;
-    }
-}
-
-fn launched_watches(launched: Launched) -> (Watch, Option<Watch>) {
-    let mut vmm = None;
-    let mut helper = None;
-    for p in launched.processes {
-        match p.role {
-            ProcessRole::Vmm => vmm = Some(Watch::Child(p.child)),
-            ProcessRole::VsockBackend => helper = Some(Watch::Child(p.child)),
-        }
-    }
-    // A backend always launches its VMM; without one, watch the helper as the VM.
-    match (vmm, helper) {
-        (Some(v), h) => (v, h),
-        (None, Some(h)) => (h, None),
-        (None, None) => unreachable!("a launched VM has at least one process"),
-    }
-}
-
-async fn stop_helper(mut helper: Watch) {
-    helper.signal(Signal::SIGTERM);
-    if tokio::time::timeout(TERM_GRACE, helper.wait())
-        .await
-        .is_err()
-    {
-        helper.signal(Signal::SIGKILL);
-        let _ = tokio::time::timeout(Duration::from_secs(5), helper.wait()).await;
     }
 }
 
@@ -824,28 +533,6 @@ fn prepare_runtime_dir(dir: &Path) -> std::io::Result<()> {
         }
     }
     Ok(())
-}
-
-/// The last bytes of the console, printable, for error reasons.
-pub fn console_tail(log: &Path) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(log) else {
-        return "(no console output)".into();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)));
-    let mut buf = Vec::new();
-    let _ = f.take(CONSOLE_TAIL_BYTES).read_to_end(&mut buf);
-    let text: String = String::from_utf8_lossy(&buf)
-        .chars()
-        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
-        .collect();
-    let text = text.trim();
-    if text.is_empty() {
-        "(no console output)".into()
-    } else {
-        text.to_owned()
-    }
 }
 
 fn kind_name(kind: VmmKind) -> &'static str {

@@ -1,0 +1,216 @@
+//! The supervisor of a VM: one task that owns the VM's processes, notices the VMM's exit at once
+//! (child reaping, or a pidfd for a re-adopted process), stops the vsock backend with it, caps the
+//! console log while the VM runs, and records how the VM ended.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use nexus_lib::api::{Vm, VmState};
+use nix::sys::signal::Signal;
+use tokio::sync::{mpsc, watch};
+use uuid::Uuid;
+
+use super::{CONSOLE_CAP_INTERVAL, CONSOLE_TAIL_BYTES, Lifecycle, Live, Outcome, TERM_GRACE};
+use crate::agent::AgentClient;
+use crate::store::now_ms;
+use crate::store::runtime::{self, RuntimeRow};
+use crate::vm::VmError;
+use crate::vm::process::{Watch, start_ticks};
+use crate::vmm::{Launched, ProcessRole, VmSpec, cap_console_log};
+
+impl Lifecycle {
+    /// Records the processes, and starts the supervisor task that owns them.
+    pub(super) async fn supervise(
+        &self,
+        vm: &Vm,
+        boot_id: i64,
+        (vmm, helper): (Watch, Option<Watch>),
+        spec: &VmSpec,
+        accel: &'static str,
+        kind: &'static str,
+    ) -> Result<Live, VmError> {
+        let row = RuntimeRow {
+            vm_id: vm.id,
+            boot_id,
+            backend: kind.into(),
+            accel: accel.into(),
+            runtime_dir: spec.runtime_dir.display().to_string(),
+            vmm_pid: vmm.pid().unwrap_or(0),
+            vmm_start_ticks: vmm.pid().and_then(start_ticks).unwrap_or(0),
+            helper_pid: helper.as_ref().and_then(Watch::pid),
+            helper_start_ticks: helper.as_ref().and_then(Watch::pid).and_then(start_ticks),
+        };
+        self.inner
+            .store
+            .call(move |c| runtime::put_runtime(c, &row))
+            .await?;
+        Ok(self.spawn_supervisor(
+            vm,
+            boot_id,
+            vmm,
+            helper,
+            spec.vsock_uds.clone(),
+            spec.console_log.clone(),
+        ))
+    }
+
+    pub(super) fn spawn_supervisor(
+        &self,
+        vm: &Vm,
+        boot_id: i64,
+        vmm: Watch,
+        helper: Option<Watch>,
+        vsock_uds: PathBuf,
+        console_log: PathBuf,
+    ) -> Live {
+        let (signals, sig_rx) = mpsc::unbounded_channel();
+        let (exited_tx, exited) = watch::channel(false);
+        let live = Live {
+            agent: AgentClient::new(vsock_uds),
+            outcome: Arc::new(Outcome::default()),
+            signals,
+            exited,
+            console_log,
+        };
+        self.set_live(vm.id, Some(live.clone()));
+        let this = self.clone();
+        let (id, name, outcome, log) = (
+            vm.id,
+            vm.name.clone(),
+            live.outcome.clone(),
+            live.console_log.clone(),
+        );
+        tokio::spawn(async move {
+            let how = this.watch_until_exit(vmm, sig_rx, &log).await;
+            if let Some(h) = helper {
+                stop_helper(h).await;
+            }
+            this.set_live(id, None);
+            if let Err(e) = this
+                .record_exit(id, &name, boot_id, &how, &outcome, &log)
+                .await
+            {
+                tracing::error!(vm = %name, error = %crate::api::error::error_chain(&e), "cannot record VM exit");
+            }
+            let _ = exited_tx.send(true);
+        });
+        live
+    }
+
+    async fn watch_until_exit(
+        &self,
+        mut vmm: Watch,
+        mut signals: mpsc::UnboundedReceiver<Signal>,
+        log: &Path,
+    ) -> String {
+        let max = self.inner.cfg.console_max_bytes;
+        let mut cap = tokio::time::interval(CONSOLE_CAP_INTERVAL);
+        cap.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                how = vmm.wait() => return how,
+                Some(sig) = signals.recv() => vmm.signal(sig),
+                _ = cap.tick() => {
+                    let log = log.to_path_buf();
+                    let _ = tokio::task::spawn_blocking(move || cap_console_log(&log, max)).await;
+                }
+            }
+        }
+    }
+
+    async fn record_exit(
+        &self,
+        id: Uuid,
+        name: &str,
+        boot_id: i64,
+        how: &str,
+        outcome: &Outcome,
+        log: &Path,
+    ) -> Result<(), VmError> {
+        let exit = how.to_owned();
+        self.inner
+            .store
+            .call(move |c| {
+                runtime::end_boot(c, boot_id, now_ms(), &exit)?;
+                runtime::delete_runtime(c, id)
+            })
+            .await?;
+        let current = self.inner.vms.get(&id.to_string()).await?.state;
+        let (to, reason) = match (outcome.take(), current) {
+            (Some((to, reason)), _) => (to, format!("{reason} (VMM {how})")),
+            (None, VmState::Stopping) => (VmState::Stopped, format!("VMM {how}")),
+            (None, VmState::Starting) => (
+                VmState::Failed,
+                format!("VMM {how} during boot; console: {}", console_tail(log)),
+            ),
+            (None, _) => (
+                VmState::Crashed,
+                format!("VMM {how} unasked; console: {}", console_tail(log)),
+            ),
+        };
+        if !crate::vm::state::can_transition(current, to) {
+            return Ok(());
+        }
+        if to == VmState::Crashed {
+            tracing::warn!(vm = %name, %reason, "VM crashed");
+        } else {
+            tracing::info!(vm = %name, state = %to, "VM ended");
+        }
+        self.inner
+            .vms
+            .transition(&id.to_string(), to, &reason, "record exit")
+            .await
+            .map(drop)
+    }
+}
+
+pub(super) fn launched_watches(launched: Launched) -> (Watch, Option<Watch>) {
+    let mut vmm = None;
+    let mut helper = None;
+    for p in launched.processes {
+        match p.role {
+            ProcessRole::Vmm => vmm = Some(Watch::Child(p.child)),
+            ProcessRole::VsockBackend => helper = Some(Watch::Child(p.child)),
+        }
+    }
+    // A backend always launches its VMM; without one, watch the helper as the VM.
+    match (vmm, helper) {
+        (Some(v), h) => (v, h),
+        (None, Some(h)) => (h, None),
+        (None, None) => unreachable!("a launched VM has at least one process"),
+    }
+}
+
+async fn stop_helper(mut helper: Watch) {
+    helper.signal(Signal::SIGTERM);
+    if tokio::time::timeout(TERM_GRACE, helper.wait())
+        .await
+        .is_err()
+    {
+        helper.signal(Signal::SIGKILL);
+        let _ = tokio::time::timeout(Duration::from_secs(5), helper.wait()).await;
+    }
+}
+
+/// The last bytes of the console, printable, for error reasons.
+pub fn console_tail(log: &Path) -> String {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut f) = std::fs::File::open(log) else {
+        return "(no console output)".into();
+    };
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)));
+    let mut buf = Vec::new();
+    let _ = f.take(CONSOLE_TAIL_BYTES).read_to_end(&mut buf);
+    let text: String = String::from_utf8_lossy(&buf)
+        .chars()
+        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
+        .collect();
+    let text = text.trim();
+    if text.is_empty() {
+        "(no console output)".into()
+    } else {
+        text.to_owned()
+    }
+}
