@@ -130,7 +130,7 @@ impl From<VmError> for ApiError {
             VmError::BootFailed { .. } => {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "boot_failed", message)
             }
-            VmError::Adopt { .. } => Self::internal(&e),
+            VmError::Adopt { .. } | VmError::Task(_) => Self::internal(&e),
         }
     }
 }
@@ -207,16 +207,17 @@ impl From<AgentError> for ApiError {
             } => {
                 let status = match status {
                     404 => StatusCode::NOT_FOUND,
-                    400 | 409 | 413 | 422 => StatusCode::UNPROCESSABLE_ENTITY,
+                    400 | 403 | 409 | 413 | 422 => StatusCode::UNPROCESSABLE_ENTITY,
                     _ => StatusCode::BAD_GATEWAY,
                 };
                 let code = if status == StatusCode::NOT_FOUND {
-                    "not_found"
+                    "guest_not_found"
                 } else {
                     "guest_error"
                 };
                 let text: String = format!("guest: {}: {message}", code_prefix(&guest_code))
                     .chars()
+                    .filter(|c| !c.is_control())
                     .take(1024)
                     .collect();
                 Self::new(status, code, text)

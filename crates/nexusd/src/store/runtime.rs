@@ -66,6 +66,19 @@ pub fn get_runtime(conn: &Connection, vm_id: Uuid) -> Result<Option<RuntimeRow>,
         .optional()?)
 }
 
+/// Forgets the processes of `boot_id` only (a newer boot's row stays).
+pub fn delete_runtime_of_boot(
+    conn: &Connection,
+    vm_id: Uuid,
+    boot_id: i64,
+) -> Result<(), StoreError> {
+    conn.execute(
+        "DELETE FROM vm_runtime WHERE vm_id = ?1 AND boot_id = ?2",
+        params![vm_id.to_string(), boot_id],
+    )?;
+    Ok(())
+}
+
 pub fn delete_runtime(conn: &Connection, vm_id: Uuid) -> Result<(), StoreError> {
     conn.execute(
         "DELETE FROM vm_runtime WHERE vm_id = ?1",

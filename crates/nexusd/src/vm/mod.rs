@@ -48,6 +48,8 @@ pub enum VmError {
     Backend(#[source] crate::vmm::VmmError),
     #[error("VM {vm} failed to start: {reason}")]
     BootFailed { vm: String, reason: String },
+    #[error("life-cycle task failed: {0}")]
+    Task(String),
     #[error("cannot re-adopt the processes of VM {vm}")]
     Adopt {
         vm: String,

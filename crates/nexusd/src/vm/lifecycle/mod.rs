@@ -69,6 +69,14 @@ impl Outcome {
         *self.0.lock().unwrap_or_else(|e| e.into_inner()) = Some((state, reason.into()));
     }
 
+    /// Sets the outcome unless someone (a stop) already decided it.
+    fn set_if_empty(&self, state: VmState, reason: impl Into<String>) {
+        let mut slot = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if slot.is_none() {
+            *slot = Some((state, reason.into()));
+        }
+    }
+
     fn take(&self) -> Option<(VmState, String)> {
         self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
     }
@@ -77,6 +85,8 @@ impl Outcome {
 /// A VM whose processes are up.
 #[derive(Clone)]
 struct Live {
+    /// The boot these processes belong to; cleanup of an older boot never touches a newer one.
+    boot_id: i64,
     agent: AgentClient,
     outcome: Arc<Outcome>,
     signals: mpsc::UnboundedSender<Signal>,
@@ -109,6 +119,9 @@ struct Inner {
     /// The QEMU backend, measured against the host once (its TSC rate, for TCG guests).
     qemu: tokio::sync::OnceCell<Arc<QemuVmm>>,
     live: Mutex<HashMap<Uuid, Live>>,
+    /// One lock per VM serialising start, stop and delete up to the point where the VM's
+    /// processes are registered, so none of them acts on a half-started VM.
+    ops: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -139,6 +152,7 @@ impl Lifecycle {
                 host,
                 qemu: tokio::sync::OnceCell::new(),
                 live: Mutex::new(HashMap::new()),
+                ops: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -152,12 +166,50 @@ impl Lifecycle {
             .cloned()
     }
 
-    fn set_live(&self, id: Uuid, live: Option<Live>) {
+    fn set_live(&self, id: Uuid, live: Live) {
         let mut map = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
-        match live {
-            Some(l) => map.insert(id, l),
-            None => map.remove(&id),
-        };
+        map.insert(id, live);
+    }
+
+    /// Forgets the live entry of `id` if it still belongs to `boot_id`.
+    fn clear_live(&self, id: Uuid, boot_id: i64) {
+        let mut map = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        if map.get(&id).is_some_and(|l| l.boot_id == boot_id) {
+            map.remove(&id);
+        }
+    }
+
+    /// Gives the live entry of `id` the connected agent client, if it is still `boot_id`'s.
+    fn set_agent(&self, id: Uuid, boot_id: i64, agent: AgentClient) {
+        let mut map = self.inner.live.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(live) = map.get_mut(&id).filter(|l| l.boot_id == boot_id) {
+            live.agent = agent;
+        }
+    }
+
+    /// Takes the VM's operation lock.
+    async fn lock_vm(&self, id: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .inner
+            .ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Runs a life-cycle operation on its own task, so that a caller who goes away (a client
+    /// disconnecting, a request dropped at shutdown) cannot leave it half done.
+    async fn detached<T, F>(&self, op: F) -> Result<T, VmError>
+    where
+        F: std::future::Future<Output = Result<T, VmError>> + Send + 'static,
+        T: Send + 'static,
+    {
+        tokio::spawn(op)
+            .await
+            .map_err(|e| VmError::Task(e.to_string()))?
     }
 
     fn runtime_dir(&self, id: Uuid) -> PathBuf {
@@ -201,7 +253,14 @@ impl Lifecycle {
 
     /// Boots a VM and waits for its agent; returns the running VM.
     pub async fn start(&self, key: &str) -> Result<Vm, VmError> {
+        let (this, key) = (self.clone(), key.to_owned());
+        self.detached(async move { this.start_now(&key).await })
+            .await
+    }
+
+    async fn start_now(&self, key: &str) -> Result<Vm, VmError> {
         let vm = self.inner.vms.get(key).await?;
+        let guard = self.lock_vm(vm.id).await;
         let (root, extra) = self.inner.vms.drive_files(vm.id).await?;
         let root = root.ok_or_else(|| VmError::NoRootDrive(vm.name.clone()))?;
         let assets = self.inner.assets.get().await.map_err(VmError::Assets)?;
@@ -223,7 +282,8 @@ impl Lifecycle {
                 "start",
             )
             .await?;
-        self.boot(vm, (root, extra), assets, backend, accel).await
+        self.boot(vm, (root, extra), assets, backend, accel, guard)
+            .await
     }
 
     async fn boot(
@@ -233,6 +293,7 @@ impl Lifecycle {
         assets: Prepared,
         backend: Arc<dyn Vmm>,
         accel: Accel,
+        guard: tokio::sync::OwnedMutexGuard<()>,
     ) -> Result<Vm, VmError> {
         let id = vm.id;
         let dir = self.runtime_dir(id);
@@ -275,6 +336,8 @@ impl Lifecycle {
                 )
                 .await;
         }
+        // Console output of earlier boots stays in the log: only what this boot adds counts.
+        let console_start = std::fs::metadata(&spec.console_log).map_or(0, |m| m.len());
         let t0 = Instant::now();
         let launched = match backend.spawn(&spec).await {
             Ok(l) => l,
@@ -298,13 +361,15 @@ impl Lifecycle {
                 kind,
             )
             .await?;
+        // The processes are registered: stop and delete may act on this VM from now on.
+        drop(guard);
         tracing::info!(vm = %vm.name, backend = kind, accel = accel_name, vmm_ready_ms, "VMM spawned; waiting for the agent");
 
         let mut exited = live.exited.clone();
         let boot_timeout = self.inner.cfg.boot_timeout;
         let (uds, log) = (spec.vsock_uds.clone(), spec.console_log.clone());
         let connect = async move {
-            wait_for_console_line(&log, AGENT_READY_LINE, boot_timeout).await;
+            wait_for_console_line(&log, console_start, AGENT_READY_LINE, boot_timeout).await;
             let left = boot_timeout
                 .saturating_sub(t0.elapsed())
                 .max(Duration::from_secs(1));
@@ -314,9 +379,7 @@ impl Lifecycle {
             res = connect => match res {
                 Ok((agent, hs)) => {
                     let agent_ready_ms = t0.elapsed().as_millis() as u64;
-                    let mut live = live;
-                    live.agent = agent;
-                    self.set_live(id, Some(live));
+                    self.set_agent(id, boot_id, agent);
                     let phases = BootPhases {
                         vmm_ready_ms: Some(vmm_ready_ms),
                         guest_init_ms: Some(hs.boot.init_ms),
@@ -329,7 +392,9 @@ impl Lifecycle {
                         .await?;
                     let reason = format!(
                         "agent answered in {agent_ready_ms} ms (protocol {}, agent {}, kernel {}, {kind}/{accel_name})",
-                        hs.protocol, hs.agent_version, hs.kernel_release
+                        hs.protocol,
+                        printable(&hs.agent_version),
+                        printable(&hs.kernel_release)
                     );
                     tracing::info!(vm = %vm.name, agent_ready_ms, "VM running");
                     self.inner
@@ -343,7 +408,7 @@ impl Lifecycle {
                         crate::api::error::error_chain(&e),
                         console_tail(&spec.console_log)
                     );
-                    live.outcome.set(VmState::Failed, reason.clone());
+                    live.outcome.set_if_empty(VmState::Failed, reason.clone());
                     let _ = live.signals.send(Signal::SIGKILL);
                     live.wait_exit(Duration::from_secs(10)).await;
                     self.inner.store.call(move |c| runtime::finish_boot(c, boot_id, BootPhases { vmm_ready_ms: Some(vmm_ready_ms), ..BootPhases::default() }, "failed")).await?;
@@ -383,8 +448,15 @@ impl Lifecycle {
 
     /// Asks the guest to power off, then escalates; returns the stopped VM.
     pub async fn stop(&self, key: &str) -> Result<Vm, VmError> {
+        let (this, key) = (self.clone(), key.to_owned());
+        self.detached(async move { this.stop_now(&key).await })
+            .await
+    }
+
+    async fn stop_now(&self, key: &str) -> Result<Vm, VmError> {
         let vm = self.inner.vms.get(key).await?;
         let id = vm.id;
+        let guard = self.lock_vm(id).await;
         self.inner
             .vms
             .transition(&id.to_string(), VmState::Stopping, "stop requested", "stop")
@@ -401,6 +473,7 @@ impl Lifecycle {
                 )
                 .await;
         };
+        drop(guard);
         self.shut_down(&vm.name, &live).await;
         self.inner.vms.get(&id.to_string()).await
     }
@@ -431,11 +504,15 @@ impl Lifecycle {
 
     /// Stops (when live) and starts again.
     pub async fn restart(&self, key: &str) -> Result<Vm, VmError> {
-        let vm = self.inner.vms.get(key).await?;
-        if matches!(vm.state, VmState::Starting | VmState::Running) {
-            self.stop(key).await?;
-        }
-        self.start(key).await
+        let (this, key) = (self.clone(), key.to_owned());
+        self.detached(async move {
+            let vm = this.inner.vms.get(&key).await?;
+            if matches!(vm.state, VmState::Starting | VmState::Running) {
+                this.stop_now(&key).await?;
+            }
+            this.start_now(&key).await
+        })
+        .await
     }
 
     /// The agent of a running VM.
@@ -454,12 +531,18 @@ impl Lifecycle {
     /// Deletes a VM that is not live, with its runtime directory.
     pub async fn delete(&self, key: &str, keep_drives: bool) -> Result<(), VmError> {
         let vm = self.inner.vms.get(key).await?;
+        let _guard = self.lock_vm(vm.id).await;
         self.inner
             .vms
             .delete(&vm.id.to_string(), keep_drives)
             .await?;
         let dir = self.runtime_dir(vm.id);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
+        self.inner
+            .ops
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&vm.id);
         Ok(())
     }
 
@@ -488,22 +571,22 @@ impl Lifecycle {
     }
 }
 
-/// Waits until `line` shows up in the console log or `limit` passes. Reads only what was added
-/// since the last look, keeping a line's worth of overlap.
-async fn wait_for_console_line(log: &Path, line: &str, limit: Duration) {
-    use std::io::{Read, Seek, SeekFrom};
+/// Waits until `line` shows up in the console log after byte `start`, or `limit` passes.
+/// Reads only what was added since the last look, keeping a line's worth of overlap.
+async fn wait_for_console_line(log: &Path, start: u64, line: &str, limit: Duration) {
+    use tokio::io::{AsyncReadExt, AsyncSeekExt};
     let deadline = Instant::now() + limit;
-    let mut offset = 0u64;
+    let mut offset = start;
     let mut carry = Vec::new();
     while Instant::now() < deadline {
-        if let Ok(mut f) = std::fs::File::open(log) {
-            let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+        if let Ok(mut f) = tokio::fs::File::open(log).await {
+            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
             if len < offset {
                 offset = 0; // rotated
             }
             let mut buf = Vec::new();
-            if f.seek(SeekFrom::Start(offset)).is_ok()
-                && f.take(1 << 20).read_to_end(&mut buf).is_ok()
+            if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok()
+                && f.take(1 << 20).read_to_end(&mut buf).await.is_ok()
             {
                 offset += buf.len() as u64;
                 carry.extend_from_slice(&buf);
@@ -516,6 +599,11 @@ async fn wait_for_console_line(log: &Path, line: &str, limit: Duration) {
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
+}
+
+/// At most 128 printable characters of a guest-supplied string.
+fn printable(s: &str) -> String {
+    s.chars().filter(|c| !c.is_control()).take(128).collect()
 }
 
 /// Creates the runtime directory and removes sockets a previous boot left behind.

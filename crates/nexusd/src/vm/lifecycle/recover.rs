@@ -1,5 +1,7 @@
 //! Recovery at start-up: VMs that were live when the last daemon stopped are re-adopted when
-//! their VMM still runs (pid, start time and command line checked), or recorded as ended.
+//! their VMM still runs (pidfd opened first, then pid start time and command line checked, so a
+//! reused pid is never adopted), or recorded as ended. Any other process still running for a VM
+//! (a vsock backend, a VMM whose start was interrupted) is killed: every state is reconciled.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -17,41 +19,47 @@ use crate::vm::process::{Watch, is_same_process};
 
 impl Lifecycle {
     /// At start-up: re-adopts the processes of VMs that were live when the last daemon
-    /// stopped, and records the end of those whose VMM is gone.
+    /// stopped, records the end of those whose VMM is gone, and kills strays.
     pub async fn recover(&self) -> Result<(), VmError> {
         for vm in self.inner.vms.list(None).await? {
-            if !matches!(
-                vm.state,
-                VmState::Starting | VmState::Running | VmState::Stopping
-            ) {
-                continue;
-            }
             let id = vm.id;
             let row = self
                 .inner
                 .store
                 .call(move |c| runtime::get_runtime(c, id))
                 .await?;
-            let alive = row
-                .as_ref()
-                .is_some_and(|r| is_same_process(r.vmm_pid, r.vmm_start_ticks, &r.runtime_dir));
+            let live_state = matches!(
+                vm.state,
+                VmState::Starting | VmState::Running | VmState::Stopping
+            );
             match row {
-                Some(row) if alive => self.adopt(&vm, row).await?,
-                row => self.record_lost(&vm, row).await?,
+                Some(row) if live_state => match adoptable(&row) {
+                    Ok(vmm) => self.adopt(&vm, row, vmm),
+                    Err(e) => {
+                        tracing::info!(vm = %vm.name, reason = %e, "VMM not re-adoptable");
+                        self.record_lost(&vm, Some(row)).await?;
+                    }
+                },
+                row if live_state => self.record_lost(&vm, row).await?,
+                row => {
+                    kill_strays(&self.runtime_dir(id));
+                    if row.is_some() {
+                        self.inner
+                            .store
+                            .call(move |c| runtime::delete_runtime(c, id))
+                            .await?;
+                    }
+                }
             }
         }
         Ok(())
     }
 
-    async fn adopt(&self, vm: &Vm, row: RuntimeRow) -> Result<(), VmError> {
-        let vmm = Watch::adopt(row.vmm_pid).map_err(|e| VmError::Adopt {
-            vm: vm.name.clone(),
-            source: e,
-        })?;
+    fn adopt(&self, vm: &Vm, row: RuntimeRow, vmm: Watch) {
         let helper = match (row.helper_pid, row.helper_start_ticks) {
-            (Some(pid), Some(ticks)) if is_same_process(pid, ticks, &row.runtime_dir) => {
-                Watch::adopt(pid).ok()
-            }
+            (Some(pid), Some(ticks)) => Watch::adopt(pid)
+                .ok()
+                .filter(|_| is_same_process(pid, ticks, &row.runtime_dir)),
             _ => None,
         };
         let dir = PathBuf::from(&row.runtime_dir);
@@ -66,53 +74,53 @@ impl Lifecycle {
         tracing::info!(vm = %vm.name, pid = row.vmm_pid, state = %vm.state, "re-adopted running VM");
         let this = self.clone();
         let vm = vm.clone();
+        let boot_id = row.boot_id;
         tokio::spawn(async move {
-            match vm.state {
-                VmState::Stopping => this.shut_down(&vm.name, &live).await,
-                state => {
-                    let wait = if state == VmState::Starting {
-                        this.inner.cfg.boot_timeout
-                    } else {
-                        Duration::from_secs(10)
-                    };
-                    match AgentClient::connect(live.agent.socket_path().to_owned(), wait).await {
-                        Ok((agent, _)) => {
-                            let mut l = live.clone();
-                            l.agent = agent;
-                            if this.live(vm.id).is_some() {
-                                this.set_live(vm.id, Some(l));
-                            }
-                            if state == VmState::Starting {
-                                let _ = this
-                                    .inner
-                                    .vms
-                                    .transition(
-                                        &vm.id.to_string(),
-                                        VmState::Running,
-                                        "agent answered after daemon restart",
-                                        "start",
-                                    )
-                                    .await;
-                            }
-                        }
-                        Err(e) => {
-                            tracing::warn!(vm = %vm.name, error = %e, "re-adopted VM's agent does not answer")
-                        }
+            if vm.state == VmState::Stopping {
+                this.shut_down(&vm.name, &live).await;
+                return;
+            }
+            let starting = vm.state == VmState::Starting;
+            let wait = if starting {
+                this.inner.cfg.boot_timeout
+            } else {
+                Duration::from_secs(10)
+            };
+            match AgentClient::connect(live.agent.socket_path().to_owned(), wait).await {
+                Ok((agent, _)) => {
+                    this.set_agent(vm.id, boot_id, agent);
+                    if starting {
+                        let _ = this
+                            .inner
+                            .vms
+                            .transition(
+                                &vm.id.to_string(),
+                                VmState::Running,
+                                "agent answered after daemon restart",
+                                "start",
+                            )
+                            .await;
                     }
+                }
+                Err(e) if starting => {
+                    // The boot was interrupted by the restart and never completed: fail it as a
+                    // boot timeout would.
+                    live.outcome.set_if_empty(
+                        VmState::Failed,
+                        format!("agent did not answer after a daemon restart: {e}"),
+                    );
+                    let _ = live.signals.send(Signal::SIGKILL);
+                }
+                Err(e) => {
+                    tracing::warn!(vm = %vm.name, error = %e, "re-adopted VM's agent does not answer")
                 }
             }
         });
-        Ok(())
     }
 
     async fn record_lost(&self, vm: &Vm, row: Option<RuntimeRow>) -> Result<(), VmError> {
-        if let Some(r) = &row
-            && let (Some(pid), Some(ticks)) = (r.helper_pid, r.helper_start_ticks)
-            && is_same_process(pid, ticks, &r.runtime_dir)
-        {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
         let id = vm.id;
+        kill_strays(&self.runtime_dir(id));
         let boot_id = row.map(|r| r.boot_id);
         self.inner
             .store
@@ -138,5 +146,47 @@ impl Lifecycle {
             .transition(&id.to_string(), to, &reason, "recover")
             .await
             .map(drop)
+    }
+}
+
+/// Opens a pidfd on the recorded VMM first and only then checks that it is still the same
+/// process, so a pid reused in between cannot be adopted.
+fn adoptable(row: &RuntimeRow) -> Result<Watch, String> {
+    let vmm = Watch::adopt(row.vmm_pid).map_err(|e| format!("pid {}: {e}", row.vmm_pid))?;
+    if is_same_process(row.vmm_pid, row.vmm_start_ticks, &row.runtime_dir) {
+        Ok(vmm)
+    } else {
+        Err(format!("pid {} is no longer the VMM", row.vmm_pid))
+    }
+}
+
+/// SIGKILLs every VMM or vsock backend whose command line names the VM's runtime directory: one
+/// left behind, or one whose start a crash interrupted before it was recorded.
+fn kill_strays(runtime_dir: &std::path::Path) {
+    let needle = runtime_dir.display().to_string();
+    let me = std::process::id();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == me {
+            continue;
+        }
+        let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
+        if !["qemu-system", "vhost-device", "firecracker"]
+            .iter()
+            .any(|p| comm.starts_with(p))
+        {
+            continue;
+        }
+        let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
+        if String::from_utf8_lossy(&cmdline).contains(&needle) {
+            tracing::warn!(pid, dir = %needle, "killing a stray VM process");
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
+        }
     }
 }

@@ -67,13 +67,14 @@ impl Lifecycle {
         let (signals, sig_rx) = mpsc::unbounded_channel();
         let (exited_tx, exited) = watch::channel(false);
         let live = Live {
+            boot_id,
             agent: AgentClient::new(vsock_uds),
             outcome: Arc::new(Outcome::default()),
             signals,
             exited,
             console_log,
         };
-        self.set_live(vm.id, Some(live.clone()));
+        self.set_live(vm.id, live.clone());
         let this = self.clone();
         let (id, name, outcome, log) = (
             vm.id,
@@ -86,7 +87,7 @@ impl Lifecycle {
             if let Some(h) = helper {
                 stop_helper(h).await;
             }
-            this.set_live(id, None);
+            this.clear_live(id, boot_id);
             if let Err(e) = this
                 .record_exit(id, &name, boot_id, &how, &outcome, &log)
                 .await
@@ -133,23 +134,31 @@ impl Lifecycle {
             .store
             .call(move |c| {
                 runtime::end_boot(c, boot_id, now_ms(), &exit)?;
-                runtime::delete_runtime(c, id)
+                runtime::delete_runtime_of_boot(c, id, boot_id)
             })
             .await?;
         let current = self.inner.vms.get(&id.to_string()).await?.state;
-        let (to, reason) = match (outcome.take(), current) {
-            (Some((to, reason)), _) => (to, format!("{reason} (VMM {how})")),
-            (None, VmState::Stopping) => (VmState::Stopped, format!("VMM {how}")),
-            (None, VmState::Starting) => (
+        let default = || match current {
+            VmState::Stopping => (VmState::Stopped, format!("VMM {how}")),
+            VmState::Starting => (
                 VmState::Failed,
                 format!("VMM {how} during boot; console: {}", console_tail(log)),
             ),
-            (None, _) => (
+            _ => (
                 VmState::Crashed,
                 format!("VMM {how} unasked; console: {}", console_tail(log)),
             ),
         };
+        // An outcome decided by a stop or a failed boot wins when the state allows it; otherwise
+        // the state decides, so a live state is never left behind without a process.
+        let (to, reason) = match outcome.take() {
+            Some((to, reason)) if crate::vm::state::can_transition(current, to) => {
+                (to, format!("{reason} (VMM {how})"))
+            }
+            _ => default(),
+        };
         if !crate::vm::state::can_transition(current, to) {
+            // Not live (already recorded by someone else): nothing to do.
             return Ok(());
         }
         if to == VmState::Crashed {
