@@ -258,3 +258,37 @@ fn restart_boots_again_and_a_running_vm_cannot_be_deleted() {
     let out = d.ctl(&["vm", "exec", "again", "--", "echo", "back"]);
     assert_eq!(stdout(&out), "back\n");
 }
+
+#[test]
+fn stop_during_boot_stops_the_vm_and_leaves_no_vmm() {
+    common::require_boot_prerequisites();
+    let d = TestDaemon::start_with_storage();
+    let vm = CreateVm {
+        name: "early".into(),
+        image: Some("default".into()),
+        ..CreateVm::default()
+    };
+    let rt = rt();
+    rt.block_on(d.client.create_vm(&vm)).unwrap();
+    let (start, stop) = rt.block_on(async {
+        let starter = d.client.clone();
+        let start = tokio::spawn(async move { starter.vm_action("early", "start").await });
+        // Wait until the VM is booting, then stop it.
+        loop {
+            let vm = d.client.get_vm("early").await.unwrap();
+            if vm.state == VmState::Starting {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let stop = d.client.vm_action("early", "stop").await;
+        (start.await.unwrap(), stop)
+    });
+    assert!(start.is_err(), "the interrupted start reports failure");
+    let stopped = stop.expect("stop succeeds");
+    assert_eq!(stopped.state, VmState::Stopped);
+    assert!(
+        common::vmm_pids("early", &d).is_empty(),
+        "VMM still running"
+    );
+}
