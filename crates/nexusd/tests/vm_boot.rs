@@ -292,3 +292,19 @@ fn stop_during_boot_stops_the_vm_and_leaves_no_vmm() {
         "VMM still running"
     );
 }
+
+#[test]
+fn a_vm_survives_nexusd_being_killed_and_is_readopted() {
+    let d = running_vm("orphan");
+    let before = common::vmm_pids("orphan", &d);
+    let d = d.kill_and_restart();
+    let vm = rt().block_on(d.client.get_vm("orphan")).unwrap();
+    assert_eq!(vm.state, VmState::Running);
+    assert_eq!(common::vmm_pids("orphan", &d), before);
+    let out = d.ctl(&["vm", "exec", "orphan", "--", "echo", "adopted"]);
+    assert_eq!(stdout(&out), "adopted\n", "{}", stderr(&out));
+    // The re-adopted VMM's exit is still noticed at once.
+    let out = d.ctl(&["--json", "vm", "stop", "orphan"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(common::vmm_pids("orphan", &d).is_empty());
+}
