@@ -117,17 +117,30 @@ async fn supervise(
         let event = tokio::select! {
             n = read_some(&mut stdout, &mut out_buf) => n.map(|data| ExecEvent::Stdout { data }),
             n = read_some(&mut stderr, &mut err_buf) => n.map(|data| ExecEvent::Stderr { data }),
-            s = child.wait(), if status.is_none() => {
-                status = Some(s.unwrap_or_else(|_| ExitStatus::from_raw(0)));
-                drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
-                None
-            }
+            s = child.wait(), if status.is_none() => match s {
+                Ok(s) => {
+                    status = Some(s);
+                    drain_until = Some(Instant::now() + DRAIN_AFTER_EXIT);
+                    None
+                }
+                Err(e) => {
+                    kill_group(pgid);
+                    let _ = tx.send(encode(&wait_failed(&e))).await;
+                    return;
+                }
+            },
             () = sleep_until(deadline), if !timed_out => {
                 timed_out = true;
                 kill_group(pgid);
                 None
             }
             () = sleep_until(drain_until) => break,
+            // The host cancelled (the response stream was dropped): a silent process would
+            // otherwise only notice at its next write, if ever.
+            () = tx.closed() => {
+                kill_group(pgid);
+                return;
+            }
         };
         if let Some(event) = event
             && tx.send(encode(&event)).await.is_err()
@@ -138,10 +151,13 @@ async fn supervise(
     }
     let status = match status {
         Some(s) => s,
-        None => child
-            .wait()
-            .await
-            .unwrap_or_else(|_| ExitStatus::from_raw(0)),
+        None => match child.wait().await {
+            Ok(s) => s,
+            Err(e) => {
+                let _ = tx.send(encode(&wait_failed(&e))).await;
+                return;
+            }
+        },
     };
     let exit = ExecEvent::Exit {
         code: status.code(),
@@ -149,6 +165,13 @@ async fn supervise(
         timed_out,
     };
     let _ = tx.send(encode(&exit)).await;
+}
+
+/// A failed `wait` leaves the exit status unknown; reporting it as an exit 0 would be a lie.
+fn wait_failed(e: &io::Error) -> ExecEvent {
+    ExecEvent::Error {
+        message: format!("waiting for the process failed: {e}"),
+    }
 }
 
 /// Reads one chunk; on EOF or error clears the pipe and yields `None` (and never again).
@@ -206,6 +229,25 @@ mod tests {
         std::fs::set_permissions(a.join("tool"), std::fs::Permissions::from_mode(0o644)).unwrap();
         let path_var = format!("{}:{}", a.display(), b.display());
         assert_eq!(resolve_program("tool", &path_var), Some(b.join("tool")));
+    }
+
+    #[tokio::test]
+    async fn silent_process_is_killed_when_the_client_goes_away() {
+        let request = ExecRequest {
+            argv: vec!["sleep".into(), "30".into()],
+            env: Default::default(),
+            cwd: None,
+            stdin: None,
+            timeout_ms: None,
+        };
+        let child = spawn(&request).unwrap();
+        let (tx, rx) = mpsc::channel::<Bytes>(16);
+
+        drop(rx);
+        let finished =
+            tokio::time::timeout(Duration::from_secs(5), supervise(child, None, None, tx)).await;
+
+        assert!(finished.is_ok());
     }
 
     #[test]

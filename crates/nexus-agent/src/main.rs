@@ -11,6 +11,7 @@ mod sysinfo;
 mod vsock;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use nexus_lib::agent::{AGENT_READY_LINE, AGENT_VSOCK_PORT, BootTimes};
 
@@ -26,6 +27,9 @@ fn main() {
     }));
 }
 
+/// How long blocking-pool tasks (file reads, process waits) may keep running at shutdown.
+const RUNTIME_SHUTDOWN_GRACE: Duration = Duration::from_millis(200);
+
 /// Runs the vsock server on a fresh tokio runtime; returns the process exit code.
 fn serve(mut boot: BootTimes) -> i32 {
     let runtime = match runtime() {
@@ -35,7 +39,7 @@ fn serve(mut boot: BootTimes) -> i32 {
             return 1;
         }
     };
-    runtime.block_on(async {
+    let code = runtime.block_on(async {
         let listener = match vsock::VsockListener::bind(AGENT_VSOCK_PORT) {
             Ok(l) => l,
             Err(e) => {
@@ -50,7 +54,11 @@ fn serve(mut boot: BootTimes) -> i32 {
             shutdown: tokio::sync::Notify::new(),
         });
         server::run(listener, state).await
-    })
+    });
+    // Dropping the runtime would wait for every blocking-pool task, and one stuck in a syscall
+    // (a read of a hung file system, say) would keep the guest from powering off.
+    runtime.shutdown_timeout(RUNTIME_SHUTDOWN_GRACE);
+    code
 }
 
 /// One thread per vCPU (at most 4); a single-vCPU guest gets a current-thread runtime, which

@@ -5,6 +5,7 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -34,6 +35,9 @@ pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, AgentError>> + Sen
 /// Largest error body read from the agent.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
+/// Bound on dial, hybrid-vsock `CONNECT`/`OK` and HTTP/2 handshake together: they run under the
+/// per-VM connection lock, so a guest that never answers must not hold it for ever.
+const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// First and longest wait for one boot-time handshake attempt. A `CONNECT` sent before the guest's
 /// vsock driver is up can stay unanswered, so attempts start short and back off.
 const FIRST_ATTEMPT_TIMEOUT: Duration = Duration::from_millis(250);
@@ -54,16 +58,26 @@ struct Inner {
     uds: PathBuf,
     port: u32,
     call_timeout: Duration,
+    connect_timeout: Duration,
     sender: Mutex<Option<SendRequest<ReqBody>>>,
 }
 
 impl AgentClient {
     /// A client that dials lazily on its first call.
     pub fn new(uds: impl Into<PathBuf>) -> Self {
+        Self::with_timeouts(uds, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)
+    }
+
+    fn with_timeouts(
+        uds: impl Into<PathBuf>,
+        call_timeout: Duration,
+        connect_timeout: Duration,
+    ) -> Self {
         let inner = Inner {
             uds: uds.into(),
             port: AGENT_VSOCK_PORT,
-            call_timeout: DEFAULT_CALL_TIMEOUT,
+            call_timeout,
+            connect_timeout,
             sender: Mutex::new(None),
         };
         Self {
@@ -186,6 +200,8 @@ impl AgentClient {
     }
 
     /// Streams `body` into `path` (written to a temp file, then renamed) with permission `mode`.
+    /// An upload may take long, so instead of a total deadline the call fails once neither the
+    /// body nor the reply has moved for the call timeout.
     pub async fn write_file<S>(
         &self,
         path: &str,
@@ -196,12 +212,26 @@ impl AgentClient {
         S: Stream<Item = io::Result<Bytes>> + Send + 'static,
     {
         let uri = path_uri("/v1/files", path, &format!("&mode={mode:o}"))?;
+        let progress = Progress::new();
         let frames = body
+            .inspect_ok({
+                let progress = progress.clone();
+                move |_| progress.touch()
+            })
             .map_ok(Frame::data)
             .map_err(|e| Box::new(e) as BoxError);
         let req = request(Method::PUT, &uri, StreamBody::new(frames).boxed_unsync())?;
-        let resp = check(self.send(req).await?).await?;
-        read_json(resp).await
+        let call = async {
+            let resp = check(self.send(req).await?).await?;
+            read_json(resp).await
+        };
+        let waited = self.inner.call_timeout;
+        until_idle(call, &progress, waited)
+            .await
+            .ok_or_else(|| AgentError::Timeout {
+                path: self.inner.uds.clone(),
+                waited,
+            })?
     }
 
     /// Runs a command; events arrive as the process produces output, ending with `Exit` or `Error`.
@@ -274,14 +304,25 @@ impl AgentClient {
         if let Some(sender) = guard.as_ref().filter(|s| !s.is_closed()) {
             return Ok(sender.clone());
         }
-        let stream = dial_hybrid_vsock(&self.inner.uds, self.inner.port).await?;
-        let (sender, connection) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-            .initial_stream_window_size(STREAM_WINDOW_BYTES)
-            .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
-            .max_frame_size(MAX_FRAME_BYTES)
-            .max_header_list_size(MAX_HEADER_LIST_BYTES)
-            .handshake(TokioIo::new(stream))
-            .await?;
+        let dial = async {
+            let stream = dial_hybrid_vsock(&self.inner.uds, self.inner.port).await?;
+            hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .initial_stream_window_size(STREAM_WINDOW_BYTES)
+                .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
+                .max_frame_size(MAX_FRAME_BYTES)
+                .max_header_list_size(MAX_HEADER_LIST_BYTES)
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(AgentError::from)
+        };
+        let waited = self.inner.connect_timeout;
+        let (sender, connection) =
+            tokio::time::timeout(waited, dial)
+                .await
+                .map_err(|_| AgentError::Timeout {
+                    path: self.inner.uds.clone(),
+                    waited,
+                })??;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
                 tracing::debug!(error = %e, "agent connection ended");
@@ -293,6 +334,48 @@ impl AgentClient {
 
     async fn forget_connection(&self) {
         *self.inner.sender.lock().await = None;
+    }
+}
+
+/// When a request last made progress, shared between its body stream and the caller waiting.
+#[derive(Clone)]
+struct Progress {
+    start: tokio::time::Instant,
+    last_ms: Arc<AtomicU64>,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            start: tokio::time::Instant::now(),
+            last_ms: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.start.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn last(&self) -> tokio::time::Instant {
+        self.start + Duration::from_millis(self.last_ms.load(Ordering::Relaxed))
+    }
+}
+
+/// Runs `fut` to completion unless `progress` stands still for `idle`; `None` then.
+async fn until_idle<T>(
+    fut: impl Future<Output = T>,
+    progress: &Progress,
+    idle: Duration,
+) -> Option<T> {
+    let mut fut = std::pin::pin!(fut);
+    loop {
+        let last = progress.last();
+        match tokio::time::timeout_at(last + idle, &mut fut).await {
+            Ok(out) => return Some(out),
+            Err(_) if progress.last() > last => {}
+            Err(_) => return None,
+        }
     }
 }
 
@@ -420,4 +503,61 @@ fn event_lines(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use tokio::net::UnixListener;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn guest_that_never_answers_connect_times_out_the_dial() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let _silent = tokio::spawn(async move {
+            let (_stream, _) = listener.accept().await.unwrap();
+            std::future::pending::<()>().await;
+        });
+        let client =
+            AgentClient::with_timeouts(&path, Duration::from_secs(60), Duration::from_millis(100));
+
+        let result = tokio::time::timeout(Duration::from_secs(5), client.info()).await;
+
+        assert!(matches!(result, Ok(Err(AgentError::Timeout { .. }))));
+    }
+
+    #[tokio::test]
+    async fn stalled_call_ends_after_idle_limit() {
+        let progress = Progress::new();
+
+        let out = until_idle(
+            std::future::pending::<()>(),
+            &progress,
+            Duration::from_millis(50),
+        )
+        .await;
+
+        assert_eq!(out, None);
+    }
+
+    #[tokio::test]
+    async fn call_that_keeps_progressing_outlives_idle_limit() {
+        let progress = Progress::new();
+        let work = {
+            let progress = progress.clone();
+            async move {
+                for _ in 0..10 {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                    progress.touch();
+                }
+                7
+            }
+        };
+
+        let out = until_idle(work, &progress, Duration::from_millis(100)).await;
+
+        assert_eq!(out, Some(7));
+    }
 }

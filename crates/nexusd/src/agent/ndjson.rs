@@ -8,6 +8,9 @@ use super::AgentError;
 #[derive(Debug)]
 pub struct NdjsonDecoder {
     buf: BytesMut,
+    /// How much of `buf` is known to hold no `\n`, so each byte is searched once however the
+    /// guest splits its frames.
+    scanned: usize,
     max_line: usize,
 }
 
@@ -15,6 +18,7 @@ impl NdjsonDecoder {
     pub fn new(max_line: usize) -> Self {
         Self {
             buf: BytesMut::new(),
+            scanned: 0,
             max_line,
         }
     }
@@ -23,7 +27,12 @@ impl NdjsonDecoder {
     pub fn push(&mut self, chunk: &[u8]) -> Result<Vec<Bytes>, AgentError> {
         self.buf.extend_from_slice(chunk);
         let mut lines = Vec::new();
-        while let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
+        while let Some(pos) = self.buf[self.scanned..]
+            .iter()
+            .position(|b| *b == b'\n')
+            .map(|p| self.scanned + p)
+        {
+            self.scanned = 0;
             if pos > self.max_line {
                 return Err(AgentError::TooLarge {
                     limit: self.max_line,
@@ -31,6 +40,7 @@ impl NdjsonDecoder {
             }
             lines.push(self.buf.split_to(pos + 1).freeze());
         }
+        self.scanned = self.buf.len();
         if self.buf.len() > self.max_line {
             return Err(AgentError::TooLarge {
                 limit: self.max_line,
@@ -65,6 +75,25 @@ mod tests {
                 Bytes::from_static(b"{\"b\":2}\n")
             ]
         );
+    }
+
+    #[test]
+    fn lines_fed_one_byte_at_a_time_are_split() {
+        let mut d = NdjsonDecoder::new(100);
+        let mut lines = Vec::new();
+
+        for b in b"{\"a\":1}\n{}\n{\"b\"" {
+            lines.extend(d.push(&[*b]).unwrap());
+        }
+
+        assert_eq!(
+            lines,
+            vec![
+                Bytes::from_static(b"{\"a\":1}\n"),
+                Bytes::from_static(b"{}\n")
+            ]
+        );
+        assert_eq!(d.scanned, 4);
     }
 
     #[test]
