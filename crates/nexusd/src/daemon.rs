@@ -187,6 +187,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         if !addr.ip().is_loopback() {
             tracing::warn!(%addr, "TCP listener is not on loopback; anyone who can reach it and has the token controls this host's VMs");
         }
+        // With port 0 the kernel picks one: say which, in the log and in `run/tcp.addr`.
+        let bound = tcp.local_addr().map_err(listen_err(addr.to_string()))?;
+        let addr_file = paths.run_dir.join("tcp.addr");
+        std::fs::write(&addr_file, format!("{bound}\n"))
+            .map_err(listen_err(addr_file.display().to_string()))?;
         let app = api::tcp_router(state.clone(), token);
         let stop = shutdown.clone();
         servers.spawn(async move {
@@ -194,7 +199,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
                 .with_graceful_shutdown(stop.cancelled_owned())
                 .await
         });
-        tracing::info!(%addr, "listening on TCP");
+        tracing::info!(addr = %bound, "listening on TCP");
     }
 
     tracing::info!(
