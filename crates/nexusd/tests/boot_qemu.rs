@@ -151,7 +151,8 @@ async fn prepare(work: &Path) -> (VmSpec, String) {
         )
         .expect("busybox rootfs (apt-get install busybox-static)");
         let image = work_dir.join("root.ext4");
-        boot::make_ext4(&dir, &image, 256).expect("mke2fs (apt-get install e2fsprogs)");
+        nexusd::storage::ext4::build_from_dir(&dir, &image, 256 << 20)
+            .expect("mke2fs (apt-get install e2fsprogs)");
         (initrd, image)
     })
     .await

@@ -88,19 +88,3 @@ pub fn build_busybox_rootfs(dir: &Path, opts: &RootfsOptions) -> Result<(), Boot
     let shadow = dir.join("etc/shadow");
     fs::set_permissions(&shadow, fs::Permissions::from_mode(0o600)).map_err(BootError::io(&shadow))
 }
-
-/// Packs `dir` into a fresh ext4 image `out` of `size_mib` MiB (sparse).
-///
-/// `root_owner=0:0` only sets the root directory's owner: the other files keep the owner they have
-/// in `dir`, so build `dir` as root (or fix ownership afterwards) for a root-owned system.
-pub fn make_ext4(dir: &Path, out: &Path, size_mib: u64) -> Result<(), BootError> {
-    let file = fs::File::create(out).map_err(BootError::io(out))?;
-    file.set_len(size_mib * 1024 * 1024)
-        .map_err(BootError::io(out))?;
-    drop(file);
-    run(Command::new("mke2fs")
-        .args(["-q", "-F", "-t", "ext4", "-E", "root_owner=0:0", "-d"])
-        .arg(dir)
-        .arg(out))?;
-    Ok(())
-}
