@@ -196,7 +196,11 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
         .position(|p| p.role == ProcessRole::Vmm)
         .unwrap();
     let (client, handshake) = tokio::select! {
-        connected = AgentClient::connect(&spec.vsock_uds, BOOT_TIMEOUT) => connected.expect("agent handshake"),
+        connected = async {
+            // As nexusd does: dial only once the agent has announced itself on the console.
+            nexusd::agent::wait_for_ready_line(&spec.console_log, 0, BOOT_TIMEOUT).await;
+            AgentClient::connect(&spec.vsock_uds, BOOT_TIMEOUT).await
+        } => connected.expect("agent handshake"),
         status = launched.processes[qemu_index].child.wait() => {
             panic!("QEMU exited before the agent answered: {status:?}")
         }

@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use nexus_lib::agent::AGENT_READY_LINE;
 use nexus_lib::api::{Vm, VmState};
 use nix::sys::signal::Signal;
 use tokio::sync::{mpsc, watch};
@@ -369,7 +368,7 @@ impl Lifecycle {
         let boot_timeout = self.inner.cfg.boot_timeout;
         let (uds, log) = (spec.vsock_uds.clone(), spec.console_log.clone());
         let connect = async move {
-            wait_for_console_line(&log, console_start, AGENT_READY_LINE, boot_timeout).await;
+            crate::agent::wait_for_ready_line(&log, console_start, boot_timeout).await;
             let left = boot_timeout
                 .saturating_sub(t0.elapsed())
                 .max(Duration::from_secs(1));
@@ -568,36 +567,6 @@ impl Lifecycle {
             }
         });
         futures_util::future::join_all(stops).await;
-    }
-}
-
-/// Waits until `line` shows up in the console log after byte `start`, or `limit` passes.
-/// Reads only what was added since the last look, keeping a line's worth of overlap.
-async fn wait_for_console_line(log: &Path, start: u64, line: &str, limit: Duration) {
-    use tokio::io::{AsyncReadExt, AsyncSeekExt};
-    let deadline = Instant::now() + limit;
-    let mut offset = start;
-    let mut carry = Vec::new();
-    while Instant::now() < deadline {
-        if let Ok(mut f) = tokio::fs::File::open(log).await {
-            let len = f.metadata().await.map(|m| m.len()).unwrap_or(0);
-            if len < offset {
-                offset = 0; // rotated
-            }
-            let mut buf = Vec::new();
-            if f.seek(std::io::SeekFrom::Start(offset)).await.is_ok()
-                && f.take(1 << 20).read_to_end(&mut buf).await.is_ok()
-            {
-                offset += buf.len() as u64;
-                carry.extend_from_slice(&buf);
-                if carry.windows(line.len()).any(|w| w == line.as_bytes()) {
-                    return;
-                }
-                let keep = carry.len().saturating_sub(line.len());
-                carry.drain(..keep);
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
 
