@@ -2,6 +2,8 @@
 //! temporary directory (needs root, btrfs-progs and e2fsprogs; a missing prerequisite fails the test
 //! with its name) and unmounts it on drop, even when the test fails.
 
+mod common;
+
 use std::fs::{self, File};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, MetadataExt, PermissionsExt};
@@ -22,7 +24,7 @@ struct TestPool {
 
 impl TestPool {
     fn new() -> Self {
-        require_prerequisites();
+        common::require_storage_prerequisites();
         let dir = tempfile::tempdir().expect("create temporary directory");
         // Let the unprivileged helper reach the pool.
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).expect("chmod tempdir");
@@ -55,31 +57,16 @@ impl Drop for TestPool {
     }
 }
 
-fn require_prerequisites() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "storage_btrfs tests need root (to loop-mount btrfs)"
-    );
-    for tool in [
-        "mkfs.btrfs",
-        "mount",
-        "mke2fs",
-        "e2fsck",
-        "resize2fs",
-        "dumpe2fs",
-        "debugfs",
-        "setpriv",
-    ] {
-        assert!(
-            ["/usr/sbin", "/sbin", "/usr/bin", "/bin"]
-                .iter()
-                .any(|dir| Path::new(dir).join(tool).is_file()),
-            "storage_btrfs tests need `{tool}` (apt-get install btrfs-progs e2fsprogs util-linux)"
-        );
-    }
+/// A small directory tree: `/etc/hostname` owned by root, `/home/user/note` owned by uid 1234.
+/// The pool's storage with an image `base` imported from [`sample_tree`].
+fn with_base_image(pool: &TestPool) -> (Storage, nexusd::storage::ImageInfo) {
+    let storage = pool.storage();
+    let image = storage
+        .import_image_from_dir(&sample_tree(pool.dir.path()), "base")
+        .unwrap();
+    (storage, image)
 }
 
-/// A small directory tree: `/etc/hostname` owned by root, `/home/user/note` owned by uid 1234.
 fn sample_tree(at: &Path) -> PathBuf {
     let tree = at.join("tree");
     fs::create_dir_all(tree.join("etc")).unwrap();
@@ -297,10 +284,7 @@ fn import_with_a_taken_id_is_image_exists() {
 #[test]
 fn drive_with_a_size_has_a_grown_filesystem() {
     let pool = TestPool::new();
-    let storage = pool.storage();
-    let image = storage
-        .import_image_from_dir(&sample_tree(pool.dir.path()), "base")
-        .unwrap();
+    let (storage, image) = with_base_image(&pool);
 
     let drive = storage.create_drive("base", "d1", Some(512 * MIB)).unwrap();
 
@@ -317,10 +301,7 @@ fn drive_with_a_size_has_a_grown_filesystem() {
 #[test]
 fn drive_without_a_size_is_a_writable_copy_of_the_image() {
     let pool = TestPool::new();
-    let storage = pool.storage();
-    let image = storage
-        .import_image_from_dir(&sample_tree(pool.dir.path()), "base")
-        .unwrap();
+    let (storage, image) = with_base_image(&pool);
 
     let drive = storage.create_drive("base", "d1", None).unwrap();
 
@@ -332,10 +313,7 @@ fn drive_without_a_size_is_a_writable_copy_of_the_image() {
 #[test]
 fn drive_smaller_than_its_image_is_an_error_and_leaves_nothing() {
     let pool = TestPool::new();
-    let storage = pool.storage();
-    let image = storage
-        .import_image_from_dir(&sample_tree(pool.dir.path()), "base")
-        .unwrap();
+    let (storage, image) = with_base_image(&pool);
 
     let err = storage
         .create_drive("base", "d1", Some(image.size_bytes - 4096))
@@ -349,10 +327,7 @@ fn drive_smaller_than_its_image_is_an_error_and_leaves_nothing() {
 #[test]
 fn resize_drive_grows_its_filesystem() {
     let pool = TestPool::new();
-    let storage = pool.storage();
-    storage
-        .import_image_from_dir(&sample_tree(pool.dir.path()), "base")
-        .unwrap();
+    let (storage, _) = with_base_image(&pool);
     storage.create_drive("base", "d1", None).unwrap();
 
     let drive = storage.resize_drive("d1", 256 * MIB).unwrap();
@@ -364,10 +339,7 @@ fn resize_drive_grows_its_filesystem() {
 #[test]
 fn deleting_an_image_leaves_its_drives_intact() {
     let pool = TestPool::new();
-    let storage = pool.storage();
-    let image = storage
-        .import_image_from_dir(&sample_tree(pool.dir.path()), "base")
-        .unwrap();
+    let (storage, image) = with_base_image(&pool);
     let drive = storage.create_drive("base", "d1", None).unwrap();
 
     storage.delete_image("base").unwrap();
@@ -416,10 +388,7 @@ fn pool_reports_free_and_total_bytes() {
 #[test]
 fn delete_as_a_non_root_user_removes_drive_and_readonly_image() {
     let pool = TestPool::new();
-    let storage = pool.storage();
-    storage
-        .import_image_from_dir(&sample_tree(pool.dir.path()), "base")
-        .unwrap();
+    let (storage, _) = with_base_image(&pool);
     storage.create_drive("base", "d1", None).unwrap();
     let image_dir = storage.image_dir("base");
     btrfs::set_readonly(&image_dir, false).unwrap();
@@ -454,7 +423,7 @@ fn unprivileged_delete_helper() {
 
 #[test]
 fn pool_image_without_root_says_how_to_use_a_btrfs_dir() {
-    require_prerequisites();
+    common::require_storage_prerequisites();
     let dir = tempfile::tempdir().unwrap();
     chown_tree(dir.path(), NOBODY);
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
@@ -479,7 +448,7 @@ fn unprivileged_pool_open_helper() {
 
 #[test]
 fn build_from_dir_without_root_makes_the_callers_files_root_owned() {
-    require_prerequisites();
+    common::require_storage_prerequisites();
     let dir = tempfile::tempdir().unwrap();
     sample_tree(dir.path());
     chown_tree(dir.path(), NOBODY);

@@ -209,6 +209,7 @@ pub fn require_storage_prerequisites() {
         "e2fsck",
         "resize2fs",
         "dumpe2fs",
+        "debugfs",
         "setpriv",
     ] {
         assert!(
