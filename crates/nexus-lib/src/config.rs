@@ -75,6 +75,19 @@ pub struct Config {
     pub pool: Option<PathBuf>,
     /// Size of the embedded pool's sparse image (`"20G"` or bytes; default 20 GiB, at least 256M).
     pub pool_size: Option<ByteSize>,
+    /// Run every VMM and helper in a jail (per-VM uid, mount namespace, cgroup). Default true;
+    /// `false` runs them as nexusd's unconfined children, with a warning at every start.
+    pub jail: Option<bool>,
+    /// First uid/gid of the jail range: a VM runs as `jail_uid_base + its vsock CID`.
+    pub jail_uid_base: Option<u32>,
+    /// Memory a VM's processes may use on top of the guest's memory (`"256M"` or bytes).
+    pub jail_memory_overhead: Option<ByteSize>,
+    /// Most processes and threads in a VM's cgroup (16..=65536).
+    pub jail_pids_max: Option<u64>,
+    /// CPU weight of a VM's cgroup (1..=10000; 100 is an ordinary process's share).
+    pub jail_cpu_weight: Option<u32>,
+    /// Parent of the per-VM cgroups, relative to each cgroup hierarchy's root.
+    pub jail_cgroup_parent: Option<String>,
 }
 
 /// A config file that could not be used.
@@ -191,6 +204,46 @@ impl Config {
                 format!("{} is not an absolute path", pool.display()),
             ));
         }
+        if let Some(v) = self.jail_uid_base
+            && !(1000..=u32::MAX - 70_000).contains(&v)
+        {
+            return Err(bad(
+                "jail_uid_base",
+                format!("{v} is outside 1000..={}", u32::MAX - 70_000),
+            ));
+        }
+        if let Some(v) = self.jail_pids_max
+            && !(16..=65536).contains(&v)
+        {
+            return Err(bad("jail_pids_max", format!("{v} is outside 16..=65536")));
+        }
+        if let Some(v) = self.jail_cpu_weight
+            && !(1..=10000).contains(&v)
+        {
+            return Err(bad("jail_cpu_weight", format!("{v} is outside 1..=10000")));
+        }
+        if let Some(v) = self.jail_memory_overhead
+            && v.bytes() < 32 << 20
+        {
+            return Err(bad(
+                "jail_memory_overhead",
+                format!("{} bytes is less than 32M", v.bytes()),
+            ));
+        }
+        if let Some(parent) = &self.jail_cgroup_parent
+            && !parent.split('/').all(|c| {
+                !c.is_empty()
+                    && c != "."
+                    && c != ".."
+                    && c.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b))
+            })
+        {
+            return Err(bad(
+                "jail_cgroup_parent",
+                format!("{parent:?} must be relative names of letters, digits, '.', '_', '-'"),
+            ));
+        }
         if let Some(level) = &self.log_level
             && level.trim().is_empty()
         {
@@ -245,6 +298,23 @@ mod tests {
         assert!(err.contains("pool_size"), "{err}");
         let err = parse("pool = \"rel/dir\"").unwrap_err().to_string();
         assert!(err.contains("`pool`"), "{err}");
+    }
+
+    #[test]
+    fn jail_keys_are_bounded_and_named() {
+        for bad in [
+            "jail_pids_max = 1",
+            "jail_cpu_weight = 0",
+            "jail_uid_base = 0",
+            "jail_memory_overhead = \"1M\"",
+            "jail_cgroup_parent = \"../escape\"",
+            "jail_cgroup_parent = \"/abs\"",
+        ] {
+            let key = bad.split(' ').next().unwrap();
+            let err = parse(bad).unwrap_err().to_string();
+            assert!(err.contains(key), "{bad}: {err}");
+        }
+        assert!(parse("jail = false\njail_cgroup_parent = \"machine.slice/nexus\"").is_ok());
     }
 
     #[test]

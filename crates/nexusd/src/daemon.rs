@@ -157,6 +157,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         firecracker_kernel: settings.firecracker_kernel.clone(),
         console_max_bytes: settings.console_max_bytes,
         vms_dir: paths.data_dir.join("vms"),
+        jail: settings.jail.clone(),
     };
     let state = AppState::new(store.clone(), pool.clone(), assets, lifecycle_cfg);
     let lifecycle = state.lifecycle.clone();

@@ -7,6 +7,7 @@ pub mod boot;
 pub mod daemon;
 pub mod drives;
 pub mod images;
+pub mod jail;
 pub mod settings;
 pub mod storage;
 pub mod store;

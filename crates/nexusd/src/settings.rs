@@ -86,6 +86,24 @@ pub struct Args {
     /// Size of the embedded pool image, e.g. 20G (default 20G).
     #[arg(long, value_name = "SIZE")]
     pub pool_size: Option<ByteSize>,
+    /// Jail every VMM and helper (default true; false runs them unconfined).
+    #[arg(long, value_name = "BOOL")]
+    pub jail: Option<bool>,
+    /// First uid/gid of the jail range (a VM runs as base + its vsock CID).
+    #[arg(long, value_name = "UID")]
+    pub jail_uid_base: Option<u32>,
+    /// Memory a VM's processes may use beyond the guest's, e.g. 256M.
+    #[arg(long, value_name = "SIZE")]
+    pub jail_memory_overhead: Option<ByteSize>,
+    /// Most processes and threads in a VM's cgroup.
+    #[arg(long, value_name = "N")]
+    pub jail_pids_max: Option<u64>,
+    /// CPU weight of a VM's cgroup (1..=10000, default 100).
+    #[arg(long, value_name = "WEIGHT")]
+    pub jail_cpu_weight: Option<u32>,
+    /// Parent of the per-VM cgroups (default nexus).
+    #[arg(long, value_name = "NAME")]
+    pub jail_cgroup_parent: Option<String>,
 }
 
 /// Default directory of the guest kernel package (filled by scripts/setup.sh).
@@ -118,6 +136,7 @@ pub struct Settings {
     pub firecracker_kernel: Option<PathBuf>,
     pub console_max_bytes: u64,
     pub pool: PoolConfig,
+    pub jail: crate::jail::JailConfig,
 }
 
 impl Settings {
@@ -149,6 +168,12 @@ impl Settings {
             console_max_bytes: args.console_max_bytes.or(file.console_max_bytes),
             pool: args.pool.clone().or(file.pool),
             pool_size: args.pool_size.or(file.pool_size),
+            jail: args.jail.or(file.jail),
+            jail_uid_base: args.jail_uid_base.or(file.jail_uid_base),
+            jail_memory_overhead: args.jail_memory_overhead.or(file.jail_memory_overhead),
+            jail_pids_max: args.jail_pids_max.or(file.jail_pids_max),
+            jail_cpu_weight: args.jail_cpu_weight.or(file.jail_cpu_weight),
+            jail_cgroup_parent: args.jail_cgroup_parent.clone().or(file.jail_cgroup_parent),
         };
         cfg.validate(&config_path)?;
         paths.config_file = config_path;
@@ -170,6 +195,18 @@ impl Settings {
                 },
                 (embedded, _) => embedded,
             },
+        };
+        let defaults = crate::jail::JailConfig::with_defaults(&paths.data_dir);
+        let jail = crate::jail::JailConfig {
+            enabled: cfg.jail.unwrap_or(defaults.enabled),
+            uid_base: cfg.jail_uid_base.unwrap_or(defaults.uid_base),
+            cgroup_parent: cfg.jail_cgroup_parent.unwrap_or(defaults.cgroup_parent),
+            memory_overhead_bytes: cfg
+                .jail_memory_overhead
+                .map_or(defaults.memory_overhead_bytes, |s| s.bytes()),
+            pids_max: cfg.jail_pids_max.unwrap_or(defaults.pids_max),
+            cpu_weight: cfg.jail_cpu_weight.unwrap_or(defaults.cpu_weight),
+            ..defaults
         };
         Ok(Self {
             paths,
@@ -207,6 +244,7 @@ impl Settings {
             firecracker_kernel: cfg.firecracker_kernel,
             console_max_bytes: cfg.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
             pool,
+            jail,
         })
     }
 }

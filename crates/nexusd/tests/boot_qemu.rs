@@ -169,6 +169,7 @@ async fn prepare(work: &Path) -> (VmSpec, String) {
         memory_mib: 256,
         vsock_cid: 3 + std::process::id() % 1000,
         vsock_uds: run_dir.join("vsock.sock"),
+        socket_dir: run_dir.clone(),
         tap: None,
         console_log: run_dir.join("console.log"),
         runtime_dir: run_dir,
@@ -185,7 +186,7 @@ async fn qemu_vm_boots_and_agent_serves_exec_files_and_shutdown() {
     println!("guest cmdline: {}", vmm.cmdline(&spec));
 
     let spawned_at = Instant::now();
-    let mut launched: Launched = vmm.spawn(&spec).await.expect("spawn qemu");
+    let mut launched: Launched = vmm.spawn(&spec, None).await.expect("spawn qemu");
     let _guard = VmGuard {
         pids: launched.processes.iter().map(|p| p.pid).collect(),
         run_dir: spec.runtime_dir.clone(),

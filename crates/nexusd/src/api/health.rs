@@ -82,6 +82,7 @@ mod tests {
             firecracker_kernel: None,
             console_max_bytes: 4096,
             vms_dir: dir.join("vms"),
+            jail: crate::jail::JailConfig::with_defaults(dir),
         };
         AppState::new(store, pool, assets, cfg)
     }

@@ -51,6 +51,12 @@ pub fn build_initramfs(
     write_archive(gz, &agent, &order)
         .and_then(|gz| gz.finish()?.flush())
         .map_err(BootError::io(temp.path()))?;
+    // Readable by the unprivileged uid of a jailed VMM (it holds nothing secret).
+    {
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(temp.path(), fs::Permissions::from_mode(0o644))
+            .map_err(BootError::io(temp.path()))?;
+    }
     temp.persist(&out).map_err(|e| BootError::Io {
         path: out.clone(),
         source: e.error,

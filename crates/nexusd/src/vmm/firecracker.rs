@@ -3,12 +3,15 @@
 //! and `metrics` objects), and `--api-sock` stays available for pause/resume/snapshot. The serial
 //! console is Firecracker's stdout, appended to the console log.
 
+use std::ffi::OsString;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use futures_util::future::BoxFuture;
 use serde::Serialize;
 use tokio::process::Command;
+
+use crate::jail::{Access, View, VmJail};
 
 use super::{Accel, Launched, ProcessRole, VmSpec, Vmm, VmmError, VmmKind, VmmProcess, log_file};
 
@@ -137,12 +140,13 @@ fn boot_args(cmdline: &str) -> String {
     args
 }
 
+/// Firecracker opens its log and metrics by path, so they live where it may write.
 fn log_path(spec: &VmSpec) -> PathBuf {
-    spec.runtime_dir.join("firecracker.log")
+    spec.socket_dir.join("firecracker.log")
 }
 
 fn metrics_path(spec: &VmSpec) -> PathBuf {
-    spec.runtime_dir.join("firecracker.metrics")
+    spec.socket_dir.join("firecracker.metrics")
 }
 
 #[derive(Debug, Clone)]
@@ -158,12 +162,36 @@ impl FirecrackerVmm {
     }
 
     pub fn api_socket(spec: &VmSpec) -> PathBuf {
-        spec.runtime_dir.join("firecracker.sock")
+        spec.socket_dir.join("firecracker.sock")
     }
 
-    async fn launch(&self, spec: &VmSpec) -> Result<Launched, VmmError> {
+    /// What Firecracker sees in the VM's jail when it runs without its own `jailer`.
+    pub fn view(spec: &VmSpec, config_path: &Path) -> View {
+        let mut paths = vec![
+            (spec.socket_dir.clone(), Access::ReadWrite),
+            (config_path.to_owned(), Access::ReadOnly),
+            (spec.kernel.clone(), Access::ReadOnly),
+            (spec.root_drive.clone(), Access::ReadWrite),
+        ];
+        paths.extend(spec.initrd.iter().map(|i| (i.clone(), Access::ReadOnly)));
+        paths.extend(spec.extra_drives.iter().map(|d| {
+            let access = if d.read_only {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            };
+            (d.path.clone(), access)
+        }));
+        let mut devices = vec![PathBuf::from("/dev/kvm")];
+        if spec.tap.is_some() {
+            devices.push("/dev/net/tun".into());
+        }
+        View { paths, devices }
+    }
+
+    async fn launch(&self, spec: &VmSpec, jail: Option<&VmJail>) -> Result<Launched, VmmError> {
         let dir = &spec.runtime_dir;
-        std::fs::create_dir_all(dir).map_err(VmmError::io(dir))?;
+        std::fs::create_dir_all(&spec.socket_dir).map_err(VmmError::io(&spec.socket_dir))?;
         let config = FirecrackerConfig::for_spec(spec);
         let config_path = dir.join("firecracker.json");
         let json =
@@ -178,12 +206,29 @@ impl FirecrackerVmm {
             let _ = std::fs::remove_file(stale);
         }
         let console = log_file(&spec.console_log)?;
-        let stderr = log_file(&dir.join("firecracker.stderr"))?;
-        let child = Command::new(&self.binary)
-            .arg("--api-sock")
-            .arg(&api)
-            .arg("--config-file")
-            .arg(&config_path)
+        let stderr_path = dir.join("firecracker.stderr");
+        let stderr = log_file(&stderr_path)?;
+        let args: Vec<OsString> = vec![
+            "--api-sock".into(),
+            api.clone().into(),
+            "--config-file".into(),
+            config_path.clone().into(),
+        ];
+        let mut cmd = match jail {
+            Some(jail) => jail
+                .command(&self.binary, &args, &Self::view(spec, &config_path))
+                .map_err(|source| VmmError::Jail {
+                    vm: spec.name.clone(),
+                    program: self.binary.display().to_string(),
+                    source,
+                })?,
+            None => {
+                let mut cmd = Command::new(&self.binary);
+                cmd.args(&args);
+                cmd
+            }
+        };
+        let child = cmd
             .stdin(Stdio::null())
             .stdout(console)
             .stderr(stderr)
@@ -193,6 +238,7 @@ impl FirecrackerVmm {
                 vm: spec.name.clone(),
                 program: self.binary.display().to_string(),
                 source,
+                log: stderr_path.clone(),
             })?;
         let pid = child.id().unwrap_or(0);
         Ok(Launched {
@@ -213,8 +259,12 @@ impl Vmm for FirecrackerVmm {
         VmmKind::Firecracker
     }
 
-    fn spawn<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Launched, VmmError>> {
-        Box::pin(self.launch(spec))
+    fn spawn<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        jail: Option<&'a VmJail>,
+    ) -> BoxFuture<'a, Result<Launched, VmmError>> {
+        Box::pin(self.launch(spec, jail))
     }
 }
 

@@ -20,6 +20,7 @@ use futures_util::future::BoxFuture;
 
 pub use accel::{Accel, detect_accel};
 pub use console::cap_console_log;
+pub(crate) use firecracker::is_executable;
 pub use firecracker::{FirecrackerConfig, FirecrackerVmm};
 pub use qemu::QemuVmm;
 pub use select::{HostProbe, VmmChoice, select_backend};
@@ -37,10 +38,13 @@ pub struct VmSpec {
     pub vcpus: u32,
     pub memory_mib: u32,
     pub vsock_cid: u32,
-    /// Host side of the hybrid vsock (`CONNECT <port>\n` protocol).
+    /// Host side of the hybrid vsock (`CONNECT <port>\n` protocol), inside `socket_dir`.
     pub vsock_uds: PathBuf,
+    /// The one directory the VMM's processes may write: their sockets. Owned by the VM's jail
+    /// uid; nothing nexusd trusts lives there.
+    pub socket_dir: PathBuf,
     pub tap: Option<TapSpec>,
-    /// The VM's own directory for sockets, configs and logs.
+    /// The VM's own directory for configs and logs (nexusd's; the VMM only sees `socket_dir`).
     pub runtime_dir: PathBuf,
     pub console_log: PathBuf,
 }
@@ -112,12 +116,21 @@ impl Launched {
 
 #[derive(Debug, thiserror::Error)]
 pub enum VmmError {
-    #[error("cannot start {program} for VM {vm}")]
+    #[error("cannot start {program} for VM {vm}{}", jail_step(log))]
     Spawn {
         vm: String,
         program: String,
         #[source]
         source: std::io::Error,
+        /// The process's log, where a jail set-up step that failed names itself.
+        log: PathBuf,
+    },
+    #[error("cannot set up the jail of {program} for VM {vm}")]
+    Jail {
+        vm: String,
+        program: String,
+        #[source]
+        source: crate::jail::JailError,
     },
     #[error("{program} of VM {vm} exited early ({status}); see {}", log.display())]
     ExitedEarly {
@@ -157,8 +170,13 @@ impl VmmError {
 pub trait Vmm: Send + Sync {
     fn kind(&self) -> VmmKind;
 
-    /// Starts the VM's processes; returns once the VMM process is running.
-    fn spawn<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Launched, VmmError>>;
+    /// Starts the VM's processes, in `jail` when there is one; returns once the VMM process is
+    /// running.
+    fn spawn<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        jail: Option<&'a crate::jail::VmJail>,
+    ) -> BoxFuture<'a, Result<Launched, VmmError>>;
 }
 
 /// The guest kernel command line for the agent: serial console, no reboot loop, settings.
@@ -168,6 +186,18 @@ pub fn guest_cmdline(hostname: &str, net: Option<(Ipv4Addr, u8, Ipv4Addr)>) -> S
         cmdline.push_str(&format!(" nexus.ip={ip}/{prefix} nexus.gw={gw}"));
     }
     cmdline
+}
+
+/// `: <step> failed` when the last line of `log` is a jail set-up failure (see `jail::enter`).
+fn jail_step(log: &Path) -> String {
+    let text = std::fs::read(log).unwrap_or_default();
+    let tail = &text[text.len().saturating_sub(256)..];
+    String::from_utf8_lossy(tail)
+        .lines()
+        .last()
+        .and_then(|l| l.strip_prefix("nexus jail: "))
+        .map(|step| format!(" (jail: {step})"))
+        .unwrap_or_default()
 }
 
 /// Opens (creating, appending) a log file for a child's stdout/stderr.

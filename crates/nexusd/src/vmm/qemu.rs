@@ -1,7 +1,10 @@
 //! The QEMU backend: `qemu-system-x86_64 -M microvm` with KVM when it works and TCG otherwise,
 //! vsock through a per-VM `vhost-device-vsock` (started first, so its socket exists when QEMU
-//! connects), which gives the same hybrid-vsock UDS as Firecracker. The serial console goes to an
-//! `append=on` file chardev (see `console`), QMP to `<runtime>/qmp.sock`.
+//! connects), which gives the same hybrid-vsock UDS as Firecracker. The serial console goes to
+//! QEMU's stdout, a file nexusd opens with `O_APPEND` (see `console`); QMP to
+//! `<socket dir>/qmp.sock`. QEMU always runs under its own seccomp filter (`-sandbox`), and both
+//! processes run in the VM's jail when there is one: QEMU sees its sockets, drives, kernel and
+//! initrd; vhost-device-vsock only its sockets.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -15,6 +18,11 @@ use super::{
     Accel, Launched, ProcessRole, VmSpec, Vmm, VmmError, VmmKind, VmmProcess, detect_accel,
     host_tsc_khz, log_file,
 };
+use crate::jail::{Access, View, VmJail};
+
+/// QEMU's own seccomp filter: no obsolete system calls, no privilege changes, no fork/exec, no
+/// scheduler or resource changes.
+const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
 
 const SOCKET_WAIT: Duration = Duration::from_secs(5);
 
@@ -63,11 +71,45 @@ impl QemuVmm {
 
     /// Path of the vhost-user socket between QEMU and vhost-device-vsock.
     pub fn vhost_socket(spec: &VmSpec) -> PathBuf {
-        spec.runtime_dir.join("vhost-vsock.sock")
+        spec.socket_dir.join("vhost-vsock.sock")
     }
 
     pub fn qmp_socket(spec: &VmSpec) -> PathBuf {
-        spec.runtime_dir.join("qmp.sock")
+        spec.socket_dir.join("qmp.sock")
+    }
+
+    /// What QEMU sees in its jail.
+    pub fn qemu_view(&self, spec: &VmSpec) -> View {
+        let mut paths = vec![
+            (spec.socket_dir.clone(), Access::ReadWrite),
+            (spec.kernel.clone(), Access::ReadOnly),
+            (spec.root_drive.clone(), Access::ReadWrite),
+        ];
+        paths.extend(spec.initrd.iter().map(|i| (i.clone(), Access::ReadOnly)));
+        paths.extend(spec.extra_drives.iter().map(|d| {
+            let access = if d.read_only {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            };
+            (d.path.clone(), access)
+        }));
+        let mut devices = Vec::new();
+        if self.accel == Accel::Kvm {
+            devices.push("/dev/kvm".into());
+        }
+        if spec.tap.is_some() {
+            devices.push("/dev/net/tun".into());
+        }
+        View { paths, devices }
+    }
+
+    /// What vhost-device-vsock sees in its jail: its sockets.
+    pub fn vhost_view(spec: &VmSpec) -> View {
+        View {
+            paths: vec![(spec.socket_dir.clone(), Access::ReadWrite)],
+            devices: Vec::new(),
+        }
     }
 
     /// Arguments of `vhost-device-vsock`.
@@ -147,10 +189,7 @@ impl QemuVmm {
         push(&[&"-append"]);
         push(&[&self.cmdline(spec)]);
         push(&[&"-chardev"]);
-        push(&[
-            &"file,id=console,append=on,path=",
-            &escape_comma(&spec.console_log),
-        ]);
+        push(&[&"stdio,id=console,signal=off"]);
         push(&[&"-serial"]);
         push(&[&"chardev:console"]);
         push(&[&"-qmp"]);
@@ -159,15 +198,17 @@ impl QemuVmm {
             &escape_comma(&Self::qmp_socket(spec)),
             &",server=on,wait=off",
         ]);
+        push(&[&"-sandbox"]);
+        push(&[&SANDBOX]);
         for fixed in ["-nodefaults", "-nographic", "-no-reboot"] {
             push(&[&fixed]);
         }
         args
     }
 
-    async fn launch(&self, spec: &VmSpec) -> Result<Launched, VmmError> {
+    async fn launch(&self, spec: &VmSpec, jail: Option<&VmJail>) -> Result<Launched, VmmError> {
         validate(spec)?;
-        std::fs::create_dir_all(&spec.runtime_dir).map_err(VmmError::io(&spec.runtime_dir))?;
+        std::fs::create_dir_all(&spec.socket_dir).map_err(VmmError::io(&spec.socket_dir))?;
         for stale in [
             &spec.vsock_uds,
             &Self::vhost_socket(spec),
@@ -176,7 +217,14 @@ impl QemuVmm {
             let _ = std::fs::remove_file(stale);
         }
         let vhost_log = spec.runtime_dir.join("vhost-vsock.log");
-        let mut vhost = spawn(spec, &self.vhost_vsock, Self::vhost_args(spec), &vhost_log)?;
+        let vhost_cmd = command(
+            spec,
+            jail,
+            &self.vhost_vsock,
+            Self::vhost_args(spec),
+            &Self::vhost_view(spec),
+        )?;
+        let mut vhost = spawn(spec, vhost_cmd, &self.vhost_vsock, &vhost_log, None)?;
         if let Err(e) = wait_for_socket(
             spec,
             &Self::vhost_socket(spec),
@@ -190,7 +238,16 @@ impl QemuVmm {
             return Err(e);
         }
         let qemu_log = spec.runtime_dir.join("qemu.log");
-        let qemu = match spawn(spec, &self.qemu, self.qemu_args(spec), &qemu_log) {
+        let qemu_cmd = command(
+            spec,
+            jail,
+            &self.qemu,
+            self.qemu_args(spec),
+            &self.qemu_view(spec),
+        );
+        let spawned = qemu_cmd
+            .and_then(|cmd| spawn(spec, cmd, &self.qemu, &qemu_log, Some(&spec.console_log)));
+        let qemu = match spawned {
             Ok(child) => child,
             Err(e) => {
                 let _ = vhost.kill().await;
@@ -219,8 +276,12 @@ impl Vmm for QemuVmm {
         VmmKind::Qemu
     }
 
-    fn spawn<'a>(&'a self, spec: &'a VmSpec) -> BoxFuture<'a, Result<Launched, VmmError>> {
-        Box::pin(self.launch(spec))
+    fn spawn<'a>(
+        &'a self,
+        spec: &'a VmSpec,
+        jail: Option<&'a VmJail>,
+    ) -> BoxFuture<'a, Result<Launched, VmmError>> {
+        Box::pin(self.launch(spec, jail))
     }
 }
 
@@ -251,8 +312,8 @@ fn validate(spec: &VmSpec) -> Result<(), VmmError> {
         return bad("tap name must be at most 15 bytes, without ','");
     }
     let has_comma = |p: &Path| p.to_string_lossy().contains(',');
-    if has_comma(&spec.vsock_uds) || has_comma(&spec.runtime_dir) {
-        return bad("vsock socket and runtime directory paths must not contain ','");
+    if has_comma(&spec.vsock_uds) || has_comma(&spec.socket_dir) {
+        return bad("vsock socket and socket directory paths must not contain ','");
     }
     Ok(())
 }
@@ -262,17 +323,45 @@ fn escape_comma(path: &Path) -> OsString {
     OsString::from(path.to_string_lossy().replace(',', ",,"))
 }
 
-fn spawn(
+/// The command running `program`: in the VM's jail, or as nexusd's own child without one.
+fn command(
     spec: &VmSpec,
+    jail: Option<&VmJail>,
     program: &Path,
     args: Vec<OsString>,
+    view: &View,
+) -> Result<Command, VmmError> {
+    match jail {
+        Some(jail) => jail
+            .command(program, &args, view)
+            .map_err(|source| VmmError::Jail {
+                vm: spec.name.clone(),
+                program: program.display().to_string(),
+                source,
+            }),
+        None => {
+            let mut cmd = Command::new(program);
+            cmd.args(args);
+            Ok(cmd)
+        }
+    }
+}
+
+/// Spawns `cmd` in its own process group with stderr (and stdout, unless `stdout` names
+/// another file, such as the console) appended to `log`.
+fn spawn(
+    spec: &VmSpec,
+    mut cmd: Command,
+    program: &Path,
     log: &Path,
+    stdout: Option<&Path>,
 ) -> Result<Child, VmmError> {
-    let stdout = log_file(log)?;
-    let stderr = stdout.try_clone().map_err(VmmError::io(log))?;
-    Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
+    let stderr = log_file(log)?;
+    let stdout = match stdout {
+        Some(path) => log_file(path)?,
+        None => stderr.try_clone().map_err(VmmError::io(log))?,
+    };
+    cmd.stdin(Stdio::null())
         .stdout(stdout)
         .stderr(stderr)
         .process_group(0)
@@ -281,6 +370,7 @@ fn spawn(
             vm: spec.name.clone(),
             program: program.display().to_string(),
             source,
+            log: log.to_path_buf(),
         })
 }
 
@@ -335,6 +425,7 @@ pub(crate) mod tests {
             memory_mib: 256,
             vsock_cid: 7,
             vsock_uds: "/run/vm1/vsock.sock".into(),
+            socket_dir: "/run/vm1".into(),
             tap: Some(TapSpec {
                 ifname: "nx-tap1".into(),
                 mac: "02:00:00:00:00:01".into(),

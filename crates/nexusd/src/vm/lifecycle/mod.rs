@@ -27,6 +27,7 @@ use supervisor::launched_watches;
 use super::assets::{BootAssets, Prepared};
 use super::{VmError, VmService};
 use crate::agent::AgentClient;
+use crate::jail::{JailConfig, Jailer, VmJail};
 use crate::store::runtime::{self, BootPhases};
 use crate::store::{Store, now_ms};
 use crate::vmm::{
@@ -57,6 +58,8 @@ pub struct LifecycleConfig {
     pub console_max_bytes: u64,
     /// Parent of every VM's runtime directory.
     pub vms_dir: PathBuf,
+    /// The jail of the VMM processes.
+    pub jail: JailConfig,
 }
 
 /// How a supervisor should record the VMM's exit when someone asked for it.
@@ -114,6 +117,7 @@ struct Inner {
     vms: VmService,
     assets: BootAssets,
     cfg: LifecycleConfig,
+    jailer: Arc<Jailer>,
     host: HostProbe,
     /// The QEMU backend, measured against the host once (its TSC rate, for TCG guests).
     qemu: tokio::sync::OnceCell<Arc<QemuVmm>>,
@@ -147,6 +151,7 @@ impl Lifecycle {
                 store,
                 vms,
                 assets,
+                jailer: Arc::new(Jailer::new(cfg.jail.clone())),
                 cfg,
                 host,
                 qemu: tokio::sync::OnceCell::new(),
@@ -218,6 +223,46 @@ impl Lifecycle {
     /// The console log of a VM (it may not exist yet).
     pub fn console_log(&self, id: Uuid) -> PathBuf {
         self.runtime_dir(id).join("console.log")
+    }
+
+    /// The directory of a VM's sockets, the only one its jailed processes may write.
+    fn socket_dir(&self, id: Uuid) -> PathBuf {
+        self.runtime_dir(id).join("sock")
+    }
+
+    fn vsock_uds(&self, id: Uuid) -> PathBuf {
+        self.socket_dir(id).join("vsock.sock")
+    }
+
+    /// Sets up the jail of VM `vm` (its cgroup, and its uid owning `writable`), or `None` when
+    /// the config turned the jail off.
+    async fn prepare_jail(
+        &self,
+        vm: &Vm,
+        writable: Vec<PathBuf>,
+    ) -> Result<Option<VmJail>, crate::jail::JailError> {
+        if !self.inner.jailer.enabled() {
+            tracing::warn!(vm = %vm.name, "jail = false: this VM's VMM runs unjailed, as root, with nexusd's view of the host");
+            return Ok(None);
+        }
+        let jailer = self.inner.jailer.clone();
+        let (id, cid, mem) = (
+            vm.id.to_string(),
+            vm.vsock_cid,
+            u64::from(vm.memory_mib) << 20,
+        );
+        tokio::task::spawn_blocking(move || jailer.prepare(&id, cid, mem, &writable).map(Some))
+            .await
+            .map_err(|e| crate::jail::JailError::Cgroup(format!("jail worker failed: {e}")))?
+    }
+
+    /// Removes the cgroup of VM `id`, killing whatever is left in it.
+    async fn remove_cgroup(&self, id: Uuid) {
+        if !self.inner.jailer.enabled() {
+            return;
+        }
+        let jailer = self.inner.jailer.clone();
+        let _ = tokio::task::spawn_blocking(move || jailer.remove_cgroup(&id.to_string())).await;
     }
 
     async fn backend(&self) -> Result<(Arc<dyn Vmm>, Accel), VmError> {
@@ -296,6 +341,7 @@ impl Lifecycle {
     ) -> Result<Vm, VmError> {
         let id = vm.id;
         let dir = self.runtime_dir(id);
+        let socket_dir = self.socket_dir(id);
         let spec = VmSpec {
             name: vm.name.clone(),
             kernel: assets.kernel.clone(),
@@ -314,7 +360,8 @@ impl Lifecycle {
             vcpus: vm.vcpus,
             memory_mib: vm.memory_mib,
             vsock_cid: vm.vsock_cid,
-            vsock_uds: dir.join("vsock.sock"),
+            vsock_uds: self.vsock_uds(id),
+            socket_dir: socket_dir.clone(),
             tap: None,
             runtime_dir: dir.clone(),
             console_log: dir.join("console.log"),
@@ -326,7 +373,7 @@ impl Lifecycle {
             .store
             .call(move |c| runtime::insert_boot(c, id, now_ms(), kind, accel_name))
             .await?;
-        if let Err(e) = prepare_runtime_dir(&dir) {
+        if let Err(e) = prepare_runtime_dir(&dir, &socket_dir) {
             return self
                 .fail_boot(
                     &vm,
@@ -335,12 +382,26 @@ impl Lifecycle {
                 )
                 .await;
         }
+        let mut writable = vec![socket_dir.clone(), spec.root_drive.clone()];
+        writable.extend(spec.extra_drives.iter().map(|d| d.path.clone()));
+        let jail = match self.prepare_jail(&vm, writable).await {
+            Ok(jail) => jail,
+            Err(e) => {
+                self.remove_cgroup(id).await;
+                let reason = format!(
+                    "cannot set up the VMM jail: {}",
+                    crate::api::error::error_chain(&e)
+                );
+                return self.fail_boot(&vm, boot_id, reason).await;
+            }
+        };
         // Console output of earlier boots stays in the log: only what this boot adds counts.
         let console_start = std::fs::metadata(&spec.console_log).map_or(0, |m| m.len());
         let t0 = Instant::now();
-        let launched = match backend.spawn(&spec).await {
+        let launched = match backend.spawn(&spec, jail.as_ref()).await {
             Ok(l) => l,
             Err(e) => {
+                self.remove_cgroup(id).await;
                 let reason = format!(
                     "{}; console: {}",
                     crate::api::error::error_chain(&e),
@@ -575,21 +636,18 @@ fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(128).collect()
 }
 
-/// Creates the runtime directory and removes sockets a previous boot left behind.
-fn prepare_runtime_dir(dir: &Path) -> std::io::Result<()> {
+/// Creates the runtime directory (nexusd's) and the socket directory (the VMM's), emptying the
+/// latter: whatever a previous boot's VMM left there is not to be trusted.
+fn prepare_runtime_dir(dir: &Path, socket_dir: &Path) -> std::io::Result<()> {
     use std::os::unix::fs::DirBuilderExt;
-    std::fs::DirBuilder::new()
-        .recursive(true)
-        .mode(0o700)
-        .create(dir)?;
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name();
-        if name.to_string_lossy().contains(".sock") {
-            std::fs::remove_file(entry.path())?;
-        }
+    let mut builder = std::fs::DirBuilder::new();
+    builder.recursive(true).mode(0o700);
+    builder.create(dir)?;
+    match std::fs::remove_dir_all(socket_dir) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
     }
-    Ok(())
+    builder.create(socket_dir)
 }
 
 fn kind_name(kind: VmmKind) -> &'static str {

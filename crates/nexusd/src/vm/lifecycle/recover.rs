@@ -21,7 +21,9 @@ impl Lifecycle {
     /// At start-up: re-adopts the processes of VMs that were live when the last daemon
     /// stopped, records the end of those whose VMM is gone, and kills strays.
     pub async fn recover(&self) -> Result<(), VmError> {
-        for vm in self.inner.vms.list(None).await? {
+        let vms = self.inner.vms.list(None).await?;
+        self.remove_orphan_cgroups(&vms).await;
+        for vm in vms {
             let id = vm.id;
             let row = self
                 .inner
@@ -43,6 +45,7 @@ impl Lifecycle {
                 row if live_state => self.record_lost(&vm, row).await?,
                 row => {
                     kill_strays(&self.runtime_dir(id));
+                    self.remove_cgroup(id).await;
                     if row.is_some() {
                         self.inner
                             .store
@@ -53,6 +56,26 @@ impl Lifecycle {
             }
         }
         Ok(())
+    }
+
+    /// Removes the cgroups of VMs that no longer exist (deleted while their cgroup could not be
+    /// removed, or by an older database).
+    async fn remove_orphan_cgroups(&self, vms: &[Vm]) {
+        if !self.inner.jailer.enabled() {
+            return;
+        }
+        let jailer = self.inner.jailer.clone();
+        let known: std::collections::HashSet<String> =
+            vms.iter().map(|v| v.id.to_string()).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for name in jailer.cgroups() {
+                if !known.contains(&name) {
+                    tracing::warn!(cgroup = %name, "removing the cgroup of a VM that no longer exists");
+                    jailer.remove_cgroup(&name);
+                }
+            }
+        })
+        .await;
     }
 
     fn adopt(&self, vm: &Vm, row: RuntimeRow, vmm: Watch) {
@@ -68,7 +91,7 @@ impl Lifecycle {
             row.boot_id,
             vmm,
             helper,
-            dir.join("vsock.sock"),
+            self.vsock_uds(vm.id),
             dir.join("console.log"),
         );
         tracing::info!(vm = %vm.name, pid = row.vmm_pid, state = %vm.state, "re-adopted running VM");
@@ -121,6 +144,7 @@ impl Lifecycle {
     async fn record_lost(&self, vm: &Vm, row: Option<RuntimeRow>) -> Result<(), VmError> {
         let id = vm.id;
         kill_strays(&self.runtime_dir(id));
+        self.remove_cgroup(id).await;
         let boot_id = row.map(|r| r.boot_id);
         self.inner
             .store

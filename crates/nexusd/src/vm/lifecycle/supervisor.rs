@@ -87,6 +87,8 @@ impl Lifecycle {
             if let Some(h) = helper {
                 stop_helper(h).await;
             }
+            // Whatever else the VM's uid started in its cgroup goes with it.
+            this.remove_cgroup(id).await;
             this.clear_live(id, boot_id);
             if let Err(e) = this
                 .record_exit(id, &name, boot_id, &how, &outcome, &log)
