@@ -370,7 +370,7 @@ cgroup2 /sys/fs/cgroup/unified cgroup2 rw,relatime 0 0
 
     #[test]
     fn mount_paths_are_unescaped() {
-        assert_eq!(unescape_mount(r"/a\040b\\c"), r"/a b\c");
+        assert_eq!(unescape_mount(r"/a\040b\134c"), r"/a b\c");
     }
 
     #[test]

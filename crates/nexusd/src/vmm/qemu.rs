@@ -495,13 +495,49 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn console_goes_to_append_file_and_reboot_exits() {
+    fn console_goes_to_stdout_and_reboot_exits() {
         let a = args(Accel::Tcg);
         assert_eq!(
-            value_after(&a, "-chardev", "file").as_deref(),
-            Some("file,id=console,append=on,path=/run/vm1/console.log")
+            value_after(&a, "-chardev", "stdio").as_deref(),
+            Some("stdio,id=console,signal=off")
         );
         assert!(a.contains(&"-no-reboot".to_string()));
+    }
+
+    #[test]
+    fn qemu_runs_under_its_seccomp_sandbox() {
+        let a = args(Accel::Tcg);
+        assert_eq!(
+            value_after(&a, "-sandbox", "").as_deref(),
+            Some("on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny")
+        );
+    }
+
+    #[test]
+    fn qemu_sees_sockets_and_drives_writable_kernel_read_only() {
+        let vmm = QemuVmm::new("q", "v", Accel::Kvm);
+        let view = vmm.qemu_view(&spec());
+        assert!(view.paths.contains(&("/run/vm1".into(), Access::ReadWrite)));
+        assert!(
+            view.paths
+                .contains(&("/d/root.ext4".into(), Access::ReadWrite))
+        );
+        assert!(
+            view.paths
+                .contains(&("/k/vmlinuz".into(), Access::ReadOnly))
+        );
+        assert!(
+            view.paths
+                .contains(&("/d/work,1.ext4".into(), Access::ReadOnly))
+        );
+        assert_eq!(
+            view.devices,
+            [PathBuf::from("/dev/kvm"), "/dev/net/tun".into()]
+        );
+        assert_eq!(
+            QemuVmm::vhost_view(&spec()).paths,
+            [(PathBuf::from("/run/vm1"), Access::ReadWrite)]
+        );
     }
 
     #[test]
