@@ -64,7 +64,7 @@ impl JailConfig {
         Self {
             enabled: true,
             uid_base: Self::DEFAULT_UID_BASE,
-            cgroup_parent: "nexus".into(),
+            cgroup_parent: default_cgroup_parent(data_dir),
             memory_overhead_bytes: Self::DEFAULT_MEMORY_OVERHEAD,
             pids_max: Self::DEFAULT_PIDS_MAX,
             cpu_weight: Self::DEFAULT_CPU_WEIGHT,
@@ -72,6 +72,16 @@ impl JailConfig {
             mounts_file: "/proc/self/mounts".into(),
         }
     }
+}
+
+/// `nexus/<first 8 hex digits of the SHA-256 of the data directory>`: one parent per daemon, so
+/// that daemons on other homes (tests run many at once) never take each other's cgroups for
+/// orphans.
+pub fn default_cgroup_parent(data_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(data_dir.as_os_str().as_bytes());
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("nexus/{hex}")
 }
 
 /// Why a jail could not be set up; the VM then fails to start with this as its reason.
@@ -161,6 +171,32 @@ impl Jailer {
             && let Err(e) = cg.remove(Duration::from_secs(5))
         {
             tracing::warn!(vm = id, error = %crate::api::error::error_chain(&e), "cannot remove the VM's cgroup");
+        }
+    }
+
+    /// Kills and removes every VM cgroup of this daemon and then the parent, if the host lets
+    /// us (blocking; for tests and tear-down).
+    pub fn remove_all_cgroups(&self) {
+        for name in self.cgroups() {
+            self.remove_cgroup(&name);
+        }
+        self.remove_parent_if_empty();
+    }
+
+    /// Removes the cgroup parent when no VM cgroup is left in it (at daemon shutdown); one
+    /// still in use stays.
+    pub fn remove_parent_if_empty(&self) {
+        let Ok(h) = self.hierarchy() else { return };
+        let mounts = match h {
+            Hierarchy::V1(m) => m.clone(),
+            Hierarchy::V2(m) => vec![m.clone()],
+        };
+        for mount in mounts {
+            for dir in mount.join(&self.cfg.cgroup_parent).ancestors() {
+                if dir == mount || std::fs::remove_dir(dir).is_err() {
+                    break;
+                }
+            }
         }
     }
 

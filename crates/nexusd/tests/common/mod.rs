@@ -160,6 +160,11 @@ impl Drop for TestDaemon {
         }
         // VMs outlive their daemon by design: kill the ones this home started.
         kill_processes_mentioning(self.home());
+        // Their cgroups are this home's own (the parent is derived from the data directory).
+        nexusd::jail::Jailer::new(nexusd::jail::JailConfig::with_defaults(
+            &self.home().join("data"),
+        ))
+        .remove_all_cgroups();
         // The pool stays mounted when nexusd was killed (or when it was busy): unmount it before the
         // temporary home is removed. Not mounted is fine.
         let _ = nix::mount::umount2(&self.pool_root(), nix::mount::MntFlags::MNT_DETACH);

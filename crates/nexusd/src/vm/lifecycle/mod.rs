@@ -608,26 +608,29 @@ impl Lifecycle {
 
     /// At daemon shutdown: stops every live VM when asked to, else leaves them running.
     pub async fn shutdown(&self, stop_vms: bool) {
-        if !stop_vms {
-            return;
-        }
-        let ids: Vec<Uuid> = self
-            .inner
-            .live
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .keys()
-            .copied()
-            .collect();
-        let stops = ids.into_iter().map(|id| {
-            let this = self.clone();
-            async move {
-                if let Err(e) = this.stop(&id.to_string()).await {
-                    tracing::warn!(vm = %id, error = %e, "cannot stop VM at shutdown");
+        if stop_vms {
+            let ids: Vec<Uuid> = self
+                .inner
+                .live
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .keys()
+                .copied()
+                .collect();
+            let stops = ids.into_iter().map(|id| {
+                let this = self.clone();
+                async move {
+                    if let Err(e) = this.stop(&id.to_string()).await {
+                        tracing::warn!(vm = %id, error = %e, "cannot stop VM at shutdown");
+                    }
                 }
-            }
-        });
-        futures_util::future::join_all(stops).await;
+            });
+            futures_util::future::join_all(stops).await;
+        }
+        if self.inner.jailer.enabled() {
+            let jailer = self.inner.jailer.clone();
+            let _ = tokio::task::spawn_blocking(move || jailer.remove_parent_if_empty()).await;
+        }
     }
 }
 
