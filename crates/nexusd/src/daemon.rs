@@ -155,6 +155,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         vhost_vsock: settings.vhost_vsock_binary.clone(),
         firecracker: settings.firecracker_binary.clone(),
         firecracker_kernel: settings.firecracker_kernel.clone(),
+        jailer: settings.jailer_binary.clone(),
+        jailer_chroot_base: settings.jailer_chroot_base.clone(),
         console_max_bytes: settings.console_max_bytes,
         vms_dir: paths.data_dir.join("vms"),
     };

@@ -54,6 +54,10 @@ pub struct LifecycleConfig {
     pub firecracker: Option<PathBuf>,
     /// Firecracker-ready vmlinux; Firecracker is only chosen when there is one.
     pub firecracker_kernel: Option<PathBuf>,
+    /// Firecracker's `jailer`; unset: looked for next to Firecracker, in /usr/local/bin, /usr/bin.
+    pub jailer: Option<PathBuf>,
+    /// `--chroot-base-dir` of the jailer.
+    pub jailer_chroot_base: PathBuf,
     pub console_max_bytes: u64,
     /// Parent of every VM's runtime directory.
     pub vms_dir: PathBuf,
@@ -115,6 +119,8 @@ struct Inner {
     assets: BootAssets,
     cfg: LifecycleConfig,
     host: HostProbe,
+    /// How Firecracker is jailed, when a jailer is installed.
+    jailer: Option<crate::vmm::JailerSettings>,
     /// The QEMU backend, measured against the host once (its TSC rate, for TCG guests).
     qemu: tokio::sync::OnceCell<Arc<QemuVmm>>,
     live: Mutex<HashMap<Uuid, Live>>,
@@ -142,6 +148,10 @@ impl Lifecycle {
         if cfg.firecracker_kernel.is_none() {
             host.firecracker = None;
         }
+        let jailer = host
+            .firecracker
+            .as_deref()
+            .and_then(|fc| find_jailer(&cfg, fc));
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -149,6 +159,7 @@ impl Lifecycle {
                 assets,
                 cfg,
                 host,
+                jailer,
                 qemu: tokio::sync::OnceCell::new(),
                 live: Mutex::new(HashMap::new()),
                 ops: Mutex::new(HashMap::new()),
@@ -245,7 +256,8 @@ impl Lifecycle {
             }
             VmmKind::Firecracker => {
                 let bin = self.inner.host.firecracker.clone().unwrap_or_default();
-                (Arc::new(FirecrackerVmm::new(bin)), accel)
+                let vmm = FirecrackerVmm::new(bin).with_jailer(self.inner.jailer.clone());
+                (Arc::new(vmm), accel)
             }
         })
     }
@@ -264,9 +276,12 @@ impl Lifecycle {
         let root = root.ok_or_else(|| VmError::NoRootDrive(vm.name.clone()))?;
         let assets = self.inner.assets.get().await.map_err(VmError::Assets)?;
         let (backend, accel) = self.backend().await?;
+        // Firecracker's kernel is our own build with everything built in: no initramfs of
+        // Debian's modules, the root drive is mounted by the kernel (see `module_less_cmdline`).
         let assets = match (backend.kind(), &self.inner.cfg.firecracker_kernel) {
             (VmmKind::Firecracker, Some(vmlinux)) => Prepared {
                 kernel: vmlinux.clone(),
+                initrd: None,
                 ..assets
             },
             _ => assets,
@@ -296,11 +311,24 @@ impl Lifecycle {
     ) -> Result<Vm, VmError> {
         let id = vm.id;
         let dir = self.runtime_dir(id);
+        let kind = kind_name(backend.kind());
+        let accel_name = accel_name(accel);
+        let boot_id = self
+            .inner
+            .store
+            .call(move |c| runtime::insert_boot(c, id, now_ms(), kind, accel_name))
+            .await?;
+        let mut cmdline = guest_cmdline(&vm.name, None);
+        if assets.initrd.is_none() {
+            cmdline = module_less_cmdline(cmdline);
+        }
         let spec = VmSpec {
             name: vm.name.clone(),
+            vm_id: id,
+            boot_id,
             kernel: assets.kernel.clone(),
-            initrd: Some(assets.initrd.clone()),
-            cmdline: guest_cmdline(&vm.name, None),
+            initrd: assets.initrd.clone(),
+            cmdline,
             root_drive: root,
             extra_drives: extra
                 .into_iter()
@@ -319,13 +347,6 @@ impl Lifecycle {
             runtime_dir: dir.clone(),
             console_log: dir.join("console.log"),
         };
-        let kind = kind_name(backend.kind());
-        let accel_name = accel_name(accel);
-        let boot_id = self
-            .inner
-            .store
-            .call(move |c| runtime::insert_boot(c, id, now_ms(), kind, accel_name))
-            .await?;
         if let Err(e) = prepare_runtime_dir(&dir) {
             return self
                 .fail_boot(
@@ -372,7 +393,16 @@ impl Lifecycle {
             let left = boot_timeout
                 .saturating_sub(t0.elapsed())
                 .max(Duration::from_secs(1));
-            AgentClient::connect(uds, left).await
+            // The dial gets what is left of the boot timeout, but a timeout names the whole wait.
+            AgentClient::connect(uds, left).await.map_err(|e| match e {
+                crate::agent::AgentError::Timeout { path, .. } => {
+                    crate::agent::AgentError::Timeout {
+                        path,
+                        waited: waited_since(t0),
+                    }
+                }
+                e => e,
+            })
         };
         tokio::select! {
             res = connect => match res {
@@ -568,6 +598,40 @@ impl Lifecycle {
         });
         futures_util::future::join_all(stops).await;
     }
+}
+
+/// Time since `t0`, to the millisecond (for messages).
+fn waited_since(t0: Instant) -> Duration {
+    Duration::from_millis(t0.elapsed().as_millis() as u64)
+}
+
+/// Where the guest agent sits in a root drive booted without an initramfs.
+pub const ROOT_AGENT_PATH: &str = "/sbin/nexus-agent";
+
+/// Without an initramfs the kernel mounts the root drive itself (Firecracker adds
+/// `root=/dev/vda rw` for the root device) and starts the agent from it as PID 1.
+fn module_less_cmdline(mut cmdline: String) -> String {
+    if !cmdline.split_whitespace().any(|w| w.starts_with("init=")) {
+        cmdline.push_str(" init=");
+        cmdline.push_str(ROOT_AGENT_PATH);
+    }
+    cmdline
+}
+
+/// The jailer to start Firecracker through (`fc` is the Firecracker binary in use), if one is
+/// installed, with the host's cgroup hierarchy.
+fn find_jailer(cfg: &LifecycleConfig, fc: &Path) -> Option<crate::vmm::JailerSettings> {
+    use crate::vmm::jailer;
+    let binary = jailer::jailer_candidates(cfg.jailer.as_deref(), Some(fc))
+        .into_iter()
+        .find(|p| crate::vmm::is_executable(p))?;
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    Some(crate::vmm::JailerSettings {
+        binary,
+        chroot_base: cfg.jailer_chroot_base.clone(),
+        cgroup_version: jailer::detect_cgroup_version(&mounts),
+        id_base: crate::vmm::DEFAULT_JAIL_ID_BASE,
+    })
 }
 
 /// At most 128 printable characters of a guest-supplied string.
