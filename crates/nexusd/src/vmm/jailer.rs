@@ -366,6 +366,11 @@ fn chown(path: &Path, owner: Option<(u32, u32)>) -> Result<(), VmmError> {
 }
 
 fn link_or_bind(host: &Path, target: &Path, read_only: bool) -> Result<(), VmmError> {
+    // A leftover of a jail whose record was lost; a leftover mount point refuses (EBUSY).
+    match fs::remove_file(target) {
+        Err(e) if e.kind() != ErrorKind::NotFound => return Err(VmmError::io(target)(e)),
+        _ => {}
+    }
     match fs::hard_link(host, target) {
         Ok(()) => Ok(()),
         // Another file system, or another btrfs subvolume (a drive in the pool).

@@ -8,6 +8,7 @@
 mod accel;
 mod console;
 mod firecracker;
+mod firecracker_logs;
 pub mod jailer;
 mod qemu;
 mod select;
@@ -23,9 +24,9 @@ pub use accel::{Accel, detect_accel};
 pub use console::cap_console_log;
 pub(crate) use firecracker::is_executable;
 pub use firecracker::{
-    DEFAULT_JAIL_ID_BASE, FirecrackerConfig, FirecrackerVmm, JailerSettings, cap_firecracker_logs,
-    failure_detail, release_jail,
+    DEFAULT_JAIL_ID_BASE, FirecrackerConfig, FirecrackerVmm, JailerSettings, release_jail,
 };
+pub use firecracker_logs::{KEEP_BOOT_LOGS, cap_firecracker_logs, failure_detail};
 pub use qemu::QemuVmm;
 pub use select::{HostProbe, VmmChoice, select_backend};
 pub use tsc::host_tsc_khz;

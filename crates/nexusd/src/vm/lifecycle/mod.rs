@@ -669,3 +669,24 @@ fn accel_name(accel: Accel) -> &'static str {
         Accel::Tcg => "tcg",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_less_boot_starts_the_agent_from_the_root_drive() {
+        assert_eq!(
+            module_less_cmdline("console=ttyS0 quiet".into()),
+            "console=ttyS0 quiet init=/sbin/nexus-agent"
+        );
+    }
+
+    #[test]
+    fn module_less_boot_keeps_an_explicit_init() {
+        assert_eq!(
+            module_less_cmdline("console=ttyS0 init=/bin/sh".into()),
+            "console=ttyS0 init=/bin/sh"
+        );
+    }
+}
