@@ -68,6 +68,11 @@ pub struct Config {
     /// A Firecracker-ready guest kernel (uncompressed `vmlinux`, virtio-mmio built in). Without
     /// one, `vmm = "auto"` uses QEMU even where Firecracker and KVM work.
     pub firecracker_kernel: Option<PathBuf>,
+    /// Firecracker's `jailer`. Unset: looked for next to the Firecracker binary, then in
+    /// `/usr/local/bin` and `/usr/bin`; when one is found, Firecracker is started through it.
+    pub jailer_binary: Option<PathBuf>,
+    /// The jailer's `--chroot-base-dir` (default `/srv/jailer`, the jailer's own default).
+    pub jailer_chroot_base: Option<PathBuf>,
     /// Console log size (bytes) past which it is rotated (4096..=1 GiB).
     pub console_max_bytes: Option<u64>,
     /// Storage pool: an existing directory on btrfs, used as is. Unset: the embedded pool, a sparse

@@ -77,6 +77,12 @@ pub struct Args {
     /// A Firecracker-ready vmlinux (needed for the firecracker backend).
     #[arg(long, value_name = "FILE")]
     pub firecracker_kernel: Option<PathBuf>,
+    /// Firecracker's jailer binary (default: next to firecracker, /usr/local/bin, /usr/bin).
+    #[arg(long, value_name = "FILE")]
+    pub jailer_binary: Option<PathBuf>,
+    /// The jailer's chroot base directory (default /srv/jailer).
+    #[arg(long, value_name = "DIR")]
+    pub jailer_chroot_base: Option<PathBuf>,
     /// Console log size (bytes) past which it is rotated.
     #[arg(long, value_name = "BYTES")]
     pub console_max_bytes: Option<u64>,
@@ -112,6 +118,8 @@ pub const DEFAULT_KERNEL_DIR: &str = "/var/cache/nexus/kernel";
 pub const DEFAULT_BOOT_TIMEOUT_SECS: u64 = 60;
 /// Default seconds for a guest to power off.
 pub const DEFAULT_STOP_TIMEOUT_SECS: u64 = 10;
+/// Default chroot base of Firecracker's jailer (the jailer's own default).
+pub const DEFAULT_JAILER_CHROOT_BASE: &str = "/srv/jailer";
 /// Default console log cap.
 pub const DEFAULT_CONSOLE_MAX_BYTES: u64 = 4 << 20;
 
@@ -134,6 +142,8 @@ pub struct Settings {
     pub vhost_vsock_binary: PathBuf,
     pub firecracker_binary: Option<PathBuf>,
     pub firecracker_kernel: Option<PathBuf>,
+    pub jailer_binary: Option<PathBuf>,
+    pub jailer_chroot_base: PathBuf,
     pub console_max_bytes: u64,
     pub pool: PoolConfig,
     pub jail: crate::jail::JailConfig,
@@ -165,6 +175,8 @@ impl Settings {
             vhost_vsock_binary: args.vhost_vsock_binary.clone().or(file.vhost_vsock_binary),
             firecracker_binary: args.firecracker_binary.clone().or(file.firecracker_binary),
             firecracker_kernel: args.firecracker_kernel.clone().or(file.firecracker_kernel),
+            jailer_binary: args.jailer_binary.clone().or(file.jailer_binary),
+            jailer_chroot_base: args.jailer_chroot_base.clone().or(file.jailer_chroot_base),
             console_max_bytes: args.console_max_bytes.or(file.console_max_bytes),
             pool: args.pool.clone().or(file.pool),
             pool_size: args.pool_size.or(file.pool_size),
@@ -242,6 +254,10 @@ impl Settings {
             vhost_vsock_binary: cfg.vhost_vsock_binary.unwrap_or_else(default_vhost_vsock),
             firecracker_binary: cfg.firecracker_binary,
             firecracker_kernel: cfg.firecracker_kernel,
+            jailer_binary: cfg.jailer_binary,
+            jailer_chroot_base: cfg
+                .jailer_chroot_base
+                .unwrap_or_else(|| DEFAULT_JAILER_CHROOT_BASE.into()),
             console_max_bytes: cfg.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
             pool,
             jail,

@@ -160,6 +160,8 @@ async fn prepare(work: &Path) -> (VmSpec, String) {
     let run_dir = work.join("run");
     let spec = VmSpec {
         name: "e2e".into(),
+        vm_id: uuid::Uuid::new_v4(),
+        boot_id: 1,
         kernel: kernel.kernel.clone(),
         initrd: Some(initrd),
         cmdline: guest_cmdline("e2e-vm", None),

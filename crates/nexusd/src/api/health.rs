@@ -80,6 +80,8 @@ mod tests {
             vhost_vsock: "vhost-device-vsock".into(),
             firecracker: None,
             firecracker_kernel: None,
+            jailer: None,
+            jailer_chroot_base: "/srv/jailer".into(),
             console_max_bytes: 4096,
             vms_dir: dir.join("vms"),
             jail: crate::jail::JailConfig::with_defaults(dir),

@@ -238,6 +238,7 @@ impl Jailer {
             uid,
             gid: uid,
             cgroup,
+            cgroup_parent: self.cfg.cgroup_parent.clone(),
             root_dir: self.cfg.root_dir.clone(),
             limits,
         })
@@ -266,11 +267,34 @@ pub struct VmJail {
     pub uid: u32,
     pub gid: u32,
     pub cgroup: VmCgroup,
+    /// Parent of the VM's cgroup (what Firecracker's jailer calls `--parent-cgroup`).
+    pub cgroup_parent: String,
     pub limits: Limits,
     root_dir: PathBuf,
 }
 
 impl VmJail {
+    /// A jail value for unit tests of code that only reads it (nothing is created).
+    #[cfg(test)]
+    pub(crate) fn for_tests(uid: u32, cgroup_parent: &str) -> Self {
+        Self {
+            uid,
+            gid: uid,
+            cgroup: VmCgroup::new(
+                &Hierarchy::V2("/nonexistent-cg".into()),
+                cgroup_parent,
+                "vm",
+            ),
+            cgroup_parent: cgroup_parent.into(),
+            limits: Limits {
+                memory_bytes: 512 << 20,
+                pids_max: 256,
+                cpu_weight: 100,
+            },
+            root_dir: "/nonexistent-jail-root".into(),
+        }
+    }
+
     /// The command that runs `program` with `args` inside this jail, seeing `view`. A program
     /// outside `/usr` is bound read-only at [`JAIL_BIN_DIR`]`/<its file name>`; the environment
     /// is empty but for `PATH`.
@@ -491,15 +515,8 @@ mod tests {
 
     fn jail(root: &Path) -> VmJail {
         VmJail {
-            uid: 1000,
-            gid: 1000,
-            cgroup: VmCgroup::new(&Hierarchy::V2("/nonexistent-cg".into()), "nexus", "vm"),
-            limits: Limits {
-                memory_bytes: 1,
-                pids_max: 1,
-                cpu_weight: 100,
-            },
             root_dir: root.to_owned(),
+            ..VmJail::for_tests(1000, "nexus")
         }
     }
 

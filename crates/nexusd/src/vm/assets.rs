@@ -10,7 +10,8 @@ use crate::boot::{self, BootError, DEFAULT_MODULES};
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Prepared {
     pub kernel: PathBuf,
-    pub initrd: PathBuf,
+    /// `None` for a kernel that needs no modules (the agent then boots from the root drive).
+    pub initrd: Option<PathBuf>,
     pub release: String,
 }
 
@@ -66,7 +67,7 @@ impl BootAssets {
         let prepared = tokio::task::spawn_blocking(move || prepare(&kernel_dir, &assets, &agent))
             .await
             .map_err(AssetError::Worker)??;
-        tracing::info!(kernel = %prepared.kernel.display(), initrd = %prepared.initrd.display(), "boot assets ready");
+        tracing::info!(kernel = %prepared.kernel.display(), initrd = ?prepared.initrd, "boot assets ready");
         *ready = Some(prepared.clone());
         Ok(prepared)
     }
@@ -80,7 +81,7 @@ fn prepare(kernel_dir: &Path, assets: &Path, agent: &Path) -> Result<Prepared, A
     let initrd = boot::build_initramfs(&kernel, agent, DEFAULT_MODULES, &assets.join("initramfs"))?;
     Ok(Prepared {
         kernel: kernel.kernel,
-        initrd,
+        initrd: Some(initrd),
         release: kernel.release,
     })
 }

@@ -1,9 +1,28 @@
 //! The Firecracker backend: the whole VM is described by one `--config-file` JSON (Firecracker's
-//! documented `boot-source`, `drives`, `machine-config`, `network-interfaces`, `vsock`, `logger`
-//! and `metrics` objects), and `--api-sock` stays available for pause/resume/snapshot. The serial
-//! console is Firecracker's stdout, appended to the console log.
+//! documented `boot-source`, `drives`, `machine-config`, `network-interfaces` and `vsock`
+//! objects), and `--api-sock` stays available for pause/resume/snapshot. The serial console is
+//! Firecracker's stdout, appended to the console log.
+//!
+//! Started directly, every path in the JSON is the absolute host path (a mount-namespace jail
+//! binds those same paths). Started through Firecracker's `jailer` (see [`super::jailer`]),
+//! every path is the chroot-relative name the layout gives it.
+//!
+//! Log and metrics: `--log-path`, `--level` and `--metrics-path` go on the command line, not in
+//! the JSON. On the command line the logger exists before the config file is read, so an
+//! unreadable or rejected config is logged too; and Firecracker applies a `logger` object by
+//! reopening the file at offset 0, which would overwrite its own earlier lines. Firecracker
+//! opens these files read-write without `O_APPEND`, so each boot gets its own log file
+//! (`firecracker-<boot>.log`, the last [`super::KEEP_BOOT_LOGS`] kept) and its own stderr file, created
+//! fresh by nexusd; metrics (one ~5 KB JSON line a minute) go to `firecracker.metrics`, recreated
+//! at each launch. [`super::cap_firecracker_logs`] bounds them while the VM runs by punching a hole over
+//! everything but the newest bytes: a writer without `O_APPEND` keeps its offset, so truncating
+//! would not free anything a rotation could keep, while a hole frees the disk blocks, keeps the
+//! newest lines where they are and never tears a line the VMM is writing. The files stay sparse
+//! (their apparent size grows; their disk use does not). [`super::failure_detail`] quotes the newest
+//! bytes of this boot's stderr and log into the VM's history.
 
 use std::ffi::OsString;
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -13,7 +32,17 @@ use tokio::process::Command;
 
 use crate::jail::{Access, View, VmJail};
 
-use super::{Accel, Launched, ProcessRole, VmSpec, Vmm, VmmError, VmmKind, VmmProcess, log_file};
+use super::firecracker_logs::{KEEP_BOOT_LOGS, log_path, prune_boot_logs, stderr_path};
+use super::jailer::{
+    self, CgroupLimits, CgroupVersion, ChrootLayout, JailSpec, LayoutInput, ResourceLimits,
+};
+use super::{
+    Accel, Launched, ProcessRole, SocketCheck, VmSpec, Vmm, VmmError, VmmKind, VmmProcess,
+    check_socket_paths, log_file,
+};
+
+/// Firecracker's log level: warnings and errors (Firecracker rate-limits both per call site).
+const LOG_LEVEL: &str = "Warning";
 
 /// Firecracker's `--config-file` document.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -26,8 +55,6 @@ pub struct FirecrackerConfig {
     #[serde(rename = "network-interfaces")]
     pub network_interfaces: Vec<NetworkInterface>,
     pub vsock: Vsock,
-    pub logger: Logger,
-    pub metrics: Metrics,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -38,12 +65,21 @@ pub struct BootSource {
     pub boot_args: String,
 }
 
+/// How guest writes reach the host. `Unsafe` (Firecracker's default) ignores the guest's
+/// flushes; `Writeback` honours them, so a synced file survives a host crash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub enum CacheType {
+    Unsafe,
+    Writeback,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Drive {
     pub drive_id: String,
     pub path_on_host: PathBuf,
     pub is_root_device: bool,
     pub is_read_only: bool,
+    pub cache_type: CacheType,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,35 +102,41 @@ pub struct Vsock {
     pub uds_path: PathBuf,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Logger {
-    pub log_path: PathBuf,
-    pub level: String,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct Metrics {
-    pub metrics_path: PathBuf,
-}
-
 impl FirecrackerConfig {
+    /// The config with absolute host paths (Firecracker started directly).
     pub fn for_spec(spec: &VmSpec) -> Self {
-        let mut drives = vec![Drive {
-            drive_id: "root".into(),
-            path_on_host: spec.root_drive.clone(),
-            is_root_device: true,
-            is_read_only: false,
-        }];
-        drives.extend(spec.extra_drives.iter().map(|d| Drive {
-            drive_id: d.id.clone(),
-            path_on_host: d.path.clone(),
-            is_root_device: false,
-            is_read_only: d.read_only,
-        }));
+        Self::build(spec, |p| p.to_path_buf(), spec.vsock_uds.clone())
+    }
+
+    /// The config as a Firecracker jailed in `layout.chroot` sees it: every path chroot-relative.
+    pub fn for_chroot(spec: &VmSpec, layout: &ChrootLayout) -> Self {
+        let inside = |p: &Path| {
+            layout
+                .inside_path(p)
+                .expect("the layout covers every file of the spec")
+                .to_path_buf()
+        };
+        Self::build(spec, inside, layout.vsock_uds.clone())
+    }
+
+    fn build(spec: &VmSpec, path: impl Fn(&Path) -> PathBuf, vsock_uds: PathBuf) -> Self {
+        let drive = |drive_id: &str, host: &Path, root: bool, read_only: bool| Drive {
+            drive_id: drive_id.into(),
+            path_on_host: path(host),
+            is_root_device: root,
+            is_read_only: read_only,
+            cache_type: CacheType::Writeback,
+        };
+        let mut drives = vec![drive("root", &spec.root_drive, true, false)];
+        drives.extend(
+            spec.extra_drives
+                .iter()
+                .map(|d| drive(&d.id, &d.path, false, d.read_only)),
+        );
         Self {
             boot_source: BootSource {
-                kernel_image_path: spec.kernel.clone(),
-                initrd_path: spec.initrd.clone(),
+                kernel_image_path: path(&spec.kernel),
+                initrd_path: spec.initrd.as_deref().map(&path),
                 boot_args: boot_args(&spec.cmdline),
             },
             drives,
@@ -114,14 +156,7 @@ impl FirecrackerConfig {
                 .collect(),
             vsock: Vsock {
                 guest_cid: spec.vsock_cid,
-                uds_path: spec.vsock_uds.clone(),
-            },
-            logger: Logger {
-                log_path: log_path(spec),
-                level: "Warning".into(),
-            },
-            metrics: Metrics {
-                metrics_path: metrics_path(spec),
+                uds_path: vsock_uds,
             },
         }
     }
@@ -140,36 +175,206 @@ fn boot_args(cmdline: &str) -> String {
     args
 }
 
-/// Firecracker opens its log and metrics by path, so they live where it may write.
-fn log_path(spec: &VmSpec) -> PathBuf {
-    spec.socket_dir.join("firecracker.log")
+/// The files of one boot in the VM's runtime directory (host paths).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootFiles {
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub stderr: PathBuf,
+    pub metrics: PathBuf,
+    pub api_socket: PathBuf,
 }
 
-fn metrics_path(spec: &VmSpec) -> PathBuf {
-    spec.socket_dir.join("firecracker.metrics")
+impl BootFiles {
+    /// nexusd's files in `runtime_dir`; the API socket in the VM's `socket_dir`.
+    pub fn new(runtime_dir: &Path, socket_dir: &Path, boot: i64) -> Self {
+        Self {
+            config: runtime_dir.join("firecracker.json"),
+            log: log_path(runtime_dir, boot),
+            stderr: stderr_path(runtime_dir, boot),
+            metrics: runtime_dir.join("firecracker.metrics"),
+            api_socket: socket_dir.join("firecracker.sock"),
+        }
+    }
+
+    fn of(spec: &VmSpec) -> Self {
+        Self::new(&spec.runtime_dir, &spec.socket_dir, spec.boot_id)
+    }
+}
+
+/// Paths as Firecracker sees them, for its command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ArgPaths {
+    pub api_socket: PathBuf,
+    pub config: PathBuf,
+    pub log: PathBuf,
+    pub metrics: PathBuf,
+}
+
+/// Firecracker's own arguments. `id` is given only when Firecracker is started directly: the
+/// jailer passes `--id` (and the `--start-time-*` values) itself, and a second `--id` would be
+/// refused.
+pub fn firecracker_args(id: Option<&str>, paths: &ArgPaths) -> Vec<OsString> {
+    let mut args: Vec<OsString> = Vec::new();
+    if let Some(id) = id {
+        args.extend(["--id".into(), id.into()]);
+    }
+    let mut pair = |flag: &str, value: &Path| {
+        args.push(flag.into());
+        args.push(value.into());
+    };
+    pair("--api-sock", &paths.api_socket);
+    pair("--config-file", &paths.config);
+    pair("--log-path", &paths.log);
+    pair("--metrics-path", &paths.metrics);
+    args.extend([
+        "--level".into(),
+        LOG_LEVEL.into(),
+        "--show-level".into(),
+        "--show-log-origin".into(),
+    ]);
+    args
+}
+
+/// How to start Firecracker through its jailer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JailerSettings {
+    pub binary: PathBuf,
+    pub chroot_base: PathBuf,
+    /// `None` when the host has no usable cgroup hierarchy: a jailed start then fails.
+    pub cgroup_version: Option<CgroupVersion>,
+}
+
+impl JailerSettings {
+    /// The jailer's view of one VM's jail: the uid, gid and cgroup parent of `vm_jail`.
+    pub fn jail(
+        &self,
+        spec: &VmSpec,
+        exec_file: &Path,
+        vm_jail: &VmJail,
+    ) -> Result<JailSpec, VmmError> {
+        let cgroup_version = self.cgroup_version.ok_or_else(|| VmmError::InvalidSpec {
+            vm: spec.name.clone(),
+            reason: "the jailer needs a cgroup hierarchy (v1 memory controller or cgroup2) in /proc/mounts, none was found".into(),
+        })?;
+        Ok(JailSpec {
+            id: spec.vm_id.to_string(),
+            exec_file: exec_file.to_path_buf(),
+            uid: vm_jail.uid,
+            gid: vm_jail.gid,
+            chroot_base: self.chroot_base.clone(),
+            cgroup_version,
+            parent_cgroup: vm_jail.cgroup_parent.clone(),
+            cgroups: CgroupLimits {
+                memory_bytes: vm_jail.limits.memory_bytes,
+                pids_max: u32::try_from(vm_jail.limits.pids_max).unwrap_or(u32::MAX),
+                cpu_weight: vm_jail.limits.cpu_weight,
+            },
+            limits: ResourceLimits::default(),
+        })
+    }
 }
 
 #[derive(Debug, Clone)]
 pub struct FirecrackerVmm {
     pub binary: PathBuf,
+    pub jailer: Option<JailerSettings>,
 }
 
 impl FirecrackerVmm {
     pub fn new(binary: impl Into<PathBuf>) -> Self {
         Self {
             binary: binary.into(),
+            jailer: None,
         }
     }
 
-    pub fn api_socket(spec: &VmSpec) -> PathBuf {
-        spec.socket_dir.join("firecracker.sock")
+    /// Starts Firecracker through the jailer.
+    pub fn with_jailer(mut self, jailer: Option<JailerSettings>) -> Self {
+        self.jailer = jailer;
+        self
     }
 
-    /// What Firecracker sees in the VM's jail when it runs without its own `jailer`.
-    pub fn view(spec: &VmSpec, config_path: &Path) -> View {
+    /// The API socket nexusd talks to (a link into the chroot when jailed).
+    pub fn api_socket(spec: &VmSpec) -> PathBuf {
+        BootFiles::of(spec).api_socket
+    }
+
+    /// The jail and its layout, when jailed.
+    fn jail_layout(
+        &self,
+        spec: &VmSpec,
+        vm_jail: Option<&VmJail>,
+    ) -> Result<Option<(JailSpec, ChrootLayout)>, VmmError> {
+        let (Some(settings), Some(vm_jail)) = (&self.jailer, vm_jail) else {
+            return Ok(None);
+        };
+        let jail = settings.jail(spec, &self.binary, vm_jail)?;
+        let files = BootFiles::of(spec);
+        let input = LayoutInput {
+            kernel: spec.kernel.clone(),
+            initrd: spec.initrd.clone(),
+            drives: std::iter::once(("root".to_string(), spec.root_drive.clone(), false))
+                .chain(
+                    spec.extra_drives
+                        .iter()
+                        .map(|d| (d.id.clone(), d.path.clone(), d.read_only)),
+                )
+                .collect(),
+            config_file: files.config,
+            log: files.log,
+            metrics: files.metrics,
+        };
+        let layout = jailer::layout(&jail, &input).map_err(|e| VmmError::InvalidSpec {
+            vm: spec.name.clone(),
+            reason: e.to_string(),
+        })?;
+        Ok(Some((jail, layout)))
+    }
+
+    fn validate(&self, spec: &VmSpec, layout: Option<&ChrootLayout>) -> Result<(), VmmError> {
+        let bad = |reason: &str| {
+            Err(VmmError::InvalidSpec {
+                vm: spec.name.clone(),
+                reason: reason.into(),
+            })
+        };
+        if spec.vcpus == 0 || spec.memory_mib < 64 {
+            return bad("needs at least 1 vCPU and 64 MiB");
+        }
+        if spec.vsock_cid < 3 {
+            return bad("vsock CID must be at least 3");
+        }
+        let ok_id = |id: &str| {
+            !id.is_empty()
+                && id != "root"
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        if !spec.extra_drives.iter().all(|d| ok_id(&d.id)) {
+            return bad("drive ids must be letters, digits or '_' and not 'root'");
+        }
+        let api = Self::api_socket(spec);
+        let mut sockets = vec![
+            SocketCheck::vsock(&spec.vsock_uds),
+            SocketCheck::plain("Firecracker API", &api),
+        ];
+        // Jailed, nexusd reaches both through links; a guest-initiated vsock listener would
+        // have to be bound at the real path inside the chroot.
+        let chroot_vsock = layout.map(|l| l.host_path(&l.vsock_uds));
+        if let Some(path) = &chroot_vsock {
+            sockets.push(SocketCheck::vsock(path));
+        }
+        check_socket_paths(&spec.name, &sockets)
+    }
+
+    /// What Firecracker sees in the VM's jail when no `jailer` is installed: its sockets, this
+    /// boot's config, log and metrics, kernel, initrd, drives, KVM and the tap device.
+    pub fn view(spec: &VmSpec, files: &BootFiles) -> View {
         let mut paths = vec![
             (spec.socket_dir.clone(), Access::ReadWrite),
-            (config_path.to_owned(), Access::ReadOnly),
+            (files.config.clone(), Access::ReadOnly),
+            (files.log.clone(), Access::ReadWrite),
+            (files.metrics.clone(), Access::ReadWrite),
             (spec.kernel.clone(), Access::ReadOnly),
             (spec.root_drive.clone(), Access::ReadWrite),
         ];
@@ -189,45 +394,100 @@ impl FirecrackerVmm {
         View { paths, devices }
     }
 
-    async fn launch(&self, spec: &VmSpec, jail: Option<&VmJail>) -> Result<Launched, VmmError> {
+    /// Starts Firecracker: through its `jailer` when one is installed and the VM is jailed,
+    /// in nexusd's own jail when only the latter, directly with `jail = false`.
+    async fn launch(&self, spec: &VmSpec, vm_jail: Option<&VmJail>) -> Result<Launched, VmmError> {
+        let jailed = self.jail_layout(spec, vm_jail)?;
+        self.validate(spec, jailed.as_ref().map(|(_, l)| l))?;
         let dir = &spec.runtime_dir;
-        std::fs::create_dir_all(&spec.socket_dir).map_err(VmmError::io(&spec.socket_dir))?;
-        let config = FirecrackerConfig::for_spec(spec);
-        let config_path = dir.join("firecracker.json");
-        let json =
-            serde_json::to_vec_pretty(&config).map_err(|e| VmmError::io(&config_path)(e.into()))?;
-        std::fs::write(&config_path, json).map_err(VmmError::io(&config_path))?;
-        // Firecracker opens but does not create its log and metrics files.
-        for file in [&config.logger.log_path, &config.metrics.metrics_path] {
+        fs::create_dir_all(dir).map_err(VmmError::io(dir))?;
+        fs::create_dir_all(&spec.socket_dir).map_err(VmmError::io(&spec.socket_dir))?;
+        let files = BootFiles::of(spec);
+        prune_boot_logs(dir, spec.boot_id, KEEP_BOOT_LOGS);
+        // Fresh files for this boot: Firecracker writes from offset 0 without O_APPEND.
+        for file in [&files.log, &files.metrics] {
+            let _ = fs::remove_file(file);
             log_file(file)?;
         }
-        let api = Self::api_socket(spec);
-        for stale in [&api, &spec.vsock_uds] {
-            let _ = std::fs::remove_file(stale);
+        for stale in [&files.api_socket, &spec.vsock_uds] {
+            let _ = fs::remove_file(stale);
         }
-        let console = log_file(&spec.console_log)?;
-        let stderr_path = dir.join("firecracker.stderr");
-        let stderr = log_file(&stderr_path)?;
-        let args: Vec<OsString> = vec![
-            "--api-sock".into(),
-            api.clone().into(),
-            "--config-file".into(),
-            config_path.clone().into(),
-        ];
-        let mut cmd = match jail {
-            Some(jail) => jail
-                .command(&self.binary, &args, &Self::view(spec, &config_path))
-                .map_err(|source| VmmError::Jail {
-                    vm: spec.name.clone(),
-                    program: self.binary.display().to_string(),
-                    source,
-                })?,
+        let (program, args, config) = match &jailed {
             None => {
-                let mut cmd = Command::new(&self.binary);
+                let paths = ArgPaths {
+                    api_socket: files.api_socket.clone(),
+                    config: files.config.clone(),
+                    log: files.log.clone(),
+                    metrics: files.metrics.clone(),
+                };
+                let id = spec.vm_id.to_string();
+                let args = firecracker_args(Some(&id), &paths);
+                (self.binary.clone(), args, FirecrackerConfig::for_spec(spec))
+            }
+            Some((jail, layout)) => {
+                let inside = |p: &Path| layout.inside_path(p).unwrap_or(p).to_path_buf();
+                let paths = ArgPaths {
+                    api_socket: layout.api_socket.clone(),
+                    config: inside(&files.config),
+                    log: inside(&files.log),
+                    metrics: inside(&files.metrics),
+                };
+                let args =
+                    jailer::jailer_args(jail, &firecracker_args(None, &paths)).map_err(|e| {
+                        VmmError::InvalidSpec {
+                            vm: spec.name.clone(),
+                            reason: e.to_string(),
+                        }
+                    })?;
+                let jailer = self.jailer.as_ref().map(|j| j.binary.clone());
+                (
+                    jailer.unwrap_or_default(),
+                    args,
+                    FirecrackerConfig::for_chroot(spec, layout),
+                )
+            }
+        };
+        let json = serde_json::to_vec_pretty(&config)
+            .map_err(|e| VmmError::io(&files.config)(e.into()))?;
+        fs::write(&files.config, json).map_err(VmmError::io(&files.config))?;
+        if let Some((jail, layout)) = &jailed {
+            jailer::prepare_layout(jail, layout, Some((jail.uid, jail.gid)), dir)?;
+            // nexusd reaches the sockets through short links in the runtime directory.
+            for (link, inside) in [
+                (&spec.vsock_uds, &layout.vsock_uds),
+                (&files.api_socket, &layout.api_socket),
+            ] {
+                std::os::unix::fs::symlink(layout.host_path(inside), link)
+                    .map_err(VmmError::io(link))?;
+            }
+        }
+        let mut cmd = match (&jailed, vm_jail) {
+            (None, Some(vm_jail)) => {
+                // Firecracker writes its log and metrics by path: they belong to the VM's uid.
+                for file in [&files.log, &files.metrics] {
+                    nix::unistd::chown(
+                        file.as_path(),
+                        Some(nix::unistd::Uid::from_raw(vm_jail.uid)),
+                        Some(nix::unistd::Gid::from_raw(vm_jail.gid)),
+                    )
+                    .map_err(|e| VmmError::io(file)(e.into()))?;
+                }
+                vm_jail
+                    .command(&program, &args, &Self::view(spec, &files))
+                    .map_err(|source| VmmError::Jail {
+                        vm: spec.name.clone(),
+                        program: program.display().to_string(),
+                        source,
+                    })?
+            }
+            _ => {
+                let mut cmd = Command::new(&program);
                 cmd.args(&args);
                 cmd
             }
         };
+        let console = log_file(&spec.console_log)?;
+        let stderr = log_file(&files.stderr)?;
         let child = cmd
             .stdin(Stdio::null())
             .stdout(console)
@@ -236,9 +496,9 @@ impl FirecrackerVmm {
             .spawn()
             .map_err(|source| VmmError::Spawn {
                 vm: spec.name.clone(),
-                program: self.binary.display().to_string(),
+                program: program.display().to_string(),
                 source,
-                log: stderr_path.clone(),
+                log: files.stderr.clone(),
             })?;
         let pid = child.id().unwrap_or(0);
         Ok(Launched {
@@ -249,7 +509,7 @@ impl FirecrackerVmm {
                 pid,
                 child,
             }],
-            control_socket: api,
+            control_socket: files.api_socket,
         })
     }
 }
@@ -268,10 +528,16 @@ impl Vmm for FirecrackerVmm {
     }
 }
 
+/// Undoes what a jailed launch prepared (the chroot, its mounts, the VM's cgroups); a no-op for
+/// a VM that was not jailed. Call once the VMM has exited.
+pub fn release_jail(runtime_dir: &Path) {
+    jailer::teardown(runtime_dir, Path::new("/proc/mounts"));
+}
+
 /// Whether `path` looks like an executable file.
 pub(crate) fn is_executable(path: &Path) -> bool {
     use std::os::unix::fs::PermissionsExt;
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
 }
 
 #[cfg(test)]
@@ -283,6 +549,28 @@ mod tests {
 
     fn config() -> Value {
         serde_json::to_value(FirecrackerConfig::for_spec(&spec())).unwrap()
+    }
+
+    fn jailed() -> (FirecrackerVmm, VmSpec) {
+        let vmm = FirecrackerVmm::new("/usr/bin/firecracker").with_jailer(Some(JailerSettings {
+            binary: "/usr/bin/jailer".into(),
+            chroot_base: "/srv/jailer".into(),
+            cgroup_version: Some(CgroupVersion::V2),
+        }));
+        (vmm, spec())
+    }
+
+    fn chroot_config() -> Value {
+        let (vmm, spec) = jailed();
+        let (_, layout) = vmm
+            .jail_layout(&spec, Some(&VmJail::for_tests(1007, "nexus")))
+            .unwrap()
+            .unwrap();
+        serde_json::to_value(FirecrackerConfig::for_chroot(&spec, &layout)).unwrap()
+    }
+
+    fn strings(args: Vec<OsString>) -> Vec<String> {
+        args.into_iter().map(|a| a.into_string().unwrap()).collect()
     }
 
     #[test]
@@ -300,9 +588,7 @@ mod tests {
             [
                 "boot-source",
                 "drives",
-                "logger",
                 "machine-config",
-                "metrics",
                 "network-interfaces",
                 "vsock"
             ]
@@ -330,12 +616,12 @@ mod tests {
     }
 
     #[test]
-    fn drives_list_root_first_then_extras() {
+    fn drives_list_root_first_then_extras_with_writeback_cache() {
         assert_eq!(
             config()["drives"],
             json!([
-                {"drive_id": "root", "path_on_host": "/d/root.ext4", "is_root_device": true, "is_read_only": false},
-                {"drive_id": "work", "path_on_host": "/d/work,1.ext4", "is_root_device": false, "is_read_only": true},
+                {"drive_id": "root", "path_on_host": "/d/root.ext4", "is_root_device": true, "is_read_only": false, "cache_type": "Writeback"},
+                {"drive_id": "work", "path_on_host": "/d/work,1.ext4", "is_root_device": false, "is_read_only": true, "cache_type": "Writeback"},
             ])
         );
     }
@@ -365,16 +651,136 @@ mod tests {
     }
 
     #[test]
-    fn logger_and_metrics_go_to_runtime_dir() {
-        let cfg = config();
+    fn chroot_config_boot_source_is_chroot_relative() {
         assert_eq!(
-            cfg["logger"],
-            json!({"log_path": "/run/vm1/firecracker.log", "level": "Warning"})
+            chroot_config()["boot-source"],
+            json!({
+                "kernel_image_path": "/vmlinux",
+                "initrd_path": "/initrd",
+                "boot_args": "console=ttyS0 reboot=k pci=off",
+            })
         );
+    }
+
+    #[test]
+    fn chroot_config_drives_are_chroot_relative() {
+        let cfg = chroot_config();
+        let paths: Vec<&str> = cfg["drives"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["path_on_host"].as_str().unwrap())
+            .collect();
+        assert_eq!(paths, ["/drive-root", "/drive-work"]);
+    }
+
+    #[test]
+    fn chroot_config_vsock_is_in_the_chroot_run_dir() {
         assert_eq!(
-            cfg["metrics"],
-            json!({"metrics_path": "/run/vm1/firecracker.metrics"})
+            chroot_config()["vsock"],
+            json!({"guest_cid": 7, "uds_path": "/run/vsock.sock"})
         );
+    }
+
+    #[test]
+    fn direct_args_carry_id_log_level_and_metrics() {
+        let files = BootFiles::new(Path::new("/run/vm1"), Path::new("/run/vm1"), 4);
+        let paths = ArgPaths {
+            api_socket: files.api_socket,
+            config: files.config,
+            log: files.log,
+            metrics: files.metrics,
+        };
+        assert_eq!(
+            strings(firecracker_args(Some("u-1"), &paths)),
+            [
+                "--id",
+                "u-1",
+                "--api-sock",
+                "/run/vm1/firecracker.sock",
+                "--config-file",
+                "/run/vm1/firecracker.json",
+                "--log-path",
+                "/run/vm1/firecracker-4.log",
+                "--metrics-path",
+                "/run/vm1/firecracker.metrics",
+                "--level",
+                "Warning",
+                "--show-level",
+                "--show-log-origin",
+            ]
+        );
+    }
+
+    #[test]
+    fn jailed_argv_has_no_id_after_the_separator_and_chroot_paths() {
+        let (vmm, spec) = jailed();
+        let (jail, layout) = vmm
+            .jail_layout(&spec, Some(&VmJail::for_tests(1007, "nexus")))
+            .unwrap()
+            .unwrap();
+        let paths = ArgPaths {
+            api_socket: layout.api_socket.clone(),
+            config: "/firecracker.json".into(),
+            log: "/firecracker.log".into(),
+            metrics: "/firecracker.metrics".into(),
+        };
+        let args = strings(jailer::jailer_args(&jail, &firecracker_args(None, &paths)).unwrap());
+        let after: Vec<&str> = args
+            .iter()
+            .skip_while(|a| *a != "--")
+            .skip(1)
+            .map(String::as_str)
+            .collect();
+        assert_eq!(
+            after,
+            [
+                "--api-sock",
+                "/run/firecracker.sock",
+                "--config-file",
+                "/firecracker.json",
+                "--log-path",
+                "/firecracker.log",
+                "--metrics-path",
+                "/firecracker.metrics",
+                "--level",
+                "Warning",
+                "--show-level",
+                "--show-log-origin",
+            ]
+        );
+    }
+
+    #[test]
+    fn jail_uses_vm_uuid_and_per_cid_identity() {
+        let (vmm, spec) = jailed();
+        let (jail, _) = vmm
+            .jail_layout(&spec, Some(&VmJail::for_tests(1007, "nexus")))
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            (jail.id, jail.uid, jail.gid),
+            (spec.vm_id.to_string(), 1007, 1007)
+        );
+    }
+
+    #[test]
+    fn jail_without_cgroups_is_refused() {
+        let (mut vmm, spec) = jailed();
+        vmm.jailer.as_mut().unwrap().cgroup_version = None;
+        assert!(matches!(
+            vmm.jail_layout(&spec, Some(&VmJail::for_tests(1007, "nexus"))),
+            Err(VmmError::InvalidSpec { .. })
+        ));
+    }
+
+    #[test]
+    fn long_runtime_dir_fails_validation_naming_the_socket() {
+        let mut s = spec();
+        s.runtime_dir = PathBuf::from(format!("/{}", "d".repeat(100)));
+        s.vsock_uds = s.runtime_dir.join("vsock.sock");
+        let err = FirecrackerVmm::new("fc").validate(&s, None).unwrap_err();
+        assert!(matches!(err, VmmError::SocketPathTooLong { .. }));
     }
 
     #[test]

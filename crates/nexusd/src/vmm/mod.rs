@@ -8,6 +8,8 @@
 mod accel;
 mod console;
 mod firecracker;
+mod firecracker_logs;
+pub mod jailer;
 mod qemu;
 mod select;
 mod tsc;
@@ -21,7 +23,8 @@ use futures_util::future::BoxFuture;
 pub use accel::{Accel, detect_accel};
 pub use console::cap_console_log;
 pub(crate) use firecracker::is_executable;
-pub use firecracker::{FirecrackerConfig, FirecrackerVmm};
+pub use firecracker::{FirecrackerConfig, FirecrackerVmm, JailerSettings, release_jail};
+pub use firecracker_logs::{KEEP_BOOT_LOGS, cap_firecracker_logs, failure_detail};
 pub use qemu::QemuVmm;
 pub use select::{HostProbe, VmmChoice, select_backend};
 pub use tsc::host_tsc_khz;
@@ -30,6 +33,10 @@ pub use tsc::host_tsc_khz;
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct VmSpec {
     pub name: String,
+    /// The VM's UUID (Firecracker's `--id`, the jailer's jail id).
+    pub vm_id: uuid::Uuid,
+    /// The boot this launch belongs to (`vm_boots.id`): names per-boot log files.
+    pub boot_id: i64,
     pub kernel: PathBuf,
     pub initrd: Option<PathBuf>,
     pub cmdline: String,
@@ -153,6 +160,19 @@ pub enum VmmError {
     },
     #[error("invalid VM spec for {vm}: {reason}")]
     InvalidSpec { vm: String, reason: String },
+    #[error(
+        "the {what} socket path {} of VM {vm} is {len} bytes{}, over the {max}-byte limit of a Unix socket address (sun_path); use a shorter data directory",
+        path.display(),
+        if *suffix > 0 { format!(" plus up to {suffix} for its `_<port>` listeners") } else { String::new() }
+    )]
+    SocketPathTooLong {
+        vm: String,
+        what: &'static str,
+        path: PathBuf,
+        len: usize,
+        suffix: usize,
+        max: usize,
+    },
     #[error("the firecracker backend needs a firecracker binary, none was found")]
     FirecrackerMissing,
     #[error("the firecracker backend needs a working KVM: {reason}")]
@@ -200,6 +220,60 @@ fn jail_step(log: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// Longest path a Unix socket address holds: `sun_path` is 108 bytes including the NUL.
+pub const SUN_PATH_MAX: usize = 107;
+/// A hybrid-vsock listener for guest-initiated connections is `<uds>_<port>`; ports nexusd
+/// listens on are at most 65535, so `_` and five digits.
+pub const VSOCK_LISTENER_SUFFIX: usize = 6;
+
+/// One socket path to check against [`SUN_PATH_MAX`].
+#[derive(Debug, Clone, Copy)]
+pub struct SocketCheck<'a> {
+    pub what: &'static str,
+    pub path: &'a Path,
+    /// Bytes a variant of the path may add (`_<port>`).
+    pub suffix: usize,
+}
+
+impl<'a> SocketCheck<'a> {
+    pub fn plain(what: &'static str, path: &'a Path) -> Self {
+        Self {
+            what,
+            path,
+            suffix: 0,
+        }
+    }
+
+    /// A hybrid-vsock socket, with room for its `_<port>` listeners.
+    pub fn vsock(path: &'a Path) -> Self {
+        Self {
+            what: "vsock",
+            path,
+            suffix: VSOCK_LISTENER_SUFFIX,
+        }
+    }
+}
+
+/// Refuses, before anything is spawned, a socket path that could not be bound or connected to:
+/// the error names the socket, its path and its length.
+pub fn check_socket_paths(vm: &str, sockets: &[SocketCheck<'_>]) -> Result<(), VmmError> {
+    use std::os::unix::ffi::OsStrExt;
+    for s in sockets {
+        let len = s.path.as_os_str().as_bytes().len();
+        if len + s.suffix > SUN_PATH_MAX {
+            return Err(VmmError::SocketPathTooLong {
+                vm: vm.to_owned(),
+                what: s.what,
+                path: s.path.to_path_buf(),
+                len,
+                suffix: s.suffix,
+                max: SUN_PATH_MAX,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Opens (creating, appending) a log file for a child's stdout/stderr.
 pub(crate) fn log_file(path: &Path) -> Result<std::fs::File, VmmError> {
     std::fs::OpenOptions::new()
@@ -220,5 +294,38 @@ mod tests {
             guest_cmdline("vm1", net),
             "console=ttyS0 panic=-1 quiet nexus.hostname=vm1 nexus.ip=10.0.0.2/24 nexus.gw=10.0.0.1"
         );
+    }
+
+    #[test]
+    fn socket_path_of_107_bytes_is_accepted() {
+        let path = PathBuf::from(format!("/{}", "s".repeat(106)));
+        assert!(check_socket_paths("vm1", &[SocketCheck::plain("api", &path)]).is_ok());
+    }
+
+    #[test]
+    fn socket_path_of_108_bytes_is_refused_with_path_and_length() {
+        let path = PathBuf::from(format!("/{}", "s".repeat(107)));
+        let err = check_socket_paths("vm1", &[SocketCheck::plain("api", &path)]).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            format!(
+                "the api socket path {} of VM vm1 is 108 bytes, over the 107-byte limit of a Unix socket address (sun_path); use a shorter data directory",
+                path.display()
+            )
+        );
+    }
+
+    #[test]
+    fn vsock_path_leaves_room_for_its_port_listeners() {
+        let path = PathBuf::from(format!("/{}", "s".repeat(101)));
+        let err = check_socket_paths("vm1", &[SocketCheck::vsock(&path)]).unwrap_err();
+        assert!(matches!(
+            err,
+            VmmError::SocketPathTooLong {
+                len: 102,
+                suffix: 6,
+                ..
+            }
+        ));
     }
 }

@@ -315,7 +315,15 @@ fn validate(spec: &VmSpec) -> Result<(), VmmError> {
     if has_comma(&spec.vsock_uds) || has_comma(&spec.socket_dir) {
         return bad("vsock socket and socket directory paths must not contain ','");
     }
-    Ok(())
+    let (vhost, qmp) = (QemuVmm::vhost_socket(spec), QemuVmm::qmp_socket(spec));
+    super::check_socket_paths(
+        &spec.name,
+        &[
+            super::SocketCheck::vsock(&spec.vsock_uds),
+            super::SocketCheck::plain("vhost-user", &vhost),
+            super::SocketCheck::plain("QMP", &qmp),
+        ],
+    )
 }
 
 /// QEMU option values separate with commas; a literal comma is doubled.
@@ -412,6 +420,8 @@ pub(crate) mod tests {
     pub(crate) fn spec() -> VmSpec {
         VmSpec {
             name: "vm1".into(),
+            vm_id: uuid::Uuid::from_u128(0x551e7604_e35c_42b3_b825_416853441234),
+            boot_id: 1,
             kernel: "/k/vmlinuz".into(),
             initrd: Some("/k/initrd.gz".into()),
             cmdline: "console=ttyS0".into(),

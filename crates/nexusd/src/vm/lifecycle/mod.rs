@@ -55,6 +55,10 @@ pub struct LifecycleConfig {
     pub firecracker: Option<PathBuf>,
     /// Firecracker-ready vmlinux; Firecracker is only chosen when there is one.
     pub firecracker_kernel: Option<PathBuf>,
+    /// Firecracker's `jailer`; unset: looked for next to Firecracker, in /usr/local/bin, /usr/bin.
+    pub jailer: Option<PathBuf>,
+    /// `--chroot-base-dir` of the jailer.
+    pub jailer_chroot_base: PathBuf,
     pub console_max_bytes: u64,
     /// Parent of every VM's runtime directory.
     pub vms_dir: PathBuf,
@@ -119,6 +123,8 @@ struct Inner {
     cfg: LifecycleConfig,
     jailer: Arc<Jailer>,
     host: HostProbe,
+    /// How Firecracker is jailed, when its `jailer` is installed.
+    fc_jailer: Option<crate::vmm::JailerSettings>,
     /// The QEMU backend, measured against the host once (its TSC rate, for TCG guests).
     qemu: tokio::sync::OnceCell<Arc<QemuVmm>>,
     live: Mutex<HashMap<Uuid, Live>>,
@@ -146,6 +152,10 @@ impl Lifecycle {
         if cfg.firecracker_kernel.is_none() {
             host.firecracker = None;
         }
+        let fc_jailer = host
+            .firecracker
+            .as_deref()
+            .and_then(|fc| find_jailer(&cfg, fc));
         Self {
             inner: Arc::new(Inner {
                 store,
@@ -154,6 +164,7 @@ impl Lifecycle {
                 jailer: Arc::new(Jailer::new(cfg.jail.clone())),
                 cfg,
                 host,
+                fc_jailer,
                 qemu: tokio::sync::OnceCell::new(),
                 live: Mutex::new(HashMap::new()),
                 ops: Mutex::new(HashMap::new()),
@@ -290,7 +301,8 @@ impl Lifecycle {
             }
             VmmKind::Firecracker => {
                 let bin = self.inner.host.firecracker.clone().unwrap_or_default();
-                (Arc::new(FirecrackerVmm::new(bin)), accel)
+                let vmm = FirecrackerVmm::new(bin).with_jailer(self.inner.fc_jailer.clone());
+                (Arc::new(vmm), accel)
             }
         })
     }
@@ -309,9 +321,12 @@ impl Lifecycle {
         let root = root.ok_or_else(|| VmError::NoRootDrive(vm.name.clone()))?;
         let assets = self.inner.assets.get().await.map_err(VmError::Assets)?;
         let (backend, accel) = self.backend().await?;
+        // Firecracker's kernel is our own build with everything built in: no initramfs of
+        // Debian's modules, the root drive is mounted by the kernel (see `module_less_cmdline`).
         let assets = match (backend.kind(), &self.inner.cfg.firecracker_kernel) {
             (VmmKind::Firecracker, Some(vmlinux)) => Prepared {
                 kernel: vmlinux.clone(),
+                initrd: None,
                 ..assets
             },
             _ => assets,
@@ -342,11 +357,24 @@ impl Lifecycle {
         let id = vm.id;
         let dir = self.runtime_dir(id);
         let socket_dir = self.socket_dir(id);
+        let kind = kind_name(backend.kind());
+        let accel_name = accel_name(accel);
+        let boot_id = self
+            .inner
+            .store
+            .call(move |c| runtime::insert_boot(c, id, now_ms(), kind, accel_name))
+            .await?;
+        let mut cmdline = guest_cmdline(&vm.name, None);
+        if assets.initrd.is_none() {
+            cmdline = module_less_cmdline(cmdline);
+        }
         let spec = VmSpec {
             name: vm.name.clone(),
+            vm_id: id,
+            boot_id,
             kernel: assets.kernel.clone(),
-            initrd: Some(assets.initrd.clone()),
-            cmdline: guest_cmdline(&vm.name, None),
+            initrd: assets.initrd.clone(),
+            cmdline,
             root_drive: root,
             extra_drives: extra
                 .into_iter()
@@ -366,13 +394,6 @@ impl Lifecycle {
             runtime_dir: dir.clone(),
             console_log: dir.join("console.log"),
         };
-        let kind = kind_name(backend.kind());
-        let accel_name = accel_name(accel);
-        let boot_id = self
-            .inner
-            .store
-            .call(move |c| runtime::insert_boot(c, id, now_ms(), kind, accel_name))
-            .await?;
         if let Err(e) = prepare_runtime_dir(&dir, &socket_dir) {
             return self
                 .fail_boot(
@@ -433,7 +454,16 @@ impl Lifecycle {
             let left = boot_timeout
                 .saturating_sub(t0.elapsed())
                 .max(Duration::from_secs(1));
-            AgentClient::connect(uds, left).await
+            // The dial gets what is left of the boot timeout, but a timeout names the whole wait.
+            AgentClient::connect(uds, left).await.map_err(|e| match e {
+                crate::agent::AgentError::Timeout { path, .. } => {
+                    crate::agent::AgentError::Timeout {
+                        path,
+                        waited: waited_since(t0),
+                    }
+                }
+                e => e,
+            })
         };
         tokio::select! {
             res = connect => match res {
@@ -634,6 +664,39 @@ impl Lifecycle {
     }
 }
 
+/// Time since `t0`, to the millisecond (for messages).
+fn waited_since(t0: Instant) -> Duration {
+    Duration::from_millis(t0.elapsed().as_millis() as u64)
+}
+
+/// Where the guest agent sits in a root drive booted without an initramfs.
+pub const ROOT_AGENT_PATH: &str = "/sbin/nexus-agent";
+
+/// Without an initramfs the kernel mounts the root drive itself (Firecracker adds
+/// `root=/dev/vda rw` for the root device) and starts the agent from it as PID 1.
+fn module_less_cmdline(mut cmdline: String) -> String {
+    if !cmdline.split_whitespace().any(|w| w.starts_with("init=")) {
+        cmdline.push_str(" init=");
+        cmdline.push_str(ROOT_AGENT_PATH);
+    }
+    cmdline
+}
+
+/// The jailer to start Firecracker through (`fc` is the Firecracker binary in use), if one is
+/// installed, with the host's cgroup hierarchy.
+fn find_jailer(cfg: &LifecycleConfig, fc: &Path) -> Option<crate::vmm::JailerSettings> {
+    use crate::vmm::jailer;
+    let binary = jailer::jailer_candidates(cfg.jailer.as_deref(), Some(fc))
+        .into_iter()
+        .find(|p| crate::vmm::is_executable(p))?;
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
+    Some(crate::vmm::JailerSettings {
+        binary,
+        chroot_base: cfg.jailer_chroot_base.clone(),
+        cgroup_version: jailer::detect_cgroup_version(&mounts),
+    })
+}
+
 /// At most 128 printable characters of a guest-supplied string.
 fn printable(s: &str) -> String {
     s.chars().filter(|c| !c.is_control()).take(128).collect()
@@ -664,5 +727,26 @@ fn accel_name(accel: Accel) -> &'static str {
     match accel {
         Accel::Kvm => "kvm",
         Accel::Tcg => "tcg",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn module_less_boot_starts_the_agent_from_the_root_drive() {
+        assert_eq!(
+            module_less_cmdline("console=ttyS0 quiet".into()),
+            "console=ttyS0 quiet init=/sbin/nexus-agent"
+        );
+    }
+
+    #[test]
+    fn module_less_boot_keeps_an_explicit_init() {
+        assert_eq!(
+            module_less_cmdline("console=ttyS0 init=/bin/sh".into()),
+            "console=ttyS0 init=/bin/sh"
+        );
     }
 }

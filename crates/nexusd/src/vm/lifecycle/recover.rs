@@ -177,17 +177,25 @@ impl Lifecycle {
 /// process, so a pid reused in between cannot be adopted.
 fn adoptable(row: &RuntimeRow) -> Result<Watch, String> {
     let vmm = Watch::adopt(row.vmm_pid).map_err(|e| format!("pid {}: {e}", row.vmm_pid))?;
-    if is_same_process(row.vmm_pid, row.vmm_start_ticks, &row.runtime_dir) {
+    // The VM's id, not its runtime directory: a Firecracker the jailer exec'd in place (same pid
+    // and start time) carries only chroot-relative paths and `--id <vm-id>` on its command line.
+    if is_same_process(row.vmm_pid, row.vmm_start_ticks, &row.vm_id.to_string()) {
         Ok(vmm)
     } else {
         Err(format!("pid {} is no longer the VMM", row.vmm_pid))
     }
 }
 
-/// SIGKILLs every VMM or vsock backend whose command line names the VM's runtime directory: one
-/// left behind, or one whose start a crash interrupted before it was recorded.
+/// SIGKILLs every VMM or vsock backend whose command line names the VM (its runtime directory
+/// `<vms>/<id>`, or `--id <id>` for a jailed Firecracker): one left behind, or one whose start a
+/// crash interrupted before it was recorded.
 fn kill_strays(runtime_dir: &std::path::Path) {
-    let needle = runtime_dir.display().to_string();
+    let Some(needle) = runtime_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+    else {
+        return;
+    };
     let me = std::process::id();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry

@@ -18,6 +18,7 @@ use crate::store::runtime::{self, RuntimeRow};
 use crate::vm::VmError;
 use crate::vm::process::{Watch, start_ticks};
 use crate::vmm::{Launched, ProcessRole, VmSpec, cap_console_log};
+use crate::vmm::{cap_firecracker_logs, failure_detail, release_jail};
 
 impl Lifecycle {
     /// Records the processes, and starts the supervisor task that owns them.
@@ -87,6 +88,10 @@ impl Lifecycle {
             if let Some(h) = helper {
                 stop_helper(h).await;
             }
+            // Firecracker's jail (chroot, mounts), when it had one.
+            if let Some(dir) = log.parent().map(Path::to_path_buf) {
+                let _ = tokio::task::spawn_blocking(move || release_jail(&dir)).await;
+            }
             // Whatever else the VM's uid started in its cgroup goes with it.
             this.remove_cgroup(id).await;
             this.clear_live(id, boot_id);
@@ -116,7 +121,12 @@ impl Lifecycle {
                 Some(sig) = signals.recv() => vmm.signal(sig),
                 _ = cap.tick() => {
                     let log = log.to_path_buf();
-                    let _ = tokio::task::spawn_blocking(move || cap_console_log(&log, max)).await;
+                    let _ = tokio::task::spawn_blocking(move || {
+                        let _ = cap_console_log(&log, max);
+                        // Firecracker's own log, stderr and metrics (nothing there for QEMU).
+                        log.parent().map(|dir| cap_firecracker_logs(dir, max))
+                    })
+                    .await;
                 }
             }
         }
@@ -132,11 +142,16 @@ impl Lifecycle {
         log: &Path,
     ) -> Result<(), VmError> {
         let exit = how.to_owned();
-        self.inner
+        let backend = self
+            .inner
             .store
             .call(move |c| {
+                let backend = runtime::get_runtime(c, id)?
+                    .filter(|row| row.boot_id == boot_id)
+                    .map(|row| row.backend);
                 runtime::end_boot(c, boot_id, now_ms(), &exit)?;
-                runtime::delete_runtime_of_boot(c, id, boot_id)
+                runtime::delete_runtime_of_boot(c, id, boot_id)?;
+                Ok(backend)
             })
             .await?;
         let current = self.inner.vms.get(&id.to_string()).await?.state;
@@ -163,6 +178,16 @@ impl Lifecycle {
             // Not live (already recorded by someone else): nothing to do.
             return Ok(());
         }
+        // Firecracker's own error (stderr, log) of this boot, for a VM that failed or crashed.
+        let reason = match (to, backend.as_deref(), log.parent()) {
+            (VmState::Failed | VmState::Crashed, Some("firecracker"), Some(dir)) => {
+                match failure_detail(dir, boot_id) {
+                    detail if detail.is_empty() => reason,
+                    detail => format!("{reason}; firecracker {detail}"),
+                }
+            }
+            _ => reason,
+        };
         if to == VmState::Crashed {
             tracing::warn!(vm = %name, %reason, "VM crashed");
         } else {
