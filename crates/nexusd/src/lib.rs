@@ -12,5 +12,6 @@ pub mod logsafe;
 pub mod settings;
 pub mod storage;
 pub mod store;
+pub mod tcp;
 pub mod vm;
 pub mod vmm;

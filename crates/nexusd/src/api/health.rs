@@ -83,7 +83,8 @@ mod tests {
             console_max_bytes: 4096,
             vms_dir: dir.join("vms"),
         };
-        AppState::new(store, pool, assets, cfg)
+        let policy = crate::hostpath::ImportPolicy::new(None, Vec::new());
+        AppState::new(store, pool, assets, cfg, policy)
     }
 
     async fn health_status(state: AppState) -> StatusCode {
