@@ -40,6 +40,13 @@ pub(super) fn pseudo_fs(f_type: i64) -> Option<&'static str> {
         .map(|(_, name)| *name)
 }
 
+/// A file's identity: device and inode.
+// The field types differ between targets (and rustix backends); u64 holds them all.
+#[allow(clippy::unnecessary_cast)]
+fn file_id(st: &rustix::fs::Stat) -> (u64, u64) {
+    (st.st_dev as u64, st.st_ino as u64)
+}
+
 /// One check of one path for one caller.
 pub(super) struct Check<'a> {
     pub shown: &'a Path,
@@ -61,7 +68,7 @@ impl Protected {
             .iter()
             .filter_map(|p| {
                 let st = rustix::fs::stat(p).ok()?;
-                Some(((st.st_dev as u64, st.st_ino as u64), p.clone()))
+                Some((file_id(&st), p.clone()))
             })
             .collect();
         Self {
@@ -71,7 +78,7 @@ impl Protected {
     }
 
     fn find(&self, st: &rustix::fs::Stat) -> Option<&Path> {
-        let id = (st.st_dev as u64, st.st_ino as u64);
+        let id = file_id(st);
         if !self.ids.contains(&id) {
             return None;
         }
