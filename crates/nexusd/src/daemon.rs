@@ -181,17 +181,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         .map_err(listen_err(paths.socket.display().to_string()))?;
 
     let mut servers = tokio::task::JoinSet::new();
-    let unix_app = api::router(state.clone());
-    let stop = shutdown.clone();
-    servers.spawn(async move {
-        // Each connection records its peer's credentials, which decide what it may import.
-        axum::serve(
-            unix,
-            unix_app.into_make_service_with_connect_info::<UnixPeer>(),
-        )
-        .with_graceful_shutdown(stop.cancelled_owned())
-        .await
-    });
     if let Some(addr) = settings.tcp_listen {
         let token = read_token(settings.tcp_token_file.as_deref())?;
         // Settings validation refuses a non-loopback address without TLS.
@@ -221,6 +210,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         tracing::info!(addr = %bound, tls = tls_on, "listening on TCP");
     }
 
+    // The Unix socket answers last, so a client that sees it answer finds the TCP listener too.
+    let unix_app = api::router(state.clone());
+    let stop = shutdown.clone();
+    servers.spawn(async move {
+        // Each connection records its peer's credentials, which decide what it may import.
+        axum::serve(
+            unix,
+            unix_app.into_make_service_with_connect_info::<UnixPeer>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    });
     tracing::info!(
         socket = %paths.socket.display(),
         database = %paths.database.display(),
