@@ -45,6 +45,19 @@ pub struct Config {
     pub tcp_listen: Option<SocketAddr>,
     /// File holding the bearer token for the TCP listener.
     pub tcp_token_file: Option<PathBuf>,
+    /// PEM certificate chain for the TCP listener; with `tls_key_file`, the listener speaks TLS.
+    /// Required when `tcp_listen` is not a loopback address.
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key for `tls_cert_file`.
+    pub tls_key_file: Option<PathBuf>,
+    /// Most TCP connections open at once (1..=65536, default 256); more are closed at accept.
+    pub tcp_max_connections: Option<usize>,
+    /// Seconds a TCP client gets to send a request's headers (1..=600, default 10); an idle or
+    /// slow connection is closed after that.
+    pub tcp_header_timeout_secs: Option<u64>,
+    /// Absolute host directories under which API clients may name paths (image import). Unset:
+    /// none over TCP, and over the Unix socket anything the connecting user can read.
+    pub import_roots: Option<Vec<PathBuf>>,
     /// Seconds to let in-flight requests finish at shutdown (0..=600).
     pub shutdown_grace_secs: Option<u64>,
     /// VMM backend: `auto` (Firecracker where it and KVM work, else QEMU), `firecracker`, `qemu`.
@@ -167,6 +180,50 @@ impl Config {
                 "a TCP listener needs a bearer token: set `tcp_token_file` too".into(),
             ));
         }
+        match (&self.tls_cert_file, &self.tls_key_file) {
+            (Some(_), None) => {
+                return Err(bad(
+                    "tls_key_file",
+                    "`tls_cert_file` needs `tls_key_file` too".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(bad(
+                    "tls_cert_file",
+                    "`tls_key_file` needs `tls_cert_file` too".into(),
+                ));
+            }
+            _ => {}
+        }
+        if let Some(addr) = self.tcp_listen
+            && !addr.ip().is_loopback()
+            && self.tls_cert_file.is_none()
+        {
+            return Err(bad(
+                "tcp_listen",
+                format!(
+                    "{addr} is not a loopback address: a TCP listener reachable from other hosts needs TLS; set `tls_cert_file` and `tls_key_file` (or listen on 127.0.0.1)"
+                ),
+            ));
+        }
+        if let Some(n) = self.tcp_max_connections
+            && !(1..=65536).contains(&n)
+        {
+            return Err(bad(
+                "tcp_max_connections",
+                format!("{n} is outside 1..=65536"),
+            ));
+        }
+        if let Some(roots) = &self.import_roots {
+            for root in roots {
+                if !root.is_absolute() {
+                    return Err(bad(
+                        "import_roots",
+                        format!("{} is not an absolute path", root.display()),
+                    ));
+                }
+            }
+        }
         if let Some(vmm) = &self.vmm
             && !["auto", "firecracker", "qemu"].contains(&vmm.as_str())
         {
@@ -178,6 +235,7 @@ impl Config {
         for (key, value) in [
             ("boot_timeout_secs", self.boot_timeout_secs),
             ("stop_timeout_secs", self.stop_timeout_secs),
+            ("tcp_header_timeout_secs", self.tcp_header_timeout_secs),
         ] {
             if let Some(v) = value
                 && !(1..=600).contains(&v)
@@ -320,6 +378,35 @@ mod tests {
             assert!(err.contains(key), "{bad}: {err}");
         }
         assert!(parse("jail = false\njail_cgroup_parent = \"machine.slice/nexus\"").is_ok());
+    }
+
+    #[test]
+    fn non_loopback_tcp_without_tls_is_refused_naming_the_tls_keys() {
+        let err = parse("tcp_listen = \"0.0.0.0:7000\"\ntcp_token_file = \"/t\"")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("tls_cert_file") && err.contains("tls_key_file"),
+            "{err}"
+        );
+        let ok = "tcp_listen = \"0.0.0.0:7000\"\ntcp_token_file = \"/t\"\ntls_cert_file = \"/c\"\ntls_key_file = \"/k\"";
+        assert!(parse(ok).is_ok());
+    }
+
+    #[test]
+    fn a_tls_cert_without_key_names_the_missing_key() {
+        let err = parse("tls_cert_file = \"/c\"").unwrap_err().to_string();
+        assert!(err.contains("tls_key_file"), "{err}");
+    }
+
+    #[test]
+    fn relative_import_roots_are_refused() {
+        let err = parse("import_roots = [\"/srv\", \"rel\"]")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("import_roots"), "{err}");
+        let cfg = parse("import_roots = [\"/srv/images\"]").unwrap();
+        assert_eq!(cfg.import_roots, Some(vec![PathBuf::from("/srv/images")]));
     }
 
     #[test]

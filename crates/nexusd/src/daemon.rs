@@ -11,7 +11,8 @@ use std::time::Duration;
 use nix::fcntl::{Flock, FlockArg};
 use tokio_util::sync::CancellationToken;
 
-use crate::api::{self, AppState, BearerToken};
+use crate::api::{self, AppState, BearerToken, UnixPeer};
+use crate::hostpath::ImportPolicy;
 use crate::settings::Settings;
 use crate::storage::reconcile::{self, ReconcileError};
 use crate::storage::{PoolManager, StorageError};
@@ -56,6 +57,8 @@ pub enum DaemonError {
     },
     #[error("the TCP token file {0} is empty")]
     EmptyToken(PathBuf),
+    #[error("cannot set up TLS for the TCP listener")]
+    Tls(#[source] crate::tcp::TlsError),
     #[error("cannot open the storage pool")]
     Pool(#[source] StorageError),
     #[error("cannot reconcile the storage pool with the database")]
@@ -161,7 +164,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         vms_dir: paths.data_dir.join("vms"),
         jail: settings.jail.clone(),
     };
-    let state = AppState::new(store.clone(), pool.clone(), assets, lifecycle_cfg);
+    let state = AppState::new(
+        store.clone(),
+        pool.clone(),
+        assets,
+        lifecycle_cfg,
+        import_policy(&settings),
+    );
     let lifecycle = state.lifecycle.clone();
     lifecycle.recover().await.map_err(DaemonError::Recover)?;
 
@@ -175,20 +184,18 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         .map_err(listen_err(paths.socket.display().to_string()))?;
 
     let mut servers = tokio::task::JoinSet::new();
-    let unix_app = api::router(state.clone());
-    let stop = shutdown.clone();
-    servers.spawn(async move {
-        axum::serve(unix, unix_app)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-    });
     if let Some(addr) = settings.tcp_listen {
         let token = read_token(settings.tcp_token_file.as_deref())?;
+        // Settings validation refuses a non-loopback address without TLS.
+        let tls = match &settings.tls {
+            Some((cert, key)) => Some(crate::tcp::load_tls(cert, key).map_err(DaemonError::Tls)?),
+            None => None,
+        };
         let tcp = tokio::net::TcpListener::bind(addr)
             .await
             .map_err(listen_err(addr.to_string()))?;
         if !addr.ip().is_loopback() {
-            tracing::warn!(%addr, "TCP listener is not on loopback; anyone who can reach it and has the token controls this host's VMs");
+            tracing::warn!(%addr, "TCP listener (TLS) is not on loopback; anyone who can reach it and has the token controls this host's VMs");
         }
         // With port 0 the kernel picks one: say which, in the log and in `run/tcp.addr`.
         let bound = tcp.local_addr().map_err(listen_err(addr.to_string()))?;
@@ -196,15 +203,28 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         std::fs::write(&addr_file, format!("{bound}\n"))
             .map_err(listen_err(addr_file.display().to_string()))?;
         let app = api::tcp_router(state.clone(), token);
-        let stop = shutdown.clone();
-        servers.spawn(async move {
-            axum::serve(tcp, app)
-                .with_graceful_shutdown(stop.cancelled_owned())
-                .await
-        });
-        tracing::info!(addr = %bound, "listening on TCP");
+        let opts = crate::tcp::TcpOptions {
+            max_connections: settings.tcp_max_connections,
+            header_timeout: settings.tcp_header_timeout,
+            tls,
+        };
+        let tls_on = opts.tls.is_some();
+        servers.spawn(crate::tcp::serve(tcp, app, opts, shutdown.clone()));
+        tracing::info!(addr = %bound, tls = tls_on, "listening on TCP");
     }
 
+    // The Unix socket answers last, so a client that sees it answer finds the TCP listener too.
+    let unix_app = api::router(state.clone());
+    let stop = shutdown.clone();
+    servers.spawn(async move {
+        // Each connection records its peer's credentials, which decide what it may import.
+        axum::serve(
+            unix,
+            unix_app.into_make_service_with_connect_info::<UnixPeer>(),
+        )
+        .with_graceful_shutdown(stop.cancelled_owned())
+        .await
+    });
     tracing::info!(
         socket = %paths.socket.display(),
         database = %paths.database.display(),
@@ -254,13 +274,34 @@ async fn open_pool(settings: &Settings, store: &Store) -> Result<Arc<PoolManager
     Ok(pool)
 }
 
+/// The import policy: the configured roots, and the daemon's own files as protected locations
+/// (the pool, the data, state and run directories, the socket's directory, the token and TLS key).
+fn import_policy(settings: &Settings) -> ImportPolicy {
+    let paths = &settings.paths;
+    let mut protected = vec![
+        paths.data_dir.clone(),
+        paths.state_dir.clone(),
+        paths.run_dir.clone(),
+    ];
+    protected.extend(paths.socket.parent().map(Path::to_owned));
+    match &settings.pool {
+        crate::storage::PoolConfig::Dir(dir) => protected.push(dir.clone()),
+        crate::storage::PoolConfig::Image {
+            file, mountpoint, ..
+        } => protected.extend([file.clone(), mountpoint.clone()]),
+    }
+    protected.extend(settings.tcp_token_file.clone());
+    protected.extend(settings.tls.as_ref().map(|(_, key)| key.clone()));
+    ImportPolicy::new(settings.import_roots.clone(), protected)
+}
+
 /// Unmounts the pool if this daemon mounted it; a busy pool (VMs still running) stays mounted.
 async fn close_pool(pool: Arc<PoolManager>) {
     match tokio::task::spawn_blocking(move || pool.close()).await {
         Ok(Ok(())) => {}
         Ok(Err(e @ StorageError::PoolBusy { .. })) => tracing::info!("{e}"),
         Ok(Err(e)) => {
-            tracing::warn!(error = %api::error::error_chain(&e), "could not close the storage pool")
+            tracing::warn!(error = %crate::logsafe::Escaped(api::error::error_chain(&e)), "could not close the storage pool")
         }
         Err(e) => tracing::warn!(error = %e, "pool close worker failed"),
     }

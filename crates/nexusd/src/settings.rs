@@ -12,6 +12,10 @@ use nexus_lib::size::ByteSize;
 
 use crate::storage::PoolConfig;
 
+/// Default cap on open TCP connections.
+pub const DEFAULT_TCP_MAX_CONNECTIONS: usize = 256;
+/// Default seconds a TCP client gets to send its request headers.
+pub const DEFAULT_TCP_HEADER_TIMEOUT_SECS: u64 = 10;
 /// Default seconds for in-flight requests at shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE_SECS: u64 = 10;
 
@@ -44,6 +48,22 @@ pub struct Args {
     /// File holding the bearer token for the TCP listener.
     #[arg(long, value_name = "FILE")]
     pub tcp_token_file: Option<PathBuf>,
+    /// PEM certificate chain: the TCP listener speaks TLS (needs --tls-key-file).
+    #[arg(long, value_name = "FILE")]
+    pub tls_cert_file: Option<PathBuf>,
+    /// PEM private key of --tls-cert-file.
+    #[arg(long, value_name = "FILE")]
+    pub tls_key_file: Option<PathBuf>,
+    /// Most TCP connections open at once (default 256).
+    #[arg(long, value_name = "N")]
+    pub tcp_max_connections: Option<usize>,
+    /// Seconds a TCP client gets to send a request's headers (default 10).
+    #[arg(long, value_name = "SECS")]
+    pub tcp_header_timeout_secs: Option<u64>,
+    /// Directories API clients may import from, comma-separated (default: none over TCP,
+    /// whatever the connecting user can read over the Unix socket).
+    #[arg(long, value_name = "DIR,...", value_delimiter = ',')]
+    pub import_roots: Option<Vec<PathBuf>>,
     /// Seconds to let in-flight requests finish at shutdown.
     #[arg(long, value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -131,6 +151,11 @@ pub struct Settings {
     pub log_level: String,
     pub tcp_listen: Option<SocketAddr>,
     pub tcp_token_file: Option<PathBuf>,
+    /// Certificate chain and key files of the TCP listener's TLS.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    pub tcp_max_connections: usize,
+    pub tcp_header_timeout: Duration,
+    pub import_roots: Option<Vec<PathBuf>>,
     pub shutdown_grace: Duration,
     pub vmm: crate::vmm::VmmChoice,
     pub boot_timeout: Duration,
@@ -164,6 +189,13 @@ impl Settings {
             log_level: args.log_level.clone().or(file.log_level),
             tcp_listen: args.tcp_listen.or(file.tcp_listen),
             tcp_token_file: args.tcp_token_file.clone().or(file.tcp_token_file),
+            tls_cert_file: args.tls_cert_file.clone().or(file.tls_cert_file),
+            tls_key_file: args.tls_key_file.clone().or(file.tls_key_file),
+            tcp_max_connections: args.tcp_max_connections.or(file.tcp_max_connections),
+            tcp_header_timeout_secs: args
+                .tcp_header_timeout_secs
+                .or(file.tcp_header_timeout_secs),
+            import_roots: args.import_roots.clone().or(file.import_roots),
             shutdown_grace_secs: args.shutdown_grace_secs.or(file.shutdown_grace_secs),
             vmm: args.vmm.clone().or(file.vmm),
             boot_timeout_secs: args.boot_timeout_secs.or(file.boot_timeout_secs),
@@ -226,6 +258,15 @@ impl Settings {
             log_level: cfg.log_level.unwrap_or_else(|| "info".into()),
             tcp_listen: cfg.tcp_listen,
             tcp_token_file: cfg.tcp_token_file,
+            tls: cfg.tls_cert_file.zip(cfg.tls_key_file),
+            tcp_max_connections: cfg
+                .tcp_max_connections
+                .unwrap_or(DEFAULT_TCP_MAX_CONNECTIONS),
+            tcp_header_timeout: Duration::from_secs(
+                cfg.tcp_header_timeout_secs
+                    .unwrap_or(DEFAULT_TCP_HEADER_TIMEOUT_SECS),
+            ),
+            import_roots: cfg.import_roots,
             shutdown_grace: Duration::from_secs(
                 cfg.shutdown_grace_secs
                     .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),

@@ -61,9 +61,8 @@ impl Drop for TestPool {
 /// The pool's storage with an image `base` imported from [`sample_tree`].
 fn with_base_image(pool: &TestPool) -> (Storage, nexusd::storage::ImageInfo) {
     let storage = pool.storage();
-    let image = storage
-        .import_image_from_dir(&sample_tree(pool.dir.path()), "base")
-        .unwrap();
+    let tree = sample_tree(pool.dir.path());
+    let image = storage.import_image_from_dir(&tree, &tree, "base").unwrap();
     (storage, image)
 }
 
@@ -213,7 +212,7 @@ fn import_from_dir_keeps_root_and_user_ownership_and_is_readonly() {
     let storage = pool.storage();
     let tree = sample_tree(pool.dir.path());
 
-    let info = storage.import_image_from_dir(&tree, "base").unwrap();
+    let info = storage.import_image_from_dir(&tree, &tree, "base").unwrap();
 
     assert!(ext4::is_ext4(&info.path).unwrap());
     assert_eq!(owner_in_image(&info.path, "/"), 0);
@@ -231,7 +230,7 @@ fn import_from_ext4_file_copies_it_with_its_sha256() {
     let src = pool.scratch("src.ext4");
     make_ext4(&src, 64 * MIB);
 
-    let info = storage.import_image_from_ext4(&src, "img").unwrap();
+    let info = storage.import_image_from_ext4(&src, &src, "img").unwrap();
 
     assert_eq!(info.size_bytes, 64 * MIB);
     assert_eq!(info.sha256, ext4::sha256_file(&src).unwrap());
@@ -246,7 +245,9 @@ fn import_of_a_non_ext4_file_is_rejected_and_leaves_nothing() {
     let src = pool.scratch("junk.img");
     fs::write(&src, vec![0x42; 4 * MIB as usize]).unwrap();
 
-    let err = storage.import_image_from_ext4(&src, "junk").unwrap_err();
+    let err = storage
+        .import_image_from_ext4(&src, &src, "junk")
+        .unwrap_err();
 
     assert!(matches!(err, StorageError::NotExt4 { .. }), "{err:?}");
     assert!(dir_entries(&pool.root.join("images")).is_empty());
@@ -259,7 +260,7 @@ fn import_of_a_missing_path_is_source_not_found() {
 
     let err = pool
         .storage()
-        .import_image_from_ext4(&pool.scratch("absent"), "x")
+        .import_image_from_ext4(&pool.scratch("absent"), &pool.scratch("absent"), "x")
         .unwrap_err();
 
     assert!(
@@ -273,9 +274,11 @@ fn import_with_a_taken_id_is_image_exists() {
     let pool = TestPool::new();
     let storage = pool.storage();
     let tree = sample_tree(pool.dir.path());
-    storage.import_image_from_dir(&tree, "base").unwrap();
+    storage.import_image_from_dir(&tree, &tree, "base").unwrap();
 
-    let err = storage.import_image_from_dir(&tree, "base").unwrap_err();
+    let err = storage
+        .import_image_from_dir(&tree, &tree, "base")
+        .unwrap_err();
 
     assert!(matches!(err, StorageError::ImageExists { .. }), "{err:?}");
     assert!(dir_entries(&pool.root.join("tmp")).is_empty());

@@ -325,7 +325,7 @@ impl AgentClient {
                 })??;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(error = %e, "agent connection ended");
+                tracing::debug!(error = %crate::logsafe::Escaped(&e), "agent connection ended");
             }
         });
         *guard = Some(sender.clone());

@@ -1,5 +1,10 @@
 //! Bearer-token check for the optional TCP listener. The Unix socket is protected by its file
 //! mode (0600) instead.
+//!
+//! The comparison is of SHA-256 digests, in constant time (`subtle`): its duration depends on
+//! neither where the first difference is nor the presented token's length. The scheme name is
+//! matched case-insensitively (RFC 9110). The token is never logged: the request span records
+//! only method and path, and the answer to a wrong token does not echo it.
 
 use std::sync::Arc;
 
@@ -7,12 +12,14 @@ use axum::extract::{Request, State};
 use axum::http::StatusCode;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
 
-/// The secret a TCP client must present as `Authorization: Bearer <token>`.
+/// The secret a TCP client must present as `Authorization: Bearer <token>`, kept as its digest.
 #[derive(Clone)]
-pub struct BearerToken(Arc<str>);
+pub struct BearerToken(Arc<[u8; 32]>);
 
 impl std::fmt::Debug for BearerToken {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -20,16 +27,30 @@ impl std::fmt::Debug for BearerToken {
     }
 }
 
+fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
 impl BearerToken {
     pub fn new(token: &str) -> Self {
-        Self(token.into())
+        Self(Arc::new(digest(token.as_bytes())))
     }
 
-    /// Compares in time independent of where the first difference is.
-    fn matches(&self, presented: &str) -> bool {
-        let (a, b) = (self.0.as_bytes(), presented.as_bytes());
-        a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    /// Compares in time independent of the content and length of `presented`.
+    fn matches(&self, presented: &[u8]) -> bool {
+        self.0.ct_eq(&digest(presented)).into()
     }
+}
+
+/// The credentials of an `Authorization` header value with the `Bearer` scheme, any case.
+fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
+    let space = value.iter().position(|&b| b == b' ')?;
+    let (scheme, rest) = value.split_at(space);
+    if !scheme.eq_ignore_ascii_case(b"bearer") {
+        return None;
+    }
+    let start = rest.iter().position(|&b| b != b' ')?;
+    Some(rest[start..].trim_ascii_end())
 }
 
 pub(super) async fn require_bearer(
@@ -40,8 +61,7 @@ pub(super) async fn require_bearer(
     let presented = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "));
+        .and_then(|v| bearer_credentials(v.as_bytes()));
     match presented {
         Some(p) if token.matches(p) => next.run(req).await,
         _ => ApiError::new(
@@ -60,9 +80,32 @@ mod tests {
     #[test]
     fn token_matches_only_itself() {
         let t = BearerToken::new("s3cret");
-        assert!(t.matches("s3cret"));
-        assert!(!t.matches("s3cre"));
-        assert!(!t.matches("s3cres"));
-        assert!(!t.matches(""));
+        assert!(t.matches(b"s3cret"));
+        assert!(!t.matches(b"s3cre"));
+        assert!(!t.matches(b"s3cres"));
+        assert!(!t.matches(b"s3cret-and-much-longer"));
+        assert!(!t.matches(b""));
+    }
+
+    #[test]
+    fn the_scheme_is_case_insensitive() {
+        assert_eq!(bearer_credentials(b"bearer abc"), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"BEARER  abc "), Some(&b"abc"[..]));
+        assert_eq!(bearer_credentials(b"Bearer abc"), Some(&b"abc"[..]));
+    }
+
+    #[test]
+    fn other_schemes_and_empty_credentials_are_refused() {
+        assert_eq!(bearer_credentials(b"Basic abc"), None);
+        assert_eq!(bearer_credentials(b"Bearerabc"), None);
+        assert_eq!(bearer_credentials(b"Bearer "), None);
+    }
+
+    #[test]
+    fn debug_does_not_show_the_token() {
+        assert_eq!(
+            format!("{:?}", BearerToken::new("s3cret")),
+            "BearerToken(..)"
+        );
     }
 }

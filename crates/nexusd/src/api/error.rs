@@ -8,7 +8,9 @@ use nexus_lib::api::{ErrorBody, ErrorDetail};
 
 use crate::agent::AgentError;
 use crate::drives::DriveError;
+use crate::hostpath::HostPathError;
 use crate::images::ImageError;
+use crate::logsafe::Escaped;
 use crate::storage::StorageError;
 use crate::store::StoreError;
 use crate::vm::VmError;
@@ -40,6 +42,10 @@ impl ApiError {
         Self::new(StatusCode::NOT_FOUND, "not_found", message)
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", message)
+    }
+
     fn conflict(message: impl Into<String>) -> Self {
         Self::new(StatusCode::CONFLICT, "conflict", message)
     }
@@ -60,7 +66,7 @@ impl ApiError {
 
     fn internal(err: &dyn std::error::Error) -> Self {
         // The full chain goes to the log; the client gets a short message without internals.
-        tracing::error!(error = %error_chain(err), "request failed");
+        tracing::error!(error = %Escaped(error_chain(err)), "request failed");
         Self::new(
             StatusCode::INTERNAL_SERVER_ERROR,
             "internal",
@@ -153,7 +159,7 @@ impl From<StorageError> for ApiError {
                 Self::invalid("size", message)
             }
             StorageError::PoolNeedsRoot { .. } | StorageError::NotBtrfs { .. } => {
-                tracing::warn!(error = %message, "storage pool unavailable");
+                tracing::warn!(error = %Escaped(&message), "storage pool unavailable");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "pool_unavailable", message)
             }
             other => Self::internal(&other),
@@ -169,9 +175,22 @@ impl From<ImageError> for ApiError {
             ImageError::NameTaken(_) => Self::conflict(message).with_field("name"),
             ImageError::InUse { .. } => Self::conflict(message),
             ImageError::Invalid { field, .. } => Self::invalid(field, message),
+            ImageError::Path(e) => e.into(),
             ImageError::Storage(e) => e.into(),
             ImageError::Store(e) => Self::internal(&e),
             ImageError::Worker(e) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<HostPathError> for ApiError {
+    fn from(e: HostPathError) -> Self {
+        match e {
+            HostPathError::NotFound { .. } | HostPathError::Unsupported { .. } => {
+                Self::invalid("path", e.to_string())
+            }
+            HostPathError::Io { .. } => Self::internal(&e),
+            refused => Self::forbidden(refused.to_string()).with_field("path"),
         }
     }
 }

@@ -86,7 +86,8 @@ mod tests {
             vms_dir: dir.join("vms"),
             jail: crate::jail::JailConfig::with_defaults(dir),
         };
-        AppState::new(store, pool, assets, cfg)
+        let policy = crate::hostpath::ImportPolicy::new(None, Vec::new());
+        AppState::new(store, pool, assets, cfg, policy)
     }
 
     async fn health_status(state: AppState) -> StatusCode {

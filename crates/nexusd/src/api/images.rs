@@ -8,6 +8,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
+use super::caller::ApiCaller;
 use super::error::ApiError;
 use super::extract::ApiJson;
 
@@ -23,6 +24,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     responses(
         (status = 201, description = "Imported", body = Image),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 403, description = "The caller may not import this path: outside `import_roots` (none over TCP by default), unreadable by the connecting user, through a symlink or `..` out of its root, or a protected location", body = ErrorBody),
         (status = 409, description = "Name taken", body = ErrorBody),
         (status = 422, description = "Invalid field: a missing path, a file that is not ext4, a bad name", body = ErrorBody),
         (status = 503, description = "The storage pool cannot be opened (e.g. mounting it needs root)", body = ErrorBody),
@@ -31,9 +33,13 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 )]
 async fn import_image(
     State(state): State<AppState>,
+    ApiCaller(caller): ApiCaller,
     ApiJson(req): ApiJson<CreateImage>,
 ) -> Result<(StatusCode, Json<Image>), ApiError> {
-    Ok((StatusCode::CREATED, Json(state.images.import(req).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.images.import(req, &caller).await?),
+    ))
 }
 
 /// Lists images, oldest first.

@@ -3,6 +3,7 @@
 //! then call a domain service.
 
 mod auth;
+mod caller;
 mod drives;
 pub mod error;
 pub mod extract;
@@ -26,6 +27,7 @@ use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
 use crate::drives::DriveService;
+use crate::hostpath::ImportPolicy;
 use crate::images::ImageService;
 use crate::storage::PoolManager;
 use crate::store::Store;
@@ -35,6 +37,7 @@ use crate::vm::lifecycle::{Lifecycle, LifecycleConfig};
 use error::ApiError;
 
 pub use auth::BearerToken;
+pub use caller::UnixPeer;
 
 /// Largest JSON request body accepted.
 pub const MAX_JSON_BODY: usize = 64 * 1024;
@@ -57,13 +60,14 @@ impl AppState {
         pool: Arc<PoolManager>,
         assets: BootAssets,
         lifecycle: LifecycleConfig,
+        import_policy: ImportPolicy,
     ) -> Self {
         let drives = DriveService::new(store.clone(), pool.clone());
         let vms = VmService::new(store.clone(), drives.clone());
         Self {
             lifecycle: Lifecycle::new(store.clone(), vms.clone(), assets, lifecycle),
             vms,
-            images: ImageService::new(store.clone(), pool.clone()),
+            images: ImageService::new(store.clone(), pool.clone(), Arc::new(import_policy)),
             drives,
             pool,
             store,

@@ -12,6 +12,8 @@ use nexus_lib::api::{CreateImage, Image, StorageState};
 use nexus_lib::names::{MAX_NAME_LEN, validate_name};
 use uuid::Uuid;
 
+use crate::hostpath::{Caller, HostPathError, ImportPolicy};
+use crate::logsafe::Escaped;
 use crate::storage::{PoolManager, StorageError, ext4};
 use crate::store::images::{self, Deleted, ImageRow, Inserted};
 use crate::store::{Store, StoreError};
@@ -33,6 +35,8 @@ pub enum ImageError {
     },
     #[error("image {image} is used by drive(s) {}; delete them first", .drives.join(", "))]
     InUse { image: String, drives: Vec<String> },
+    #[error(transparent)]
+    Path(#[from] HostPathError),
     #[error(transparent)]
     Storage(#[from] StorageError),
     #[error(transparent)]
@@ -57,15 +61,18 @@ fn default_image_error(path: &Path, e: std::io::Error) -> ImageError {
 pub struct ImageService {
     store: Store,
     pool: Arc<PoolManager>,
+    /// Which host paths which caller may import.
+    policy: Arc<ImportPolicy>,
     /// Serialises building the default image.
     default_lock: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl ImageService {
-    pub fn new(store: Store, pool: Arc<PoolManager>) -> Self {
+    pub fn new(store: Store, pool: Arc<PoolManager>, policy: Arc<ImportPolicy>) -> Self {
         Self {
             store,
             pool,
+            policy,
             default_lock: Arc::default(),
         }
     }
@@ -107,17 +114,21 @@ impl ImageService {
         .await
         .map_err(ImageError::Worker)??;
         let image = self
-            .import(CreateImage {
-                path: dir.path().display().to_string(),
-                name: Some(DEFAULT_IMAGE.into()),
-            })
+            .import(
+                CreateImage {
+                    path: dir.path().display().to_string(),
+                    name: Some(DEFAULT_IMAGE.into()),
+                },
+                &Caller::Daemon,
+            )
             .await?;
         tracing::info!(id = %image.id, size = image.size_bytes, "built the default busybox image");
         Ok(())
     }
 
-    /// Imports the ext4 file or directory at `req.path` (on this host) as a new master image.
-    pub async fn import(&self, req: CreateImage) -> Result<Image, ImageError> {
+    /// Imports the ext4 file or directory at `req.path` (on this host) as a new master image, if
+    /// the import policy lets `caller` name that path (see [`crate::hostpath`]).
+    pub async fn import(&self, req: CreateImage, caller: &Caller) -> Result<Image, ImageError> {
         if req.path.len() > MAX_PATH_LEN {
             return Err(ImageError::Invalid {
                 field: "path",
@@ -128,14 +139,14 @@ impl ImageService {
         if !path.is_absolute() {
             return Err(ImageError::Invalid {
                 field: "path",
-                message: format!("{} is not an absolute path", req.path),
+                message: format!("{:?} is not an absolute path", req.path),
             });
         }
         let name = match req.name {
             Some(name) => name,
             None => name_from_path(&path).ok_or_else(|| ImageError::Invalid {
                 field: "name",
-                message: format!("cannot derive a name from {}; pass one", req.path),
+                message: format!("cannot derive a name from {:?}; pass one", req.path),
             })?,
         };
         validate_name(&name).map_err(|e| ImageError::Invalid {
@@ -151,16 +162,25 @@ impl ImageService {
             return Err(ImageError::NameTaken(name));
         }
         let pool = self.pool.clone();
+        let policy = self.policy.clone();
+        let caller = caller.clone();
         let id = Uuid::now_v7();
-        let info = tokio::task::spawn_blocking(move || {
-            let is_dir = check_source(&path)?;
+        let info = tokio::task::spawn_blocking(move || -> Result<_, ImageError> {
+            // Everything below reads through the checked descriptor, never `path` again.
+            let src = policy.open(&path, &caller).inspect_err(|e| {
+                if e.is_forbidden() {
+                    tracing::warn!(caller = ?caller, error = %Escaped(e), "import refused");
+                }
+            })?;
+            let open = src.proc_path();
+            let is_dir = check_source(&open, &path)?;
             let storage = pool.get_or_create()?;
-            if is_dir {
-                storage.import_image_from_dir(&path, &id.to_string())
+            let info = if is_dir {
+                storage.import_image_from_dir(&open, &path, &id.to_string())
             } else {
-                storage.import_image_from_ext4(&path, &id.to_string())
-            }
-            .map(|info| (info, is_dir))
+                storage.import_image_from_ext4(&open, &path, &id.to_string())
+            }?;
+            Ok((info, is_dir))
         })
         .await
         .map_err(ImageError::Worker)?;
@@ -177,7 +197,7 @@ impl ImageService {
         let insert = row.clone();
         match self.store.call(move |c| images::insert(c, &insert)).await {
             Ok(Inserted::Ok) => {
-                tracing::info!(image = %row.name, %id, size = row.size_bytes, source = %row.source, "image imported");
+                tracing::info!(image = %row.name, %id, size = row.size_bytes, source = %Escaped(&row.source), "image imported");
                 Ok(row.to_api())
             }
             Ok(Inserted::NameTaken) => {
@@ -238,30 +258,30 @@ impl ImageService {
         match removed {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(%id, error = %crate::api::error::error_chain(&e), "could not remove image subvolume; it is removed at the next start")
+                tracing::warn!(%id, error = %Escaped(crate::api::error::error_chain(&e)), "could not remove image subvolume; it is removed at the next start")
             }
             Err(e) => tracing::warn!(%id, error = %e, "image removal worker failed"),
         }
     }
 }
 
-/// Checks the import source before the pool is touched: it exists and is a directory (`true`) or an
-/// ext4 image file (`false`).
-fn check_source(path: &Path) -> Result<bool, StorageError> {
-    let meta = std::fs::metadata(path).map_err(|e| match e.kind() {
+/// Checks the import source at `open` (named `shown` in messages) before the pool is touched: it
+/// exists and is a directory (`true`) or an ext4 image file (`false`).
+fn check_source(open: &Path, shown: &Path) -> Result<bool, StorageError> {
+    let meta = std::fs::metadata(open).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => StorageError::SourceNotFound {
-            path: path.to_owned(),
+            path: shown.to_owned(),
         },
-        _ => StorageError::io("stat", path, e),
+        _ => StorageError::io("stat", shown, e),
     })?;
     if meta.is_dir() {
         return Ok(true);
     }
-    if meta.is_file() && ext4::is_ext4(path)? {
+    if meta.is_file() && ext4::is_ext4(open)? {
         return Ok(false);
     }
     Err(StorageError::NotExt4 {
-        path: path.to_owned(),
+        path: shown.to_owned(),
     })
 }
 
@@ -307,7 +327,8 @@ mod tests {
 
     #[test]
     fn a_missing_source_is_source_not_found() {
-        let err = check_source(Path::new("/nonexistent/nexus-test")).unwrap_err();
+        let missing = Path::new("/nonexistent/nexus-test");
+        let err = check_source(missing, missing).unwrap_err();
         assert!(
             matches!(err, StorageError::SourceNotFound { .. }),
             "{err:?}"
@@ -320,7 +341,7 @@ mod tests {
         let file = dir.path().join("x.img");
         std::fs::write(&file, vec![0u8; 4096]).unwrap();
         assert!(matches!(
-            check_source(&file),
+            check_source(&file, &file),
             Err(StorageError::NotExt4 { .. })
         ));
     }

@@ -156,9 +156,12 @@ pub fn build_from_dir(dir: &Path, out: &Path, size: u64) -> Result<(), StorageEr
                     "-N",
                 ])
                 .arg(inodes.to_string())
+                // From inside `dir`: `dir` may be a `/proc/self/fd/N` path, which names the
+                // checked directory in this process and, before exec, in the child.
                 .arg("-d")
-                .arg(dir)
-                .arg(out);
+                .arg(".")
+                .arg(std::path::absolute(out).unwrap_or_else(|_| out.to_owned()))
+                .current_dir(dir);
             cmd::run(&mut mke2fs, &[0]).map(drop)
         });
     if result.is_err() {

@@ -101,22 +101,28 @@ impl Storage {
 
     /// Imports the ext4 image file `src` as image `id`: copied (sparse, hashed while streaming) into a
     /// new subvolume, then published read-only. A file that is not ext4 is rejected before anything is
-    /// created.
-    pub fn import_image_from_ext4(&self, src: &Path, id: &str) -> Result<ImageInfo, StorageError> {
+    /// created. `shown` is the source's name in records and messages (`src` may be a
+    /// `/proc/self/fd/N` path of a checked descriptor).
+    pub fn import_image_from_ext4(
+        &self,
+        src: &Path,
+        shown: &Path,
+        id: &str,
+    ) -> Result<ImageInfo, StorageError> {
         validate_id(id)?;
         let meta = source_metadata(src)?;
         if !meta.is_file() || !ext4::is_ext4(src)? {
             return Err(StorageError::NotExt4 {
-                path: src.to_owned(),
+                path: shown.to_owned(),
             });
         }
-        let source = ImageSource::Ext4File(src.to_owned());
+        let source = ImageSource::Ext4File(shown.to_owned());
         self.import(id, source, |file| {
             let (size, sha256) = ext4::copy_with_sha256(src, file)?;
             // The source could have changed since the first check.
             if !ext4::is_ext4(file)? {
                 return Err(StorageError::NotExt4 {
-                    path: src.to_owned(),
+                    path: shown.to_owned(),
                 });
             }
             Ok((size, sha256))
@@ -124,16 +130,22 @@ impl Storage {
     }
 
     /// Imports the directory `dir` as image `id`: an ext4 image built with `mke2fs -d`, sized with
-    /// [`ext4::size_for_dir`] (see [`ext4`] for who owns the files inside).
-    pub fn import_image_from_dir(&self, dir: &Path, id: &str) -> Result<ImageInfo, StorageError> {
+    /// [`ext4::size_for_dir`] (see [`ext4`] for who owns the files inside). `shown` as for
+    /// [`Storage::import_image_from_ext4`].
+    pub fn import_image_from_dir(
+        &self,
+        dir: &Path,
+        shown: &Path,
+        id: &str,
+    ) -> Result<ImageInfo, StorageError> {
         validate_id(id)?;
         if !source_metadata(dir)?.is_dir() {
             return Err(StorageError::NotADirectory {
-                path: dir.to_owned(),
+                path: shown.to_owned(),
             });
         }
         let size = ext4::size_for_dir(dir)?;
-        self.import(id, ImageSource::Directory(dir.to_owned()), |file| {
+        self.import(id, ImageSource::Directory(shown.to_owned()), |file| {
             ext4::build_from_dir(dir, file, size)?;
             Ok((size, ext4::sha256_file(file)?))
         })
