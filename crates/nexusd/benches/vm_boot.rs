@@ -1,5 +1,6 @@
 //! VM benchmark on the real stack (nexusd + btrfs pool + QEMU + guest agent). Prints, over
-//! several boots: start → agent-ready p50/p95 split by phase; exec round trip of `true` through
+//! several boots: start → agent-ready p50/p95 split by phase, jailed and with `jail = false`
+//! (two daemons, boots alternating, the difference is the jail's cost); exec round trip of `true` through
 //! the API and directly to the agent (the difference is nexusd's overhead); nexusd's CPU time per
 //! exec; and file read/write throughput through the API. Needs what the VM tests need (root,
 //! scripts/setup.sh, NEXUS_AGENT_BIN). Run: `cargo bench -p nexusd --bench vm_boot`.
@@ -15,81 +16,159 @@ use nexus_lib::api::CreateVm;
 use nexus_lib::client::{Client, full_body};
 use nexusd::agent::AgentClient;
 
-const BOOTS: usize = 6;
+const BOOTS: usize = 10;
 const EXECS: usize = 200;
 const FILE_MIB: usize = 64;
 
 fn main() {
-    let home = tempfile::tempdir().expect("tempdir");
-    let mut daemon = spawn(home.path());
-    let client = Client::unix(home.path().join("run/nexusd.sock"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("runtime");
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while rt.block_on(client.health()).is_err() {
-        assert!(Instant::now() < deadline, "nexusd did not start");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-    rt.block_on(run(&client, daemon.id()));
-    let _ = nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(daemon.id() as i32),
-        nix::sys::signal::Signal::SIGTERM,
-    );
-    let _ = daemon.wait();
-    let _ = Command::new("umount")
-        .arg(home.path().join("data/pool"))
-        .stderr(Stdio::null())
-        .status();
+    // Two daemons side by side: the default (jailed) and one with `jail = false`, whose boots
+    // alternate so that both see the same host load.
+    let jailed = Daemon::start(&rt, &[]);
+    let unjailed = Daemon::start(&rt, &["--jail", "false"]);
+    rt.block_on(run(&jailed, &unjailed));
+    jailed.stop();
+    unjailed.stop();
 }
 
-async fn run(client: &Client, nexusd_pid: u32) {
-    let vm = client
+struct Daemon {
+    home: tempfile::TempDir,
+    child: std::cell::RefCell<Child>,
+    client: Client,
+}
+
+impl Daemon {
+    fn start(rt: &tokio::runtime::Runtime, extra: &[&str]) -> Self {
+        let home = tempfile::tempdir().expect("tempdir");
+        let child = spawn(home.path(), extra);
+        let client = Client::unix(home.path().join("run/nexusd.sock"));
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while rt.block_on(client.health()).is_err() {
+            assert!(Instant::now() < deadline, "nexusd did not start");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        Self {
+            home,
+            child: std::cell::RefCell::new(child),
+            client,
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.borrow().id()
+    }
+
+    fn stop(self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.pid() as i32),
+            nix::sys::signal::Signal::SIGTERM,
+        );
+        let _ = self.child.borrow_mut().wait();
+        let _ = Command::new("umount")
+            .arg(self.home.path().join("data/pool"))
+            .stderr(Stdio::null())
+            .status();
+    }
+}
+
+/// Phase timings of the boots of one daemon.
+#[derive(Default)]
+struct Boots {
+    api_ms: Vec<f64>,
+    vmm: Vec<f64>,
+    init: Vec<f64>,
+    ready: Vec<f64>,
+    agent: Vec<f64>,
+    accel: String,
+}
+
+impl Boots {
+    /// Starts VM `name` once (stopping it again unless `keep`) and records the phases.
+    async fn boot(&mut self, client: &Client, name: &str, keep: bool) {
+        let t = Instant::now();
+        client.vm_action(name, "start").await.expect("start");
+        self.api_ms.push(t.elapsed().as_secs_f64() * 1e3);
+        let boot = client
+            .vm_boots(name)
+            .await
+            .expect("boots")
+            .pop()
+            .expect("a boot");
+        self.accel = format!("{}/{}", boot.backend, boot.accel);
+        self.vmm.push(boot.vmm_ready_ms.unwrap_or(0) as f64);
+        self.init.push(boot.guest_init_ms.unwrap_or(0) as f64);
+        self.ready.push(boot.guest_ready_ms.unwrap_or(0) as f64);
+        self.agent.push(boot.agent_ready_ms.unwrap_or(0) as f64);
+        if !keep {
+            client.vm_action(name, "stop").await.expect("stop");
+        }
+    }
+
+    fn report(&mut self, label: &str) {
+        println!(
+            "{label}: accelerator {}; {} boots",
+            self.accel,
+            self.api_ms.len()
+        );
+        report("  spawn -> VMM ready (host)", &mut self.vmm);
+        report(
+            "  kernel start -> agent as init (guest clock)",
+            &mut self.init,
+        );
+        report(
+            "  kernel start -> agent listening (guest clock)",
+            &mut self.ready,
+        );
+        report("  spawn -> agent handshake (host)", &mut self.agent);
+        report("  POST /start wall time (API)", &mut self.api_ms);
+        let mut overhead: Vec<f64> = self
+            .api_ms
+            .iter()
+            .zip(&self.agent)
+            .map(|(a, b)| a - b)
+            .collect();
+        report(
+            "  nexusd start overhead (API wall - spawn->handshake)",
+            &mut overhead,
+        );
+    }
+}
+
+async fn create(client: &Client) -> nexus_lib::api::Vm {
+    client
         .create_vm(&CreateVm {
             name: "bench".into(),
             image: Some("default".into()),
             ..CreateVm::default()
         })
         .await
-        .expect("create VM (is the prerequisite setup done? see scripts/setup.sh)");
-    let (mut api_ms, mut vmm, mut init, mut ready, mut agent) =
-        (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
-    let mut accel = String::new();
+        .expect("create VM (is the prerequisite setup done? see scripts/setup.sh)")
+}
+
+async fn run(jailed: &Daemon, unjailed: &Daemon) {
+    let vm = create(&jailed.client).await;
+    create(&unjailed.client).await;
+    let (mut with_jail, mut without) = (Boots::default(), Boots::default());
     for i in 0..BOOTS {
-        let t = Instant::now();
-        client.vm_action("bench", "start").await.expect("start");
-        api_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        let boot = client
-            .vm_boots("bench")
-            .await
-            .expect("boots")
-            .pop()
-            .expect("a boot");
-        accel = format!("{}/{}", boot.backend, boot.accel);
-        vmm.push(boot.vmm_ready_ms.unwrap_or(0) as f64);
-        init.push(boot.guest_init_ms.unwrap_or(0) as f64);
-        ready.push(boot.guest_ready_ms.unwrap_or(0) as f64);
-        agent.push(boot.agent_ready_ms.unwrap_or(0) as f64);
-        if i + 1 < BOOTS {
-            client.vm_action("bench", "stop").await.expect("stop");
-        }
+        let last = i + 1 == BOOTS;
+        without.boot(&unjailed.client, "bench", false).await;
+        with_jail.boot(&jailed.client, "bench", last).await;
     }
-    println!("accelerator: {accel}; {BOOTS} boots");
-    report("  spawn -> VMM ready (host)", &mut vmm);
-    report("  kernel start -> agent as init (guest clock)", &mut init);
-    report(
-        "  kernel start -> agent listening (guest clock)",
-        &mut ready,
+    with_jail.report("jailed (default)");
+    without.report("jail = false");
+    let p50 = |v: &[f64]| pct(v, 0.5);
+    println!(
+        "jail cost, p50 jailed - p50 unjailed: POST /start {:+.1} ms, spawn -> agent handshake {:+.1} ms, spawn -> VMM ready {:+.1} ms",
+        p50(&with_jail.api_ms) - p50(&without.api_ms),
+        p50(&with_jail.agent) - p50(&without.agent),
+        p50(&with_jail.vmm) - p50(&without.vmm),
     );
-    report("  spawn -> agent handshake (host)", &mut agent);
-    report("  POST /start wall time (API)", &mut api_ms);
-    let overhead: Vec<f64> = api_ms.iter().zip(&agent).map(|(a, b)| a - b).collect();
-    report(
-        "  nexusd start overhead (API wall - spawn->handshake)",
-        &mut overhead.clone(),
-    );
+    let client = &jailed.client;
+    let nexusd_pid = jailed.pid();
 
     // Exec round trip, through nexusd and straight to the agent.
     let req = ExecRequest::new(["true"]);
@@ -156,11 +235,12 @@ async fn run(client: &Client, nexusd_pid: u32) {
     client.vm_action("bench", "stop").await.expect("stop");
 }
 
-fn spawn(home: &Path) -> Child {
+fn spawn(home: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_nexusd"))
         .arg("--home")
         .arg(home)
         .args(["--pool-size", "2G"])
+        .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())
         .stdout(Stdio::null())

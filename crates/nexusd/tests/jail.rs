@@ -287,3 +287,104 @@ fn jail_false_runs_the_vmm_unconfined_and_says_so() {
     let out = d.ctl(&["vm", "exec", "loose", "--", "true"]);
     assert!(out.status.success(), "{}", stderr(&out));
 }
+
+/// Kills a launched VM and removes its cgroup, even when the test fails.
+struct Launch {
+    launched: Option<nexusd::vmm::Launched>,
+    jailer: nexusd::jail::Jailer,
+    id: String,
+}
+
+impl Drop for Launch {
+    fn drop(&mut self) {
+        if let Some(mut l) = self.launched.take() {
+            rt().block_on(l.kill());
+        }
+        self.jailer.remove_cgroup(&self.id);
+        self.jailer.remove_parent_if_empty();
+    }
+}
+
+#[test]
+fn a_firecracker_named_fake_runs_jailed_through_the_firecracker_launch_path() {
+    use nexusd::jail::{JailConfig, Jailer};
+    use nexusd::vmm::{FirecrackerVmm, VmSpec, Vmm};
+    use std::os::unix::fs::PermissionsExt;
+
+    common::require_storage_prerequisites();
+    let work = tempfile::tempdir().unwrap();
+    let w = work.path();
+    // A stand-in that behaves like a VMM that never exits: it ignores its arguments and waits.
+    std::fs::create_dir_all(w.join("bin")).unwrap();
+    let fake = w.join("bin/firecracker");
+    std::fs::write(&fake, "#!/bin/sh\nwhile :; do sleep 1; done\n").unwrap();
+    std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::write(w.join("vmlinux"), b"not a kernel").unwrap();
+    std::fs::write(w.join("root.ext4"), b"not a drive").unwrap();
+    let runtime = w.join("vm");
+    let sockets = runtime.join("sock");
+    std::fs::create_dir_all(&sockets).unwrap();
+
+    let id = uuid::Uuid::now_v7();
+    let jailer = Jailer::new(JailConfig::with_defaults(&w.join("data")));
+    let cid = 3 + std::process::id() % 100_000;
+    let jail = jailer
+        .prepare(
+            &id.to_string(),
+            cid,
+            256 << 20,
+            &[sockets.clone(), w.join("root.ext4")],
+        )
+        .expect("jail");
+    let spec = VmSpec {
+        name: "fake".into(),
+        vm_id: id,
+        boot_id: 1,
+        kernel: w.join("vmlinux"),
+        initrd: None,
+        cmdline: "console=ttyS0".into(),
+        root_drive: w.join("root.ext4"),
+        extra_drives: vec![],
+        vcpus: 1,
+        memory_mib: 256,
+        vsock_cid: cid,
+        vsock_uds: sockets.join("vsock.sock"),
+        socket_dir: sockets,
+        tap: None,
+        console_log: runtime.join("console.log"),
+        runtime_dir: runtime,
+    };
+    let launched = rt()
+        .block_on(FirecrackerVmm::new(&fake).spawn(&spec, Some(&jail)))
+        .expect("launch");
+    let guard = Launch {
+        launched: Some(launched),
+        jailer,
+        id: id.to_string(),
+    };
+    let pid = guard.launched.as_ref().unwrap().vmm_pid().expect("pid");
+
+    assert_eq!(
+        read_trimmed(Path::new(&format!("/proc/{pid}/comm"))),
+        "firecracker"
+    );
+    assert_eq!(status(pid, "Uid"), jail.uid.to_string());
+    assert_eq!(status(pid, "Gid"), jail.gid.to_string());
+    assert_eq!(status(pid, "NoNewPrivs"), "1");
+    assert_eq!(status(pid, "CapEff"), "0000000000000000");
+    assert!(!exists_in_namespace(pid, Path::new("/root")), "sees /root");
+    assert!(
+        !exists_in_namespace(pid, &w.join("bin")),
+        "sees the host's view of its own binary's directory"
+    );
+    assert!(exists_in_namespace(pid, &spec.kernel), "sees its kernel");
+    assert!(exists_in_namespace(pid, &spec.root_drive), "sees its drive");
+    assert!(
+        exists_in_namespace(pid, Path::new("/dev/kvm")),
+        "sees /dev/kvm"
+    );
+    for controller in ["memory", "pids", "cpu"] {
+        let dir = cgroup_dir(pid, controller);
+        assert!(jail.cgroup.dirs().contains(&dir), "{controller}: {}", dir.display());
+    }
+}
