@@ -385,6 +385,35 @@ fn a_firecracker_named_fake_runs_jailed_through_the_firecracker_launch_path() {
     );
     for controller in ["memory", "pids", "cpu"] {
         let dir = cgroup_dir(pid, controller);
-        assert!(jail.cgroup.dirs().contains(&dir), "{controller}: {}", dir.display());
+        assert!(
+            jail.cgroup.dirs().contains(&dir),
+            "{controller}: {}",
+            dir.display()
+        );
     }
+}
+
+#[test]
+fn a_socket_link_planted_by_the_vm_uid_does_not_steer_nexusd() {
+    common::require_storage_prerequisites();
+    let dir = tempfile::tempdir().unwrap();
+    let real = dir.path().join("host-service.sock");
+    let planted = dir.path().join("vsock.sock");
+    rt().block_on(async {
+        let listener = tokio::net::UnixListener::bind(&real).unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = listener.accept().await {
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(b"OK 1\n").await;
+            }
+        });
+        std::os::unix::fs::symlink(&real, &planted).unwrap();
+        // As the jailed uid would own it.
+        std::os::unix::fs::lchown(&planted, Some(65534), Some(65534)).unwrap();
+        assert!(nexusd::agent::dial_hybrid_vsock(&real, 1024).await.is_ok());
+        let err = nexusd::agent::dial_hybrid_vsock(&planted, 1024)
+            .await
+            .unwrap_err();
+        assert!(err.to_string().contains("vsock.sock"), "{err}");
+    });
 }

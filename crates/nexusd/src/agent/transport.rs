@@ -1,8 +1,15 @@
 //! The hybrid-vsock byte transport (Firecracker and vhost-device-vsock alike): connect to the Unix
 //! socket, send `CONNECT <port>\n`, read `OK <hostport>\n` one byte at a time so no stream byte is
 //! consumed, and the socket is then a stream to the guest's listener.
+//!
+//! The socket lives in the VM's socket directory, which belongs to the VM's jailed (untrusted)
+//! uid: it could plant a symlink there to steer nexusd, as root, into another socket of the host.
+//! So the socket is opened with `O_PATH | O_NOFOLLOW`, checked to be a socket, and connected to
+//! through `/proc/self/fd`. A symlink nexusd made itself (owned by nexusd's uid, which the jailed
+//! uid cannot forge), such as the link into a Firecracker jailer's chroot, is followed once.
 
-use std::path::Path;
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
@@ -17,7 +24,11 @@ pub async fn dial_hybrid_vsock(uds: &Path, port: u32) -> Result<UnixStream, Agen
         path: uds.to_path_buf(),
         source,
     };
-    let mut stream = UnixStream::connect(uds).await.map_err(connect_err)?;
+    let fd = open_socket(uds, true).map_err(connect_err)?;
+    let mut stream = UnixStream::connect(format!("/proc/self/fd/{}", fd.as_raw_fd()))
+        .await
+        .map_err(connect_err)?;
+    drop(fd);
     stream
         .write_all(format!("CONNECT {port}\n").as_bytes())
         .await
@@ -52,6 +63,40 @@ pub async fn dial_hybrid_vsock(uds: &Path, port: u32) -> Result<UnixStream, Agen
     }
 }
 
+/// An `O_PATH` descriptor of the socket at `path`, refusing anything else (see the module
+/// comment); `follow_own_link` allows one symlink owned by nexusd's own uid.
+fn open_socket(path: &Path, follow_own_link: bool) -> std::io::Result<OwnedFd> {
+    use rustix::fs::{FileType, Mode, OFlags};
+    let fd = rustix::fs::open(
+        path,
+        OFlags::PATH | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    let stat = rustix::fs::fstat(&fd)?;
+    match FileType::from_raw_mode(stat.st_mode) {
+        FileType::Socket => Ok(fd),
+        FileType::Symlink
+            if follow_own_link && stat.st_uid == rustix::process::geteuid().as_raw() =>
+        {
+            let target = rustix::fs::readlinkat(&fd, "", Vec::new())?;
+            let target = PathBuf::from(
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(
+                    target.into_bytes(),
+                ),
+            );
+            let target = match path.parent() {
+                Some(dir) if target.is_relative() => dir.join(target),
+                _ => target,
+            };
+            open_socket(&target, false)
+        }
+        _ => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "not a socket (a link or file planted in the VM's socket directory is not followed)",
+        )),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use tokio::io::{AsyncBufReadExt, BufReader};
@@ -81,6 +126,27 @@ mod tests {
         let mut rest = String::new();
         stream.read_to_string(&mut rest).await.unwrap();
         assert_eq!(rest, "hello");
+    }
+
+    #[tokio::test]
+    async fn a_link_made_by_our_own_uid_is_followed_once() {
+        let (dir, path) = fake_vsock(b"OK 1\n").await;
+        let link = dir.path().join("link.sock");
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        assert!(dial_hybrid_vsock(&link, 1024).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn a_link_to_a_link_and_a_regular_file_are_refused() {
+        let (dir, path) = fake_vsock(b"OK 1\n").await;
+        let (link, link2) = (dir.path().join("a.sock"), dir.path().join("b.sock"));
+        std::os::unix::fs::symlink(&path, &link).unwrap();
+        std::os::unix::fs::symlink(&link, &link2).unwrap();
+        let err = dial_hybrid_vsock(&link2, 1024).await.unwrap_err();
+        assert!(matches!(err, AgentError::Connect { .. }), "{err}");
+        let file = dir.path().join("file.sock");
+        std::fs::write(&file, b"").unwrap();
+        assert!(dial_hybrid_vsock(&file, 1024).await.is_err());
     }
 
     #[tokio::test]
