@@ -20,6 +20,9 @@ use super::{
 };
 use crate::jail::{Access, View, VmJail};
 
+/// TCG with a bounded translation cache (MiB).
+const TCG_ACCEL: &str = "tcg,tb-size=128";
+
 /// QEMU's own seccomp filter: no obsolete system calls, no privilege changes, no fork/exec, no
 /// scheduler or resource changes.
 const SANDBOX: &str = "on,obsolete=deny,elevateprivileges=deny,spawn=deny,resourcecontrol=deny";
@@ -133,7 +136,9 @@ impl QemuVmm {
         };
         let (accel, cpu) = match self.accel {
             Accel::Kvm => ("kvm", "host"),
-            Accel::Tcg => ("tcg", "max"),
+            // TCG's translation cache defaults to 1 GiB, grown as guest code runs: bound it so
+            // that a busy guest stays within its cgroup's memory overhead.
+            Accel::Tcg => (TCG_ACCEL, "max"),
         };
         let mem = spec.memory_mib.to_string();
         push(&[&"-M"]);
@@ -462,7 +467,10 @@ pub(crate) mod tests {
     #[test]
     fn tcg_uses_cpu_max() {
         let a = args(Accel::Tcg);
-        assert_eq!(value_after(&a, "-accel", "").as_deref(), Some("tcg"));
+        assert_eq!(
+            value_after(&a, "-accel", "").as_deref(),
+            Some("tcg,tb-size=128")
+        );
         assert_eq!(value_after(&a, "-cpu", "").as_deref(), Some("max"));
     }
 
