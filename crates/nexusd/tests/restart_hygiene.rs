@@ -49,7 +49,11 @@ fn pool_mounted_before_a_kill_9_is_unmounted_and_its_loop_freed_at_the_next_clea
     let status = d.stop();
 
     assert!(status.success(), "{status}");
-    assert!(!is_mounted(&root), "pool still mounted at {}", root.display());
+    assert!(
+        !is_mounted(&root),
+        "pool still mounted at {}",
+        root.display()
+    );
     assert_eq!(loop_devices_backing(&image), Vec::<PathBuf>::new());
     assert!(!d.home().join("data/pool.img.mounted").exists());
 }
@@ -79,7 +83,9 @@ fn console_filled_with_100_mb_while_nexusd_is_down_is_within_its_cap_after_resta
     let d = TestDaemon::start_logged(home, &flags);
 
     let size = std::fs::metadata(&log).unwrap().len();
-    let rotated = std::fs::metadata(log.with_extension("log.1")).unwrap().len();
+    let rotated = std::fs::metadata(log.with_extension("log.1"))
+        .unwrap()
+        .len();
     assert!(size <= CONSOLE_CAP, "console is {size} bytes");
     assert!(rotated <= CONSOLE_CAP, "rotated console is {rotated} bytes");
     let out = d.ctl(&["vm", "stop", "chatty"]);

@@ -3,6 +3,8 @@
 //! Nothing the guest sends is trusted: every reply, line and error body is size-bounded.
 
 mod client;
+#[cfg(test)]
+pub(crate) mod fake;
 mod ndjson;
 mod transport;
 

@@ -317,7 +317,9 @@ mod tests {
     fn a_missing_ownership_record_names_nothing() {
         let dir = tempfile::tempdir().unwrap();
 
-        assert_eq!(recorded_mountpoint(&dir.path().join("pool.img.mounted")), None);
+        assert_eq!(
+            recorded_mountpoint(&dir.path().join("pool.img.mounted")),
+            None
+        );
     }
-
 }

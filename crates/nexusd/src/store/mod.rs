@@ -212,7 +212,10 @@ mod tests {
             })
             .await;
 
-        assert!(matches!(panicked, Err(StoreError::Panicked)), "{panicked:?}");
+        assert!(
+            matches!(panicked, Err(StoreError::Panicked)),
+            "{panicked:?}"
+        );
         assert_eq!(store.schema_version().await.unwrap(), migrations::LATEST);
         let write = store.call_blocking(|c| Ok(c.transaction()?.commit()?));
         assert!(write.is_ok(), "{write:?}");

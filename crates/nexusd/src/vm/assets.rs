@@ -138,9 +138,17 @@ fn has_interpreter(f: &std::fs::File) -> Option<bool> {
     };
     // e_phoff, e_phentsize, e_phnum (ELF64 and ELF32 layouts).
     let (phoff, phentsize, phnum) = if wide {
-        (int(&ident[32..40]), int(&ident[54..56]), int(&ident[56..58]))
+        (
+            int(&ident[32..40]),
+            int(&ident[54..56]),
+            int(&ident[56..58]),
+        )
     } else {
-        (int(&ident[28..32]), int(&ident[42..44]), int(&ident[44..46]))
+        (
+            int(&ident[28..32]),
+            int(&ident[42..44]),
+            int(&ident[44..46]),
+        )
     };
     let phentsize = usize::try_from(phentsize).ok()?;
     let table = phentsize.checked_mul(usize::try_from(phnum).ok()?)?;
