@@ -336,5 +336,33 @@ pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Bound on how long a shutdown may take in total, used by `main` as a last resort.
+/// What a shutdown may take beyond its planned phases (the grace period for requests, and the
+/// stop timeout when VMs are stopped) before [`exit_if_shutdown_hangs`] ends the process.
 pub const HARD_STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// The longest a shutdown may take once it started: the grace period for in-flight requests, the
+/// VMs' stop timeout when they are stopped too, and [`HARD_STOP_MARGIN`] for the rest (closing
+/// the pool, checkpointing the database).
+pub fn shutdown_bound(settings: &Settings) -> Duration {
+    let stopping_vms = if settings.stop_vms_on_shutdown {
+        settings.stop_timeout
+    } else {
+        Duration::ZERO
+    };
+    settings.shutdown_grace + stopping_vms + HARD_STOP_MARGIN
+}
+
+/// Once `token` is cancelled, gives the shutdown `bound` to finish and otherwise exits the
+/// process with status 1. The deadline runs on its own OS thread, so a wedged async runtime (a
+/// blocking call on a worker, a hung `umount`) cannot hold it up. Binaries only: it ends the
+/// whole process.
+pub fn exit_if_shutdown_hangs(token: CancellationToken, bound: Duration) {
+    tokio::spawn(async move {
+        token.cancelled().await;
+        std::thread::spawn(move || {
+            std::thread::sleep(bound);
+            tracing::error!(?bound, "shutdown did not finish in time; exiting");
+            std::process::exit(1);
+        });
+    });
+}

@@ -25,13 +25,17 @@ fn main() -> std::process::ExitCode {
             return std::process::ExitCode::FAILURE;
         }
     };
+    let shutdown_bound = nexusd::daemon::shutdown_bound(&settings);
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         nexusd::daemon::cancel_on_signals(shutdown.clone())?;
+        nexusd::daemon::exit_if_shutdown_hangs(shutdown.clone(), shutdown_bound);
         nexusd::daemon::run(settings, shutdown)
             .await
             .map_err(anyhow::Error::from)
     });
+    // Tasks still running (a request handler stuck on a guest) must not hold the exit up.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(100));
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

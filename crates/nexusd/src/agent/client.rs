@@ -9,13 +9,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use futures_util::{Stream, TryStreamExt};
+use futures_util::{Stream, StreamExt, TryStreamExt};
 use http::{Method, Request, Response};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Empty, Full, Limited, StreamBody};
 use hyper::body::{Frame, Incoming};
 use hyper::client::conn::http2::SendRequest;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use nexus_lib::agent::{
     self as proto, AGENT_VSOCK_PORT, AgentInfo, DirListing, ErrorBody, ExecEvent, ExecRequest,
     FileStat, Handshake, MAX_EVENT_LINE_BYTES, MAX_REPLY_JSON_BYTES, SUPPORTED_PROTOCOLS,
@@ -47,6 +47,44 @@ const STREAM_WINDOW_BYTES: u32 = 2 * 1024 * 1024;
 const CONNECTION_WINDOW_BYTES: u32 = 8 * 1024 * 1024;
 const MAX_FRAME_BYTES: u32 = 64 * 1024;
 const MAX_HEADER_LIST_BYTES: u32 = 16 * 1024;
+/// How long a file body (either direction) may stand still before nexusd gives up on it.
+const DEFAULT_STREAM_IDLE: Duration = DEFAULT_CALL_TIMEOUT;
+/// The longest any guest stream (exec output, file body) may last, however steadily it trickles.
+const DEFAULT_STREAM_TOTAL: Duration = Duration::from_secs(60 * 60);
+/// How long past an exec's own `timeout_ms` nexusd waits for the guest to report the exit before
+/// it ends the stream itself: the guest enforces the timeout, but the guest is not trusted.
+const DEFAULT_EXEC_GRACE: Duration = Duration::from_secs(2);
+/// HTTP/2 PINGs on the agent connection, so a VM whose vsock went dead fails its calls instead of
+/// leaving them waiting (a guest that answers PINGs but stalls a stream is bounded per stream).
+const KEEP_ALIVE_INTERVAL: Duration = Duration::from_secs(15);
+const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Every time bound of an [`AgentClient`].
+#[derive(Debug, Clone, Copy)]
+struct Limits {
+    /// Request to response headers (and the whole of a JSON call).
+    call: Duration,
+    /// Dial, hybrid-vsock `CONNECT`/`OK` and HTTP/2 handshake.
+    connect: Duration,
+    /// A file body that moves no byte for this long is ended.
+    stream_idle: Duration,
+    /// No stream outlives this, counted from the request.
+    stream_total: Duration,
+    /// Added to an exec's `timeout_ms` before nexusd ends its stream.
+    exec_grace: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            call: DEFAULT_CALL_TIMEOUT,
+            connect: DEFAULT_CONNECT_TIMEOUT,
+            stream_idle: DEFAULT_STREAM_IDLE,
+            stream_total: DEFAULT_STREAM_TOTAL,
+            exec_grace: DEFAULT_EXEC_GRACE,
+        }
+    }
+}
 
 /// A client of one VM's agent. Clones share the connection.
 #[derive(Clone)]
@@ -57,27 +95,21 @@ pub struct AgentClient {
 struct Inner {
     uds: PathBuf,
     port: u32,
-    call_timeout: Duration,
-    connect_timeout: Duration,
+    limits: Limits,
     sender: Mutex<Option<SendRequest<ReqBody>>>,
 }
 
 impl AgentClient {
     /// A client that dials lazily on its first call.
     pub fn new(uds: impl Into<PathBuf>) -> Self {
-        Self::with_timeouts(uds, DEFAULT_CALL_TIMEOUT, DEFAULT_CONNECT_TIMEOUT)
+        Self::with_limits(uds, Limits::default())
     }
 
-    fn with_timeouts(
-        uds: impl Into<PathBuf>,
-        call_timeout: Duration,
-        connect_timeout: Duration,
-    ) -> Self {
+    fn with_limits(uds: impl Into<PathBuf>, limits: Limits) -> Self {
         let inner = Inner {
             uds: uds.into(),
             port: AGENT_VSOCK_PORT,
-            call_timeout,
-            connect_timeout,
+            limits,
             sender: Mutex::new(None),
         };
         Self {
@@ -184,8 +216,10 @@ impl AgentClient {
         check(resp).await.map(drop)
     }
 
-    /// Streams a file's content.
+    /// Streams a file's content. The stream ends with [`AgentError::Timeout`] once the guest sends
+    /// nothing for the idle limit, or at the total limit however steadily it trickles.
     pub async fn read_file(&self, path: &str) -> Result<ByteStream, AgentError> {
+        let deadline = tokio::time::Instant::now() + self.inner.limits.stream_total;
         let uri = path_uri("/v1/files", path, "")?;
         let resp = check(
             self.timed(self.send(request(Method::GET, &uri, empty())?))
@@ -196,7 +230,12 @@ impl AgentClient {
             .into_body()
             .into_data_stream()
             .map_err(AgentError::from);
-        Ok(Box::pin(body))
+        let bound = StreamBound {
+            idle: Some(self.inner.limits.stream_idle),
+            deadline,
+            total: self.inner.limits.stream_total,
+        };
+        Ok(Box::pin(bounded(body, bound, self.inner.uds.clone())))
     }
 
     /// Streams `body` into `path` (written to a temp file, then renamed) with permission `mode`.
@@ -225,16 +264,28 @@ impl AgentClient {
             let resp = check(self.send(req).await?).await?;
             read_json(resp).await
         };
-        let waited = self.inner.call_timeout;
-        until_idle(call, &progress, waited)
+        let Limits {
+            stream_idle,
+            stream_total,
+            ..
+        } = self.inner.limits;
+        let timeout = |waited| AgentError::Timeout {
+            path: self.inner.uds.clone(),
+            waited,
+        };
+        tokio::time::timeout(stream_total, until_idle(call, &progress, stream_idle))
             .await
-            .ok_or_else(|| AgentError::Timeout {
-                path: self.inner.uds.clone(),
-                waited,
-            })?
+            .map_err(|_| timeout(stream_total))?
+            .ok_or_else(|| timeout(stream_idle))?
     }
 
     /// Runs a command; events arrive as the process produces output, ending with `Exit` or `Error`.
+    ///
+    /// The guest enforces `timeout_ms`, but nexusd does not rely on it: when the guest has not
+    /// reported the exit by `timeout_ms` plus a grace, the stream ends with an `Error` event and
+    /// the HTTP/2 stream is reset, which makes the agent kill the process group. Without
+    /// `timeout_ms` the stream is still bounded by the total stream limit. A silent command is
+    /// legitimate, so exec output has no idle limit.
     pub async fn exec(
         &self,
         req: &ExecRequest,
@@ -256,13 +307,52 @@ impl AgentClient {
     ) -> Result<impl Stream<Item = Result<(Bytes, ExecEvent), AgentError>> + Send + use<>, AgentError>
     {
         req.validate().map_err(AgentError::InvalidRequest)?;
+        let limits = self.inner.limits;
+        let total = req
+            .timeout_ms
+            .map(|ms| Duration::from_millis(ms).saturating_add(limits.exec_grace))
+            .map_or(limits.stream_total, |t| t.min(limits.stream_total));
+        let bound = StreamBound {
+            idle: None,
+            deadline: tokio::time::Instant::now() + total,
+            total,
+        };
         let body =
             serde_json::to_vec(req).map_err(|e| AgentError::InvalidRequest(e.to_string()))?;
-        let resp = self
-            .timed(self.send(request(Method::POST, "/v1/exec", full(body))?))
-            .await?;
-        let resp = check(resp).await?;
-        Ok(event_lines(resp.into_body()))
+        let call = async {
+            let resp = self
+                .send(request(Method::POST, "/v1/exec", full(body))?)
+                .await?;
+            check(resp).await
+        };
+        let resp = self.timed(async {
+            tokio::time::timeout_at(bound.deadline, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(AgentError::Timeout {
+                        path: self.inner.uds.clone(),
+                        waited: total,
+                    })
+                })
+        });
+        let lines = bounded(
+            event_lines(resp.await?.into_body()),
+            bound,
+            self.inner.uds.clone(),
+        );
+        Ok(lines.map(|item| match item {
+            Err(AgentError::Timeout { waited, .. }) => {
+                let event = ExecEvent::Error {
+                    message: format!(
+                        "the guest did not report the command's exit within {waited:?}; nexusd ended the stream and asked the agent to kill it"
+                    ),
+                };
+                let mut line = serde_json::to_vec(&event).unwrap_or_default();
+                line.push(b'\n');
+                Ok((Bytes::from(line), event))
+            }
+            other => other,
+        }))
     }
 
     async fn json_call<T: DeserializeOwned>(&self, req: Request<ReqBody>) -> Result<T, AgentError> {
@@ -277,7 +367,7 @@ impl AgentClient {
         &self,
         fut: impl Future<Output = Result<T, AgentError>>,
     ) -> Result<T, AgentError> {
-        let waited = self.inner.call_timeout;
+        let waited = self.inner.limits.call;
         tokio::time::timeout(waited, fut)
             .await
             .map_err(|_| AgentError::Timeout {
@@ -307,6 +397,9 @@ impl AgentClient {
         let dial = async {
             let stream = dial_hybrid_vsock(&self.inner.uds, self.inner.port).await?;
             hyper::client::conn::http2::Builder::new(TokioExecutor::new())
+                .timer(TokioTimer::new())
+                .keep_alive_interval(KEEP_ALIVE_INTERVAL)
+                .keep_alive_timeout(KEEP_ALIVE_TIMEOUT)
                 .initial_stream_window_size(STREAM_WINDOW_BYTES)
                 .initial_connection_window_size(CONNECTION_WINDOW_BYTES)
                 .max_frame_size(MAX_FRAME_BYTES)
@@ -315,7 +408,7 @@ impl AgentClient {
                 .await
                 .map_err(AgentError::from)
         };
-        let waited = self.inner.connect_timeout;
+        let waited = self.inner.limits.connect;
         let (sender, connection) =
             tokio::time::timeout(waited, dial)
                 .await
@@ -377,6 +470,52 @@ async fn until_idle<T>(
             Err(_) => return None,
         }
     }
+}
+
+/// Time bounds on one guest stream.
+#[derive(Debug, Clone, Copy)]
+struct StreamBound {
+    /// Longest wait for the next item, if any.
+    idle: Option<Duration>,
+    /// When the stream ends regardless ...
+    deadline: tokio::time::Instant,
+    /// ... which is this long after the request.
+    total: Duration,
+}
+
+/// `stream`, ended with one [`AgentError::Timeout`] when it stalls past `bound.idle` or runs past
+/// `bound.deadline`. Ending drops the inner stream, which resets the HTTP/2 stream: the agent
+/// sees the cancellation and stops (an exec's process group is killed).
+fn bounded<T, S>(
+    stream: S,
+    bound: StreamBound,
+    path: PathBuf,
+) -> impl Stream<Item = Result<T, AgentError>> + Send + use<T, S>
+where
+    S: Stream<Item = Result<T, AgentError>> + Send + 'static,
+    T: Send + 'static,
+{
+    let state = Some((Box::pin(stream), path));
+    futures_util::stream::unfold(state, move |state| async move {
+        let (mut stream, path) = state?;
+        let start = tokio::time::Instant::now();
+        let until = bound
+            .idle
+            .map_or(bound.deadline, |idle| (start + idle).min(bound.deadline));
+        match tokio::time::timeout_at(until, stream.next()).await {
+            Ok(Some(item)) => Some((item, Some((stream, path)))),
+            Ok(None) => None,
+            Err(_) => {
+                let waited = match bound.idle {
+                    Some(idle) if until < bound.deadline => idle,
+                    _ => bound.total,
+                };
+                drop(stream);
+                tracing::warn!(socket = %path.display(), ?waited, "guest stream timed out; ending it");
+                Some((Err(AgentError::Timeout { path, waited }), None))
+            }
+        }
+    })
 }
 
 fn empty() -> ReqBody {
@@ -520,8 +659,12 @@ mod tests {
             let (_stream, _) = listener.accept().await.unwrap();
             std::future::pending::<()>().await;
         });
-        let client =
-            AgentClient::with_timeouts(&path, Duration::from_secs(60), Duration::from_millis(100));
+        let limits = Limits {
+            call: Duration::from_secs(60),
+            connect: Duration::from_millis(100),
+            ..Limits::default()
+        };
+        let client = AgentClient::with_limits(&path, limits);
 
         let result = tokio::time::timeout(Duration::from_secs(5), client.info()).await;
 
@@ -559,5 +702,124 @@ mod tests {
         let out = until_idle(work, &progress, Duration::from_millis(100)).await;
 
         assert_eq!(out, Some(7));
+    }
+
+    use tokio::sync::mpsc;
+
+    use crate::agent::fake::{self, FakeAgent};
+
+    fn short_limits() -> Limits {
+        Limits {
+            call: Duration::from_secs(5),
+            connect: Duration::from_secs(5),
+            stream_idle: Duration::from_millis(100),
+            stream_total: Duration::from_secs(60),
+            exec_grace: Duration::from_millis(50),
+        }
+    }
+
+    /// Collects `stream` within 5 s (the bound the code under test must beat by far).
+    async fn collect<T>(stream: impl Stream<Item = T>) -> Vec<T> {
+        tokio::time::timeout(Duration::from_secs(5), stream.collect::<Vec<_>>())
+            .await
+            .expect("the stream was not ended by the client's own bound")
+    }
+
+    #[tokio::test]
+    async fn exec_stalling_mid_stream_ends_at_its_timeout_and_resets_the_guest_stream() {
+        let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+        let agent = FakeAgent::serve(move |_| {
+            let line: &'static [u8] = b"{\"type\":\"stdout\",\"data\":\"aGk=\"}\n";
+            fake::streaming_reply(vec![line], fake::stall(), dropped_tx.clone())
+        });
+        let client = AgentClient::with_limits(&agent.path, short_limits());
+        let req = ExecRequest {
+            timeout_ms: Some(100),
+            ..ExecRequest::new(["sleep", "1000"])
+        };
+        let started = Instant::now();
+
+        let events = collect(client.exec(&req).await.unwrap()).await;
+
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(events.len(), 2, "{events:?}");
+        assert!(
+            matches!(events.last(), Some(Ok(ExecEvent::Error { .. }))),
+            "{events:?}"
+        );
+        let reset = tokio::time::timeout(Duration::from_secs(1), dropped.recv()).await;
+        assert!(reset.is_ok(), "the agent never saw the stream cancelled");
+    }
+
+    #[tokio::test]
+    async fn raw_exec_stream_ends_with_an_error_line_at_its_timeout() {
+        let (dropped_tx, _dropped) = mpsc::unbounded_channel();
+        let agent = FakeAgent::serve(move |_| {
+            fake::streaming_reply(vec![], fake::stall(), dropped_tx.clone())
+        });
+        let client = AgentClient::with_limits(&agent.path, short_limits());
+        let req = ExecRequest {
+            timeout_ms: Some(50),
+            ..ExecRequest::new(["true"])
+        };
+
+        let lines = collect(client.exec_raw(&req).await.unwrap()).await;
+
+        let last = lines.last().unwrap().as_ref().unwrap();
+        let event: ExecEvent = serde_json::from_slice(last).unwrap();
+        assert!(matches!(event, ExecEvent::Error { .. }), "{event:?}");
+        assert!(last.ends_with(b"\n"));
+    }
+
+    #[tokio::test]
+    async fn file_read_stalling_mid_body_ends_at_the_idle_limit() {
+        let (dropped_tx, mut dropped) = mpsc::unbounded_channel();
+        let agent = FakeAgent::serve(move |_| {
+            fake::streaming_reply(vec![b"partial"], fake::stall(), dropped_tx.clone())
+        });
+        let client = AgentClient::with_limits(&agent.path, short_limits());
+        let started = Instant::now();
+
+        let chunks = collect(client.read_file("/big").await.unwrap()).await;
+
+        assert!(
+            started.elapsed() < Duration::from_secs(1),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(chunks[0].as_ref().unwrap().as_ref(), b"partial");
+        assert!(
+            matches!(chunks.last(), Some(Err(AgentError::Timeout { waited, .. })) if *waited == Duration::from_millis(100)),
+            "{chunks:?}"
+        );
+        let reset = tokio::time::timeout(Duration::from_secs(1), dropped.recv()).await;
+        assert!(reset.is_ok(), "the agent never saw the stream cancelled");
+    }
+
+    #[tokio::test]
+    async fn file_read_trickling_for_ever_ends_at_the_total_limit() {
+        let (dropped_tx, _dropped) = mpsc::unbounded_channel();
+        let agent = FakeAgent::serve(move |_| {
+            let rest = fake::trickle(Duration::from_millis(10));
+            fake::streaming_reply(vec![], rest, dropped_tx.clone())
+        });
+        let limits = Limits {
+            stream_total: Duration::from_millis(300),
+            ..short_limits()
+        };
+        let client = AgentClient::with_limits(&agent.path, limits);
+
+        let chunks = collect(client.read_file("/big").await.unwrap()).await;
+
+        assert!(chunks.len() > 3, "{chunks:?}");
+        assert!(
+            matches!(chunks.last(), Some(Err(AgentError::Timeout { waited, .. })) if *waited == Duration::from_millis(300)),
+            "{:?}",
+            chunks.last()
+        );
     }
 }

@@ -3,9 +3,12 @@
 //! Two modes, chosen in config ([`PoolConfig`]):
 //! - [`PoolConfig::Dir`]: a directory on the user's own btrfs, used as is. No privileges needed.
 //! - [`PoolConfig::Image`], the embedded default: a sparse file (20 GiB by default) formatted once with
-//!   `mkfs.btrfs` and loop-mounted at start with `mount -o loop`. Only this mount needs root. A pool that
-//!   is already mounted there (left by an earlier run, e.g. because VMs kept it busy) is reused as is and
-//!   left mounted at shutdown: only a mount made by this [`Pool`] is undone by [`Pool::close`].
+//!   `mkfs.btrfs` and loop-mounted at start with `mount -o loop`. Only this mount needs root. Before
+//!   mounting, nexusd records that it owns the mount in `<file>.mounted` (the mountpoint, one line),
+//!   and removes the record once it unmounted. A pool found already mounted is adopted as ours when
+//!   that record names its mountpoint (a daemon killed with `-9`, or one whose VMs kept the pool
+//!   busy at shutdown), so the next clean shutdown unmounts it and frees its loop device; a mount
+//!   without the record was made by someone else and is used as is and left mounted.
 //!
 //! Either way the pool is checked to really be btrfs (statfs magic) before it is used.
 
@@ -48,6 +51,8 @@ impl PoolConfig {
 pub struct Pool {
     root: PathBuf,
     mounted_by_us: bool,
+    /// The ownership record removed after unmounting (only when `mounted_by_us`).
+    owner_file: Option<PathBuf>,
 }
 
 impl Pool {
@@ -65,6 +70,7 @@ impl Pool {
                 Ok(Self {
                     root: dir.clone(),
                     mounted_by_us: false,
+                    owner_file: None,
                 })
             }
             PoolConfig::Image {
@@ -109,7 +115,12 @@ impl Pool {
             return Ok(());
         }
         match nix::mount::umount(&self.root) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                if let Some(record) = &self.owner_file {
+                    let _ = fs::remove_file(record);
+                }
+                Ok(())
+            }
             Err(nix::Error::EBUSY) => Err(StorageError::PoolBusy {
                 mountpoint: self.root,
             }),
@@ -125,11 +136,17 @@ fn open_image(file: &Path, size: u64, mountpoint: &Path) -> Result<Pool, Storage
         fs::canonicalize(mountpoint).map_err(|e| StorageError::io("resolve", mountpoint, e))?;
     let mountinfo = fs::read_to_string(MOUNTINFO)
         .map_err(|e| StorageError::io("read", Path::new(MOUNTINFO), e))?;
+    let record = owner_record(file);
     if is_mounted(&mountinfo, &root) {
         btrfs::ensure_btrfs(&root)?;
+        let ours = recorded_mountpoint(&record).is_some_and(|m| m == root);
+        if ours {
+            tracing::info!(mountpoint = %root.display(), "adopting the pool mount an earlier nexusd made");
+        }
         return Ok(Pool {
             root,
-            mounted_by_us: false,
+            mounted_by_us: ours,
+            owner_file: ours.then_some(record),
         });
     }
     if !nix::unistd::geteuid().is_root() {
@@ -141,21 +158,59 @@ fn open_image(file: &Path, size: u64, mountpoint: &Path) -> Result<Pool, Storage
     if !file.exists() {
         format_image(file, size)?;
     }
+    // Recorded before mounting, so a kill between the mount and the record cannot leak the mount;
+    // a record without a mount is ignored (and replaced) by the next start.
+    write_owner_record(&record, &root)?;
     let mut mount = cmd::tool("mount");
     mount
         .args(["-t", "btrfs", "-o", "loop"])
         .arg(file)
         .arg(&root);
-    cmd::run(&mut mount, &[0])?;
+    if let Err(e) = cmd::run(&mut mount, &[0]) {
+        let _ = fs::remove_file(&record);
+        return Err(e);
+    }
     let pool = Pool {
         root,
         mounted_by_us: true,
+        owner_file: Some(record),
     };
     if let Err(e) = btrfs::ensure_btrfs(&pool.root) {
         let _ = pool.close();
         return Err(e);
     }
     Ok(pool)
+}
+
+/// Where nexusd records that it mounted the image `file`: `<file>.mounted`.
+fn owner_record(file: &Path) -> PathBuf {
+    let mut name = file.as_os_str().to_owned();
+    name.push(".mounted");
+    PathBuf::from(name)
+}
+
+/// The mountpoint an ownership record names, if there is a readable one.
+fn recorded_mountpoint(record: &Path) -> Option<PathBuf> {
+    let text = fs::read_to_string(record).ok()?;
+    let line = text.strip_suffix('\n').unwrap_or(&text);
+    (!line.is_empty()).then(|| PathBuf::from(line))
+}
+
+/// Writes the ownership record durably (temp file, fsync, rename).
+fn write_owner_record(record: &Path, mountpoint: &Path) -> Result<(), StorageError> {
+    use std::io::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut tmp = record.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    let write = || -> std::io::Result<()> {
+        let mut f = File::create(&tmp)?;
+        f.write_all(mountpoint.as_os_str().as_bytes())?;
+        f.write_all(b"\n")?;
+        f.sync_all()?;
+        fs::rename(&tmp, record)
+    };
+    write().map_err(|e| StorageError::io("write", record, e))
 }
 
 /// Creates the sparse pool image and formats it. Works on `<file>.tmp` and renames it into place at the
@@ -241,6 +296,30 @@ mod tests {
                 size: 20 << 30,
                 mountpoint: "/data/pool".into()
             }
+        );
+    }
+
+    #[test]
+    fn the_ownership_record_names_the_mountpoint_it_was_written_for() {
+        let dir = tempfile::tempdir().unwrap();
+        let record = owner_record(&dir.path().join("pool.img"));
+
+        write_owner_record(&record, Path::new("/data/my pool")).unwrap();
+
+        assert_eq!(record, dir.path().join("pool.img.mounted"));
+        assert_eq!(
+            recorded_mountpoint(&record),
+            Some(PathBuf::from("/data/my pool"))
+        );
+    }
+
+    #[test]
+    fn a_missing_ownership_record_names_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+
+        assert_eq!(
+            recorded_mountpoint(&dir.path().join("pool.img.mounted")),
+            None
         );
     }
 }

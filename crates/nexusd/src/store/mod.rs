@@ -46,8 +46,8 @@ pub enum StoreError {
     Sqlite(#[from] rusqlite::Error),
     #[error("database worker failed")]
     Worker(#[source] tokio::task::JoinError),
-    #[error("database connection was poisoned by a panic")]
-    Poisoned,
+    #[error("a database call panicked; its transaction was rolled back")]
+    Panicked,
 }
 
 /// A handle on the database; cheap to clone.
@@ -108,22 +108,41 @@ impl Store {
         F: FnOnce(&mut Connection) -> Result<R, StoreError> + Send + 'static,
         R: Send + 'static,
     {
-        let conn = self.conn.clone();
-        tokio::task::spawn_blocking(move || {
-            let mut guard = conn.lock().map_err(|_| StoreError::Poisoned)?;
-            f(&mut guard)
-        })
-        .await
-        .map_err(StoreError::Worker)?
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.call_blocking(f))
+            .await
+            .map_err(StoreError::Worker)?
     }
 
     /// Like [`Store::call`] for callers already on a blocking thread.
+    ///
+    /// A panic inside `f` is caught and answered as [`StoreError::Panicked`]: whatever
+    /// transaction it left open is rolled back, and the connection stays usable for later calls
+    /// (one bad request must not disable the store until restart).
     pub fn call_blocking<R>(
         &self,
         f: impl FnOnce(&mut Connection) -> Result<R, StoreError>,
     ) -> Result<R, StoreError> {
-        let mut guard = self.conn.lock().map_err(|_| StoreError::Poisoned)?;
-        f(&mut guard)
+        // The mutex is poisoned only if a panic escaped while it was held, which the
+        // `catch_unwind` below prevents; recover anyway rather than fail every later call.
+        let mut guard = self.conn.lock().unwrap_or_else(|poisoned| {
+            self.conn.clear_poison();
+            poisoned.into_inner()
+        });
+        let conn: &mut Connection = &mut guard;
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(conn)));
+        match result {
+            Ok(result) => result,
+            Err(_) => {
+                // rusqlite's `Transaction` rolls back on drop, even while unwinding; a raw
+                // `BEGIN` would not, so make sure the connection is back in autocommit mode.
+                if !guard.is_autocommit() {
+                    let _ = guard.execute_batch("ROLLBACK");
+                }
+                tracing::error!(database = %self.path.display(), "a database call panicked");
+                Err(StoreError::Panicked)
+            }
+        }
     }
 
     /// The schema version, read from the database (fails when the database cannot be read).
@@ -179,6 +198,27 @@ mod tests {
             })
             .unwrap();
         assert_eq!(v, migrations::LATEST);
+    }
+
+    #[tokio::test]
+    async fn a_panic_inside_a_store_call_does_not_break_later_calls() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("n.db")).unwrap();
+
+        let panicked = store
+            .call(|c| -> Result<(), StoreError> {
+                c.execute_batch("BEGIN IMMEDIATE")?;
+                panic!("bug while holding the connection");
+            })
+            .await;
+
+        assert!(
+            matches!(panicked, Err(StoreError::Panicked)),
+            "{panicked:?}"
+        );
+        assert_eq!(store.schema_version().await.unwrap(), migrations::LATEST);
+        let write = store.call_blocking(|c| Ok(c.transaction()?.commit()?));
+        assert!(write.is_ok(), "{write:?}");
     }
 
     #[test]

@@ -94,14 +94,116 @@ pub fn default_agent_binary() -> Option<PathBuf> {
     is_static_elf(&candidate).then_some(candidate)
 }
 
-/// Whether `path` is an ELF file without a program interpreter. The interpreter path of a
-/// dynamic executable sits in its first page.
+/// Whether `path` is an ELF executable without a program interpreter: its program headers are
+/// read and none is `PT_INTERP` (a dynamic executable names its loader there). Anything that is
+/// not a well-formed ELF file is not static.
 pub fn is_static_elf(path: &Path) -> bool {
-    use std::io::Read;
-    let mut head = [0u8; 4096];
-    let Ok(n) = std::fs::File::open(path).and_then(|mut f| f.read(&mut head)) else {
-        return false;
+    std::fs::File::open(path)
+        .ok()
+        .and_then(|f| has_interpreter(&f))
+        .is_some_and(|interp| !interp)
+}
+
+/// Program header type of the interpreter request.
+const PT_INTERP: u32 = 3;
+/// More program headers than any real executable has; a bound on what a hostile file makes us read.
+const MAX_PROGRAM_HEADERS_BYTES: usize = 64 * 1024;
+
+/// Whether the ELF file `f` has a `PT_INTERP` program header; `None` when it is not ELF or its
+/// headers are truncated or malformed.
+fn has_interpreter(f: &std::fs::File) -> Option<bool> {
+    use std::os::unix::fs::FileExt;
+    let mut ident = [0u8; 64];
+    f.read_exact_at(&mut ident, 0).ok()?;
+    if &ident[..4] != b"\x7fELF" {
+        return None;
+    }
+    let wide = match ident[4] {
+        1 => false,
+        2 => true,
+        _ => return None,
     };
-    let head = &head[..n];
-    head.starts_with(b"\x7fELF") && !head.windows(8).any(|w| w == b"ld-linux")
+    let big = match ident[5] {
+        1 => false,
+        2 => true,
+        _ => return None,
+    };
+    let int = |bytes: &[u8]| -> u64 {
+        let shift = |v: u64, b: &u8| (v << 8) | u64::from(*b);
+        if big {
+            bytes.iter().fold(0, shift)
+        } else {
+            bytes.iter().rev().fold(0, shift)
+        }
+    };
+    // e_phoff, e_phentsize, e_phnum (ELF64 and ELF32 layouts).
+    let (phoff, phentsize, phnum) = if wide {
+        (
+            int(&ident[32..40]),
+            int(&ident[54..56]),
+            int(&ident[56..58]),
+        )
+    } else {
+        (
+            int(&ident[28..32]),
+            int(&ident[42..44]),
+            int(&ident[44..46]),
+        )
+    };
+    let phentsize = usize::try_from(phentsize).ok()?;
+    let table = phentsize.checked_mul(usize::try_from(phnum).ok()?)?;
+    if phentsize < 4 || table > MAX_PROGRAM_HEADERS_BYTES {
+        return None;
+    }
+    let mut headers = vec![0u8; table];
+    f.read_exact_at(&mut headers, phoff).ok()?;
+    Some(
+        headers
+            .chunks_exact(phentsize)
+            .any(|ph| int(&ph[..4]) == u64::from(PT_INTERP)),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dynamic_executable_is_not_static() {
+        assert!(!is_static_elf(Path::new("/bin/ls")));
+    }
+
+    #[test]
+    fn a_static_executable_is_static() {
+        assert!(is_static_elf(Path::new("/bin/busybox")));
+    }
+
+    #[test]
+    fn a_static_binary_that_mentions_ld_linux_is_static() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("agent");
+        let mut bytes = std::fs::read("/bin/busybox").unwrap();
+        bytes.extend_from_slice(b"/lib64/ld-linux-x86-64.so.2");
+        std::fs::write(&path, bytes).unwrap();
+
+        assert!(is_static_elf(&path));
+    }
+
+    #[test]
+    fn a_file_that_is_not_elf_is_not_static() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("script");
+        std::fs::write(&path, b"#!/bin/sh\necho hi\n").unwrap();
+
+        assert!(!is_static_elf(&path));
+    }
+
+    #[test]
+    fn a_truncated_elf_header_is_not_static() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("short");
+        std::fs::write(&path, &std::fs::read("/bin/busybox").unwrap()[..40]).unwrap();
+
+        assert!(!is_static_elf(&path));
+    }
 }

@@ -2,6 +2,8 @@
 //! their VMM still runs (pidfd opened first, then pid start time and command line checked, so a
 //! reused pid is never adopted), or recorded as ended. Any other process still running for a VM
 //! (a vsock backend, a VMM whose start was interrupted) is killed: every state is reconciled.
+//! Before any of that, every VM's console log is capped (the guest kept printing while nexusd was
+//! down, into a file nothing capped), and `/proc` is scanned once, off the async runtime.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -16,6 +18,7 @@ use crate::store::now_ms;
 use crate::store::runtime::{self, RuntimeRow};
 use crate::vm::VmError;
 use crate::vm::process::{Watch, is_same_process};
+use crate::vmm::{cap_console_log, cap_firecracker_logs};
 
 impl Lifecycle {
     /// At start-up: re-adopts the processes of VMs that were live when the last daemon
@@ -23,6 +26,10 @@ impl Lifecycle {
     pub async fn recover(&self) -> Result<(), VmError> {
         let vms = self.inner.vms.list(None).await?;
         self.remove_orphan_cgroups(&vms).await;
+        self.cap_logs(&vms).await;
+        let processes = tokio::task::spawn_blocking(vm_processes)
+            .await
+            .unwrap_or_default();
         for vm in vms {
             let id = vm.id;
             let row = self
@@ -39,12 +46,12 @@ impl Lifecycle {
                     Ok(vmm) => self.adopt(&vm, row, vmm),
                     Err(e) => {
                         tracing::info!(vm = %vm.name, reason = %e, "VMM not re-adoptable");
-                        self.record_lost(&vm, Some(row)).await?;
+                        self.record_lost(&vm, Some(row), &processes).await?;
                     }
                 },
-                row if live_state => self.record_lost(&vm, row).await?,
+                row if live_state => self.record_lost(&vm, row, &processes).await?,
                 row => {
-                    kill_strays(&self.runtime_dir(id));
+                    kill_strays(&processes, &self.runtime_dir(id));
                     self.remove_cgroup(id).await;
                     if row.is_some() {
                         self.inner
@@ -73,6 +80,23 @@ impl Lifecycle {
                     tracing::warn!(cgroup = %name, "removing the cgroup of a VM that no longer exists");
                     jailer.remove_cgroup(&name);
                 }
+            }
+        })
+        .await;
+    }
+
+    /// Caps every VM's console log (and Firecracker's logs) before anything reads them: a guest
+    /// may have printed any amount while no supervisor was capping.
+    async fn cap_logs(&self, vms: &[Vm]) {
+        let max = self.inner.cfg.console_max_bytes;
+        let dirs: Vec<PathBuf> = vms.iter().map(|vm| self.runtime_dir(vm.id)).collect();
+        let _ = tokio::task::spawn_blocking(move || {
+            for dir in dirs {
+                let log = dir.join("console.log");
+                if let Err(e) = cap_console_log(&log, max) {
+                    tracing::warn!(log = %log.display(), error = %e, "cannot cap the console log");
+                }
+                let _ = cap_firecracker_logs(&dir, max);
             }
         })
         .await;
@@ -141,9 +165,14 @@ impl Lifecycle {
         });
     }
 
-    async fn record_lost(&self, vm: &Vm, row: Option<RuntimeRow>) -> Result<(), VmError> {
+    async fn record_lost(
+        &self,
+        vm: &Vm,
+        row: Option<RuntimeRow>,
+        processes: &[VmProcess],
+    ) -> Result<(), VmError> {
         let id = vm.id;
-        kill_strays(&self.runtime_dir(id));
+        kill_strays(processes, &self.runtime_dir(id));
         self.remove_cgroup(id).await;
         let boot_id = row.map(|r| r.boot_id);
         self.inner
@@ -160,10 +189,11 @@ impl Lifecycle {
             VmState::Starting => VmState::Failed,
             _ => VmState::Crashed,
         };
-        let reason = format!(
-            "VMM exited while nexusd was not running; console: {}",
-            console_tail(&self.console_log(id))
-        );
+        let log = self.console_log(id);
+        let tail = tokio::task::spawn_blocking(move || console_tail(&log))
+            .await
+            .unwrap_or_default();
+        let reason = format!("VMM exited while nexusd was not running; console: {tail}");
         tracing::warn!(vm = %vm.name, state = %to, "VM's VMM is gone");
         self.inner
             .vms
@@ -186,17 +216,17 @@ fn adoptable(row: &RuntimeRow) -> Result<Watch, String> {
     }
 }
 
-/// SIGKILLs every VMM or vsock backend whose command line names the VM (its runtime directory
-/// `<vms>/<id>`, or `--id <id>` for a jailed Firecracker): one left behind, or one whose start a
-/// crash interrupted before it was recorded.
-fn kill_strays(runtime_dir: &std::path::Path) {
-    let Some(needle) = runtime_dir
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-    else {
-        return;
-    };
+/// A running VMM or vsock backend, as `/proc` showed it at recovery.
+struct VmProcess {
+    pid: u32,
+    cmdline: String,
+}
+
+/// Every VMM and vsock backend process (by `comm`), read once from `/proc` at recovery. Blocking:
+/// run it in `spawn_blocking`.
+fn vm_processes() -> Vec<VmProcess> {
     let me = std::process::id();
+    let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Some(pid) = entry
             .file_name()
@@ -216,9 +246,26 @@ fn kill_strays(runtime_dir: &std::path::Path) {
             continue;
         }
         let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&needle) {
-            tracing::warn!(pid, dir = %needle, "killing a stray VM process");
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), Signal::SIGKILL);
-        }
+        found.push(VmProcess {
+            pid,
+            cmdline: String::from_utf8_lossy(&cmdline).into_owned(),
+        });
+    }
+    found
+}
+
+/// SIGKILLs every VMM or vsock backend of `processes` whose command line names the VM (its runtime
+/// directory `<vms>/<id>`, or `--id <id>` for a jailed Firecracker): one left behind, or one whose
+/// start a crash interrupted before it was recorded.
+fn kill_strays(processes: &[VmProcess], runtime_dir: &std::path::Path) {
+    let Some(needle) = runtime_dir
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+    else {
+        return;
+    };
+    for p in processes.iter().filter(|p| p.cmdline.contains(&needle)) {
+        tracing::warn!(pid = p.pid, dir = %needle, "killing a stray VM process");
+        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(p.pid as i32), Signal::SIGKILL);
     }
 }
