@@ -128,9 +128,6 @@ struct Inner {
     /// The QEMU backend, measured against the host once (its TSC rate, for TCG guests).
     qemu: tokio::sync::OnceCell<Arc<QemuVmm>>,
     live: Mutex<HashMap<Uuid, Live>>,
-    /// One lock per VM serialising start, stop and delete up to the point where the VM's
-    /// processes are registered, so none of them acts on a half-started VM.
-    ops: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -167,7 +164,6 @@ impl Lifecycle {
                 fc_jailer,
                 qemu: tokio::sync::OnceCell::new(),
                 live: Mutex::new(HashMap::new()),
-                ops: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -202,17 +198,11 @@ impl Lifecycle {
         }
     }
 
-    /// Takes the VM's operation lock.
+    /// Takes the VM's operation lock (shared with drive attach/detach/delete, see
+    /// [`super::VmLocks`]), held by start, stop and delete up to the point where the VM's
+    /// processes are registered, so none of them acts on a half-started VM.
     async fn lock_vm(&self, id: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .inner
-            .ops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id)
-            .or_default()
-            .clone();
-        lock.lock_owned().await
+        self.inner.vms.locks().lock(id).await
     }
 
     /// Runs a life-cycle operation on its own task, so that a caller who goes away (a client
@@ -628,11 +618,7 @@ impl Lifecycle {
             .await?;
         let dir = self.runtime_dir(vm.id);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-        self.inner
-            .ops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&vm.id);
+        self.inner.vms.locks().forget(vm.id);
         Ok(())
     }
 
