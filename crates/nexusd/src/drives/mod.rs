@@ -273,7 +273,11 @@ impl DriveService {
     /// it runs again under the new VM's lock.
     async fn under_vm_lock<F>(&self, drive: &str, op: F) -> Result<DriveRow, DriveError>
     where
-        F: Fn(&mut rusqlite::Connection, &str, Option<Uuid>) -> Result<Result<DriveRow, Refusal>, StoreError>
+        F: Fn(
+                &mut rusqlite::Connection,
+                &str,
+                Option<Uuid>,
+            ) -> Result<Result<DriveRow, Refusal>, StoreError>
             + Clone
             + Send
             + 'static,
@@ -389,7 +393,11 @@ impl DriveService {
         .map_err(DriveError::Worker)?;
         let info = match info {
             Ok(info) => info,
-            Err(e) => return Err(self.snapshot_failed(e, image, &image_row).await),
+            Err(e) => {
+                // Whatever the failure left under `drives/` goes (none is the usual case).
+                self.remove_subvolumes(&[id]).await;
+                return Err(self.snapshot_failed(e, image, &image_row).await);
+            }
         };
         Ok(DriveRow {
             id,
@@ -407,7 +415,12 @@ impl DriveService {
     /// The error for a snapshot of `image_row` that failed with `e`: an image deleted meanwhile
     /// is [`DriveError::ImageNotFound`] (the race with a delete is a 404, not a 500); a row
     /// without its subvolume is a conflict; anything else is `e`.
-    async fn snapshot_failed(&self, e: StorageError, image: &str, image_row: &ImageRow) -> DriveError {
+    async fn snapshot_failed(
+        &self,
+        e: StorageError,
+        image: &str,
+        image_row: &ImageRow,
+    ) -> DriveError {
         let id = image_row.id;
         match self.store.call(move |c| images::exists(c, id)).await {
             Ok(false) => DriveError::ImageNotFound(image.to_owned()),

@@ -482,9 +482,7 @@ mod tests {
     #[test]
     fn a_drive_whose_image_is_gone_is_refused_not_a_database_error() {
         let (_d, store, image) = store_with_image();
-        store
-            .call_blocking(|c| images::delete(c, "base"))
-            .unwrap();
+        store.call_blocking(|c| images::delete(c, "base")).unwrap();
 
         let out = store
             .call_blocking(|c| insert(c, &drive("d", image)))
@@ -497,9 +495,7 @@ mod tests {
     #[test]
     fn a_vm_whose_root_image_is_gone_is_refused_and_leaves_no_vm_row() {
         let (_d, store, image) = store_with_image();
-        store
-            .call_blocking(|c| images::delete(c, "base"))
-            .unwrap();
+        store.call_blocking(|c| images::delete(c, "base")).unwrap();
 
         let out = store
             .call_blocking(|c| insert_with_vm(c, &vm("a"), drive("a-root", image)))

@@ -33,8 +33,8 @@ use crate::jail::{JailConfig, Jailer, VmJail};
 use crate::store::runtime::{self, BootPhases};
 use crate::store::{Store, now_ms};
 use crate::vmm::{
-    Accel, DriveSpec, Launched, FirecrackerVmm, HostProbe, QemuVmm, VmSpec, Vmm, VmmChoice, VmmKind,
-    guest_cmdline, select_backend,
+    Accel, DriveSpec, FirecrackerVmm, HostProbe, Launched, QemuVmm, VmSpec, Vmm, VmmChoice,
+    VmmKind, guest_cmdline, select_backend,
 };
 
 /// How much console output is quoted into a crash or failure reason.
@@ -774,7 +774,10 @@ mod tests {
     use super::*;
 
     fn sleeper() -> std::process::Child {
-        std::process::Command::new("sleep").arg("600").spawn().unwrap()
+        std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap()
     }
 
     #[test]
