@@ -1,10 +1,14 @@
 //! Drives: writable copy-on-write snapshots of master images, and their attachment to VMs. The
 //! service API handlers (and the VM service, for a VM's root drive) call.
 //!
-//! Creation makes the subvolume first and inserts the row after, so an interruption leaves at most an
-//! unregistered subvolume (removed at start-up). Deletion removes the row first (atomically with the
-//! checks on the VM's state) and the subvolume after. A drive attached to a live VM (starting,
-//! running, stopping) cannot be detached or deleted: the rules come from [`crate::vm::state`].
+//! Creation makes the subvolume first and inserts the row after (in one transaction with the check
+//! that the image still exists), so an interruption leaves at most an unregistered subvolume
+//! (removed at start-up). Deletion removes the row first (atomically with the checks on the VM's
+//! state) and the subvolume after. Creation and deletion run on their own task, so a client that
+//! disconnects cannot stop them between the subvolume and the row. A drive attached to a live VM
+//! (starting, running, stopping) cannot be detached or deleted: the rules come from
+//! [`crate::vm::state`]; attach, detach and delete hold the VM's operation lock
+//! ([`crate::vm::VmLocks`]), so they wait for a start in progress and are then refused.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -19,7 +23,18 @@ use crate::store::drives::{self, DriveRow, Refusal};
 use crate::store::images::{self, ImageRow};
 use crate::store::vms::{NewVm, VmRow};
 use crate::store::{Store, StoreError, now_ms};
-use crate::vm::state;
+use crate::vm::{VmLocks, state};
+
+/// How often a detach or delete looks again when the drive's VM changed while it waited.
+const LOCK_RETRIES: usize = 3;
+
+/// Runs `op` on its own task, so that a caller who goes away (a client disconnecting) cannot
+/// stop it between publishing a subvolume and writing its row.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, DriveError>> + Send + 'static,
+) -> Result<T, DriveError> {
+    tokio::spawn(op).await.map_err(DriveError::Worker)?
+}
 
 /// Errors of drive operations.
 #[derive(Debug, thiserror::Error)]
@@ -59,11 +74,21 @@ fn vm_is_live(state: VmState) -> bool {
 pub struct DriveService {
     store: Store,
     pool: Arc<PoolManager>,
+    locks: VmLocks,
 }
 
 impl DriveService {
     pub fn new(store: Store, pool: Arc<PoolManager>) -> Self {
-        Self { store, pool }
+        Self {
+            store,
+            pool,
+            locks: VmLocks::default(),
+        }
+    }
+
+    /// The VMs' operation locks (the life cycle takes them too).
+    pub fn vm_locks(&self) -> &VmLocks {
+        &self.locks
     }
 
     /// The ext4 files of the drives attached to a VM: its root drive (if any) and the others,
@@ -108,12 +133,17 @@ impl DriveService {
 
     /// Creates a detached drive from an image.
     pub async fn create(&self, req: CreateDrive) -> Result<Drive, DriveError> {
+        let this = self.clone();
+        detached(async move { this.create_now(req).await }).await
+    }
+
+    async fn create_now(&self, req: CreateDrive) -> Result<Drive, DriveError> {
         let row = self
             .make_subvolume(&req.image, req.name, req.size, "size")
             .await?;
         let insert = row.clone();
         let inserted = self.store.call(move |c| drives::insert(c, &insert)).await;
-        let row = self.keep_or_remove(row, inserted).await?;
+        let row = self.keep_or_remove(row, &req.image, inserted).await?;
         tracing::info!(drive = %row.name, id = %row.id, size = row.size_bytes, "drive created");
         Ok(row.to_api())
     }
@@ -121,6 +151,16 @@ impl DriveService {
     /// Creates VM `new` with a root drive made from `image` (of `disk_size`), both rows in one
     /// transaction: there is never a VM row without its drive, nor a drive left from a failed create.
     pub async fn create_vm_with_root(
+        &self,
+        new: NewVm,
+        image: &str,
+        disk_size: Option<ByteSize>,
+    ) -> Result<VmRow, DriveError> {
+        let (this, image) = (self.clone(), image.to_owned());
+        detached(async move { this.create_vm_with_root_now(new, &image, disk_size).await }).await
+    }
+
+    async fn create_vm_with_root_now(
         &self,
         new: NewVm,
         image: &str,
@@ -178,8 +218,17 @@ impl DriveService {
             .ok_or_else(|| DriveError::NotFound(id_or_name.to_owned()))
     }
 
+    /// Attaches a drive to a VM that is not live, under the VM's operation lock.
     pub async fn attach(&self, drive: &str, req: AttachDrive) -> Result<Drive, DriveError> {
-        let (key, vm, root) = (drive.to_owned(), req.vm.clone(), req.root);
+        let key = req.vm.clone();
+        let target = self
+            .store
+            .call(move |c| crate::store::vms::get(c, &key))
+            .await?
+            .ok_or_else(|| DriveError::VmNotFound(req.vm.clone()))?;
+        let _lock = self.locks.lock(target.id).await;
+        // By id: a VM deleted (and its name reused) while this waited is not found.
+        let (key, vm, root) = (drive.to_owned(), target.id.to_string(), req.root);
         let out = self
             .store
             .call(move |c| drives::attach(c, &key, &vm, root, vm_is_live))
@@ -189,28 +238,71 @@ impl DriveService {
         Ok(row.to_api())
     }
 
+    /// Detaches a drive from a VM that is not live, under the VM's operation lock.
     pub async fn detach(&self, drive: &str) -> Result<Drive, DriveError> {
-        let key = drive.to_owned();
-        let out = self
-            .store
-            .call(move |c| drives::detach(c, &key, vm_is_live))
+        let row = self
+            .under_vm_lock(drive, |c, key, locked| {
+                drives::detach(c, key, locked, vm_is_live)
+            })
             .await?;
-        let row = out.map_err(|r| refused(r, drive, ""))?;
         tracing::info!(drive = %row.name, "drive detached");
         Ok(row.to_api())
     }
 
-    /// Deletes a drive not attached to a live VM: the row, then the subvolume.
+    /// Deletes a drive not attached to a live VM: the row (under the VM's operation lock), then
+    /// the subvolume, on its own task.
     pub async fn delete(&self, drive: &str) -> Result<(), DriveError> {
-        let key = drive.to_owned();
-        let out = self
-            .store
-            .call(move |c| drives::delete(c, &key, vm_is_live))
+        let (this, drive) = (self.clone(), drive.to_owned());
+        detached(async move { this.delete_now(&drive).await }).await
+    }
+
+    async fn delete_now(&self, drive: &str) -> Result<(), DriveError> {
+        let row = self
+            .under_vm_lock(drive, |c, key, locked| {
+                drives::delete(c, key, locked, vm_is_live)
+            })
             .await?;
-        let row = out.map_err(|r| refused(r, drive, ""))?;
         self.remove_subvolumes(&[row.id]).await;
         tracing::info!(drive = %row.name, id = %row.id, "drive deleted");
         Ok(())
+    }
+
+    /// Runs the guarded change `op` on `drive` while holding the operation lock of the VM the
+    /// drive is attached to (none when detached). `op` gets the drive's id and that VM, and
+    /// refuses with [`Refusal::VmChanged`] when the attachment changed while this waited; then
+    /// it runs again under the new VM's lock.
+    async fn under_vm_lock<F>(&self, drive: &str, op: F) -> Result<DriveRow, DriveError>
+    where
+        F: Fn(
+                &mut rusqlite::Connection,
+                &str,
+                Option<Uuid>,
+            ) -> Result<Result<DriveRow, Refusal>, StoreError>
+            + Clone
+            + Send
+            + 'static,
+    {
+        for _ in 0..LOCK_RETRIES {
+            let key = drive.to_owned();
+            let row = self
+                .store
+                .call(move |c| drives::get(c, &key))
+                .await?
+                .ok_or_else(|| DriveError::NotFound(drive.to_owned()))?;
+            let _lock = match row.vm_id {
+                Some(vm) => Some(self.locks.lock(vm).await),
+                None => None,
+            };
+            let (op, id, locked) = (op.clone(), row.id.to_string(), row.vm_id);
+            match self.store.call(move |c| op(c, &id, locked)).await? {
+                Ok(row) => return Ok(row),
+                Err(Refusal::VmChanged) => continue,
+                Err(refusal) => return Err(refused(refusal, drive, "")),
+            }
+        }
+        Err(DriveError::Conflict(format!(
+            "drive {drive} keeps moving between VMs; try again"
+        )))
     }
 
     /// Removes the subvolumes of drives whose rows are gone. A failure leaves an unregistered
@@ -298,14 +390,15 @@ impl DriveService {
                 .create_drive(&image_id.to_string(), &id.to_string(), size)
         })
         .await
-        .map_err(DriveError::Worker)?
-        .map_err(|e| match e {
-            StorageError::ImageNotFound { .. } => DriveError::Conflict(format!(
-                "image {} has no subvolume in the pool; delete it and import it again",
-                image_row.name
-            )),
-            other => other.into(),
-        })?;
+        .map_err(DriveError::Worker)?;
+        let info = match info {
+            Ok(info) => info,
+            Err(e) => {
+                // Whatever the failure left under `drives/` goes (none is the usual case).
+                self.remove_subvolumes(&[id]).await;
+                return Err(self.snapshot_failed(e, image, &image_row).await);
+            }
+        };
         Ok(DriveRow {
             id,
             name,
@@ -319,17 +412,41 @@ impl DriveService {
         })
     }
 
+    /// The error for a snapshot of `image_row` that failed with `e`: an image deleted meanwhile
+    /// is [`DriveError::ImageNotFound`] (the race with a delete is a 404, not a 500); a row
+    /// without its subvolume is a conflict; anything else is `e`.
+    async fn snapshot_failed(
+        &self,
+        e: StorageError,
+        image: &str,
+        image_row: &ImageRow,
+    ) -> DriveError {
+        let id = image_row.id;
+        match self.store.call(move |c| images::exists(c, id)).await {
+            Ok(false) => DriveError::ImageNotFound(image.to_owned()),
+            Err(store) => store.into(),
+            Ok(true) => match e {
+                StorageError::ImageNotFound { .. } => DriveError::Conflict(format!(
+                    "image {} has no subvolume in the pool; delete it and import it again",
+                    image_row.name
+                )),
+                other => other.into(),
+            },
+        }
+    }
+
     /// Keeps the new drive `row` when its insert succeeded, else removes its subvolume.
     async fn keep_or_remove(
         &self,
         row: DriveRow,
+        image: &str,
         inserted: Result<Result<(), Refusal>, StoreError>,
     ) -> Result<DriveRow, DriveError> {
         match inserted {
             Ok(Ok(())) => Ok(row),
             Ok(Err(refusal)) => {
                 self.remove_subvolumes(&[row.id]).await;
-                Err(refused(refusal, &row.name, ""))
+                Err(refused(refusal, &row.name, image))
             }
             Err(e) => {
                 self.remove_subvolumes(&[row.id]).await;
@@ -359,5 +476,9 @@ fn refused(refusal: Refusal, drive: &str, other: &str) -> DriveError {
         Refusal::RootTaken(root) => DriveError::Conflict(format!(
             "VM {other} already has a root drive ({root}); detach it first"
         )),
+        Refusal::ImageNotFound => DriveError::ImageNotFound(other.to_owned()),
+        Refusal::VmChanged => {
+            DriveError::Conflict(format!("drive {drive} moved to another VM; try again"))
+        }
     }
 }

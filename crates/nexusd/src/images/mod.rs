@@ -3,7 +3,9 @@
 //! An import validates everything it can before touching the pool (name, path, file type), builds
 //! the image under the pool's `tmp/`, publishes the read-only subvolume, and only then inserts the
 //! row. So an interruption leaves at most an unregistered subvolume, which start-up reconciliation
-//! removes; a name clash found at insert time removes the subvolume it just published.
+//! removes; a name clash found at insert time removes the subvolume it just published. Import and
+//! delete run on their own task: a client that disconnects cannot stop them between the
+//! subvolume and the row, so the work is finished (or undone) whether or not it waits.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -43,6 +45,14 @@ pub enum ImageError {
     Store(#[from] StoreError),
     #[error("storage worker failed")]
     Worker(#[source] tokio::task::JoinError),
+}
+
+/// Runs `op` on its own task, so that a caller who goes away (a client disconnecting) cannot
+/// stop it between publishing a subvolume and writing its row.
+async fn detached<T: Send + 'static>(
+    op: impl std::future::Future<Output = Result<T, ImageError>> + Send + 'static,
+) -> Result<T, ImageError> {
+    tokio::spawn(op).await.map_err(ImageError::Worker)?
 }
 
 /// Name of the built-in image: Debian's static busybox, built by nexusd on first use.
@@ -129,6 +139,11 @@ impl ImageService {
     /// Imports the ext4 file or directory at `req.path` (on this host) as a new master image, if
     /// the import policy lets `caller` name that path (see [`crate::hostpath`]).
     pub async fn import(&self, req: CreateImage, caller: &Caller) -> Result<Image, ImageError> {
+        let (this, caller) = (self.clone(), caller.clone());
+        detached(async move { this.import_now(req, &caller).await }).await
+    }
+
+    async fn import_now(&self, req: CreateImage, caller: &Caller) -> Result<Image, ImageError> {
         if req.path.len() > MAX_PATH_LEN {
             return Err(ImageError::Invalid {
                 field: "path",
@@ -228,6 +243,11 @@ impl ImageService {
     /// Deletes an image no drive depends on: the row first (the database refuses while drives exist),
     /// then its subvolume.
     pub async fn delete(&self, id_or_name: &str) -> Result<(), ImageError> {
+        let (this, key) = (self.clone(), id_or_name.to_owned());
+        detached(async move { this.delete_now(&key).await }).await
+    }
+
+    async fn delete_now(&self, id_or_name: &str) -> Result<(), ImageError> {
         let key = id_or_name.to_owned();
         match self.store.call(move |c| images::delete(c, &key)).await? {
             Deleted::Ok(row) => {

@@ -237,7 +237,13 @@ impl Storage {
             }
             _ => btrfs::snapshot(&image, &dest, false).map_err(|e| exists_as(e, drive_exists))?,
         }
-        self.drive_info(drive_id)
+        // The image may have been emptied by a concurrent delete while it was snapshotted: a
+        // drive without its file is not published.
+        self.drive_info(drive_id).inspect_err(|_| {
+            if let Err(e) = self.delete_drive(drive_id) {
+                tracing::warn!(drive = drive_id, error = %e, "could not remove an incomplete drive; it is removed at the next start");
+            }
+        })
     }
 
     /// Describes drive `id` as it is on disk.

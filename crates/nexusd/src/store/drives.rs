@@ -62,6 +62,10 @@ pub enum Refusal {
     },
     /// The VM already has a root drive (its name).
     RootTaken(String),
+    /// The image the drive is made from is gone (deleted while the drive was being made).
+    ImageNotFound,
+    /// The drive's VM changed while the caller waited for the VM's operation lock; look again.
+    VmChanged,
 }
 
 const COLUMNS: &str =
@@ -91,8 +95,13 @@ pub fn name_taken(conn: &Connection, name: &str) -> Result<bool, StoreError> {
     )?)
 }
 
-fn insert_row(conn: &Connection, row: &DriveRow) -> Result<bool, StoreError> {
-    let n = conn.execute(
+/// Inserts a drive row inside transaction `tx`, after checking that its image still exists: an
+/// image deleted while the drive was made is a refusal, not a foreign-key failure.
+fn insert_row(tx: &Transaction<'_>, row: &DriveRow) -> Result<Result<(), Refusal>, StoreError> {
+    if !super::images::exists(tx, row.image_id)? {
+        return Ok(Err(Refusal::ImageNotFound));
+    }
+    let n = tx.execute(
         &format!(
             "INSERT INTO drives ({COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
              ON CONFLICT(name) DO NOTHING"
@@ -108,17 +117,25 @@ fn insert_row(conn: &Connection, row: &DriveRow) -> Result<bool, StoreError> {
             row.state.as_str(),
             row.created_at_ms
         ],
-    )?;
-    Ok(n == 1)
+    );
+    match n {
+        Ok(1) => Ok(Ok(())),
+        Ok(_) => Ok(Err(Refusal::DriveNameTaken)),
+        // The check above runs in the same immediate transaction, so this is only the backstop.
+        Err(e) if super::is_foreign_key_violation(&e) => Ok(Err(Refusal::ImageNotFound)),
+        Err(e) => Err(e.into()),
+    }
 }
 
-/// Inserts a detached drive row; `Err(Refusal::DriveNameTaken)` writes nothing.
-pub fn insert(conn: &Connection, row: &DriveRow) -> Result<Result<(), Refusal>, StoreError> {
-    Ok(if insert_row(conn, row)? {
-        Ok(())
-    } else {
-        Err(Refusal::DriveNameTaken)
-    })
+/// Inserts a detached drive row, in one transaction with the check that its image exists; a
+/// refusal writes nothing.
+pub fn insert(conn: &mut Connection, row: &DriveRow) -> Result<Result<(), Refusal>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    if let Err(refusal) = insert_row(&tx, row)? {
+        return Ok(Err(refusal));
+    }
+    tx.commit()?;
+    Ok(Ok(()))
 }
 
 /// Inserts a VM and its root drive `drive` (made with it) in one transaction: either both rows exist
@@ -136,8 +153,8 @@ pub fn insert_with_vm(
     drive.vm_id = Some(vm.id);
     drive.is_root = true;
     drive.created_with_vm = true;
-    if !insert_row(&tx, &drive)? {
-        return Ok(Err(Refusal::DriveNameTaken));
+    if let Err(refusal) = insert_row(&tx, &drive)? {
+        return Ok(Err(refusal));
     }
     tx.commit()?;
     Ok(Ok((vm, drive)))
@@ -250,10 +267,12 @@ pub fn attach(
     Ok(Ok(row))
 }
 
-/// Detaches `drive` from its VM unless the VM is live.
+/// Detaches `drive` from its VM unless the VM is live. `locked` is the VM whose operation lock
+/// the caller holds: a drive now attached elsewhere is [`Refusal::VmChanged`].
 pub fn detach(
     conn: &mut Connection,
     drive: &str,
+    locked: Option<Uuid>,
     live: impl Fn(VmState) -> bool,
 ) -> Result<Result<DriveRow, Refusal>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -261,6 +280,9 @@ pub fn detach(
         Ok(found) => found,
         Err(refusal) => return Ok(Err(refusal)),
     };
+    if row.vm_id != locked {
+        return Ok(Err(Refusal::VmChanged));
+    }
     if row.vm_id.is_none() {
         return Ok(Err(Refusal::NotAttached));
     }
@@ -277,10 +299,11 @@ pub fn detach(
     Ok(Ok(row))
 }
 
-/// Deletes the row of `drive` unless it is attached to a live VM.
+/// Deletes the row of `drive` unless it is attached to a live VM. `locked` as for [`detach`].
 pub fn delete(
     conn: &mut Connection,
     drive: &str,
+    locked: Option<Uuid>,
     live: impl Fn(VmState) -> bool,
 ) -> Result<Result<DriveRow, Refusal>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -288,6 +311,9 @@ pub fn delete(
         Ok(found) => found,
         Err(refusal) => return Ok(Err(refusal)),
     };
+    if row.vm_id != locked {
+        return Ok(Err(Refusal::VmChanged));
+    }
     if let Err(refusal) = not_live(vm.as_ref(), &live) {
         return Ok(Err(refusal));
     }
@@ -451,6 +477,47 @@ mod tests {
 
         assert_eq!(out.map(|_| ()), Err(Refusal::DriveNameTaken));
         assert!(store.call_blocking(|c| vms::get(c, "a")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_drive_whose_image_is_gone_is_refused_not_a_database_error() {
+        let (_d, store, image) = store_with_image();
+        store.call_blocking(|c| images::delete(c, "base")).unwrap();
+
+        let out = store
+            .call_blocking(|c| insert(c, &drive("d", image)))
+            .unwrap();
+
+        assert_eq!(out, Err(Refusal::ImageNotFound));
+        assert!(store.call_blocking(|c| get(c, "d")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_vm_whose_root_image_is_gone_is_refused_and_leaves_no_vm_row() {
+        let (_d, store, image) = store_with_image();
+        store.call_blocking(|c| images::delete(c, "base")).unwrap();
+
+        let out = store
+            .call_blocking(|c| insert_with_vm(c, &vm("a"), drive("a-root", image)))
+            .unwrap();
+
+        assert_eq!(out.map(|_| ()), Err(Refusal::ImageNotFound));
+        assert!(store.call_blocking(|c| vms::get(c, "a")).unwrap().is_none());
+    }
+
+    #[test]
+    fn detaching_under_the_lock_of_another_vm_is_refused_as_changed() {
+        let (_d, store, image) = store_with_image();
+        store
+            .call_blocking(|c| insert_with_vm(c, &vm("a"), drive("a-root", image)))
+            .unwrap()
+            .unwrap();
+
+        let out = store
+            .call_blocking(|c| detach(c, "a-root", None, |_| false))
+            .unwrap();
+
+        assert_eq!(out.map(|_| ()), Err(Refusal::VmChanged));
     }
 
     #[test]

@@ -87,6 +87,15 @@ pub fn name_taken(conn: &Connection, name: &str) -> Result<bool, StoreError> {
     )?)
 }
 
+/// Whether image `id` has a row.
+pub fn exists(conn: &Connection, id: Uuid) -> Result<bool, StoreError> {
+    Ok(conn.query_row(
+        "SELECT EXISTS(SELECT 1 FROM images WHERE id = ?1)",
+        [id.to_string()],
+        |r| r.get(0),
+    )?)
+}
+
 /// Inserts an image row; a name clash writes nothing.
 pub fn insert(conn: &Connection, row: &ImageRow) -> Result<Inserted, StoreError> {
     let inserted = conn.execute(

@@ -163,6 +163,16 @@ impl Store {
     }
 }
 
+/// Whether `e` is SQLite refusing a write that breaks a foreign key: a row it points to is gone
+/// (or, on delete, still in use). Callers that can race with a delete map it to a refusal.
+pub fn is_foreign_key_violation(e: &rusqlite::Error) -> bool {
+    matches!(
+        e,
+        rusqlite::Error::SqliteFailure(err, _)
+            if err.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY
+    )
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     std::time::SystemTime::now()

@@ -6,11 +6,15 @@ pub mod lifecycle;
 pub mod process;
 pub mod state;
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
 use nexus_lib::api::{
     CreateVm, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MEMORY_MIB_RANGE, Transition, VCPUS_RANGE, Vm,
     VmState,
 };
 use nexus_lib::names::validate_name;
+use uuid::Uuid;
 
 use crate::drives::{DriveError, DriveService};
 use crate::store::vms::{self, Changed, Inserted, NewVm};
@@ -62,6 +66,32 @@ pub enum VmError {
     Drive(#[from] DriveError),
 }
 
+/// One operation lock per VM. Start, stop and delete hold it until the VM's processes are
+/// registered (see [`lifecycle`]); drive attach, detach and delete hold it around their
+/// transaction. So a drive never moves while its VM is being started: a detach either happens
+/// before the start reads the VM's drives, or waits and then finds the VM live and is refused.
+#[derive(Debug, Clone, Default)]
+pub struct VmLocks(Arc<Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>>);
+
+impl VmLocks {
+    /// Takes the operation lock of VM `id`, waiting for whoever holds it.
+    pub async fn lock(&self, id: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
+        let lock = self
+            .0
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(id)
+            .or_default()
+            .clone();
+        lock.lock_owned().await
+    }
+
+    /// Forgets the lock of a deleted VM.
+    pub fn forget(&self, id: Uuid) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).remove(&id);
+    }
+}
+
 /// The VM service.
 #[derive(Debug, Clone)]
 pub struct VmService {
@@ -72,6 +102,11 @@ pub struct VmService {
 impl VmService {
     pub fn new(store: Store, drives: DriveService) -> Self {
         Self { store, drives }
+    }
+
+    /// The VMs' operation locks, shared with the drive service.
+    pub fn locks(&self) -> &VmLocks {
+        self.drives.vm_locks()
     }
 
     /// Validates and records a new VM in state `created`; with `image`, together with its root drive.
@@ -113,8 +148,16 @@ impl VmService {
             .ok_or_else(|| VmError::NotFound(id_or_name.to_owned()))
     }
 
-    /// Deletes a VM that is not live, and the drives made with it unless `keep_drives`.
+    /// Deletes a VM that is not live, and the drives made with it unless `keep_drives`. Runs on
+    /// its own task: a client that goes away cannot leave the rows gone and the subvolumes kept.
     pub async fn delete(&self, id_or_name: &str, keep_drives: bool) -> Result<(), VmError> {
+        let (this, key) = (self.clone(), id_or_name.to_owned());
+        tokio::spawn(async move { this.delete_now(&key, keep_drives).await })
+            .await
+            .map_err(|e| VmError::Task(e.to_string()))?
+    }
+
+    async fn delete_now(&self, id_or_name: &str, keep_drives: bool) -> Result<(), VmError> {
         let key = id_or_name.to_owned();
         let (changed, released) = self
             .store

@@ -15,6 +15,8 @@ use std::time::{Duration, Instant};
 
 use nexus_lib::api::{Vm, VmState};
 use nix::sys::signal::Signal;
+use rustix::process::{PidfdFlags, pidfd_open, pidfd_send_signal};
+use std::os::fd::OwnedFd;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
@@ -31,8 +33,8 @@ use crate::jail::{JailConfig, Jailer, VmJail};
 use crate::store::runtime::{self, BootPhases};
 use crate::store::{Store, now_ms};
 use crate::vmm::{
-    Accel, DriveSpec, FirecrackerVmm, HostProbe, QemuVmm, VmSpec, Vmm, VmmChoice, VmmKind,
-    guest_cmdline, select_backend,
+    Accel, DriveSpec, FirecrackerVmm, HostProbe, Launched, QemuVmm, VmSpec, Vmm, VmmChoice,
+    VmmKind, guest_cmdline, select_backend,
 };
 
 /// How much console output is quoted into a crash or failure reason.
@@ -128,9 +130,6 @@ struct Inner {
     /// The QEMU backend, measured against the host once (its TSC rate, for TCG guests).
     qemu: tokio::sync::OnceCell<Arc<QemuVmm>>,
     live: Mutex<HashMap<Uuid, Live>>,
-    /// One lock per VM serialising start, stop and delete up to the point where the VM's
-    /// processes are registered, so none of them acts on a half-started VM.
-    ops: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -167,7 +166,6 @@ impl Lifecycle {
                 fc_jailer,
                 qemu: tokio::sync::OnceCell::new(),
                 live: Mutex::new(HashMap::new()),
-                ops: Mutex::new(HashMap::new()),
             }),
         }
     }
@@ -202,17 +200,11 @@ impl Lifecycle {
         }
     }
 
-    /// Takes the VM's operation lock.
+    /// Takes the VM's operation lock (shared with drive attach/detach/delete, see
+    /// [`super::VmLocks`]), held by start, stop and delete up to the point where the VM's
+    /// processes are registered, so none of them acts on a half-started VM.
     async fn lock_vm(&self, id: Uuid) -> tokio::sync::OwnedMutexGuard<()> {
-        let lock = self
-            .inner
-            .ops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .entry(id)
-            .or_default()
-            .clone();
-        lock.lock_owned().await
+        self.inner.vms.locks().lock(id).await
     }
 
     /// Runs a life-cycle operation on its own task, so that a caller who goes away (a client
@@ -432,7 +424,10 @@ impl Lifecycle {
             }
         };
         let vmm_ready_ms = t0.elapsed().as_millis() as u64;
-        let live = self
+        // Until a supervisor owns them, the processes are killed if anything fails (or this
+        // task is dropped): nothing spawned outlives a boot that did not register it.
+        let spawned = SpawnGuard::new(&launched);
+        let live = match self
             .supervise(
                 &vm,
                 boot_id,
@@ -441,7 +436,22 @@ impl Lifecycle {
                 accel_name,
                 kind,
             )
-            .await?;
+            .await
+        {
+            Ok(live) => {
+                spawned.disarm();
+                live
+            }
+            Err(e) => {
+                drop(spawned);
+                self.remove_cgroup(id).await;
+                let reason = format!(
+                    "cannot register the VMM's processes (killed): {}",
+                    crate::api::error::error_chain(&e)
+                );
+                return self.fail_boot(&vm, boot_id, reason).await;
+            }
+        };
         // The processes are registered: stop and delete may act on this VM from now on.
         drop(guard);
         tracing::info!(vm = %vm.name, backend = kind, accel = accel_name, vmm_ready_ms, "VMM spawned; waiting for the agent");
@@ -628,11 +638,7 @@ impl Lifecycle {
             .await?;
         let dir = self.runtime_dir(vm.id);
         let _ = tokio::task::spawn_blocking(move || std::fs::remove_dir_all(dir)).await;
-        self.inner
-            .ops
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(&vm.id);
+        self.inner.vms.locks().forget(vm.id);
         Ok(())
     }
 
@@ -660,6 +666,39 @@ impl Lifecycle {
         if self.inner.jailer.enabled() {
             let jailer = self.inner.jailer.clone();
             let _ = tokio::task::spawn_blocking(move || jailer.remove_parent_if_empty()).await;
+        }
+    }
+}
+
+/// The processes a backend launched, killed (SIGKILL through pidfds, immune to pid reuse) when
+/// the guard is dropped, unless [`SpawnGuard::disarm`]ed once a supervisor owns them.
+struct SpawnGuard {
+    pidfds: Vec<OwnedFd>,
+}
+
+impl SpawnGuard {
+    fn new(launched: &Launched) -> Self {
+        Self::for_pids(launched.processes.iter().map(|p| p.pid))
+    }
+
+    fn for_pids(pids: impl Iterator<Item = u32>) -> Self {
+        let pidfds = pids
+            .filter_map(|pid| rustix::process::Pid::from_raw(i32::try_from(pid).ok()?))
+            // Not yet reaped (their `Child` is alive), so the pids are still theirs.
+            .filter_map(|pid| pidfd_open(pid, PidfdFlags::empty()).ok())
+            .collect();
+        Self { pidfds }
+    }
+
+    fn disarm(mut self) {
+        self.pidfds.clear();
+    }
+}
+
+impl Drop for SpawnGuard {
+    fn drop(&mut self) {
+        for fd in &self.pidfds {
+            let _ = pidfd_send_signal(fd, rustix::process::Signal::KILL);
         }
     }
 }
@@ -733,6 +772,37 @@ fn accel_name(accel: Accel) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn sleeper() -> std::process::Child {
+        std::process::Command::new("sleep")
+            .arg("600")
+            .spawn()
+            .unwrap()
+    }
+
+    #[test]
+    fn a_dropped_spawn_guard_kills_the_launched_processes() {
+        let mut child = sleeper();
+
+        drop(SpawnGuard::for_pids([child.id()].into_iter()));
+
+        let status = child.wait().unwrap();
+        assert_eq!(
+            std::os::unix::process::ExitStatusExt::signal(&status),
+            Some(Signal::SIGKILL as i32)
+        );
+    }
+
+    #[test]
+    fn a_disarmed_spawn_guard_leaves_the_processes_running() {
+        let mut child = sleeper();
+
+        SpawnGuard::for_pids([child.id()].into_iter()).disarm();
+
+        assert!(child.try_wait().unwrap().is_none());
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
 
     #[test]
     fn module_less_boot_starts_the_agent_from_the_root_drive() {
