@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use crate::size::ByteSize;
 
+mod integer;
 mod storage;
+pub use integer::integral as integral_json_number;
 pub use storage::*;
 
 /// Default number of vCPUs of a new VM.
@@ -105,11 +107,19 @@ pub struct CreateVm {
     #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub name: String,
     /// 1..=32, default 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::option_u32"
+    )]
     #[schema(minimum = 1, maximum = 32)]
     pub vcpus: Option<u32>,
     /// 64..=65536, default 256.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::option_u32"
+    )]
     #[schema(minimum = 64, maximum = 65536)]
     pub memory_mib: Option<u32>,
     /// Boot the VM right away (the response comes once its agent answers).

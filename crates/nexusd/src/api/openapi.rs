@@ -6,6 +6,7 @@
 use utoipa::Modify;
 use utoipa::openapi::path::{Operation, ParameterIn};
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
+use utoipa::openapi::schema::Schema;
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 
 /// Name of the security scheme in `components.securitySchemes`.
@@ -31,6 +32,25 @@ impl Modify for Common {
                     .build(),
             ),
         );
+        if let Some(RefOr::T(Schema::Object(create_vm))) = components.schemas.get_mut("CreateVm") {
+            // `disk_size` sizes the root drive made from `image`: without an image it is refused.
+            create_vm.extensions.get_or_insert_with(Default::default).extend([
+                (
+                    "if".to_owned(),
+                    serde_json::json!({
+                        "properties": {"disk_size": {"not": {"type": "null"}}},
+                        "required": ["disk_size"]
+                    }),
+                ),
+                (
+                    "then".to_owned(),
+                    serde_json::json!({
+                        "properties": {"image": {"type": "string"}},
+                        "required": ["image"]
+                    }),
+                ),
+            ]);
+        }
         for (path, item) in doc.paths.paths.iter_mut() {
             let has_path_params = path.contains('{');
             for op in [
