@@ -185,7 +185,10 @@ fn integer_range_pattern(max: u64) -> String {
             format!("[1-9][0-9]{{0,{}}}", n - 2)
         });
     }
-    let prefix: String = digits.iter().map(|d| char::from_digit(*d, 10).unwrap()).collect();
+    let prefix: String = digits
+        .iter()
+        .map(|d| char::from_digit(*d, 10).unwrap())
+        .collect();
     for i in 0..n {
         let low = u32::from(i == 0);
         if digits[i] > low {
@@ -270,10 +273,29 @@ mod tests {
         let re = regex_automata::meta::Regex::new(&wire_size_pattern()).unwrap();
         let mut samples: Vec<String> = Vec::new();
         for n in [
-            "0", "1", "9", "10", "15", "16", "17", "99", "16384", "16385", "16777216", "16777217",
-            "17179869184", "17179869185", "17592186044416", "17592186044417", "007", "99999999999999999999",
+            "0",
+            "1",
+            "9",
+            "10",
+            "15",
+            "16",
+            "17",
+            "99",
+            "16384",
+            "16385",
+            "16777216",
+            "16777217",
+            "17179869184",
+            "17179869185",
+            "17592186044416",
+            "17592186044417",
+            "007",
+            "99999999999999999999",
         ] {
-            for suffix in ["", "b", "B", "k", "K", "kb", "KiB", "m", "MB", "g", "GiB", "t", "T", "tb", "x", "KB ", "ii"] {
+            for suffix in [
+                "", "b", "B", "k", "K", "kb", "KiB", "m", "MB", "g", "GiB", "t", "T", "tb", "x",
+                "KB ", "ii",
+            ] {
                 samples.push(format!("{n}{suffix}"));
                 samples.push(format!("{n} {suffix}"));
                 samples.push(format!("{n}  {suffix}"));

@@ -51,7 +51,10 @@ fn schemathesis() -> PathBuf {
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
-    assert!(on_path, "schemathesis is missing: install it with {INSTALL}");
+    assert!(
+        on_path,
+        "schemathesis is missing: install it with {INSTALL}"
+    );
     PathBuf::from("schemathesis")
 }
 
@@ -98,7 +101,12 @@ fn the_api_conforms_to_its_openapi_document() {
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}; install it with {INSTALL}", st.display()));
+        .unwrap_or_else(|e| {
+            panic!(
+                "cannot run {}: {e}; install it with {INSTALL}",
+                st.display()
+            )
+        });
     let started = Instant::now();
     let status = loop {
         if let Some(status) = child.try_wait().unwrap() {

@@ -42,8 +42,7 @@ pub fn option_u32<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Err
 
 /// `v` as a `u64` when it is a non-negative integer exactly.
 pub fn integral(v: f64) -> Option<u64> {
-    (v.fract() == 0.0 && (0.0..=u64::MAX as f64).contains(&v) && v < 18_446_744_073_709_551_616.0)
-        .then_some(v as u64)
+    (v.fract() == 0.0 && (0.0..18_446_744_073_709_551_616.0).contains(&v)).then_some(v as u64)
 }
 
 #[cfg(test)]

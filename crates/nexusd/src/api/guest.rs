@@ -44,7 +44,10 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
                (status = 500, description = "The boot failed; the reason names the phase and quotes the console", body = ErrorBody),
                (status = 503, description = "No boot assets or no usable VMM", body = ErrorBody))
 )]
-async fn start_vm(State(s): State<AppState>, ApiPath(vm): ApiPath<String>) -> Result<Json<Vm>, ApiError> {
+async fn start_vm(
+    State(s): State<AppState>,
+    ApiPath(vm): ApiPath<String>,
+) -> Result<Json<Vm>, ApiError> {
     Ok(Json(s.lifecycle.start(&vm).await?))
 }
 
@@ -56,7 +59,10 @@ async fn start_vm(State(s): State<AppState>, ApiPath(vm): ApiPath<String>) -> Re
                (status = 404, description = "No such VM", body = ErrorBody),
                (status = 409, description = "Not running", body = ErrorBody))
 )]
-async fn stop_vm(State(s): State<AppState>, ApiPath(vm): ApiPath<String>) -> Result<Json<Vm>, ApiError> {
+async fn stop_vm(
+    State(s): State<AppState>,
+    ApiPath(vm): ApiPath<String>,
+) -> Result<Json<Vm>, ApiError> {
     Ok(Json(s.lifecycle.stop(&vm).await?))
 }
 
@@ -166,10 +172,15 @@ async fn console(
     ApiQuery(q): ApiQuery<ConsoleQuery>,
 ) -> Result<Response, ApiError> {
     if q.tail.is_some_and(|t| t > MAX_CONSOLE_TAIL) {
-        return Err(ApiError::bad_request(format!("tail is at most {MAX_CONSOLE_TAIL}")).with_field("tail"));
+        return Err(
+            ApiError::bad_request(format!("tail is at most {MAX_CONSOLE_TAIL}")).with_field("tail"),
+        );
     }
     if q.offset.is_some_and(|o| o > MAX_CONSOLE_OFFSET) {
-        return Err(ApiError::bad_request(format!("offset is at most {MAX_CONSOLE_OFFSET}")).with_field("offset"));
+        return Err(
+            ApiError::bad_request(format!("offset is at most {MAX_CONSOLE_OFFSET}"))
+                .with_field("offset"),
+        );
     }
     let vm = s.vms.get(&vm).await?;
     let log = s.lifecycle.console_log(vm.id);

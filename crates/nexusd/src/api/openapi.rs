@@ -5,8 +5,8 @@
 
 use utoipa::Modify;
 use utoipa::openapi::path::{Operation, ParameterIn};
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::schema::Schema;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityRequirement, SecurityScheme};
 use utoipa::openapi::{ContentBuilder, OpenApi, Ref, RefOr, ResponseBuilder};
 
 /// Name of the security scheme in `components.securitySchemes`.
@@ -34,22 +34,25 @@ impl Modify for Common {
         );
         if let Some(RefOr::T(Schema::Object(create_vm))) = components.schemas.get_mut("CreateVm") {
             // `disk_size` sizes the root drive made from `image`: without an image it is refused.
-            create_vm.extensions.get_or_insert_with(Default::default).extend([
-                (
-                    "if".to_owned(),
-                    serde_json::json!({
-                        "properties": {"disk_size": {"not": {"type": "null"}}},
-                        "required": ["disk_size"]
-                    }),
-                ),
-                (
-                    "then".to_owned(),
-                    serde_json::json!({
-                        "properties": {"image": {"type": "string"}},
-                        "required": ["image"]
-                    }),
-                ),
-            ]);
+            create_vm
+                .extensions
+                .get_or_insert_with(Default::default)
+                .extend([
+                    (
+                        "if".to_owned(),
+                        serde_json::json!({
+                            "properties": {"disk_size": {"not": {"type": "null"}}},
+                            "required": ["disk_size"]
+                        }),
+                    ),
+                    (
+                        "then".to_owned(),
+                        serde_json::json!({
+                            "properties": {"image": {"type": "string"}},
+                            "required": ["image"]
+                        }),
+                    ),
+                ]);
         }
         for (path, item) in doc.paths.paths.iter_mut() {
             let has_path_params = path.contains('{');
@@ -74,23 +77,41 @@ fn complete(op: &mut Operation, has_path_params: bool) {
         BEARER_SCHEME,
         Vec::<String>::new(),
     )]);
-    let has_query = op.parameters.iter().flatten().any(|p| {
-        matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Query)
-    });
+    let has_query = op
+        .parameters
+        .iter()
+        .flatten()
+        .any(|p| matches!(p, RefOr::T(p) if p.parameter_in == ParameterIn::Query));
     let json_body = op.request_body.as_ref().is_some_and(|b| match b {
         RefOr::T(b) => b.content.contains_key("application/json"),
         RefOr::Ref(_) => true,
     });
     add(op, 401, "Over TCP: missing or wrong bearer token");
-    add(op, 414, "The request target is longer than the daemon accepts");
-    add(op, 431, "The request headers are larger than the daemon accepts");
+    add(
+        op,
+        414,
+        "The request target is longer than the daemon accepts",
+    );
+    add(
+        op,
+        431,
+        "The request headers are larger than the daemon accepts",
+    );
     add(op, 500, "Internal error; details are in the nexusd log");
     if has_path_params {
-        add(op, 400, "A path parameter is not valid UTF-8 once percent-decoded");
+        add(
+            op,
+            400,
+            "A path parameter is not valid UTF-8 once percent-decoded",
+        );
         add(op, 404, "No such resource");
     }
     if has_query {
-        add(op, 400, "Bad query string: an unknown parameter or a value of the wrong type");
+        add(
+            op,
+            400,
+            "Bad query string: an unknown parameter or a value of the wrong type",
+        );
     }
     if json_body {
         add(op, 400, "Malformed JSON");
