@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(qemu-system-x86 btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd)
+PACKAGES=(qemu-system-x86 btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd python3 python3-venv)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -26,6 +26,15 @@ fi
 if ! cargo nextest --version >/dev/null 2>&1; then
   echo "setup: cargo install cargo-nextest"
   cargo install --quiet --locked cargo-nextest
+fi
+# schemathesis (PyPI, pinned) checks the API against its OpenAPI document (tests/schemathesis.rs),
+# in its own venv so the system Python stays untouched.
+SCHEMATHESIS_VERSION=4.32.5
+VENV=${NEXUS_VENV:-/opt/nexus-venv}
+if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VERSION"; then
+  echo "setup: pip install schemathesis==$SCHEMATHESIS_VERSION into $VENV"
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
 # The guest kernel package, where nexusd looks for it by default (`kernel_dir`).
 KERNEL_DIR=${NEXUS_KERNEL_DIR:-/var/cache/nexus/kernel}

@@ -7,7 +7,9 @@ use uuid::Uuid;
 
 use crate::size::ByteSize;
 
+mod integer;
 mod storage;
+pub use integer::integral as integral_json_number;
 pub use storage::*;
 
 /// Default number of vCPUs of a new VM.
@@ -101,13 +103,24 @@ pub struct Vm {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateVm {
-    /// `[a-z0-9][a-z0-9-]{0,62}`, unique.
+    /// `[a-z0-9][a-z0-9-]{0,62}`, unique, not of the form of a UUID.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub name: String,
     /// 1..=32, default 1.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::option_u32"
+    )]
+    #[schema(minimum = 1, maximum = 32)]
     pub vcpus: Option<u32>,
     /// 64..=65536, default 256.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "integer::option_u32"
+    )]
+    #[schema(minimum = 64, maximum = 65536)]
     pub memory_mib: Option<u32>,
     /// Boot the VM right away (the response comes once its agent answers).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -217,13 +230,20 @@ pub struct FileQuery {
     pub mode: Option<String>,
 }
 
+/// Most lines `GET /v1/vms/{vm}/console` returns (`tail`).
+pub const MAX_CONSOLE_TAIL: usize = 10_000;
+/// Largest console `offset` accepted (2^53: exact in every JSON number implementation).
+pub const MAX_CONSOLE_OFFSET: u64 = 1 << 53;
+
 /// Query of `GET /v1/vms/{vm}/console`.
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
 #[into_params(parameter_in = Query)]
 pub struct ConsoleQuery {
     /// The last N lines (default 100, at most 10000).
+    #[param(minimum = 0, maximum = 10000)]
     pub tail: Option<usize>,
-    /// Everything after this byte offset (for following); overrides `tail`.
+    /// Everything after this byte offset (for following); overrides `tail`. At most 2^53.
+    #[param(minimum = 0, maximum = 9007199254740992_u64)]
     pub offset: Option<u64>,
 }

@@ -1,6 +1,10 @@
 //! Names of resources: `[a-z0-9][a-z0-9-]{0,62}`, and never something that reads as an id, so that
 //! every path segment `{id-or-name}` means exactly one resource.
 
+/// The naming rule as a regular expression (the OpenAPI schemas' `pattern`); names of the form
+/// of a UUID are refused besides.
+pub const NAME_PATTERN: &str = "^[a-z0-9][a-z0-9-]{0,62}$";
+
 /// Longest name accepted (bytes).
 pub const MAX_NAME_LEN: usize = 63;
 

@@ -115,12 +115,94 @@ impl<'de> Deserialize<'de> for ByteSize {
                     .map_err(|_| E::custom(format!("size {v} is negative")))
                     .and_then(|v| self.visit_u64(v))
             }
+            fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<ByteSize, E> {
+                // JSON Schema's integers include `4096.0`.
+                crate::api::integral_json_number(v)
+                    .ok_or_else(|| E::custom(format!("size {v} is not a whole number of bytes")))
+                    .and_then(|v| self.visit_u64(v))
+            }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<ByteSize, E> {
-                parse_size(v).map(ByteSize).map_err(E::custom)
+                parse_wire_size(v).map(ByteSize).map_err(E::custom)
             }
         }
         d.deserialize_any(Visitor)
     }
+}
+
+/// The string form of a size on the wire (API bodies, `nexus.toml`): the same as [`parse_size`]
+/// but written one way only, so that the OpenAPI pattern ([`wire_size_pattern`]) describes it
+/// exactly: no surrounding whitespace, no leading zero, at most one space before the suffix.
+pub fn parse_wire_size(text: &str) -> Result<u64, SizeError> {
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let suffix = &text[digits..];
+    let suffix = suffix.strip_prefix(' ').unwrap_or(suffix);
+    if digits == 0
+        || text.starts_with('0') && digits > 1
+        || suffix.chars().any(char::is_whitespace)
+        || (digits < text.len() && text.ends_with(' '))
+    {
+        return Err(SizeError::Syntax(text.to_owned()));
+    }
+    parse_size(text)
+}
+
+/// A regular expression matching exactly the strings [`parse_wire_size`] accepts.
+pub fn wire_size_pattern() -> String {
+    let classes = [
+        ("", "([Bb])?", 0),
+        ("", "[Kk]([Ii]?[Bb])?", 10),
+        ("", "[Mm]([Ii]?[Bb])?", 20),
+        ("", "[Gg]([Ii]?[Bb])?", 30),
+        ("", "[Tt]([Ii]?[Bb])?", 40),
+    ];
+    let alternatives: Vec<String> = classes
+        .iter()
+        .map(|(_, suffix, shift)| {
+            let number = integer_range_pattern(MAX_SIZE >> shift);
+            if *shift == 0 {
+                format!("({number})( ?[Bb])?")
+            } else {
+                format!("({number}) ?{suffix}")
+            }
+        })
+        .collect();
+    format!("^({})$", alternatives.join("|"))
+}
+
+/// A regular expression (no anchors) for the decimal integers 1..=max without leading zeros.
+fn integer_range_pattern(max: u64) -> String {
+    let digits: Vec<u32> = max
+        .to_string()
+        .bytes()
+        .map(|b| u32::from(b - b'0'))
+        .collect();
+    let n = digits.len();
+    let mut alts = Vec::new();
+    if n > 1 {
+        alts.push(if n == 2 {
+            "[1-9]".to_owned()
+        } else {
+            format!("[1-9][0-9]{{0,{}}}", n - 2)
+        });
+    }
+    let prefix: String = digits
+        .iter()
+        .map(|d| char::from_digit(*d, 10).unwrap())
+        .collect();
+    for i in 0..n {
+        let low = u32::from(i == 0);
+        if digits[i] > low {
+            let rest = n - i - 1;
+            let tail = if rest == 0 {
+                String::new()
+            } else {
+                format!("[0-9]{{{rest}}}")
+            };
+            alts.push(format!("{}[{low}-{}]{tail}", &prefix[..i], digits[i] - 1));
+        }
+    }
+    alts.push(prefix);
+    alts.join("|")
 }
 
 impl utoipa::PartialSchema for ByteSize {
@@ -130,12 +212,13 @@ impl utoipa::PartialSchema for ByteSize {
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::Integer)
-                    .minimum(Some(1)),
+                    .minimum(Some(1))
+                    .maximum(Some(MAX_SIZE as f64)),
             )
             .item(
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .pattern(Some("^[0-9]+ ?([KkMmGgTt]([Ii]?[Bb])?|[Bb])?$")),
+                    .pattern(Some(wire_size_pattern())),
             )
             .description(Some(
                 "Bytes, or a string with a binary suffix such as \"4G\" or \"512M\" (at most 16T)",
@@ -183,6 +266,50 @@ mod tests {
         let b: ByteSize = serde_json::from_str("4294967296").unwrap();
         assert_eq!((a, b), (ByteSize(4 << 30), ByteSize(4 << 30)));
         assert!(serde_json::from_str::<ByteSize>("\"4Q\"").is_err());
+    }
+
+    #[test]
+    fn the_wire_pattern_matches_exactly_what_is_accepted() {
+        let re = regex_automata::meta::Regex::new(&wire_size_pattern()).unwrap();
+        let mut samples: Vec<String> = Vec::new();
+        for n in [
+            "0",
+            "1",
+            "9",
+            "10",
+            "15",
+            "16",
+            "17",
+            "99",
+            "16384",
+            "16385",
+            "16777216",
+            "16777217",
+            "17179869184",
+            "17179869185",
+            "17592186044416",
+            "17592186044417",
+            "007",
+            "99999999999999999999",
+        ] {
+            for suffix in [
+                "", "b", "B", "k", "K", "kb", "KiB", "m", "MB", "g", "GiB", "t", "T", "tb", "x",
+                "KB ", "ii",
+            ] {
+                samples.push(format!("{n}{suffix}"));
+                samples.push(format!("{n} {suffix}"));
+                samples.push(format!("{n}  {suffix}"));
+                samples.push(format!(" {n}{suffix}"));
+            }
+        }
+        for s in samples {
+            assert_eq!(
+                re.is_match(&s),
+                parse_wire_size(&s).is_ok(),
+                "{s:?} vs {}",
+                wire_size_pattern()
+            );
+        }
     }
 
     #[test]

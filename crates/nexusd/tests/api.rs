@@ -203,3 +203,90 @@ fn unknown_route_is_json_404() {
     assert_eq!(status, 404);
     assert_eq!(body["error"]["code"], "not_found");
 }
+
+/// One raw HTTP/1.1 request over the Unix socket; the status and the body.
+fn raw_http(d: &TestDaemon, head: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::os::unix::net::UnixStream::connect(d.socket()).unwrap();
+    s.write_all(head.as_bytes()).unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out.split(' ').nth(1).unwrap().parse().unwrap();
+    (
+        status,
+        out.split("\r\n\r\n").nth(1).unwrap_or("").to_owned(),
+    )
+}
+
+fn error_code(body: &str) -> String {
+    let v: serde_json::Value = serde_json::from_str(body).unwrap_or_else(|_| panic!("{body:?}"));
+    v["error"]["code"].as_str().unwrap().to_owned()
+}
+
+#[test]
+fn every_refusal_before_the_handler_is_a_json_error() {
+    let d = TestDaemon::start();
+    let long = "a".repeat(9000);
+    let big = "b".repeat(17000);
+    let cases = [
+        (
+            "GET /v1/vms/%FF HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
+            400,
+            "bad_request",
+        ),
+        (
+            format!("GET /v1/vms/{long} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"),
+            414,
+            "uri_too_long",
+        ),
+        (
+            format!("GET /v1/vms HTTP/1.1\r\nHost: x\r\nX-Big: {big}\r\nConnection: close\r\n\r\n"),
+            431,
+            "headers_too_large",
+        ),
+        (
+            "POST /v1/vms HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\nConnection: close\r\n\r\n{}"
+                .to_owned(),
+            415,
+            "unsupported_media_type",
+        ),
+        (
+            "GET /v1/vms?state=nope HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".to_owned(),
+            400,
+            "bad_request",
+        ),
+    ];
+    for (head, status, code) in cases {
+        let (got, body) = raw_http(&d, &head);
+        assert_eq!(
+            (got, error_code(&body)),
+            (status, code.to_owned()),
+            "{}",
+            &head[..40]
+        );
+    }
+}
+
+#[test]
+fn openapi_declares_the_bearer_scheme_on_every_operation() {
+    let d = TestDaemon::start();
+    let (_, body) = raw_http(
+        &d,
+        "GET /v1/openapi.json HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    );
+    let doc: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(
+        doc["components"]["securitySchemes"]["bearer"]["scheme"],
+        "bearer"
+    );
+    for (path, item) in doc["paths"].as_object().unwrap() {
+        for (method, op) in item.as_object().unwrap() {
+            assert!(op["responses"]["401"].is_object(), "{method} {path}");
+            assert_eq!(
+                op["security"][0]["bearer"],
+                serde_json::json!([]),
+                "{method} {path}"
+            );
+        }
+    }
+}

@@ -59,14 +59,21 @@ pub struct Image {
     pub created_at: String,
 }
 
+/// Longest `path` of [`CreateImage`], in characters (at most 4096 bytes, `PATH_MAX`).
+pub const MAX_IMAGE_PATH_CHARS: usize = 1024;
+
 /// Body of `POST /v1/images`: import a master image from a path on the daemon's host.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CreateImage {
-    /// An ext4 image file or a directory (built into ext4 with `mke2fs -d`), on the daemon's host.
+    /// An ext4 image file or a directory (built into ext4 with `mke2fs -d`), on the daemon's host:
+    /// an absolute path of at most 1024 characters.
+    #[schema(pattern = "^/", max_length = 1024)]
     pub path: String,
-    /// `[a-z0-9][a-z0-9-]{0,62}`, unique; default: derived from the path's file name.
+    /// `[a-z0-9][a-z0-9-]{0,62}`, unique, not of the form of a UUID; default: derived from the
+    /// path's file name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub name: Option<String>,
 }
 
@@ -96,8 +103,10 @@ pub struct Drive {
 pub struct CreateDrive {
     /// Image id or name.
     pub image: String,
-    /// `[a-z0-9][a-z0-9-]{0,62}`, unique; default: `<image>-<short id>`.
+    /// `[a-z0-9][a-z0-9-]{0,62}`, unique, not of the form of a UUID; default:
+    /// `<image>-<short id>`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,62}$")]
     pub name: Option<String>,
     /// Grow the filesystem to this size (not smaller than the image); default: the image's size.
     #[serde(default, skip_serializing_if = "Option::is_none")]

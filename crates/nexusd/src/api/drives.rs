@@ -1,7 +1,7 @@
 //! `/v1/drives`: copy-on-write drives made from images, and their attachment to VMs.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use nexus_lib::api::{AttachDrive, CreateDrive, Drive, ErrorBody};
 use utoipa_axum::router::OpenApiRouter;
@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -61,7 +61,7 @@ async fn list_drives(State(state): State<AppState>) -> Result<Json<Vec<Drive>>, 
 )]
 async fn get_drive(
     State(state): State<AppState>,
-    Path(drive): Path<String>,
+    ApiPath(drive): ApiPath<String>,
 ) -> Result<Json<Drive>, ApiError> {
     Ok(Json(state.drives.get(&drive).await?))
 }
@@ -76,7 +76,7 @@ async fn get_drive(
 )]
 async fn delete_drive(
     State(state): State<AppState>,
-    Path(drive): Path<String>,
+    ApiPath(drive): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state.drives.delete(&drive).await?;
     Ok(StatusCode::NO_CONTENT)
@@ -92,7 +92,7 @@ async fn delete_drive(
 )]
 async fn attach_drive(
     State(state): State<AppState>,
-    Path(drive): Path<String>,
+    ApiPath(drive): ApiPath<String>,
     ApiJson(req): ApiJson<AttachDrive>,
 ) -> Result<Json<Drive>, ApiError> {
     Ok(Json(state.drives.attach(&drive, req).await?))
@@ -108,7 +108,7 @@ async fn attach_drive(
 )]
 async fn detach_drive(
     State(state): State<AppState>,
-    Path(drive): Path<String>,
+    ApiPath(drive): ApiPath<String>,
 ) -> Result<Json<Drive>, ApiError> {
     Ok(Json(state.drives.detach(&drive).await?))
 }

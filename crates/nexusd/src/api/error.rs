@@ -57,7 +57,7 @@ impl ApiError {
         }
     }
 
-    fn with_field(self, field: &str) -> Self {
+    pub fn with_field(self, field: &str) -> Self {
         Self {
             field: Some(field.into()),
             ..self

@@ -3,18 +3,20 @@
 
 use axum::Json;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::Response;
 use futures_util::TryStreamExt;
 use nexus_lib::agent::{ExecRequest, FileStat, MAX_REQUEST_JSON_BYTES};
-use nexus_lib::api::{BootRecord, ConsoleQuery, ErrorBody, FileQuery, Vm};
+use nexus_lib::api::{
+    BootRecord, ConsoleQuery, ErrorBody, FileQuery, MAX_CONSOLE_OFFSET, MAX_CONSOLE_TAIL, Vm,
+};
 use utoipa_axum::router::{OpenApiRouter, UtoipaMethodRouterExt};
 use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 
 /// Largest console excerpt returned at once.
 const MAX_CONSOLE_BYTES: u64 = 1 << 20;
@@ -42,7 +44,10 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
                (status = 500, description = "The boot failed; the reason names the phase and quotes the console", body = ErrorBody),
                (status = 503, description = "No boot assets or no usable VMM", body = ErrorBody))
 )]
-async fn start_vm(State(s): State<AppState>, Path(vm): Path<String>) -> Result<Json<Vm>, ApiError> {
+async fn start_vm(
+    State(s): State<AppState>,
+    ApiPath(vm): ApiPath<String>,
+) -> Result<Json<Vm>, ApiError> {
     Ok(Json(s.lifecycle.start(&vm).await?))
 }
 
@@ -54,7 +59,10 @@ async fn start_vm(State(s): State<AppState>, Path(vm): Path<String>) -> Result<J
                (status = 404, description = "No such VM", body = ErrorBody),
                (status = 409, description = "Not running", body = ErrorBody))
 )]
-async fn stop_vm(State(s): State<AppState>, Path(vm): Path<String>) -> Result<Json<Vm>, ApiError> {
+async fn stop_vm(
+    State(s): State<AppState>,
+    ApiPath(vm): ApiPath<String>,
+) -> Result<Json<Vm>, ApiError> {
     Ok(Json(s.lifecycle.stop(&vm).await?))
 }
 
@@ -68,7 +76,7 @@ async fn stop_vm(State(s): State<AppState>, Path(vm): Path<String>) -> Result<Js
 )]
 async fn restart_vm(
     State(s): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
 ) -> Result<Json<Vm>, ApiError> {
     Ok(Json(s.lifecycle.restart(&vm).await?))
 }
@@ -86,7 +94,7 @@ async fn restart_vm(
 )]
 async fn exec(
     State(s): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
     ApiJson(req): ApiJson<ExecRequest>,
 ) -> Result<Response, ApiError> {
     req.validate().map_err(|m| ApiError::invalid("argv", m))?;
@@ -108,7 +116,7 @@ async fn exec(
 )]
 async fn read_file(
     State(s): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
     ApiQuery(q): ApiQuery<FileQuery>,
 ) -> Result<Response, ApiError> {
     nexus_lib::agent::validate_path(&q.path).map_err(|m| ApiError::invalid("path", m))?;
@@ -131,7 +139,7 @@ async fn read_file(
 )]
 async fn write_file(
     State(s): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
     ApiQuery(q): ApiQuery<FileQuery>,
     body: Body,
 ) -> Result<Json<FileStat>, ApiError> {
@@ -153,17 +161,30 @@ async fn write_file(
 #[utoipa::path(
     get, path = "/v1/vms/{vm}/console", tag = "vms",
     params(("vm" = String, Path, description = "VM id or name"), ConsoleQuery),
-    responses((status = 200, description = "Console text", content_type = "text/plain"),
+    responses((status = 200, description = "Console text", content_type = "text/plain",
+                headers(("x-console-offset" = u64, description = "The byte offset to continue from"))),
+               (status = 400, description = "Bad query: `tail` over 10000, `offset` over 2^53, or an unknown parameter", body = ErrorBody),
                (status = 404, description = "No such VM", body = ErrorBody))
 )]
 async fn console(
     State(s): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
     ApiQuery(q): ApiQuery<ConsoleQuery>,
 ) -> Result<Response, ApiError> {
+    if q.tail.is_some_and(|t| t > MAX_CONSOLE_TAIL) {
+        return Err(
+            ApiError::bad_request(format!("tail is at most {MAX_CONSOLE_TAIL}")).with_field("tail"),
+        );
+    }
+    if q.offset.is_some_and(|o| o > MAX_CONSOLE_OFFSET) {
+        return Err(
+            ApiError::bad_request(format!("offset is at most {MAX_CONSOLE_OFFSET}"))
+                .with_field("offset"),
+        );
+    }
     let vm = s.vms.get(&vm).await?;
     let log = s.lifecycle.console_log(vm.id);
-    let tail = q.tail.unwrap_or(100).min(10_000);
+    let tail = q.tail.unwrap_or(100);
     let (text, end) = tokio::task::spawn_blocking(move || read_console(&log, q.offset, tail))
         .await
         .map_err(|e| ApiError::from(crate::store::StoreError::Worker(e)))?;
@@ -186,7 +207,7 @@ async fn console(
 )]
 async fn boots(
     State(s): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
 ) -> Result<Json<Vec<BootRecord>>, ApiError> {
     Ok(Json(s.vms.boots(&vm).await?))
 }

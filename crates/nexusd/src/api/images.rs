@@ -1,16 +1,16 @@
 //! `/v1/images`: master images.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
-use nexus_lib::api::{CreateImage, ErrorBody, Image};
+use nexus_lib::api::{CreateImage, ErrorBody, Image, MAX_IMAGE_PATH_CHARS};
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::AppState;
 use super::caller::ApiCaller;
 use super::error::ApiError;
-use super::extract::ApiJson;
+use super::extract::{ApiJson, ApiPath};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -36,6 +36,19 @@ async fn import_image(
     ApiCaller(caller): ApiCaller,
     ApiJson(req): ApiJson<CreateImage>,
 ) -> Result<(StatusCode, Json<Image>), ApiError> {
+    // The wire schema's bounds (`^/`, at most 1024 characters), checked as the document says.
+    if !req.path.starts_with('/') {
+        return Err(ApiError::invalid(
+            "path",
+            format!("invalid path: {:?} is not an absolute path", req.path),
+        ));
+    }
+    if req.path.chars().count() > MAX_IMAGE_PATH_CHARS {
+        return Err(ApiError::invalid(
+            "path",
+            format!("invalid path: longer than {MAX_IMAGE_PATH_CHARS} characters"),
+        ));
+    }
     Ok((
         StatusCode::CREATED,
         Json(state.images.import(req, &caller).await?),
@@ -60,7 +73,7 @@ async fn list_images(State(state): State<AppState>) -> Result<Json<Vec<Image>>, 
 )]
 async fn get_image(
     State(state): State<AppState>,
-    Path(image): Path<String>,
+    ApiPath(image): ApiPath<String>,
 ) -> Result<Json<Image>, ApiError> {
     Ok(Json(state.images.get(&image).await?))
 }
@@ -75,7 +88,7 @@ async fn get_image(
 )]
 async fn delete_image(
     State(state): State<AppState>,
-    Path(image): Path<String>,
+    ApiPath(image): ApiPath<String>,
 ) -> Result<StatusCode, ApiError> {
     state.images.delete(&image).await?;
     Ok(StatusCode::NO_CONTENT)

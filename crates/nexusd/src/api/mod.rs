@@ -10,6 +10,8 @@ pub mod extract;
 mod guest;
 mod health;
 mod images;
+mod limits;
+mod openapi;
 mod vms;
 
 use std::sync::Arc;
@@ -80,7 +82,7 @@ impl AppState {
 #[openapi(
     info(
         title = "Nexus API",
-        description = "The nexusd API: microVMs for AI agents. Errors are `{\"error\":{\"code\",\"message\",\"field\"}}`."
+        description = "The nexusd API: microVMs for AI agents. Every error, whatever its status, is the JSON body `{\"error\":{\"code\",\"message\",\"field\"}}` (`field` when one request field is at fault). Over TCP every operation needs `Authorization: Bearer <token>`; over the Unix socket none does."
     ),
     tags((name = "system"), (name = "vms"), (name = "guest"), (name = "images"), (name = "drives"))
 )]
@@ -98,12 +100,15 @@ fn routes() -> OpenApiRouter<AppState> {
 
 /// The OpenAPI document of every route.
 pub fn openapi() -> utoipa::openapi::OpenApi {
-    routes().into_openapi()
+    let mut doc = routes().into_openapi();
+    utoipa::Modify::modify(&openapi::Common, &mut doc);
+    doc
 }
 
 /// The full application: API routes, `/v1/openapi.json`, JSON fallbacks and middleware.
 pub fn router(state: AppState) -> Router {
-    let (router, doc) = routes().split_for_parts();
+    let (router, mut doc) = routes().split_for_parts();
+    utoipa::Modify::modify(&openapi::Common, &mut doc);
     let doc = Arc::new(doc);
     router
         .route(
@@ -116,6 +121,7 @@ pub fn router(state: AppState) -> Router {
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
+        .layer(axum::middleware::from_fn(limits::enforce))
         .layer(PropagateRequestIdLayer::x_request_id())
         .layer(
             TraceLayer::new_for_http().make_span_with(|req: &Request<_>| {

@@ -1,7 +1,7 @@
 //! `/v1/vms`: VM records.
 
 use axum::Json;
-use axum::extract::{Path, State};
+use axum::extract::State;
 use axum::http::StatusCode;
 use nexus_lib::api::{CreateVm, ErrorBody, Transition, Vm, VmDeleteQuery, VmListQuery};
 use utoipa_axum::router::OpenApiRouter;
@@ -9,7 +9,7 @@ use utoipa_axum::routes;
 
 use super::AppState;
 use super::error::ApiError;
-use super::extract::{ApiJson, ApiQuery};
+use super::extract::{ApiJson, ApiPath, ApiQuery};
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -68,7 +68,7 @@ async fn list_vms(
 )]
 async fn get_vm(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
 ) -> Result<Json<Vm>, ApiError> {
     Ok(Json(state.vms.get(&vm).await?))
 }
@@ -83,7 +83,7 @@ async fn get_vm(
 )]
 async fn delete_vm(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
     ApiQuery(q): ApiQuery<VmDeleteQuery>,
 ) -> Result<StatusCode, ApiError> {
     state.lifecycle.delete(&vm, q.keep_drives).await?;
@@ -99,7 +99,7 @@ async fn delete_vm(
 )]
 async fn vm_history(
     State(state): State<AppState>,
-    Path(vm): Path<String>,
+    ApiPath(vm): ApiPath<String>,
 ) -> Result<Json<Vec<Transition>>, ApiError> {
     Ok(Json(state.vms.history(&vm).await?))
 }
