@@ -105,14 +105,21 @@ mod tests {
     async fn unreadable_database_is_503() {
         let dir = tempfile::tempdir().unwrap();
         let state = state(dir.path());
-        // A panic while holding the connection leaves it unusable, as a broken database would.
-        let store = state.store.clone();
-        let poisoned = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            store.call_blocking(|_| -> Result<(), crate::store::StoreError> {
-                panic!("simulated failure")
+        // Corrupt the schema as a damaged file would: every later statement fails to prepare.
+        state
+            .store
+            .call(|c| {
+                c.execute_batch(
+                    "PRAGMA writable_schema = ON;
+                     UPDATE sqlite_master SET sql = 'CREATE TABLE broken(' WHERE type = 'table';
+                     PRAGMA writable_schema = OFF;",
+                )?;
+                let cookie: i64 = c.pragma_query_value(None, "schema_version", |r| r.get(0))?;
+                c.pragma_update(None, "schema_version", cookie + 1)?;
+                Ok(())
             })
-        }));
-        assert!(poisoned.is_err());
+            .await
+            .unwrap();
         assert_eq!(health_status(state).await, StatusCode::SERVICE_UNAVAILABLE);
     }
 }
