@@ -333,26 +333,7 @@ impl FirecrackerVmm {
     }
 
     fn validate(&self, spec: &VmSpec, layout: Option<&ChrootLayout>) -> Result<(), VmmError> {
-        let bad = |reason: &str| {
-            Err(VmmError::InvalidSpec {
-                vm: spec.name.clone(),
-                reason: reason.into(),
-            })
-        };
-        if spec.vcpus == 0 || spec.memory_mib < 64 {
-            return bad("needs at least 1 vCPU and 64 MiB");
-        }
-        if spec.vsock_cid < 3 {
-            return bad("vsock CID must be at least 3");
-        }
-        let ok_id = |id: &str| {
-            !id.is_empty()
-                && id != "root"
-                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-        };
-        if !spec.extra_drives.iter().all(|d| ok_id(&d.id)) {
-            return bad("drive ids must be letters, digits or '_' and not 'root'");
-        }
+        spec.validate_common()?;
         let api = Self::api_socket(spec);
         let mut sockets = vec![
             SocketCheck::vsock(&spec.vsock_uds),
@@ -370,28 +351,13 @@ impl FirecrackerVmm {
     /// What Firecracker sees in the VM's jail when no `jailer` is installed: its sockets, this
     /// boot's config, log and metrics, kernel, initrd, drives, KVM and the tap device.
     pub fn view(spec: &VmSpec, files: &BootFiles) -> View {
-        let mut paths = vec![
-            (spec.socket_dir.clone(), Access::ReadWrite),
+        let mut view = spec.vmm_view(true);
+        view.paths.extend([
             (files.config.clone(), Access::ReadOnly),
             (files.log.clone(), Access::ReadWrite),
             (files.metrics.clone(), Access::ReadWrite),
-            (spec.kernel.clone(), Access::ReadOnly),
-            (spec.root_drive.clone(), Access::ReadWrite),
-        ];
-        paths.extend(spec.initrd.iter().map(|i| (i.clone(), Access::ReadOnly)));
-        paths.extend(spec.extra_drives.iter().map(|d| {
-            let access = if d.read_only {
-                Access::ReadOnly
-            } else {
-                Access::ReadWrite
-            };
-            (d.path.clone(), access)
-        }));
-        let mut devices = vec![PathBuf::from("/dev/kvm")];
-        if spec.tap.is_some() {
-            devices.push("/dev/net/tun".into());
-        }
-        View { paths, devices }
+        ]);
+        view
     }
 
     /// Starts Firecracker: through its `jailer` when one is installed and the VM is jailed,

@@ -56,6 +56,62 @@ pub struct VmSpec {
     pub console_log: PathBuf,
 }
 
+impl VmSpec {
+    /// Checks what every backend needs of a spec: vCPUs, memory, CID and drive ids.
+    pub(crate) fn validate_common(&self) -> Result<(), VmmError> {
+        let bad = |reason: &str| {
+            Err(VmmError::InvalidSpec {
+                vm: self.name.clone(),
+                reason: reason.into(),
+            })
+        };
+        if self.vcpus == 0 || self.memory_mib < 64 {
+            return bad("needs at least 1 vCPU and 64 MiB");
+        }
+        if self.vsock_cid < 3 {
+            return bad("vsock CID must be at least 3");
+        }
+        let ok_id = |id: &str| {
+            !id.is_empty()
+                && id != "root"
+                && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+        };
+        if !self.extra_drives.iter().all(|d| ok_id(&d.id)) {
+            return bad("drive ids must be letters, digits or '_' and not 'root'");
+        }
+        Ok(())
+    }
+
+    /// What a VMM process sees in its jail of this VM: its socket directory and drives
+    /// (writable unless read-only), kernel and initrd (read-only), `/dev/kvm` when `kvm`, and
+    /// `/dev/net/tun` with a tap; backends add their own files.
+    pub(crate) fn vmm_view(&self, kvm: bool) -> crate::jail::View {
+        use crate::jail::Access;
+        let mut paths = vec![
+            (self.socket_dir.clone(), Access::ReadWrite),
+            (self.kernel.clone(), Access::ReadOnly),
+            (self.root_drive.clone(), Access::ReadWrite),
+        ];
+        paths.extend(self.initrd.iter().map(|i| (i.clone(), Access::ReadOnly)));
+        paths.extend(self.extra_drives.iter().map(|d| {
+            let access = if d.read_only {
+                Access::ReadOnly
+            } else {
+                Access::ReadWrite
+            };
+            (d.path.clone(), access)
+        }));
+        let mut devices = Vec::new();
+        if kvm {
+            devices.push("/dev/kvm".into());
+        }
+        if self.tap.is_some() {
+            devices.push("/dev/net/tun".into());
+        }
+        crate::jail::View { paths, devices }
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DriveSpec {
     /// Short identifier (letters, digits, `_`), unique within the VM.

@@ -83,28 +83,7 @@ impl QemuVmm {
 
     /// What QEMU sees in its jail.
     pub fn qemu_view(&self, spec: &VmSpec) -> View {
-        let mut paths = vec![
-            (spec.socket_dir.clone(), Access::ReadWrite),
-            (spec.kernel.clone(), Access::ReadOnly),
-            (spec.root_drive.clone(), Access::ReadWrite),
-        ];
-        paths.extend(spec.initrd.iter().map(|i| (i.clone(), Access::ReadOnly)));
-        paths.extend(spec.extra_drives.iter().map(|d| {
-            let access = if d.read_only {
-                Access::ReadOnly
-            } else {
-                Access::ReadWrite
-            };
-            (d.path.clone(), access)
-        }));
-        let mut devices = Vec::new();
-        if self.accel == Accel::Kvm {
-            devices.push("/dev/kvm".into());
-        }
-        if spec.tap.is_some() {
-            devices.push("/dev/net/tun".into());
-        }
-        View { paths, devices }
+        spec.vmm_view(self.accel == Accel::Kvm)
     }
 
     /// What vhost-device-vsock sees in its jail: its sockets.
@@ -291,24 +270,13 @@ impl Vmm for QemuVmm {
 }
 
 fn validate(spec: &VmSpec) -> Result<(), VmmError> {
+    spec.validate_common()?;
     let bad = |reason: &str| {
         Err(VmmError::InvalidSpec {
             vm: spec.name.clone(),
             reason: reason.into(),
         })
     };
-    if spec.vcpus == 0 || spec.memory_mib < 64 {
-        return bad("needs at least 1 vCPU and 64 MiB");
-    }
-    if spec.vsock_cid < 3 {
-        return bad("vsock CID must be at least 3");
-    }
-    let ok_id = |id: &str| {
-        !id.is_empty() && id != "root" && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
-    };
-    if !spec.extra_drives.iter().all(|d| ok_id(&d.id)) {
-        return bad("drive ids must be letters, digits or '_' and not 'root'");
-    }
     if spec
         .tap
         .as_ref()
