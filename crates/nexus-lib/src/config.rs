@@ -58,6 +58,14 @@ pub struct Config {
     /// Absolute host directories under which API clients may name paths (image import). Unset:
     /// none over TCP, and over the Unix socket anything the connecting user can read.
     pub import_roots: Option<Vec<PathBuf>>,
+    /// Most entries (files, directories, links) a directory import may hold (1..=100,000,000;
+    /// default 1,000,000); a bigger tree is refused before anything is built.
+    pub import_max_entries: Option<u64>,
+    /// Most bytes a directory import may hold (`"64G"` or bytes; default 64 GiB), counted both as
+    /// allocated on disk and as apparent size, so a tree of sparse files cannot exceed it.
+    pub import_max_bytes: Option<ByteSize>,
+    /// Seconds an image import may take (1..=86400, default 1800); past it the build is killed.
+    pub import_timeout_secs: Option<u64>,
     /// Seconds to let in-flight requests finish at shutdown (0..=600).
     pub shutdown_grace_secs: Option<u64>,
     /// VMM backend: `auto` (Firecracker where it and KVM work, else QEMU), `firecracker`, `qemu`.
@@ -129,6 +137,9 @@ pub enum ConfigError {
 
 /// Smallest embedded pool image accepted (`mkfs.btrfs` needs some room for its own metadata).
 pub const MIN_POOL_SIZE: u64 = 256 << 20;
+
+/// Upper bound of `import_max_entries`.
+pub const MAX_IMPORT_ENTRIES: u64 = 100_000_000;
 
 /// Upper bound of `shutdown_grace_secs`.
 pub const MAX_SHUTDOWN_GRACE_SECS: u64 = 600;
@@ -223,6 +234,30 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(n) = self.import_max_entries
+            && !(1..=MAX_IMPORT_ENTRIES).contains(&n)
+        {
+            return Err(bad(
+                "import_max_entries",
+                format!("{n} is outside 1..={MAX_IMPORT_ENTRIES}"),
+            ));
+        }
+        if let Some(size) = self.import_max_bytes
+            && size.bytes() < 1 << 20
+        {
+            return Err(bad(
+                "import_max_bytes",
+                format!("{} bytes is less than 1M", size.bytes()),
+            ));
+        }
+        if let Some(v) = self.import_timeout_secs
+            && !(1..=86400).contains(&v)
+        {
+            return Err(bad(
+                "import_timeout_secs",
+                format!("{v} is outside 1..=86400"),
+            ));
         }
         if let Some(vmm) = &self.vmm
             && !["auto", "firecracker", "qemu"].contains(&vmm.as_str())
@@ -397,6 +432,29 @@ mod tests {
     fn a_tls_cert_without_key_names_the_missing_key() {
         let err = parse("tls_cert_file = \"/c\"").unwrap_err().to_string();
         assert!(err.contains("tls_key_file"), "{err}");
+    }
+
+    #[test]
+    fn import_bounds_are_checked_and_name_their_key() {
+        for (text, key) in [
+            ("import_max_entries = 0", "import_max_entries"),
+            ("import_max_bytes = \"1K\"", "import_max_bytes"),
+            ("import_timeout_secs = 0", "import_timeout_secs"),
+        ] {
+            let err = parse(text).unwrap_err().to_string();
+            assert!(err.contains(key), "{text}: {err}");
+        }
+        let cfg =
+            parse("import_max_entries = 10\nimport_max_bytes = \"2G\"\nimport_timeout_secs = 5")
+                .unwrap();
+        assert_eq!(
+            (
+                cfg.import_max_entries,
+                cfg.import_max_bytes,
+                cfg.import_timeout_secs
+            ),
+            (Some(10), Some(ByteSize(2 << 30)), Some(5))
+        );
     }
 
     #[test]

@@ -164,13 +164,14 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         vms_dir: paths.data_dir.join("vms"),
         jail: settings.jail.clone(),
     };
-    let state = AppState::new(
+    let mut state = AppState::new(
         store.clone(),
         pool.clone(),
         assets,
         lifecycle_cfg,
         import_policy(&settings),
     );
+    state.images = state.images.with_limits(settings.import_limits);
     let lifecycle = state.lifecycle.clone();
     lifecycle.recover().await.map_err(DaemonError::Recover)?;
 

@@ -64,6 +64,15 @@ pub struct Args {
     /// whatever the connecting user can read over the Unix socket).
     #[arg(long, value_name = "DIR,...", value_delimiter = ',')]
     pub import_roots: Option<Vec<PathBuf>>,
+    /// Most entries a directory import may hold (default 1000000).
+    #[arg(long, value_name = "N")]
+    pub import_max_entries: Option<u64>,
+    /// Most bytes a directory import may hold, allocated or apparent, e.g. 64G (default 64G).
+    #[arg(long, value_name = "SIZE")]
+    pub import_max_bytes: Option<ByteSize>,
+    /// Seconds an image import may take before it is stopped (default 1800).
+    #[arg(long, value_name = "SECS")]
+    pub import_timeout_secs: Option<u64>,
     /// Seconds to let in-flight requests finish at shutdown.
     #[arg(long, value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -156,6 +165,7 @@ pub struct Settings {
     pub tcp_max_connections: usize,
     pub tcp_header_timeout: Duration,
     pub import_roots: Option<Vec<PathBuf>>,
+    pub import_limits: crate::images::ImportLimits,
     pub shutdown_grace: Duration,
     pub vmm: crate::vmm::VmmChoice,
     pub boot_timeout: Duration,
@@ -196,6 +206,9 @@ impl Settings {
                 .tcp_header_timeout_secs
                 .or(file.tcp_header_timeout_secs),
             import_roots: args.import_roots.clone().or(file.import_roots),
+            import_max_entries: args.import_max_entries.or(file.import_max_entries),
+            import_max_bytes: args.import_max_bytes.or(file.import_max_bytes),
+            import_timeout_secs: args.import_timeout_secs.or(file.import_timeout_secs),
             shutdown_grace_secs: args.shutdown_grace_secs.or(file.shutdown_grace_secs),
             vmm: args.vmm.clone().or(file.vmm),
             boot_timeout_secs: args.boot_timeout_secs.or(file.boot_timeout_secs),
@@ -267,6 +280,20 @@ impl Settings {
                     .unwrap_or(DEFAULT_TCP_HEADER_TIMEOUT_SECS),
             ),
             import_roots: cfg.import_roots,
+            import_limits: crate::images::ImportLimits {
+                max_entries: cfg
+                    .import_max_entries
+                    .unwrap_or(crate::images::ImportLimits::DEFAULT.max_entries),
+                max_bytes: cfg
+                    .import_max_bytes
+                    .map_or(crate::images::ImportLimits::DEFAULT.max_bytes, |b| {
+                        b.bytes()
+                    }),
+                timeout: cfg.import_timeout_secs.map_or(
+                    crate::images::ImportLimits::DEFAULT.timeout,
+                    Duration::from_secs,
+                ),
+            },
             shutdown_grace: Duration::from_secs(
                 cfg.shutdown_grace_secs
                     .unwrap_or(DEFAULT_SHUTDOWN_GRACE_SECS),

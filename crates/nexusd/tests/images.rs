@@ -385,3 +385,278 @@ fn openapi_document_covers_the_storage_routes() {
     let params = &paths["/v1/vms/{vm}"]["delete"]["parameters"];
     assert!(params.to_string().contains("keep_drives"), "{params}");
 }
+
+/// A daemon with storage and extra flags.
+fn storage_daemon(extra: &[&str]) -> TestDaemon {
+    common::require_storage_prerequisites();
+    let mut flags = vec!["--pool-size", "1G"];
+    flags.extend_from_slice(extra);
+    TestDaemon::start_logged(tempfile::tempdir().unwrap(), &flags)
+}
+
+/// `POST /v1/images` with `path` as JSON (any text, NUL included): the status and the body.
+fn import_raw(d: &TestDaemon, path: &str, name: &str) -> (u16, serde_json::Value) {
+    let body = serde_json::json!({ "path": path, "name": name }).to_string();
+    common::rt().block_on(async {
+        let resp = d
+            .client
+            .send_raw(
+                http::Method::POST,
+                "/v1/images",
+                Some(bytes::Bytes::from(body)),
+                Some("application/json"),
+            )
+            .await
+            .unwrap();
+        let status = resp.status().as_u16();
+        let bytes = nexus_lib::client::read_body(resp.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (
+            status,
+            serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null),
+        )
+    })
+}
+
+/// A tree of `n` empty files in one directory.
+fn empty_files(at: &std::path::Path, n: usize) -> std::path::PathBuf {
+    std::fs::create_dir_all(at).unwrap();
+    for i in 0..n {
+        std::fs::File::create(at.join(format!("f{i}"))).unwrap();
+    }
+    at.to_owned()
+}
+
+fn mke2fs_of(d: &TestDaemon) -> Vec<u32> {
+    common::pids_mentioning("mke2fs", &d.home().display().to_string())
+}
+
+#[test]
+fn bad_import_paths_answer_422_or_403_with_a_message_and_change_nothing() {
+    let d = TestDaemon::start_with_storage();
+    let tree = sample_tree(d.home());
+    ctl_json(
+        &d,
+        &["image", "import", tree.to_str().unwrap(), "--name", "first"],
+    );
+    let home = d.home();
+    let fifo = home.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let dev = home.join("null");
+    nix::sys::stat::mknod(
+        &dev,
+        nix::sys::stat::SFlag::S_IFCHR,
+        nix::sys::stat::Mode::S_IRUSR | nix::sys::stat::Mode::S_IWUSR,
+        nix::sys::stat::makedev(1, 3),
+    )
+    .unwrap();
+    let sock = home.join("sock");
+    let _listener = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+    let looped = home.join("loop");
+    std::os::unix::fs::symlink(&looped, &looped).unwrap();
+    let junk = home.join("junk.img");
+    std::fs::write(&junk, b"not ext4").unwrap();
+    let long_component = home.join("x".repeat(300));
+    let s = |p: &std::path::Path| p.display().to_string();
+    let pool = d.pool_root();
+    let cases: Vec<(String, u16, &str)> = vec![
+        (s(&fifo), 422, "neither a directory nor a regular file"),
+        (s(&dev), 422, "neither a directory nor a regular file"),
+        (s(&sock), 422, "neither a directory nor a regular file"),
+        (s(&junk), 422, "not an ext4 image"),
+        (s(&long_component), 422, "longer than 255 bytes"),
+        (format!("{}/a\u{0}b", s(home)), 422, "NUL"),
+        ("/nonexistent/nexus".into(), 422, "does not exist"),
+        (s(&looped), 403, "symbolic link"),
+        ("/proc/self/mem".into(), 403, "/proc"),
+        (s(&pool), 403, "never importable"),
+        (s(&pool.join("images")), 403, "never importable"),
+        (s(&pool.join("tmp")), 403, "never importable"),
+        (s(&home.join("data/pool.img")), 403, "never importable"),
+    ];
+
+    for (i, (path, status, says)) in cases.iter().enumerate() {
+        let (got, body) = import_raw(&d, path, &format!("bad{i}"));
+        let message = body["error"]["message"].as_str().unwrap_or_default();
+        assert_eq!(got, *status, "{path:.60}: {body}");
+        assert!(message.contains(says), "{path:.60}: {body}");
+    }
+
+    let names: Vec<String> = ctl_json(&d, &["image", "list"])
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["first"]);
+    assert_eq!(entries(&d.pool_root().join("images")).len(), 1);
+    assert!(entries(&d.pool_root().join("tmp")).is_empty());
+}
+
+#[test]
+fn a_fifo_swapped_in_during_imports_never_hangs_them() {
+    let d = storage_daemon(&["--import-timeout-secs", "4"]);
+    let home = d.home().to_owned();
+    // A file import whose path flips between an ext4 file and a FIFO, and a directory import
+    // whose only file flips between a regular file and a FIFO.
+    make_ext4(&home.join("disk.ext4"), 64 << 20);
+    let flip_file = home.join("flip-file");
+    nix::unistd::mkfifo(&flip_file, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let tree = home.join("tree");
+    std::fs::create_dir(&tree).unwrap();
+    std::fs::write(tree.join("a"), b"data").unwrap();
+    nix::unistd::mkfifo(&home.join("fifo-b"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flipper = {
+        let (stop, home, tree) = (stop.clone(), home.clone(), tree.clone());
+        std::thread::spawn(move || {
+            use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                for (a, b) in [
+                    (home.join("disk.ext4"), home.join("flip-file")),
+                    (tree.join("a"), home.join("fifo-b")),
+                ] {
+                    renameat2(AT_FDCWD, &a, AT_FDCWD, &b, RenameFlags::RENAME_EXCHANGE).unwrap();
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+        })
+    };
+
+    let mut statuses = Vec::new();
+    // Each round may wait for the 4 s timeout (mke2fs blocked opening the FIFO): few rounds.
+    for i in 0..4 {
+        for path in [&flip_file, &tree] {
+            let started = Instant::now();
+            let (status, body) = import_raw(&d, path.to_str().unwrap(), &format!("i{i}"));
+            let took = started.elapsed();
+            assert!(
+                took < Duration::from_secs(15),
+                "{path:?} took {took:?}: {body}"
+            );
+            assert!([201, 422].contains(&status), "{path:?}: {status} {body}");
+            statuses.push(status);
+            if status == 201 {
+                d.ctl(&["image", "delete", &format!("i{i}")]);
+            }
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    flipper.join().unwrap();
+
+    assert!(mke2fs_of(&d).is_empty());
+    assert!(entries(&d.pool_root().join("tmp")).is_empty());
+    eprintln!("statuses while flipping: {statuses:?}");
+}
+
+#[test]
+fn the_entry_cap_answers_422_naming_its_key() {
+    let d = storage_daemon(&["--import-max-entries", "100"]);
+    let tree = empty_files(&d.home().join("many"), 200);
+
+    let (status, body) = import_raw(&d, tree.to_str().unwrap(), "many");
+
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("import_max_entries"),
+        "{body}"
+    );
+    assert_eq!(ctl_json(&d, &["image", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn sparse_files_are_sized_by_their_data_and_capped_by_their_apparent_size() {
+    let d = storage_daemon(&["--import-max-bytes", "16G"]);
+    let tree = d.home().join("sparse");
+    std::fs::create_dir(&tree).unwrap();
+    for i in 0..3 {
+        let f = std::fs::File::create(tree.join(format!("s{i}"))).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&f, &[1u8; 1 << 20], 1 << 30).unwrap();
+        f.set_len(4 << 30).unwrap();
+    }
+
+    let (ok, image) = import_raw(&d, tree.to_str().unwrap(), "sparse");
+    std::fs::File::options()
+        .write(true)
+        .open(tree.join("s0"))
+        .unwrap()
+        .set_len(9 << 30)
+        .unwrap();
+    let (refused, body) = import_raw(&d, tree.to_str().unwrap(), "too-sparse");
+
+    assert_eq!(ok, 201, "{image}");
+    assert!(
+        image["size_bytes"].as_u64().unwrap() < 256 << 20,
+        "sized by the allocated bytes, not 12 GiB: {image}"
+    );
+    assert_eq!(refused, 422, "{body}");
+    let message = body["error"]["message"].as_str().unwrap();
+    assert!(message.contains("import_max_bytes"), "{body}");
+    assert!(entries(&d.pool_root().join("tmp")).is_empty());
+}
+
+#[test]
+fn the_timeout_stops_a_slow_directory_import_with_422_naming_its_key() {
+    let d = storage_daemon(&["--import-timeout-secs", "2"]);
+    // mke2fs -d needs tens of seconds for 20,000 files in one directory.
+    let tree = empty_files(&d.home().join("slow"), 20_000);
+
+    let started = Instant::now();
+    let (status, body) = import_raw(&d, tree.to_str().unwrap(), "slow");
+
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("import_timeout_secs"),
+        "{body}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+    assert!(mke2fs_of(&d).is_empty());
+    assert!(entries(&d.pool_root().join("tmp")).is_empty());
+    assert_eq!(ctl_json(&d, &["image", "list"]), serde_json::json!([]));
+}
+
+#[test]
+fn a_client_that_disconnects_stops_its_directory_import() {
+    let d = TestDaemon::start_with_storage();
+    let tree = empty_files(&d.home().join("slow"), 20_000);
+    let mut import = Command::new(common::nexusctl_bin())
+        .arg("--home")
+        .arg(d.home())
+        .args(["image", "import", tree.to_str().unwrap(), "--name", "slow"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while mke2fs_of(&d).is_empty() {
+        assert!(Instant::now() < deadline, "mke2fs never started");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+
+    common::signal(&import, nix::sys::signal::Signal::SIGKILL);
+    let _ = import.wait();
+    let killed = Instant::now();
+    while !mke2fs_of(&d).is_empty() || !entries(&d.pool_root().join("tmp")).is_empty() {
+        assert!(
+            killed.elapsed() < Duration::from_secs(3),
+            "mke2fs {:?} or tmp/ {:?} still there",
+            mke2fs_of(&d),
+            entries(&d.pool_root().join("tmp"))
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    eprintln!(
+        "mke2fs gone and tmp/ empty {:?} after the client",
+        killed.elapsed()
+    );
+
+    assert_eq!(ctl_json(&d, &["image", "list"]), serde_json::json!([]));
+    assert!(d.log().contains("import stopped"), "{}", d.log());
+}

@@ -155,6 +155,14 @@ impl From<StorageError> for ApiError {
             StorageError::SourceNotFound { .. }
             | StorageError::NotExt4 { .. }
             | StorageError::NotADirectory { .. } => Self::invalid("path", message),
+            StorageError::ImportTooBig { .. } | StorageError::ImportTimedOut { .. } => {
+                Self::invalid("path", message)
+            }
+            StorageError::SourceUnreadable { .. } => Self::invalid("path", error_chain(&e)),
+            // Nobody is waiting for this answer any more.
+            StorageError::ImportCancelled => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "cancelled", message)
+            }
             StorageError::SizeTooSmall { .. } | StorageError::InvalidSize { .. } => {
                 Self::invalid("size", message)
             }
@@ -189,7 +197,9 @@ impl From<HostPathError> for ApiError {
             HostPathError::NotFound { .. } | HostPathError::Unsupported { .. } => {
                 Self::invalid("path", e.to_string())
             }
-            HostPathError::Io { .. } => Self::internal(&e),
+            // The path cannot be looked up or read (too long, a loop, an I/O error): the
+            // client named something unusable, with the cause in the message; never a 500.
+            HostPathError::Io { .. } => Self::invalid("path", error_chain(&e)),
             refused => Self::forbidden(refused.to_string()).with_field("path"),
         }
     }

@@ -26,8 +26,8 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
         (status = 400, description = "Malformed JSON", body = ErrorBody),
         (status = 403, description = "The caller may not import this path: outside `import_roots` (none over TCP by default), unreadable by the connecting user, through a symlink or `..` out of its root, or a protected location", body = ErrorBody),
         (status = 409, description = "Name taken", body = ErrorBody),
-        (status = 422, description = "Invalid field: a missing path, a file that is not ext4, a bad name", body = ErrorBody),
-        (status = 503, description = "The storage pool cannot be opened (e.g. mounting it needs root)", body = ErrorBody),
+        (status = 422, description = "Invalid field: a missing or unusable path (not a directory or regular file, too long, a NUL, unreadable), a file that is not ext4, a directory over `import_max_entries` or `import_max_bytes`, an import past `import_timeout_secs`, a bad name", body = ErrorBody),
+        (status = 503, description = "The storage pool cannot be opened (e.g. mounting it needs root), or the import was cancelled (the client went away)", body = ErrorBody),
         (status = 507, description = "The storage pool is out of space", body = ErrorBody),
     )
 )]

@@ -49,6 +49,66 @@ pub(crate) fn run(cmd: &mut Command, ok_codes: &[i32]) -> Result<Output, Storage
     }
 }
 
+/// Runs `cmd` like [`run`], but asks `stop` every 50 ms whether to give up: when it answers an
+/// error, the child is killed (`SIGKILL`), reaped, and that error returned. For tools that may run
+/// long on untrusted input (`mke2fs -d` on a client's tree).
+pub(crate) fn run_bounded(
+    cmd: &mut Command,
+    ok_codes: &[i32],
+    stop: &dyn Fn() -> Result<(), StorageError>,
+) -> Result<(), StorageError> {
+    let line = describe(cmd);
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|source| StorageError::Spawn {
+            command: line.clone(),
+            source,
+        })?;
+    // Drained on its own thread so a chatty tool cannot block on a full pipe; the thread ends
+    // when the child (killed or not) closes its end.
+    let mut pipe = child.stderr.take();
+    let reader = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        if let Some(p) = pipe.as_mut() {
+            let _ = std::io::Read::read_to_end(p, &mut buf);
+        }
+        buf
+    });
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) => {}
+            Err(source) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(StorageError::Spawn {
+                    command: line,
+                    source,
+                });
+            }
+        }
+        if let Err(e) = stop() {
+            let _ = child.kill();
+            let _ = child.wait();
+            let _ = reader.join();
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let stderr = reader.join().unwrap_or_default();
+    match status.code() {
+        Some(code) if ok_codes.contains(&code) => Ok(()),
+        _ => Err(StorageError::Command {
+            command: line,
+            status: status.to_string(),
+            stderr: tail(&stderr),
+        }),
+    }
+}
+
 fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
         .chain(cmd.get_args())
@@ -86,6 +146,35 @@ mod tests {
     #[test]
     fn run_accepts_listed_nonzero_codes() {
         assert!(run(Command::new("sh").args(["-c", "exit 1"]), &[0, 1]).is_ok());
+    }
+
+    #[test]
+    fn run_bounded_kills_the_child_when_told_to_stop() {
+        let started = std::time::Instant::now();
+        let err = run_bounded(Command::new("sleep").arg("30"), &[0], &|| {
+            if started.elapsed() > std::time::Duration::from_millis(200) {
+                Err(StorageError::ImportCancelled)
+            } else {
+                Ok(())
+            }
+        })
+        .unwrap_err();
+        assert!(matches!(err, StorageError::ImportCancelled), "{err:?}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn run_bounded_reports_stderr_of_a_failing_command() {
+        let err = run_bounded(
+            Command::new("sh").args(["-c", "echo boom >&2; exit 3"]),
+            &[0],
+            &|| Ok(()),
+        )
+        .unwrap_err();
+        assert!(
+            matches!(err, StorageError::Command { ref stderr, .. } if stderr == "boom"),
+            "{err:?}"
+        );
     }
 
     #[test]

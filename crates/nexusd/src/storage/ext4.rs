@@ -20,13 +20,17 @@
 
 use std::fs::{self, File};
 use std::io::{ErrorKind, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
-use std::path::Path;
+use std::os::fd::{AsFd, OwnedFd};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use sha2::{Digest, Sha256};
 
-use super::StorageError;
 use super::cmd;
+use super::{ImportBounds, StorageError};
 
 /// ext2/3/4 superblock magic, little-endian at byte 1080 of the image (superblock at 1024, field 0x38).
 pub const EXT4_MAGIC: u16 = 0xEF53;
@@ -47,7 +51,7 @@ const CHUNK: usize = 1 << 20;
 /// Whether `path` is a regular file that starts with an ext2/3/4 superblock (all mountable as ext4).
 /// Reads two bytes, never the whole file.
 pub fn is_ext4(path: &Path) -> Result<bool, StorageError> {
-    let file = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+    let file = open_nonblocking(path)?;
     let meta = file
         .metadata()
         .map_err(|e| StorageError::io("stat", path, e))?;
@@ -65,35 +69,147 @@ pub fn is_ext4(path: &Path) -> Result<bool, StorageError> {
 /// What a directory tree needs in an ext4 filesystem.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct DirUsage {
-    /// Data bytes, each file and directory rounded up to whole blocks.
+    /// Data bytes as allocated on the host (`st_blocks`, so holes of sparse files cost nothing),
+    /// each file and directory rounded up to whole blocks: what the image must hold.
     pub bytes: u64,
+    /// Apparent bytes (`st_size` of regular files): what a reader of the tree sees.
+    pub apparent: u64,
     /// Files, directories, links and special files, the root included.
     pub inodes: u64,
 }
 
+const RESOLVE_BENEATH: rustix::fs::ResolveFlags = rustix::fs::ResolveFlags::BENEATH
+    .union(rustix::fs::ResolveFlags::NO_SYMLINKS)
+    .union(rustix::fs::ResolveFlags::NO_MAGICLINKS);
+
 /// Walks `dir` (symlinks are not followed) and sums what its content needs.
 pub fn dir_usage(dir: &Path) -> Result<DirUsage, StorageError> {
-    let mut usage = DirUsage::default();
-    let mut pending = vec![dir.to_owned()];
-    while let Some(path) = pending.pop() {
-        let meta = fs::symlink_metadata(&path).map_err(|e| StorageError::io("stat", &path, e))?;
-        usage.inodes += 1;
-        if meta.is_dir() {
-            usage.bytes += BLOCK_SIZE;
-            for entry in
-                fs::read_dir(&path).map_err(|e| StorageError::io("read directory", &path, e))?
-            {
-                let entry = entry.map_err(|e| StorageError::io("read directory", &path, e))?;
-                pending.push(entry.path());
+    let fd = rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| StorageError::io("open directory", dir, e.into()))?;
+    scan_dir(&fd, dir, &ImportBounds::unbounded())
+}
+
+/// Walks the directory open at `top` (named `shown` in messages) through descriptors only:
+/// every subdirectory is opened beneath `top` without following symlinks, non-blocking, and
+/// nothing else is opened (entries are `fstatat`ed), so a FIFO or device in the tree or swapped
+/// in cannot block it. Stops with [`StorageError::ImportTooBig`] as soon as a cap of `bounds` is
+/// passed, and when `bounds` says to stop. Linear in the number of entries.
+pub fn scan_dir(
+    top: &impl AsFd,
+    shown: &Path,
+    bounds: &ImportBounds,
+) -> Result<DirUsage, StorageError> {
+    let mut usage = DirUsage {
+        bytes: BLOCK_SIZE,
+        apparent: 0,
+        inodes: 1,
+    };
+    let mut pending = vec![PathBuf::from(".")];
+    while let Some(rel) = pending.pop() {
+        bounds.check()?;
+        let here = shown.join(&rel);
+        let dir = openat2_retry(
+            top,
+            &rel,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        )
+        .map_err(|e| unreadable("open directory", &here, e.into()))?;
+        let entries = rustix::fs::Dir::read_from(&dir)
+            .map_err(|e| unreadable("read directory", &here, e.into()))?;
+        for entry in entries {
+            let entry = entry.map_err(|e| unreadable("read directory", &here, e.into()))?;
+            let name = entry.file_name();
+            if name == c"." || name == c".." {
+                continue;
             }
-        } else if meta.is_file() || meta.file_type().is_symlink() {
-            // Short symlinks live inside the inode; longer ones and file data take whole blocks.
-            if meta.is_file() || meta.len() > 59 {
-                usage.bytes += meta.len().div_ceil(BLOCK_SIZE) * BLOCK_SIZE;
+            let st = match rustix::fs::statat(&dir, name, AtFlags::SYMLINK_NOFOLLOW) {
+                Ok(st) => st,
+                // Removed since it was listed: not in the image either.
+                Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(unreadable("stat an entry of", &here, e.into())),
+            };
+            usage.inodes += 1;
+            // `st_blocks` counts 512-byte units whatever the file system's block size.
+            #[allow(clippy::unnecessary_cast)]
+            let allocated = (st.st_blocks as u64).saturating_mul(512);
+            #[allow(clippy::unnecessary_cast)]
+            let size = st.st_size as u64;
+            match FileType::from_raw_mode(st.st_mode) {
+                FileType::Directory => {
+                    usage.bytes += allocated.max(BLOCK_SIZE).next_multiple_of(BLOCK_SIZE);
+                    pending.push(rel.join(std::ffi::OsStr::from_bytes(name.to_bytes())));
+                }
+                FileType::RegularFile => {
+                    usage.bytes += allocated.next_multiple_of(BLOCK_SIZE);
+                    usage.apparent = usage.apparent.saturating_add(size);
+                }
+                // Short symlinks live inside the inode; longer ones take a block.
+                FileType::Symlink if size > 59 => usage.bytes += BLOCK_SIZE,
+                _ => {}
+            }
+            if usage.inodes > bounds.max_entries {
+                return Err(StorageError::ImportTooBig {
+                    key: "import_max_entries",
+                    what: format!(
+                        "{} has more than {} entries",
+                        shown.display(),
+                        bounds.max_entries
+                    ),
+                    limit: bounds.max_entries,
+                });
+            }
+            if usage.bytes > bounds.max_bytes {
+                return Err(StorageError::ImportTooBig {
+                    key: "import_max_bytes",
+                    what: format!(
+                        "{} holds more than {} bytes",
+                        shown.display(),
+                        bounds.max_bytes
+                    ),
+                    limit: bounds.max_bytes,
+                });
+            }
+            if usage.apparent > bounds.max_bytes {
+                return Err(StorageError::ImportTooBig {
+                    key: "import_max_bytes",
+                    what: format!(
+                        "the files of {} (sparse or not) add up to more than {} bytes",
+                        shown.display(),
+                        bounds.max_bytes
+                    ),
+                    limit: bounds.max_bytes,
+                });
+            }
+            if usage.inodes.is_multiple_of(4096) {
+                bounds.check()?;
             }
         }
     }
     Ok(usage)
+}
+
+/// An import source that cannot be read: the client's to fix (422), not the pool's.
+fn unreadable(op: &'static str, path: &Path, source: std::io::Error) -> StorageError {
+    StorageError::SourceUnreadable {
+        op,
+        path: path.to_owned(),
+        source,
+    }
+}
+
+/// `openat2` beneath `top` (no symlinks), retried on `EAGAIN` (a concurrent rename).
+fn openat2_retry(top: &impl AsFd, rel: &Path, flags: OFlags) -> Result<OwnedFd, rustix::io::Errno> {
+    let mut tries = 0;
+    loop {
+        match rustix::fs::openat2(top, rel, flags, Mode::empty(), RESOLVE_BENEATH) {
+            Err(rustix::io::Errno::AGAIN) if tries < 8 => tries += 1,
+            other => return other,
+        }
+    }
 }
 
 /// Inodes to reserve for `count` entries: room for the guest to create more files.
@@ -108,7 +224,8 @@ pub fn size_for_dir(dir: &Path) -> Result<u64, StorageError> {
     Ok(size_for_usage(usage))
 }
 
-fn size_for_usage(usage: DirUsage) -> u64 {
+/// The filesystem size for content measured by [`scan_dir`]: see [`size_for_dir`].
+pub fn size_for_usage(usage: DirUsage) -> u64 {
     let content = usage.bytes + inodes_for(usage.inodes) * INODE_SIZE;
     let size = (content + content / 4 + HEADROOM).max(MIN_IMAGE_SIZE);
     size.div_ceil(1 << 20) << 20
@@ -125,8 +242,21 @@ pub fn build_from_dir(dir: &Path, out: &Path, size: u64) -> Result<(), StorageEr
             path: dir.to_owned(),
         });
     }
+    let usage = dir_usage(dir)?;
+    build_from_dir_bounded(dir, out, size, usage.inodes, &ImportBounds::unbounded())
+}
+
+/// [`build_from_dir`] for a tree already measured (`entries` from [`scan_dir`]), under `bounds`:
+/// `mke2fs` is killed and `out` removed when the client goes away or the deadline passes.
+pub fn build_from_dir_bounded(
+    dir: &Path,
+    out: &Path,
+    size: u64,
+    entries: u64,
+    bounds: &ImportBounds,
+) -> Result<(), StorageError> {
     check_size(size)?;
-    let inodes = inodes_for(dir_usage(dir)?.inodes).max(size / BYTES_PER_INODE);
+    let inodes = inodes_for(entries).max(size / BYTES_PER_INODE);
     let file = File::options()
         .write(true)
         .create_new(true)
@@ -162,7 +292,7 @@ pub fn build_from_dir(dir: &Path, out: &Path, size: u64) -> Result<(), StorageEr
                 .arg(".")
                 .arg(std::path::absolute(out).unwrap_or_else(|_| out.to_owned()))
                 .current_dir(dir);
-            cmd::run(&mut mke2fs, &[0]).map(drop)
+            cmd::run_bounded(&mut mke2fs, &[0], &|| bounds.check())
         });
     if result.is_err() {
         let _ = fs::remove_file(out);
@@ -268,7 +398,26 @@ pub fn sha256_file(path: &Path) -> Result<String, StorageError> {
 /// Copies `src` to the new file `dst`, hashing while streaming. All-zero chunks become holes, so a
 /// sparse image stays sparse. Returns the length and the sha256 (hex) of the content.
 pub fn copy_with_sha256(src: &Path, dst: &Path) -> Result<(u64, String), StorageError> {
-    let mut input = File::open(src).map_err(|e| StorageError::io("open", src, e))?;
+    copy_with_sha256_bounded(src, dst, &ImportBounds::unbounded())
+}
+
+/// [`copy_with_sha256`] that stops when `bounds` says so (checked every chunk). The source is
+/// opened non-blocking and must be a regular file on the opened descriptor.
+pub fn copy_with_sha256_bounded(
+    src: &Path,
+    dst: &Path,
+    bounds: &ImportBounds,
+) -> Result<(u64, String), StorageError> {
+    let mut input = open_nonblocking(src)?;
+    if !input
+        .metadata()
+        .map_err(|e| StorageError::io("stat", src, e))?
+        .is_file()
+    {
+        return Err(StorageError::NotExt4 {
+            path: src.to_owned(),
+        });
+    }
     let mut output = File::options()
         .write(true)
         .create_new(true)
@@ -278,7 +427,8 @@ pub fn copy_with_sha256(src: &Path, dst: &Path) -> Result<(u64, String), Storage
     let mut buf = vec![0u8; CHUNK];
     let mut len = 0u64;
     loop {
-        let n = read_full(&mut input, &mut buf).map_err(|e| StorageError::io("read", src, e))?;
+        bounds.check()?;
+        let n = read_full(&mut input, &mut buf).map_err(|e| unreadable("read", src, e))?;
         if n == 0 {
             break;
         }
@@ -302,6 +452,17 @@ pub fn copy_with_sha256(src: &Path, dst: &Path) -> Result<(u64, String), Storage
         .sync_all()
         .map_err(|e| StorageError::io("sync", dst, e))?;
     Ok((len, hex(&hasher.finalize())))
+}
+
+/// Opens `path` for reading without blocking on a FIFO or device that may have been swapped in
+/// (`O_NONBLOCK`); callers check the type on the returned descriptor. For a regular file the
+/// flag changes nothing.
+fn open_nonblocking(path: &Path) -> Result<File, StorageError> {
+    File::options()
+        .read(true)
+        .custom_flags(nix::libc::O_NONBLOCK)
+        .open(path)
+        .map_err(|e| unreadable("open", path, e))
 }
 
 /// Fills `buf` as far as the input allows; short only at end of file.
@@ -349,6 +510,7 @@ mod tests {
         assert_eq!(
             size_for_usage(DirUsage {
                 bytes: 4096,
+                apparent: 0,
                 inodes: 1
             }),
             MIN_IMAGE_SIZE
@@ -359,12 +521,59 @@ mod tests {
     fn size_grows_with_content_and_is_whole_mebibytes() {
         let size = size_for_usage(DirUsage {
             bytes: 1 << 30,
+            apparent: 1 << 30,
             inodes: 10_000,
         });
         assert!(
             size > (1 << 30) + (1 << 30) / 4 && size.is_multiple_of(1 << 20),
             "{size}"
         );
+    }
+
+    #[test]
+    fn scan_counts_allocated_not_apparent_bytes_and_stops_at_the_caps() {
+        let dir = tempfile::tempdir().unwrap();
+        let sparse = File::create(dir.path().join("sparse")).unwrap();
+        sparse.set_len(1 << 30).unwrap();
+        fs::create_dir(dir.path().join("sub")).unwrap();
+        fs::write(dir.path().join("sub/data"), vec![1u8; 10_000]).unwrap();
+        nix::unistd::mkfifo(&dir.path().join("fifo"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+
+        let usage = dir_usage(dir.path()).unwrap();
+
+        assert_eq!((usage.inodes, usage.apparent), (5, (1 << 30) + 10_000));
+        assert!(usage.bytes < 1 << 20, "{usage:?}");
+        let fd = File::open(dir.path()).unwrap();
+        let capped = |entries, bytes| {
+            let mut b = ImportBounds::unbounded();
+            (b.max_entries, b.max_bytes) = (entries, bytes);
+            match scan_dir(&fd, dir.path(), &b) {
+                Err(StorageError::ImportTooBig { key, .. }) => key,
+                other => panic!("{other:?}"),
+            }
+        };
+        assert_eq!(capped(3, u64::MAX), "import_max_entries");
+        assert_eq!(capped(u64::MAX, 512 << 20), "import_max_bytes");
+    }
+
+    #[test]
+    fn scan_stops_when_cancelled() {
+        let dir = tempfile::tempdir().unwrap();
+        let bounds = ImportBounds::unbounded();
+        bounds.cancel.cancel();
+        let fd = File::open(dir.path()).unwrap();
+        assert!(matches!(
+            scan_dir(&fd, dir.path(), &bounds),
+            Err(StorageError::ImportCancelled)
+        ));
+    }
+
+    #[test]
+    fn is_ext4_does_not_block_on_a_fifo() {
+        let dir = tempfile::tempdir().unwrap();
+        let fifo = dir.path().join("fifo");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+        assert!(!is_ext4(&fifo).unwrap());
     }
 
     #[test]

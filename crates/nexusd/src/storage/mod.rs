@@ -25,6 +25,9 @@ mod service;
 
 use std::io;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
 
 pub use manager::PoolManager;
 pub use pool::{Pool, PoolConfig};
@@ -77,6 +80,13 @@ pub enum StorageError {
     },
     #[error("unexpected output from `{command}`: {reason}")]
     ToolOutput { command: String, reason: String },
+    #[error("cannot {op} {path}")]
+    SourceUnreadable {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
     #[error("{path} does not exist")]
     SourceNotFound { path: PathBuf },
     #[error("{path} is not an ext4 image")]
@@ -97,12 +107,75 @@ pub enum StorageError {
     ImageExists { id: String },
     #[error("drive {id} already exists")]
     DriveExists { id: String },
+    #[error("{what} exceeds `{key}` ({limit}); raise it in nexus.toml or import a smaller tree")]
+    ImportTooBig {
+        key: &'static str,
+        what: String,
+        limit: u64,
+    },
+    #[error("the import took longer than `import_timeout_secs` ({secs} s) and was stopped")]
+    ImportTimedOut { secs: u64 },
+    #[error("the import was stopped: the client went away")]
+    ImportCancelled,
     #[error("invalid metadata {path}")]
     Metadata {
         path: PathBuf,
         #[source]
         source: serde_json::Error,
     },
+}
+
+/// Bounds of one import from outside: size caps for a directory's content, a deadline, and a
+/// token cancelled when the client goes away. Checked by the scan, the copy and while `mke2fs`
+/// runs (which is killed when a bound is hit).
+#[derive(Debug, Clone)]
+pub struct ImportBounds {
+    pub max_entries: u64,
+    pub max_bytes: u64,
+    pub timeout: Duration,
+    pub deadline: Instant,
+    pub cancel: CancellationToken,
+}
+
+impl ImportBounds {
+    /// Bounds starting now.
+    pub fn new(
+        max_entries: u64,
+        max_bytes: u64,
+        timeout: Duration,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            max_entries,
+            max_bytes,
+            timeout,
+            deadline: Instant::now() + timeout,
+            cancel,
+        }
+    }
+
+    /// No caps, no deadline to speak of, never cancelled: for callers that trust the source.
+    pub fn unbounded() -> Self {
+        Self::new(
+            u64::MAX,
+            u64::MAX,
+            Duration::from_secs(100 * 365 * 86400),
+            CancellationToken::new(),
+        )
+    }
+
+    /// An error when the work must stop now: the client went away or the deadline passed.
+    pub fn check(&self) -> Result<(), StorageError> {
+        if self.cancel.is_cancelled() {
+            return Err(StorageError::ImportCancelled);
+        }
+        if Instant::now() >= self.deadline {
+            return Err(StorageError::ImportTimedOut {
+                secs: self.timeout.as_secs(),
+            });
+        }
+        Ok(())
+    }
 }
 
 impl StorageError {

@@ -17,7 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use serde::{Deserialize, Serialize};
 
-use super::{StorageError, btrfs, ext4};
+use super::{ImportBounds, StorageError, btrfs, ext4};
 
 /// The ext4 image inside every image and drive subvolume.
 pub const IMAGE_FILE: &str = "rootfs.ext4";
@@ -109,6 +109,17 @@ impl Storage {
         shown: &Path,
         id: &str,
     ) -> Result<ImageInfo, StorageError> {
+        self.import_image_from_ext4_bounded(src, shown, id, &ImportBounds::unbounded())
+    }
+
+    /// [`Storage::import_image_from_ext4`], stopped (and its work removed) when `bounds` says so.
+    pub fn import_image_from_ext4_bounded(
+        &self,
+        src: &Path,
+        shown: &Path,
+        id: &str,
+        bounds: &ImportBounds,
+    ) -> Result<ImageInfo, StorageError> {
         validate_id(id)?;
         let meta = source_metadata(src)?;
         if !meta.is_file() || !ext4::is_ext4(src)? {
@@ -118,7 +129,7 @@ impl Storage {
         }
         let source = ImageSource::Ext4File(shown.to_owned());
         self.import(id, source, |file| {
-            let (size, sha256) = ext4::copy_with_sha256(src, file)?;
+            let (size, sha256) = ext4::copy_with_sha256_bounded(src, file, bounds)?;
             // The source could have changed since the first check.
             if !ext4::is_ext4(file)? {
                 return Err(StorageError::NotExt4 {
@@ -138,17 +149,64 @@ impl Storage {
         shown: &Path,
         id: &str,
     ) -> Result<ImageInfo, StorageError> {
+        self.import_image_from_dir_bounded(dir, shown, id, &ImportBounds::unbounded())
+    }
+
+    /// [`Storage::import_image_from_dir`] under `bounds`: the tree is measured first (on a
+    /// descriptor, see [`ext4::scan_dir`]) and refused past a cap; the image is sized from the
+    /// allocated bytes (sparse files count their data, not their holes) and must fit the pool's
+    /// free space; `mke2fs` is killed and its output removed when the client goes away or the
+    /// deadline passes.
+    pub fn import_image_from_dir_bounded(
+        &self,
+        dir: &Path,
+        shown: &Path,
+        id: &str,
+        bounds: &ImportBounds,
+    ) -> Result<ImageInfo, StorageError> {
         validate_id(id)?;
-        if !source_metadata(dir)?.is_dir() {
-            return Err(StorageError::NotADirectory {
+        let fd = rustix::fs::open(
+            dir,
+            rustix::fs::OFlags::RDONLY
+                | rustix::fs::OFlags::DIRECTORY
+                | rustix::fs::OFlags::NONBLOCK
+                | rustix::fs::OFlags::CLOEXEC,
+            rustix::fs::Mode::empty(),
+        )
+        .map_err(|e| match e {
+            rustix::io::Errno::NOENT => StorageError::SourceNotFound {
+                path: shown.to_owned(),
+            },
+            rustix::io::Errno::NOTDIR => StorageError::NotADirectory {
+                path: shown.to_owned(),
+            },
+            e => StorageError::SourceUnreadable {
+                op: "open",
+                path: shown.to_owned(),
+                source: e.into(),
+            },
+        })?;
+        let usage = ext4::scan_dir(&fd, shown, bounds)?;
+        let size = ext4::size_for_usage(usage);
+        let free = self.free_bytes()?;
+        if usage.bytes > free {
+            return Err(StorageError::NoSpace {
+                op: "fit the content of",
                 path: shown.to_owned(),
             });
         }
-        let size = ext4::size_for_dir(dir)?;
         self.import(id, ImageSource::Directory(shown.to_owned()), |file| {
-            ext4::build_from_dir(dir, file, size)?;
+            ext4::build_from_dir_bounded(dir, file, size, usage.inodes, bounds)?;
             Ok((size, ext4::sha256_file(file)?))
         })
+    }
+
+    /// Bytes an unprivileged writer may still use in the pool.
+    pub fn free_bytes(&self) -> Result<u64, StorageError> {
+        let st = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| StorageError::sys("statvfs", &self.root, e))?;
+        #[allow(clippy::unnecessary_cast)]
+        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
     }
 
     /// Builds an image in a fresh subvolume under `tmp/` with `fill` (which writes `rootfs.ext4` and
