@@ -308,3 +308,76 @@ fn a_vm_survives_nexusd_being_killed_and_is_readopted() {
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(common::vmm_pids("orphan", &d).is_empty());
 }
+
+#[test]
+fn drives_do_not_move_while_their_vm_is_starting() {
+    use nexus_lib::api::{AttachDrive, CreateDrive};
+    common::require_boot_prerequisites();
+    let d = TestDaemon::start_with_storage();
+    let rt = rt();
+    let vm = rt
+        .block_on(d.client.create_vm(&CreateVm {
+            name: "mover".into(),
+            image: Some("default".into()),
+            ..CreateVm::default()
+        }))
+        .unwrap();
+    rt.block_on(d.client.create_drive(&CreateDrive {
+        image: "default".into(),
+        name: Some("extra".into()),
+        size: None,
+    }))
+    .unwrap();
+    let attach = AttachDrive {
+        vm: "mover".into(),
+        root: false,
+    };
+    rt.block_on(d.client.attach_drive("extra", &attach))
+        .unwrap();
+    let (moves, refusals) = rt.block_on(async {
+        let starter = d.client.clone();
+        let start = tokio::spawn(async move { starter.vm_action("mover", "start").await });
+        let (mut moves, mut refusals) = (0, 0);
+        // Move the drive back and forth for as long as the start runs (bounded by the boot
+        // timeout); every answer must be a success or a conflict.
+        while !start.is_finished() {
+            match d.client.detach_drive("extra").await {
+                Ok(_) => {
+                    moves += 1;
+                    if let Err(e) = d.client.attach_drive("extra", &attach).await {
+                        assert_eq!(e.status(), Some(409), "attach: {e}");
+                        refusals += 1;
+                    }
+                }
+                Err(e) => {
+                    assert_eq!(e.status(), Some(409), "detach: {e}");
+                    refusals += 1;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        start.await.unwrap().expect("the start succeeds");
+        (moves, refusals)
+    });
+    assert!(refusals > 0, "no move was ever refused ({moves} moves)");
+    // What QEMU was started with is exactly what the VM has attached now.
+    let drives = rt.block_on(d.client.list_drives()).unwrap();
+    let mut attached: Vec<String> = drives
+        .iter()
+        .filter(|dr| dr.vm_id == Some(vm.id))
+        .map(|dr| dr.id.to_string())
+        .collect();
+    attached.sort();
+    let qemu = common::vmm_pids("mover", &d);
+    assert_eq!(qemu.len(), 1);
+    let cmdline =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{}/cmdline", qemu[0])).unwrap())
+            .into_owned();
+    let mut in_qemu: Vec<String> = cmdline
+        .split("/drives/")
+        .skip(1)
+        .map(|rest| rest.split('/').next().unwrap_or_default().to_owned())
+        .collect();
+    in_qemu.sort();
+    assert_eq!(in_qemu, attached, "QEMU's drives differ from the VM's");
+}

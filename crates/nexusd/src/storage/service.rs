@@ -12,7 +12,6 @@ use std::fs::{self, File};
 use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{SystemTime, UNIX_EPOCH};
 
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use serde::{Deserialize, Serialize};
@@ -230,7 +229,7 @@ impl Storage {
                 path: dest.join(IMAGE_FILE),
                 size_bytes,
                 sha256,
-                created_at_ms: now_ms(),
+                created_at_ms: u64::try_from(crate::store::now_ms()).unwrap_or(0),
                 source,
             };
             write_meta(&work.join(META_FILE), &info)?;
@@ -494,13 +493,6 @@ fn write_meta(path: &Path, info: &ImageInfo) -> Result<(), StorageError> {
         .map_err(|e| StorageError::io("write", path, e))?;
     file.sync_all()
         .map_err(|e| StorageError::io("sync", path, e))
-}
-
-fn now_ms() -> u64 {
-    let since_epoch = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    u64::try_from(since_epoch.as_millis()).unwrap_or(u64::MAX)
 }
 
 #[cfg(test)]
