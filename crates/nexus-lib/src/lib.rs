@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod client;
 pub mod config;
+pub mod error;
 pub mod names;
 pub mod paths;
 pub mod size;

@@ -80,13 +80,7 @@ fn report(err: &ClientError, home: Option<&std::path::Path>) -> ExitCode {
             })
         }
         other => {
-            let mut msg = other.to_string();
-            let mut src = std::error::Error::source(other);
-            while let Some(s) = src {
-                msg.push_str(&format!(": {s}"));
-                src = s.source();
-            }
-            eprintln!("nexusctl: {msg}");
+            eprintln!("nexusctl: {}", nexus_lib::error::error_chain(other));
             ExitCode::FAILURE
         }
     }

@@ -75,17 +75,7 @@ impl ApiError {
     }
 }
 
-/// `err: cause: cause` on one line.
-pub fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(e) = source {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        source = e.source();
-    }
-    out
-}
+pub use nexus_lib::error::error_chain;
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {

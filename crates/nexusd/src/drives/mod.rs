@@ -319,7 +319,7 @@ impl DriveService {
             for id in ids {
                 match storage.delete_drive(&id.to_string()) {
                     Ok(()) | Err(StorageError::DriveNotFound { .. }) => {}
-                    Err(e) => tracing::warn!(%id, error = %crate::logsafe::Escaped(crate::api::error::error_chain(&e)), "could not remove drive subvolume; it is removed at the next start"),
+                    Err(e) => tracing::warn!(%id, error = %crate::logsafe::Escaped(nexus_lib::error::error_chain(&e)), "could not remove drive subvolume; it is removed at the next start"),
                 }
             }
         })

@@ -328,7 +328,7 @@ impl ImageService {
         match removed {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
-                tracing::warn!(%id, error = %Escaped(crate::api::error::error_chain(&e)), "could not remove image subvolume; it is removed at the next start")
+                tracing::warn!(%id, error = %Escaped(nexus_lib::error::error_chain(&e)), "could not remove image subvolume; it is removed at the next start")
             }
             Err(e) => tracing::warn!(%id, error = %e, "image removal worker failed"),
         }

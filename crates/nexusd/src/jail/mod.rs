@@ -170,7 +170,7 @@ impl Jailer {
         if cg.exists()
             && let Err(e) = cg.remove(Duration::from_secs(5))
         {
-            tracing::warn!(vm = id, error = %crate::api::error::error_chain(&e), "cannot remove the VM's cgroup");
+            tracing::warn!(vm = id, error = %nexus_lib::error::error_chain(&e), "cannot remove the VM's cgroup");
         }
     }
 

@@ -403,7 +403,7 @@ impl Lifecycle {
                 self.remove_cgroup(id).await;
                 let reason = format!(
                     "cannot set up the VMM jail: {}",
-                    crate::api::error::error_chain(&e)
+                    nexus_lib::error::error_chain(&e)
                 );
                 return self.fail_boot(&vm, boot_id, reason).await;
             }
@@ -417,7 +417,7 @@ impl Lifecycle {
                 self.remove_cgroup(id).await;
                 let reason = format!(
                     "{}; console: {}",
-                    crate::api::error::error_chain(&e),
+                    nexus_lib::error::error_chain(&e),
                     console_tail(&spec.console_log)
                 );
                 return self.fail_boot(&vm, boot_id, reason).await;
@@ -447,7 +447,7 @@ impl Lifecycle {
                 self.remove_cgroup(id).await;
                 let reason = format!(
                     "cannot register the VMM's processes (killed): {}",
-                    crate::api::error::error_chain(&e)
+                    nexus_lib::error::error_chain(&e)
                 );
                 return self.fail_boot(&vm, boot_id, reason).await;
             }
@@ -505,7 +505,7 @@ impl Lifecycle {
                 Err(e) => {
                     let reason = format!(
                         "{}; console: {}",
-                        crate::api::error::error_chain(&e),
+                        nexus_lib::error::error_chain(&e),
                         console_tail(&spec.console_log)
                     );
                     live.outcome.set_if_empty(VmState::Failed, reason.clone());

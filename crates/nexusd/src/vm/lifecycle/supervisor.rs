@@ -99,7 +99,7 @@ impl Lifecycle {
                 .record_exit(id, &name, boot_id, &how, &outcome, &log)
                 .await
             {
-                tracing::error!(vm = %name, error = %crate::api::error::error_chain(&e), "cannot record VM exit");
+                tracing::error!(vm = %name, error = %nexus_lib::error::error_chain(&e), "cannot record VM exit");
             }
             let _ = exited_tx.send(true);
         });
