@@ -20,16 +20,18 @@ use std::os::fd::OwnedFd;
 use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
+mod jail;
 mod recover;
 mod supervisor;
 
+use jail::find_jailer;
 pub use supervisor::console_tail;
 use supervisor::launched_watches;
 
 use super::assets::{BootAssets, Prepared};
 use super::{VmError, VmService};
 use crate::agent::AgentClient;
-use crate::jail::{JailConfig, Jailer, VmJail};
+use crate::jail::{JailConfig, Jailer};
 use crate::store::runtime::{self, BootPhases};
 use crate::store::{Store, now_ms};
 use crate::vmm::{
@@ -235,37 +237,6 @@ impl Lifecycle {
 
     fn vsock_uds(&self, id: Uuid) -> PathBuf {
         self.socket_dir(id).join("vsock.sock")
-    }
-
-    /// Sets up the jail of VM `vm` (its cgroup, and its uid owning `writable`), or `None` when
-    /// the config turned the jail off.
-    async fn prepare_jail(
-        &self,
-        vm: &Vm,
-        writable: Vec<PathBuf>,
-    ) -> Result<Option<VmJail>, crate::jail::JailError> {
-        if !self.inner.jailer.enabled() {
-            tracing::warn!(vm = %vm.name, "jail = false: this VM's VMM runs unjailed, as root, with nexusd's view of the host");
-            return Ok(None);
-        }
-        let jailer = self.inner.jailer.clone();
-        let (id, cid, mem) = (
-            vm.id.to_string(),
-            vm.vsock_cid,
-            u64::from(vm.memory_mib) << 20,
-        );
-        tokio::task::spawn_blocking(move || jailer.prepare(&id, cid, mem, &writable).map(Some))
-            .await
-            .map_err(|e| crate::jail::JailError::Cgroup(format!("jail worker failed: {e}")))?
-    }
-
-    /// Removes the cgroup of VM `id`, killing whatever is left in it.
-    async fn remove_cgroup(&self, id: Uuid) {
-        if !self.inner.jailer.enabled() {
-            return;
-        }
-        let jailer = self.inner.jailer.clone();
-        let _ = tokio::task::spawn_blocking(move || jailer.remove_cgroup(&id.to_string())).await;
     }
 
     async fn backend(&self) -> Result<(Arc<dyn Vmm>, Accel), VmError> {
@@ -719,21 +690,6 @@ fn module_less_cmdline(mut cmdline: String) -> String {
         cmdline.push_str(ROOT_AGENT_PATH);
     }
     cmdline
-}
-
-/// The jailer to start Firecracker through (`fc` is the Firecracker binary in use), if one is
-/// installed, with the host's cgroup hierarchy.
-fn find_jailer(cfg: &LifecycleConfig, fc: &Path) -> Option<crate::vmm::JailerSettings> {
-    use crate::vmm::jailer;
-    let binary = jailer::jailer_candidates(cfg.jailer.as_deref(), Some(fc))
-        .into_iter()
-        .find(|p| crate::vmm::is_executable(p))?;
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap_or_default();
-    Some(crate::vmm::JailerSettings {
-        binary,
-        chroot_base: cfg.jailer_chroot_base.clone(),
-        cgroup_version: jailer::detect_cgroup_version(&mounts),
-    })
 }
 
 /// At most 128 printable characters of a guest-supplied string.
