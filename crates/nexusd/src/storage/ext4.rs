@@ -151,38 +151,40 @@ pub fn scan_dir(
                 FileType::Symlink if size > 59 => usage.bytes += BLOCK_SIZE,
                 _ => {}
             }
+            let too_big =
+                |key, what: String, limit| StorageError::ImportTooBig { key, what, limit };
             if usage.inodes > bounds.max_entries {
-                return Err(StorageError::ImportTooBig {
-                    key: "import_max_entries",
-                    what: format!(
+                return Err(too_big(
+                    "import_max_entries",
+                    format!(
                         "{} has more than {} entries",
                         shown.display(),
                         bounds.max_entries
                     ),
-                    limit: bounds.max_entries,
-                });
+                    bounds.max_entries,
+                ));
             }
             if usage.bytes > bounds.max_bytes {
-                return Err(StorageError::ImportTooBig {
-                    key: "import_max_bytes",
-                    what: format!(
+                return Err(too_big(
+                    "import_max_bytes",
+                    format!(
                         "{} holds more than {} bytes",
                         shown.display(),
                         bounds.max_bytes
                     ),
-                    limit: bounds.max_bytes,
-                });
+                    bounds.max_bytes,
+                ));
             }
             if usage.apparent > bounds.max_bytes {
-                return Err(StorageError::ImportTooBig {
-                    key: "import_max_bytes",
-                    what: format!(
+                return Err(too_big(
+                    "import_max_bytes",
+                    format!(
                         "the files of {} (sparse or not) add up to more than {} bytes",
                         shown.display(),
                         bounds.max_bytes
                     ),
-                    limit: bounds.max_bytes,
-                });
+                    bounds.max_bytes,
+                ));
             }
             if usage.inodes.is_multiple_of(4096) {
                 bounds.check()?;
