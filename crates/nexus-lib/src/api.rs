@@ -8,8 +8,10 @@ use uuid::Uuid;
 use crate::size::ByteSize;
 
 mod integer;
+mod network;
 mod storage;
 pub use integer::integral as integral_json_number;
+pub use network::*;
 pub use storage::*;
 
 /// Default number of vCPUs of a new VM.
@@ -97,6 +99,9 @@ pub struct Vm {
     pub created_at: String,
     /// RFC 3339 time of the last state change.
     pub state_changed_at: String,
+    /// The VM's network: absent on records of VMs created before networking existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<VmNetwork>,
 }
 
 /// Body of `POST /v1/vms`.
@@ -131,6 +136,16 @@ pub struct CreateVm {
     /// Size of that root drive (not smaller than the image); needs `image`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disk_size: Option<ByteSize>,
+    /// `none` or `nat`; default from the daemon's config (`nat` unless set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkMode>,
+    /// Host ports forwarded to the VM (`nat` only), at most 32.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 32)]
+    pub publish: Vec<Publish>,
+    /// Where the VM may connect (`nat` only); default from the daemon's config (`allow-all`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egress: Option<EgressPolicy>,
 }
 
 /// Query of `GET /v1/vms`.

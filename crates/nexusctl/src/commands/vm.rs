@@ -79,6 +79,7 @@ async fn create(client: &Client, out: Printer, args: VmCreateArgs) -> Result<(),
             start: args.start,
             image: args.image,
             disk_size: args.disk_size,
+            ..CreateVm::default()
         })
         .await?;
     let boot = client.vm_boots(&vm.id.to_string()).await?.pop();

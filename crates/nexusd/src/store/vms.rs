@@ -32,6 +32,7 @@ impl VmRow {
             vsock_cid: self.vsock_cid,
             created_at: rfc3339_ms(self.created_at_ms),
             state_changed_at: rfc3339_ms(self.state_changed_at_ms),
+            network: None,
         }
     }
 }

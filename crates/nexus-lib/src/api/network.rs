@@ -1,0 +1,579 @@
+//! Wire types of VM networking: the network mode, published ports, the egress policy (CIDRs and
+//! domain patterns) and what `GET /v1/network` reports.
+//!
+//! Parsing lives here so that nexusd and nexusctl refuse the same inputs with the same words.
+
+use std::fmt;
+use std::net::Ipv4Addr;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Most published ports of one VM.
+pub const MAX_PUBLISH: usize = 32;
+/// Most CIDRs in one egress policy.
+pub const MAX_EGRESS_CIDRS: usize = 256;
+/// Most domain patterns in one egress policy.
+pub const MAX_EGRESS_DOMAINS: usize = 256;
+
+/// How a VM is connected.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum NetworkMode {
+    /// Loopback only.
+    None,
+    /// A tap on nexusd's bridge, an address from its subnet, NAT out of the uplink.
+    #[default]
+    Nat,
+}
+
+impl NetworkMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Nat => "nat",
+        }
+    }
+}
+
+impl FromStr for NetworkMode {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "none" => Ok(Self::None),
+            "nat" => Ok(Self::Nat),
+            _ => Err(format!("unknown network mode {s:?} (none or nat)")),
+        }
+    }
+}
+
+/// Transport protocol of a published port.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    #[default]
+    Tcp,
+    Udp,
+}
+
+impl Protocol {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Tcp => "tcp",
+            Self::Udp => "udp",
+        }
+    }
+}
+
+fn loopback() -> Ipv4Addr {
+    Ipv4Addr::LOCALHOST
+}
+
+/// A host port forwarded to a port of the VM (DNAT).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Publish {
+    /// Host address the port is published on: loopback by default, `0.0.0.0` for every address.
+    #[serde(default = "loopback")]
+    #[schema(value_type = String, format = "ipv4", default = "127.0.0.1")]
+    pub bind: Ipv4Addr,
+    #[schema(minimum = 1, maximum = 65535)]
+    pub host_port: u16,
+    #[schema(minimum = 1, maximum = 65535)]
+    pub guest_port: u16,
+    #[serde(default)]
+    pub protocol: Protocol,
+}
+
+impl Publish {
+    /// Ports are 1..=65535; the bind address is loopback, unspecified or a unicast address.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.host_port == 0 || self.guest_port == 0 {
+            return Err(format!("{self}: ports are 1..=65535"));
+        }
+        if self.bind.is_multicast() || self.bind.is_broadcast() {
+            return Err(format!("{self}: cannot publish on {}", self.bind));
+        }
+        Ok(())
+    }
+}
+
+/// `[BIND:]HOST_PORT:GUEST_PORT[/tcp|udp]`.
+impl FromStr for Publish {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let bad = |why: &str| {
+            format!(
+                "invalid publish rule {s:?}: {why} (expected [BIND:]HOST_PORT:GUEST_PORT[/tcp|udp])"
+            )
+        };
+        let (ports, protocol) = match s.rsplit_once('/') {
+            Some((p, "tcp")) => (p, Protocol::Tcp),
+            Some((p, "udp")) => (p, Protocol::Udp),
+            Some(_) => return Err(bad("the protocol is tcp or udp")),
+            None => (s, Protocol::Tcp),
+        };
+        let parts: Vec<&str> = ports.split(':').collect();
+        let (bind, host, guest) = match parts.as_slice() {
+            [h, g] => (loopback(), *h, *g),
+            [b, h, g] => (
+                b.parse()
+                    .map_err(|_| bad("the bind address is an IPv4 address"))?,
+                *h,
+                *g,
+            ),
+            _ => return Err(bad("wrong number of fields")),
+        };
+        let port = |p: &str| {
+            p.parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| bad("ports are 1..=65535"))
+        };
+        let publish = Publish {
+            bind,
+            host_port: port(host)?,
+            guest_port: port(guest)?,
+            protocol,
+        };
+        publish.validate()?;
+        Ok(publish)
+    }
+}
+
+impl fmt::Display for Publish {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}:{}:{}/{}",
+            self.bind,
+            self.host_port,
+            self.guest_port,
+            self.protocol.as_str()
+        )
+    }
+}
+
+/// An IPv4 network `ADDR/PREFIX` with no host bits set (a bare address means `/32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Ipv4Cidr {
+    addr: Ipv4Addr,
+    prefix: u8,
+}
+
+impl Ipv4Cidr {
+    /// Fails when `prefix > 32` or `addr` has bits set past the prefix.
+    pub fn new(addr: Ipv4Addr, prefix: u8) -> Result<Self, String> {
+        if prefix > 32 {
+            return Err(format!("{addr}/{prefix}: the prefix is 0..=32"));
+        }
+        let cidr = Self { addr, prefix };
+        if cidr.network() != addr {
+            return Err(format!(
+                "{addr}/{prefix} has host bits set (the network is {}/{prefix})",
+                cidr.network()
+            ));
+        }
+        Ok(cidr)
+    }
+
+    pub fn addr(&self) -> Ipv4Addr {
+        self.addr
+    }
+
+    pub fn prefix(&self) -> u8 {
+        self.prefix
+    }
+
+    /// The netmask as a number.
+    pub fn mask(&self) -> u32 {
+        if self.prefix == 0 {
+            0
+        } else {
+            u32::MAX << (32 - self.prefix)
+        }
+    }
+
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & self.mask())
+    }
+
+    /// The last address (broadcast) of the network.
+    pub fn last(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) | !self.mask())
+    }
+
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & self.mask() == u32::from(self.addr)
+    }
+
+    /// Whether the two networks share any address.
+    pub fn overlaps(&self, other: &Ipv4Cidr) -> bool {
+        self.contains(other.addr) || other.contains(self.addr)
+    }
+}
+
+impl FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (addr, prefix) = match s.split_once('/') {
+            Some((a, p)) => (
+                a,
+                p.parse::<u8>()
+                    .map_err(|_| format!("{s:?}: the prefix is 0..=32"))?,
+            ),
+            None => (s, 32),
+        };
+        let addr = addr
+            .parse()
+            .map_err(|_| format!("{s:?} is not an IPv4 address or ADDR/PREFIX"))?;
+        Self::new(addr, prefix)
+    }
+}
+
+impl fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+/// A domain name (`example.com`) or a wildcard over its subdomains (`*.example.com`, which
+/// matches `a.example.com` and `a.b.example.com` but not `example.com`). Lower case, no
+/// trailing dot.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DomainPattern(String);
+
+/// Longest domain name in text form (RFC 1035).
+pub const MAX_DOMAIN_LEN: usize = 253;
+
+impl DomainPattern {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    pub fn is_wildcard(&self) -> bool {
+        self.0.starts_with("*.")
+    }
+
+    /// Whether `name` (any case, with or without a trailing dot) is allowed by this pattern.
+    pub fn matches(&self, name: &str) -> bool {
+        let name = name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase();
+        match self.0.strip_prefix("*.") {
+            Some(base) => {
+                name.len() > base.len() + 1 && name.ends_with(base) && {
+                    name.as_bytes()[name.len() - base.len() - 1] == b'.'
+                }
+            }
+            None => name == self.0,
+        }
+    }
+}
+
+impl FromStr for DomainPattern {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let lower = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
+        let name = lower.strip_prefix("*.").unwrap_or(&lower);
+        let bad = |why: &str| Err(format!("invalid domain {s:?}: {why}"));
+        if name.is_empty() || lower.len() > MAX_DOMAIN_LEN {
+            return bad("1 to 253 characters");
+        }
+        for label in name.split('.') {
+            if label.is_empty() || label.len() > 63 {
+                return bad("each label is 1 to 63 characters");
+            }
+            if !label
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                || label.starts_with('-')
+                || label.ends_with('-')
+            {
+                return bad(
+                    "labels are letters, digits, '-' and '_', not starting or ending with '-'",
+                );
+            }
+        }
+        if name.parse::<Ipv4Addr>().is_ok() {
+            return bad("an address is a CIDR rule, not a domain");
+        }
+        Ok(Self(lower))
+    }
+}
+
+impl fmt::Display for DomainPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+macro_rules! string_wire_type {
+    ($ty:ty, $pattern:expr, $desc:expr) => {
+        impl Serialize for $ty {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_str(self)
+            }
+        }
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                let s = <std::borrow::Cow<'de, str>>::deserialize(d)?;
+                s.parse().map_err(serde::de::Error::custom)
+            }
+        }
+        impl utoipa::PartialSchema for $ty {
+            fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+                use utoipa::openapi::schema::{ObjectBuilder, Type};
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some($pattern))
+                    .max_length(Some(MAX_DOMAIN_LEN + 2))
+                    .description(Some($desc))
+                    .into()
+            }
+        }
+        impl utoipa::ToSchema for $ty {}
+    };
+}
+
+string_wire_type!(
+    Ipv4Cidr,
+    r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}(/(3[0-2]|[12]?[0-9]))?$",
+    "An IPv4 network ADDR/PREFIX with no host bits set; a bare address is a /32"
+);
+string_wire_type!(
+    DomainPattern,
+    r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$",
+    "A domain name, or *.NAME for its subdomains"
+);
+
+/// Where a VM may send traffic beyond its gateway (DNS to the gateway is always answered, under
+/// the same policy).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum EgressPolicy {
+    /// Anything out of the uplink.
+    #[default]
+    AllowAll,
+    /// Nothing, not even DNS answers.
+    DenyAll,
+    /// Only these networks, and the addresses nexusd's resolver returned to this VM for these
+    /// names (for as long as the record's TTL).
+    Allow {
+        #[serde(default)]
+        #[schema(max_items = 256)]
+        cidrs: Vec<Ipv4Cidr>,
+        #[serde(default)]
+        #[schema(max_items = 256)]
+        domains: Vec<DomainPattern>,
+    },
+}
+
+impl EgressPolicy {
+    /// Bounds the lists and removes duplicates (keeping order).
+    pub fn normalized(self) -> Result<Self, String> {
+        match self {
+            Self::Allow { cidrs, domains } => {
+                if cidrs.len() > MAX_EGRESS_CIDRS {
+                    return Err(format!("at most {MAX_EGRESS_CIDRS} CIDRs"));
+                }
+                if domains.len() > MAX_EGRESS_DOMAINS {
+                    return Err(format!("at most {MAX_EGRESS_DOMAINS} domains"));
+                }
+                Ok(Self::Allow {
+                    cidrs: dedup(cidrs),
+                    domains: dedup(domains),
+                })
+            }
+            other => Ok(other),
+        }
+    }
+
+    /// Whether DNS queries for `name` are answered.
+    pub fn allows_name(&self, name: &str) -> bool {
+        match self {
+            Self::AllowAll => true,
+            Self::DenyAll => false,
+            Self::Allow { domains, .. } => domains.iter().any(|d| d.matches(name)),
+        }
+    }
+
+    pub fn summary(&self) -> String {
+        match self {
+            Self::AllowAll => "allow-all".into(),
+            Self::DenyAll => "deny-all".into(),
+            Self::Allow { cidrs, domains } => {
+                let all: Vec<String> = cidrs
+                    .iter()
+                    .map(ToString::to_string)
+                    .chain(domains.iter().map(ToString::to_string))
+                    .collect();
+                format!("allow {}", all.join(","))
+            }
+        }
+    }
+}
+
+fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
+    let mut out: Vec<T> = Vec::with_capacity(items.len());
+    for item in items {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    out
+}
+
+/// A VM's network, as its record shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct VmNetwork {
+    pub mode: NetworkMode,
+    /// The VM's address and the subnet's prefix (`nat` only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>)]
+    pub ip: Option<Ipv4Cidr>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(value_type = Option<String>, format = "ipv4")]
+    pub gateway: Option<Ipv4Addr>,
+    /// `aa:bb:cc:dd:ee:ff`, locally administered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mac: Option<String>,
+    /// The host's tap device.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tap: Option<String>,
+    #[serde(default)]
+    pub publish: Vec<Publish>,
+    pub egress: EgressPolicy,
+}
+
+/// Body of `PATCH /v1/vms/{vm}/network`: the new egress policy, applied at once.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateVmNetwork {
+    pub egress: EgressPolicy,
+}
+
+/// One VM on the bridge, in [`NetworkInfo`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkVm {
+    pub name: String,
+    #[schema(value_type = String, format = "ipv4")]
+    pub ip: Ipv4Addr,
+    pub mac: String,
+    pub tap: String,
+    /// Whether the tap exists on the host now.
+    pub tap_present: bool,
+}
+
+/// Body of `GET /v1/network`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkInfo {
+    pub bridge: String,
+    #[schema(value_type = String)]
+    pub subnet: Ipv4Cidr,
+    #[schema(value_type = String, format = "ipv4")]
+    pub gateway: Ipv4Addr,
+    /// The interface NAT leaves through (configured, or that of the default route).
+    pub uplink: Option<String>,
+    /// The nftables table nexusd owns (family `inet`; a `bridge` table of the same name guards
+    /// the VMs' source addresses).
+    pub table: String,
+    pub mtu: u32,
+    /// Whether the bridge, the table and the resolver are up now.
+    pub up: bool,
+    /// Upstream DNS servers the resolver forwards to.
+    pub dns_upstream: Vec<String>,
+    pub vms: Vec<NetworkVm>,
+}
+
+/// Body of `POST /v1/network/gc` and `POST /v1/network/down`: what was removed from the host.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct NetworkCleanup {
+    pub removed: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn publish_parses_the_cli_forms() {
+        let p: Publish = "8080:80".parse().unwrap();
+        assert_eq!(p.to_string(), "127.0.0.1:8080:80/tcp");
+        let p: Publish = "0.0.0.0:5353:53/udp".parse().unwrap();
+        assert_eq!((p.bind, p.protocol), (Ipv4Addr::UNSPECIFIED, Protocol::Udp));
+        for bad in [
+            "80",
+            "0:80",
+            "1:2:3:4",
+            "8080:80/sctp",
+            "x:1:2",
+            "70000:1",
+            "224.0.0.1:1:2",
+        ] {
+            assert!(bad.parse::<Publish>().is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn cidrs_refuse_host_bits_and_bad_prefixes() {
+        assert_eq!(
+            "10.0.0.0/8".parse::<Ipv4Cidr>().unwrap().to_string(),
+            "10.0.0.0/8"
+        );
+        assert_eq!("1.2.3.4".parse::<Ipv4Cidr>().unwrap().prefix(), 32);
+        assert!(
+            "10.0.0.1/8"
+                .parse::<Ipv4Cidr>()
+                .unwrap_err()
+                .contains("host bits")
+        );
+        assert!("10.0.0.0/33".parse::<Ipv4Cidr>().is_err());
+        assert!("10.0.0/8".parse::<Ipv4Cidr>().is_err());
+        let net: Ipv4Cidr = "10.1.0.0/16".parse().unwrap();
+        assert!(net.contains(Ipv4Addr::new(10, 1, 255, 3)));
+        assert!(!net.contains(Ipv4Addr::new(10, 2, 0, 1)));
+        assert_eq!(net.last(), Ipv4Addr::new(10, 1, 255, 255));
+        assert!(net.overlaps(&"10.0.0.0/8".parse().unwrap()));
+        assert!(!net.overlaps(&"10.2.0.0/16".parse().unwrap()));
+    }
+
+    #[test]
+    fn domain_patterns_match_names_and_subdomains() {
+        let exact: DomainPattern = "Allowed.Test.".parse().unwrap();
+        assert!(exact.matches("allowed.test") && exact.matches("ALLOWED.test."));
+        assert!(!exact.matches("a.allowed.test"));
+        let wild: DomainPattern = "*.example.com".parse().unwrap();
+        assert!(wild.matches("a.example.com") && wild.matches("a.b.example.com"));
+        assert!(!wild.matches("example.com") && !wild.matches("badexample.com"));
+        for bad in [
+            "",
+            "a..b",
+            "-a.b",
+            "a b",
+            "*",
+            "*.",
+            "1.2.3.4",
+            "a.*.b",
+            &"a".repeat(64),
+        ] {
+            assert!(bad.parse::<DomainPattern>().is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn egress_policy_json_is_tagged_by_mode() {
+        let p: EgressPolicy = serde_json::from_str(
+            r#"{"mode":"allow","cidrs":["10.0.0.0/8","10.0.0.0/8"],"domains":["*.a.test"]}"#,
+        )
+        .unwrap();
+        let p = p.normalized().unwrap();
+        assert_eq!(p.summary(), "allow 10.0.0.0/8,*.a.test");
+        assert!(p.allows_name("x.a.test") && !p.allows_name("a.test"));
+        let deny: EgressPolicy = serde_json::from_str(r#"{"mode":"deny-all"}"#).unwrap();
+        assert_eq!(deny, EgressPolicy::DenyAll);
+        assert!(
+            serde_json::from_str::<EgressPolicy>(r#"{"mode":"allow","cidrs":["1.2.3.4/40"]}"#)
+                .is_err()
+        );
+    }
+}
