@@ -114,6 +114,42 @@ pub struct Config {
     pub jail_cpu_weight: Option<u32>,
     /// Parent of the per-VM cgroups, relative to each cgroup hierarchy's root.
     pub jail_cgroup_parent: Option<String>,
+    /// Network of new VMs that do not ask for one: `nat` (default) or `none`.
+    pub network: Option<crate::api::NetworkMode>,
+    /// The host bridge VMs are attached to (at most 15 bytes; default `nexus0`). nexusd's
+    /// nftables tables carry the same name.
+    pub network_bridge: Option<String>,
+    /// The VMs' IPv4 subnet (prefix 8..=28). Unset: the first of a few RFC 1918 /16s that
+    /// overlaps no route of the host. A configured subnet that overlaps one is refused.
+    pub network_subnet: Option<crate::api::Ipv4Cidr>,
+    /// The interface NAT leaves through. Unset: that of the host's default route.
+    pub network_uplink: Option<String>,
+    /// MTU of the bridge, the taps and the guests (576..=9000, default 1500).
+    pub network_mtu: Option<u32>,
+    /// Upstream DNS servers (`ADDR` or `ADDR:PORT`) of the VMs' resolver. Unset: the
+    /// `nameserver`s of the host's /etc/resolv.conf.
+    pub network_dns: Option<Vec<String>>,
+    /// Egress policy of new VMs that do not give one (default `{ mode = "allow-all" }`).
+    pub network_egress: Option<crate::api::EgressPolicy>,
+}
+
+/// Parses an upstream DNS server: `ADDR` (port 53) or `ADDR:PORT`.
+pub fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, 53));
+    }
+    s.parse::<SocketAddr>()
+        .map_err(|_| format!("{s:?} is not an address or ADDR:PORT"))
+}
+
+/// Whether `name` is a usable interface name (1..=15 bytes of letters, digits, `-`, `_`, `.`).
+pub fn valid_ifname(name: &str) -> bool {
+    (1..=15).contains(&name.len())
+        && name != "."
+        && name != ".."
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
 }
 
 /// A config file that could not be used.
@@ -168,6 +204,46 @@ impl Config {
         })?;
         cfg.validate(path)?;
         Ok(cfg)
+    }
+
+    /// Checks the `network*` keys; the error names the key.
+    fn validate_network(&self) -> Result<(), (&'static str, String)> {
+        if let Some(b) = &self.network_bridge
+            && !valid_ifname(b)
+        {
+            return Err((
+                "network_bridge",
+                format!("{b:?} is not an interface name (1 to 15 letters, digits, '-', '_', '.')"),
+            ));
+        }
+        if let Some(u) = &self.network_uplink
+            && !valid_ifname(u)
+        {
+            return Err(("network_uplink", format!("{u:?} is not an interface name")));
+        }
+        if let Some(net) = &self.network_subnet
+            && !(8..=28).contains(&net.prefix())
+        {
+            return Err((
+                "network_subnet",
+                format!("{net}: the prefix must be 8..=28"),
+            ));
+        }
+        if let Some(mtu) = self.network_mtu
+            && !(576..=9000).contains(&mtu)
+        {
+            return Err(("network_mtu", format!("{mtu} is outside 576..=9000")));
+        }
+        for server in self.network_dns.iter().flatten() {
+            parse_dns_server(server).map_err(|e| ("network_dns", e))?;
+        }
+        if let Some(egress) = &self.network_egress {
+            egress
+                .clone()
+                .normalized()
+                .map_err(|e| ("network_egress", e))?;
+        }
+        Ok(())
     }
 
     /// Checks values that the types alone do not bound.
@@ -342,6 +418,8 @@ impl Config {
                 format!("{parent:?} must be relative names of letters, digits, '.', '_', '-'"),
             ));
         }
+        self.validate_network()
+            .map_err(|(key, msg)| bad(key, msg))?;
         if let Some(level) = &self.log_level
             && level.trim().is_empty()
         {
@@ -402,6 +480,13 @@ mod tests {
     fn jail_keys_are_bounded_and_named() {
         for bad in [
             "jail_pids_max = 1",
+            "network_bridge = \"a-very-long-bridge-name\"",
+            "network_subnet = \"10.0.0.1/16\"",
+            "network_subnet = \"10.0.0.0/30\"",
+            "network_mtu = 100",
+            "network_dns = [\"dns.example\"]",
+            "network = \"bridge\"",
+            "network_egress = { mode = \"allow\", cidrs = [\"1.2.3.4/40\"] }",
             "jail_cpu_weight = 0",
             "jail_uid_base = 0",
             "jail_memory_overhead = \"1M\"",
@@ -413,6 +498,22 @@ mod tests {
             assert!(err.contains(key), "{bad}: {err}");
         }
         assert!(parse("jail = false\njail_cgroup_parent = \"machine.slice/nexus\"").is_ok());
+    }
+
+    #[test]
+    fn network_keys_parse() {
+        let cfg = parse(
+            "network = \"none\"\nnetwork_bridge = \"nx-test0\"\nnetwork_subnet = \"10.77.0.0/24\"\n\
+             network_dns = [\"192.0.2.1\", \"192.0.2.2:5353\"]\n\
+             network_egress = { mode = \"allow\", domains = [\"*.pypi.org\"] }",
+        )
+        .unwrap();
+        assert_eq!(cfg.network, Some(crate::api::NetworkMode::None));
+        assert_eq!(
+            parse_dns_server("192.0.2.2:5353").unwrap().to_string(),
+            "192.0.2.2:5353"
+        );
+        assert_eq!(parse_dns_server("192.0.2.1").unwrap().port(), 53);
     }
 
     #[test]

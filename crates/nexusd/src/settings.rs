@@ -139,6 +139,32 @@ pub struct Args {
     /// Parent of the per-VM cgroups (default nexus).
     #[arg(long, value_name = "NAME")]
     pub jail_cgroup_parent: Option<String>,
+    /// Network of new VMs that do not ask for one: nat (default) or none.
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<nexus_lib::api::NetworkMode>,
+    /// Host bridge of the VMs (default nexus0).
+    #[arg(long, value_name = "NAME")]
+    pub network_bridge: Option<String>,
+    /// The VMs' IPv4 subnet (default: a free RFC 1918 /16).
+    #[arg(long, value_name = "CIDR")]
+    pub network_subnet: Option<nexus_lib::api::Ipv4Cidr>,
+    /// Interface NAT leaves through (default: that of the default route).
+    #[arg(long, value_name = "IFACE")]
+    pub network_uplink: Option<String>,
+    /// MTU of the bridge, taps and guests (default 1500).
+    #[arg(long, value_name = "BYTES")]
+    pub network_mtu: Option<u32>,
+    /// Upstream DNS server of the VMs' resolver, ADDR or ADDR:PORT (repeatable; default: the
+    /// host's /etc/resolv.conf).
+    #[arg(long, value_name = "ADDR")]
+    pub network_dns: Option<Vec<String>>,
+    /// Egress policy of new VMs, as JSON (default {"mode":"allow-all"}).
+    #[arg(long, value_name = "JSON", value_parser = parse_egress_json)]
+    pub network_egress: Option<nexus_lib::api::EgressPolicy>,
+}
+
+fn parse_egress_json(s: &str) -> Result<nexus_lib::api::EgressPolicy, String> {
+    serde_json::from_str(s).map_err(|e| e.to_string())
 }
 
 /// Default directory of the guest kernel package (filled by scripts/setup.sh).
@@ -182,6 +208,7 @@ pub struct Settings {
     pub console_max_bytes: u64,
     pub pool: PoolConfig,
     pub jail: crate::jail::JailConfig,
+    pub network: crate::network::NetworkSettings,
 }
 
 impl Settings {
@@ -231,6 +258,13 @@ impl Settings {
             jail_pids_max: args.jail_pids_max.or(file.jail_pids_max),
             jail_cpu_weight: args.jail_cpu_weight.or(file.jail_cpu_weight),
             jail_cgroup_parent: args.jail_cgroup_parent.clone().or(file.jail_cgroup_parent),
+            network: args.network.or(file.network),
+            network_bridge: args.network_bridge.clone().or(file.network_bridge),
+            network_subnet: args.network_subnet.or(file.network_subnet),
+            network_uplink: args.network_uplink.clone().or(file.network_uplink),
+            network_mtu: args.network_mtu.or(file.network_mtu),
+            network_dns: args.network_dns.clone().or(file.network_dns),
+            network_egress: args.network_egress.clone().or(file.network_egress),
         };
         cfg.validate(&config_path)?;
         paths.config_file = config_path;
@@ -253,6 +287,7 @@ impl Settings {
                 (embedded, _) => embedded,
             },
         };
+        let tap_prefix = crate::network::tap_prefix(&paths.data_dir);
         let defaults = crate::jail::JailConfig::with_defaults(&paths.data_dir);
         let jail = crate::jail::JailConfig {
             enabled: cfg.jail.unwrap_or(defaults.enabled),
@@ -329,6 +364,24 @@ impl Settings {
             console_max_bytes: cfg.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
             pool,
             jail,
+            network: crate::network::NetworkSettings {
+                default_mode: cfg.network.unwrap_or_default(),
+                bridge: cfg.network_bridge.unwrap_or_else(|| "nexus0".into()),
+                subnet: cfg.network_subnet,
+                uplink: cfg.network_uplink,
+                mtu: cfg.network_mtu.unwrap_or(1500),
+                dns: cfg.network_dns.map(|servers| {
+                    servers
+                        .iter()
+                        .filter_map(|s| nexus_lib::config::parse_dns_server(s).ok())
+                        .collect()
+                }),
+                default_egress: cfg
+                    .network_egress
+                    .map(|e| e.normalized().unwrap_or_default())
+                    .unwrap_or_default(),
+                tap_prefix,
+            },
         })
     }
 }

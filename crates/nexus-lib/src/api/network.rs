@@ -427,10 +427,13 @@ fn dedup<T: PartialEq>(items: Vec<T>) -> Vec<T> {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 pub struct VmNetwork {
     pub mode: NetworkMode,
-    /// The VM's address and the subnet's prefix (`nat` only).
+    /// The VM's address (`nat` only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(value_type = Option<String>)]
-    pub ip: Option<Ipv4Cidr>,
+    #[schema(value_type = Option<String>, format = "ipv4")]
+    pub ip: Option<Ipv4Addr>,
+    /// The subnet's prefix length.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prefix: Option<u8>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Option<String>, format = "ipv4")]
     pub gateway: Option<Ipv4Addr>,

@@ -4,7 +4,7 @@ use rusqlite_migration::{M, Migrations};
 
 /// The schema version after all migrations.
 #[cfg(test)]
-pub const LATEST: u32 = 3;
+pub const LATEST: u32 = 4;
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -102,6 +102,44 @@ pub fn migrations() -> Migrations<'static> {
             exit            TEXT
         ) STRICT;
         CREATE INDEX vm_boots_vm ON vm_boots(vm_id, id);
+        "#,
+        ),
+        // 4: VM networking.
+        M::up(
+            r#"
+        -- A VM's network. `key` is never reused (AUTOINCREMENT): it names the tap and the
+        -- VM's nftables objects, so a stale one can never be taken for a new VM's.
+        CREATE TABLE vm_networks (
+            key     INTEGER PRIMARY KEY AUTOINCREMENT,
+            vm_id   TEXT NOT NULL UNIQUE REFERENCES vms(id) ON DELETE CASCADE,
+            mode    TEXT NOT NULL CHECK (mode IN ('none','nat')),
+            ip      INTEGER UNIQUE CHECK (ip IS NULL OR ip BETWEEN 0 AND 4294967295),
+            prefix  INTEGER CHECK (prefix IS NULL OR prefix BETWEEN 0 AND 32),
+            mac     TEXT UNIQUE,
+            tap     TEXT UNIQUE,
+            egress  TEXT NOT NULL,
+            epoch   INTEGER NOT NULL DEFAULT 1,
+            CHECK ((mode = 'nat') = (ip IS NOT NULL))
+        ) STRICT;
+
+        -- Host ports forwarded to VMs: a protocol's host port belongs to one VM.
+        CREATE TABLE vm_publish (
+            vm_id       TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+            bind        TEXT NOT NULL,
+            host_port   INTEGER NOT NULL CHECK (host_port BETWEEN 1 AND 65535),
+            guest_port  INTEGER NOT NULL CHECK (guest_port BETWEEN 1 AND 65535),
+            protocol    TEXT NOT NULL CHECK (protocol IN ('tcp','udp')),
+            UNIQUE (protocol, host_port)
+        ) STRICT;
+        CREATE INDEX vm_publish_vm ON vm_publish(vm_id);
+
+        -- The host network: the subnet addresses come from, and whether nexusd turned
+        -- IPv4 forwarding on (so that `network down` turns it off again).
+        CREATE TABLE network_host (
+            id                     INTEGER PRIMARY KEY CHECK (id = 1),
+            subnet                 TEXT NOT NULL,
+            forwarding_set_by_us   INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
         "#,
         ),
     ])

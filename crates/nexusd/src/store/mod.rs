@@ -9,6 +9,7 @@
 pub mod drives;
 pub mod images;
 mod migrations;
+pub mod network;
 pub mod runtime;
 pub mod vms;
 

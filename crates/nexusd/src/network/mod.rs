@@ -1,0 +1,38 @@
+//! VM networking: a bridge per host, a tap per VM, addresses from a subnet kept in the database,
+//! NAT and per-VM egress policies in nftables tables nexusd owns, and a DNS resolver on the
+//! gateway whose answers open the domain rules.
+
+use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
+
+use nexus_lib::api::{EgressPolicy, Ipv4Cidr, NetworkMode};
+
+/// The network settings the daemon runs with (see the `network*` keys of `nexus.toml`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NetworkSettings {
+    /// Network of VMs created without one.
+    pub default_mode: NetworkMode,
+    /// The bridge, and the name of nexusd's nftables tables.
+    pub bridge: String,
+    /// Configured subnet; `None` picks a free one the first time a `nat` VM is created.
+    pub subnet: Option<Ipv4Cidr>,
+    /// Configured uplink; `None` follows the default route.
+    pub uplink: Option<String>,
+    pub mtu: u32,
+    /// Configured upstream DNS servers; `None` reads /etc/resolv.conf.
+    pub dns: Option<Vec<SocketAddr>>,
+    /// Egress policy of VMs created without one.
+    pub default_egress: EgressPolicy,
+    /// Prefix of this daemon's tap names (`nx` and 4 hex digits of its data directory's hash),
+    /// so daemons on different homes never take each other's taps.
+    pub tap_prefix: String,
+}
+
+/// `nx` and the first 4 hex digits of the SHA-256 of `data_dir`: with a key of up to 9 digits,
+/// a tap name stays within Linux's 15 bytes.
+pub fn tap_prefix(data_dir: &Path) -> String {
+    use sha2::{Digest, Sha256};
+    let digest = Sha256::digest(data_dir.as_os_str().as_bytes());
+    format!("nx{:02x}{:02x}", digest[0], digest[1])
+}
