@@ -103,6 +103,7 @@ impl From<VmError> for ApiError {
             VmError::NotFound(_) => Self::not_found(message),
             VmError::NameTaken(_) => Self::conflict(message).with_field("name"),
             VmError::WrongState { .. } => Self::conflict(message),
+            VmError::Network(_) => Self::conflict(message).with_field("publish"),
             VmError::Invalid { field, .. } => Self::invalid(field, message),
             VmError::Store(e) => Self::internal(&e),
             VmError::Drive(DriveError::ImageNotFound(_)) => {

@@ -463,6 +463,7 @@ fn refused(refusal: Refusal, drive: &str, other: &str) -> DriveError {
         Refusal::VmNotFound => DriveError::VmNotFound(other.to_owned()),
         Refusal::DriveNameTaken => DriveError::NameTaken(drive.to_owned()),
         Refusal::VmNameTaken => DriveError::VmNameTaken(drive.to_owned()),
+        Refusal::VmNetwork(r) => DriveError::Conflict(r.to_string()),
         Refusal::Broken => DriveError::Conflict(format!(
             "drive {drive} is broken (its subvolume is missing); it can only be deleted"
         )),

@@ -49,6 +49,8 @@ pub enum Refusal {
     VmNotFound,
     DriveNameTaken,
     VmNameTaken,
+    /// The new VM's network could not be recorded.
+    VmNetwork(super::network::NetRefusal),
     /// The drive's subvolume is missing.
     Broken,
     /// The drive is attached to another VM (its name).
@@ -149,6 +151,7 @@ pub fn insert_with_vm(
     let vm = match vms::insert_in(&tx, new)? {
         vms::Inserted::Ok(vm) => vm,
         vms::Inserted::NameTaken => return Ok(Err(Refusal::VmNameTaken)),
+        vms::Inserted::Network(refusal) => return Ok(Err(Refusal::VmNetwork(refusal))),
     };
     drive.vm_id = Some(vm.id);
     drive.is_root = true;
@@ -391,6 +394,7 @@ mod tests {
             name: name.into(),
             vcpus: 1,
             memory_mib: 256,
+            network: None,
         }
     }
 

@@ -71,13 +71,14 @@ pub fn gateway_of(ip: Ipv4Addr, prefix: u8) -> Ipv4Addr {
     Ipv4Addr::from((u32::from(ip) & mask(prefix)) + 1)
 }
 
-/// Outcome of [`insert_in`].
-#[derive(Debug)]
-pub enum NetInserted {
-    Ok(NetworkRow),
+/// Why a VM's network could not be recorded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NetRefusal {
     /// Every address of the subnet is taken.
+    #[error("every address of the subnet {0} is taken")]
     SubnetFull(Ipv4Cidr),
     /// Another VM already publishes this protocol and host port.
+    #[error("host port {}/{} is already published by VM {vm}", publish.host_port, publish.protocol.as_str())]
     PortTaken {
         publish: Publish,
         vm: String,
@@ -89,7 +90,7 @@ pub fn insert_in(
     tx: &Connection,
     vm_id: Uuid,
     new: &NewNetwork,
-) -> Result<NetInserted, StoreError> {
+) -> Result<Result<NetworkRow, NetRefusal>, StoreError> {
     for p in &new.publish {
         let holder: Option<String> = tx
             .query_row(
@@ -100,13 +101,13 @@ pub fn insert_in(
             )
             .optional()?;
         if let Some(vm) = holder {
-            return Ok(NetInserted::PortTaken { publish: *p, vm });
+            return Ok(Err(NetRefusal::PortTaken { publish: *p, vm }));
         }
     }
     let (ip, prefix) = match (new.mode, new.subnet) {
         (NetworkMode::Nat, Some(subnet)) => match free_address(tx, subnet)? {
             Some(ip) => (Some(ip), Some(subnet.prefix())),
-            None => return Ok(NetInserted::SubnetFull(subnet)),
+            None => return Ok(Err(NetRefusal::SubnetFull(subnet))),
         },
         _ => (None, None),
     };
@@ -149,7 +150,7 @@ pub fn insert_in(
             ],
         )?;
     }
-    Ok(NetInserted::Ok(NetworkRow {
+    Ok(Ok(NetworkRow {
         vm_id,
         key,
         mode: new.mode,
@@ -401,11 +402,8 @@ mod tests {
         }
     }
 
-    fn ok(r: NetInserted) -> NetworkRow {
-        match r {
-            NetInserted::Ok(row) => row,
-            other => panic!("{other:?}"),
-        }
+    fn ok(r: Result<NetworkRow, NetRefusal>) -> NetworkRow {
+        r.unwrap()
     }
 
     #[test]
@@ -429,7 +427,7 @@ mod tests {
         let extra = vm(&c, "full");
         assert!(matches!(
             insert_in(&c, extra, &net).unwrap(),
-            NetInserted::SubnetFull(_)
+            Err(NetRefusal::SubnetFull(_))
         ));
         c.execute("DELETE FROM vms WHERE id = ?1", [ids[1].to_string()])
             .unwrap();
@@ -455,7 +453,7 @@ mod tests {
         )
         .unwrap()
         {
-            NetInserted::PortTaken { vm, .. } => assert_eq!(vm, "a"),
+            Err(NetRefusal::PortTaken { vm, .. }) => assert_eq!(vm, "a"),
             other => panic!("{other:?}"),
         }
         ok(insert_in(

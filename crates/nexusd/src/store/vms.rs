@@ -43,6 +43,8 @@ pub struct NewVm {
     pub name: String,
     pub vcpus: u32,
     pub memory_mib: u32,
+    /// The VM's network, recorded in the same transaction (none: no row, as before networking).
+    pub network: Option<super::network::NewNetwork>,
 }
 
 /// Outcome of an insert that may clash on the name.
@@ -50,6 +52,8 @@ pub struct NewVm {
 pub enum Inserted {
     Ok(VmRow),
     NameTaken,
+    /// The VM's network could not be recorded; nothing was.
+    Network(super::network::NetRefusal),
 }
 
 /// Outcome of a guarded state change.
@@ -91,7 +95,9 @@ fn vm_from_row(row: &Row<'_>) -> rusqlite::Result<VmRow> {
 pub fn insert(conn: &mut Connection, new: &NewVm) -> Result<Inserted, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
     let inserted = insert_in(&tx, new)?;
-    tx.commit()?;
+    if matches!(inserted, Inserted::Ok(_)) {
+        tx.commit()?;
+    }
     Ok(inserted)
 }
 
@@ -140,6 +146,11 @@ pub fn insert_in(tx: &Connection, new: &NewVm) -> Result<Inserted, StoreError> {
          VALUES (?1, NULL, ?2, 'created', ?3)",
         params![row.id.to_string(), row.state.as_str(), now],
     )?;
+    if let Some(net) = &new.network
+        && let Err(refusal) = super::network::insert_in(tx, row.id, net)?
+    {
+        return Ok(Inserted::Network(refusal));
+    }
     Ok(Inserted::Ok(row))
 }
 
@@ -262,6 +273,7 @@ mod tests {
             name: name.into(),
             vcpus: 1,
             memory_mib: 256,
+            network: None,
         }
     }
 
@@ -269,6 +281,7 @@ mod tests {
         match store.call_blocking(|c| insert(c, &new(name))).unwrap() {
             Inserted::Ok(row) => row,
             Inserted::NameTaken => panic!("name {name} taken"),
+            Inserted::Network(r) => panic!("{r}"),
         }
     }
 

@@ -61,6 +61,8 @@ pub enum VmError {
         source: std::io::Error,
     },
     #[error(transparent)]
+    Network(crate::store::network::NetRefusal),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Drive(#[from] DriveError),
@@ -131,6 +133,7 @@ impl VmService {
                 Ok(row.to_api())
             }
             Inserted::NameTaken => Err(VmError::NameTaken(name)),
+            Inserted::Network(refusal) => Err(VmError::Network(refusal)),
         }
     }
 
@@ -281,6 +284,7 @@ fn validate_create(req: CreateVm) -> Result<NewVm, VmError> {
         name: req.name,
         vcpus,
         memory_mib,
+        network: None,
     })
 }
 
