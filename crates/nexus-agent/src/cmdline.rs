@@ -1,4 +1,5 @@
-//! The agent's settings from the kernel command line (`nexus.hostname=`, `nexus.ip=`, `nexus.gw=`).
+//! The agent's settings from the kernel command line (`nexus.hostname=`, `nexus.ip=`, `nexus.gw=`,
+//! `nexus.mtu=`, `nexus.dns=`).
 //!
 //! The host passes per-VM settings on the command line because it is the one channel that exists
 //! before any device or network is up.
@@ -12,6 +13,10 @@ pub struct BootConfig {
     /// Address and prefix length for the first network interface.
     pub ip: Option<(Ipv4Addr, u8)>,
     pub gateway: Option<Ipv4Addr>,
+    /// MTU of that interface (576..=9000).
+    pub mtu: Option<u32>,
+    /// Name servers for /etc/resolv.conf (at most 3, comma-separated on the command line).
+    pub dns: Vec<Ipv4Addr>,
 }
 
 impl BootConfig {
@@ -26,6 +31,16 @@ impl BootConfig {
                 "nexus.hostname" if valid_hostname(value) => cfg.hostname = Some(value.to_string()),
                 "nexus.ip" => cfg.ip = parse_cidr(value),
                 "nexus.gw" => cfg.gateway = value.parse().ok(),
+                "nexus.mtu" => {
+                    cfg.mtu = value.parse().ok().filter(|m| (576..=9000).contains(m));
+                }
+                "nexus.dns" => {
+                    cfg.dns = value
+                        .split(',')
+                        .filter_map(|a| a.parse().ok())
+                        .take(3)
+                        .collect();
+                }
                 _ => {}
             }
         }
@@ -54,7 +69,7 @@ mod tests {
     #[test]
     fn parses_hostname_ip_and_gateway() {
         let cfg = BootConfig::parse(
-            "console=ttyS0 nexus.hostname=vm-1 nexus.ip=10.1.0.5/24 nexus.gw=10.1.0.1",
+            "console=ttyS0 nexus.hostname=vm-1 nexus.ip=10.1.0.5/24 nexus.gw=10.1.0.1 nexus.mtu=1400 nexus.dns=10.1.0.1,x",
         );
         assert_eq!(
             cfg,
@@ -62,6 +77,8 @@ mod tests {
                 hostname: Some("vm-1".into()),
                 ip: Some((Ipv4Addr::new(10, 1, 0, 5), 24)),
                 gateway: Some(Ipv4Addr::new(10, 1, 0, 1)),
+                mtu: Some(1400),
+                dns: vec![Ipv4Addr::new(10, 1, 0, 1)],
             }
         );
     }

@@ -6,6 +6,7 @@ use std::fs;
 use std::io;
 use std::net::Ipv4Addr;
 use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::Path;
 
 use nix::libc;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
@@ -50,13 +51,33 @@ pub fn configure(cfg: &BootConfig) -> io::Result<()> {
     } else {
         u32::MAX << (32 - prefix)
     };
+    if let Some(mtu) = cfg.mtu {
+        let mut req = ifreq(&ifname)?;
+        req.ifr_ifru.ifru_mtu = mtu as libc::c_int;
+        ioctl(&sock, libc::SIOCSIFMTU, &mut req)?;
+    }
     set_addr(&sock, &ifname, libc::SIOCSIFADDR, addr)?;
     set_addr(&sock, &ifname, libc::SIOCSIFNETMASK, Ipv4Addr::from(mask))?;
     set_up(&sock, &ifname)?;
     if let Some(gw) = cfg.gateway {
         add_default_route(&sock, gw)?;
     }
+    if !cfg.dns.is_empty() {
+        write_resolv_conf(Path::new("/etc/resolv.conf"), &cfg.dns)?;
+    }
     Ok(())
+}
+
+/// Points the guest's resolver at `servers` (nexusd's resolver on the gateway). A symlink in
+/// the image (say to systemd-resolved's file) is replaced by a plain file.
+fn write_resolv_conf(path: &Path, servers: &[Ipv4Addr]) -> io::Result<()> {
+    let mut text = String::from("# written by nexus-agent at boot: nexusd's resolver\n");
+    for s in servers {
+        text.push_str(&format!("nameserver {s}\n"));
+    }
+    let tmp = path.with_extension("nexus-tmp");
+    fs::write(&tmp, text)?;
+    fs::rename(&tmp, path)
 }
 
 fn first_ethernet() -> Option<String> {

@@ -17,7 +17,7 @@ use serde::de::DeserializeOwned;
 use crate::agent::{ExecEvent, ExecRequest, FileStat, MAX_EVENT_LINE_BYTES};
 use crate::api::{
     AttachDrive, BootRecord, CreateDrive, CreateImage, CreateVm, Drive, ErrorBody, Health, Image,
-    Transition, Vm, VmState,
+    NetworkCleanup, NetworkInfo, Transition, UpdateVmNetwork, Vm, VmState,
 };
 
 /// A request body: bytes in memory or a stream.
@@ -328,6 +328,27 @@ impl Client {
 }
 
 impl Client {
+    /// `PATCH /v1/vms/{vm}/network`: replaces the VM's egress policy, at once if it runs.
+    pub async fn update_vm_network(
+        &self,
+        vm: &str,
+        req: &UpdateVmNetwork,
+    ) -> Result<Vm, ClientError> {
+        let path = format!("/v1/vms/{}/network", segment(vm));
+        self.request(Method::PATCH, &path, Some(req)).await
+    }
+
+    /// `GET /v1/network`.
+    pub async fn network(&self) -> Result<NetworkInfo, ClientError> {
+        self.request(Method::GET, "/v1/network", None::<&()>).await
+    }
+
+    /// `POST /v1/network/gc` or `POST /v1/network/down`.
+    pub async fn network_action(&self, action: &str) -> Result<NetworkCleanup, ClientError> {
+        let path = format!("/v1/network/{}", segment(action));
+        self.request(Method::POST, &path, None::<&()>).await
+    }
+
     /// `POST /v1/vms/{vm}/start|stop|restart`.
     pub async fn vm_action(&self, vm: &str, action: &str) -> Result<Vm, ClientError> {
         let path = format!("/v1/vms/{}/{}", segment(vm), segment(action));

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use nexus_lib::api::VmState;
+use nexus_lib::api::{DomainPattern, EgressPolicy, Ipv4Cidr, NetworkMode, Publish, VmState};
 use nexus_lib::paths::HOME_ENV;
 use nexus_lib::size::ByteSize;
 
@@ -41,6 +41,60 @@ pub enum Command {
     /// Manage drives (copy-on-write snapshots of images, attached to VMs).
     #[command(subcommand)]
     Drive(DriveCommand),
+    /// The host network of the VMs (bridge, subnet, NAT, resolver).
+    #[command(subcommand)]
+    Network(NetworkCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Show the bridge, subnet, uplink and the VMs on it.
+    Show,
+    /// Remove taps, firewall rules and addresses the database does not know; rebuild the rest.
+    Gc,
+    /// Remove everything of Nexus from the host's network (no VM may be running on it).
+    Down,
+}
+
+/// Egress flags shared by `vm create` and `vm network`.
+#[derive(Debug, Clone, Default, Args)]
+pub struct EgressArgs {
+    /// Allow connections only to these domains (repeatable; `*.example.com` for subdomains).
+    #[arg(long = "allow-domain", value_name = "DOMAIN")]
+    pub allow_domain: Vec<DomainPattern>,
+    /// Allow connections only to these networks (repeatable; ADDR/PREFIX or ADDR).
+    #[arg(long = "allow-cidr", value_name = "CIDR")]
+    pub allow_cidr: Vec<Ipv4Cidr>,
+    /// Allow no connection out at all (not even DNS).
+    #[arg(long, conflicts_with_all = ["allow_domain", "allow_cidr"])]
+    pub deny_egress: bool,
+}
+
+impl EgressArgs {
+    /// The policy the flags ask for; `None` when no flag was given.
+    pub fn policy(&self) -> Option<EgressPolicy> {
+        if self.deny_egress {
+            Some(EgressPolicy::DenyAll)
+        } else if self.allow_domain.is_empty() && self.allow_cidr.is_empty() {
+            None
+        } else {
+            Some(EgressPolicy::Allow {
+                cidrs: self.allow_cidr.clone(),
+                domains: self.allow_domain.clone(),
+            })
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct VmNetworkArgs {
+    /// VM name or id.
+    pub vm: String,
+    #[command(flatten)]
+    pub egress: EgressArgs,
+    /// Allow every connection out.
+    #[arg(long, conflicts_with_all = ["allow_domain", "allow_cidr", "deny_egress"])]
+    pub allow_all: bool,
 }
 
 #[derive(Debug, Subcommand)]
@@ -69,6 +123,8 @@ pub enum VmCommand {
     Cp(VmCpArgs),
     /// Show a VM's serial console.
     Logs(VmLogsArgs),
+    /// Show a VM's network, or change its egress policy (at once, also while it runs).
+    Network(VmNetworkArgs),
 }
 
 #[derive(Debug, Args)]
@@ -131,6 +187,15 @@ pub struct VmCreateArgs {
     /// Size of that root drive, e.g. 4G (default: the image's size).
     #[arg(long, value_name = "SIZE", requires = "image")]
     pub disk_size: Option<ByteSize>,
+    /// `nat` (a tap on the host's bridge, NAT out) or `none` (loopback only); default nat.
+    #[arg(long, value_name = "MODE")]
+    pub network: Option<NetworkMode>,
+    /// Forward a host port to the VM: [BIND:]HOST_PORT:GUEST_PORT[/tcp|udp] (repeatable;
+    /// BIND defaults to 127.0.0.1).
+    #[arg(long, value_name = "RULE")]
+    pub publish: Vec<Publish>,
+    #[command(flatten)]
+    pub egress: EgressArgs,
 }
 
 #[derive(Debug, Args)]

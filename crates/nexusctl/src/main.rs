@@ -37,6 +37,7 @@ fn main() -> ExitCode {
             Command::Vm(cmd) => commands::vm::run(&client, out, cmd).await,
             Command::Image(cmd) => commands::image::run(&client, out, cmd).await.map(|()| 0),
             Command::Drive(cmd) => commands::drive::run(&client, out, cmd).await.map(|()| 0),
+            Command::Network(cmd) => commands::network::run(&client, out, cmd).await.map(|()| 0),
         }
     });
     match result {

@@ -3,5 +3,6 @@
 pub mod drive;
 pub mod guest;
 pub mod image;
+pub mod network;
 pub mod status;
 pub mod vm;

@@ -15,6 +15,7 @@ pub async fn run(client: &Client, out: Printer, cmd: VmCommand) -> Result<u8, Cl
         VmCommand::Start(r) => action(client, out, &r.vm, "start").await?,
         VmCommand::Stop(r) => action(client, out, &r.vm, "stop").await?,
         VmCommand::Restart(r) => action(client, out, &r.vm, "restart").await?,
+        VmCommand::Network(args) => super::network::vm_network(client, out, args).await?,
         other => records(client, out, other).await?,
     }
     Ok(0)
@@ -79,7 +80,9 @@ async fn create(client: &Client, out: Printer, args: VmCreateArgs) -> Result<(),
             start: args.start,
             image: args.image,
             disk_size: args.disk_size,
-            ..CreateVm::default()
+            network: args.network,
+            publish: args.publish,
+            egress: args.egress.policy(),
         })
         .await?;
     let boot = client.vm_boots(&vm.id.to_string()).await?.pop();
@@ -97,11 +100,18 @@ fn list_table(vms: &[Vm]) -> String {
                 v.vcpus.to_string(),
                 format!("{} MiB", v.memory_mib),
                 v.vsock_cid.to_string(),
+                v.network
+                    .as_ref()
+                    .and_then(|n| n.ip)
+                    .map_or("-".to_owned(), |ip| ip.to_string()),
                 v.id.to_string(),
             ]
         })
         .collect();
-    table(&["NAME", "STATE", "VCPUS", "MEMORY", "CID", "ID"], &rows)
+    table(
+        &["NAME", "STATE", "VCPUS", "MEMORY", "CID", "IP", "ID"],
+        &rows,
+    )
 }
 
 fn show(vm: &Vm, boot: Option<&BootRecord>) -> String {
@@ -117,6 +127,9 @@ fn show(vm: &Vm, boot: Option<&BootRecord>) -> String {
         ("vsock cid", vm.vsock_cid.to_string()),
         ("created", vm.created_at.clone()),
     ]);
+    if let Some(net) = &vm.network {
+        text += &super::network::vm_network_fields(net);
+    }
     if let Some(b) = boot {
         let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} ms"));
         text += &fields(&[

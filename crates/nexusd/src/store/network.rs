@@ -79,10 +79,7 @@ pub enum NetRefusal {
     SubnetFull(Ipv4Cidr),
     /// Another VM already publishes this protocol and host port.
     #[error("host port {}/{} is already published by VM {vm}", publish.host_port, publish.protocol.as_str())]
-    PortTaken {
-        publish: Publish,
-        vm: String,
-    },
+    PortTaken { publish: Publish, vm: String },
 }
 
 /// Inserts the network of VM `vm_id` in the caller's transaction `tx`.

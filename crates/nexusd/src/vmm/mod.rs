@@ -256,12 +256,25 @@ pub trait Vmm: Send + Sync {
 }
 
 /// The guest kernel command line for the agent: serial console, no reboot loop, settings.
-pub fn guest_cmdline(hostname: &str, net: Option<(Ipv4Addr, u8, Ipv4Addr)>) -> String {
+pub fn guest_cmdline(hostname: &str, net: Option<&GuestNet>) -> String {
     let mut cmdline = format!("console=ttyS0 panic=-1 quiet nexus.hostname={hostname}");
-    if let Some((ip, prefix, gw)) = net {
-        cmdline.push_str(&format!(" nexus.ip={ip}/{prefix} nexus.gw={gw}"));
+    if let Some(n) = net {
+        cmdline.push_str(&format!(
+            " nexus.ip={}/{} nexus.gw={} nexus.mtu={} nexus.dns={}",
+            n.ip, n.prefix, n.gateway, n.mtu, n.gateway
+        ));
     }
     cmdline
+}
+
+/// A guest's network settings, passed on its command line for the agent to apply: address,
+/// prefix, gateway (also its resolver) and MTU.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GuestNet {
+    pub ip: Ipv4Addr,
+    pub prefix: u8,
+    pub gateway: Ipv4Addr,
+    pub mtu: u32,
 }
 
 /// `: <step> failed` when the last line of `log` is a jail set-up failure (see `jail::enter`).
@@ -345,10 +358,15 @@ mod tests {
 
     #[test]
     fn cmdline_carries_hostname_and_network() {
-        let net = Some((Ipv4Addr::new(10, 0, 0, 2), 24, Ipv4Addr::new(10, 0, 0, 1)));
+        let net = GuestNet {
+            ip: Ipv4Addr::new(10, 0, 0, 2),
+            prefix: 24,
+            gateway: Ipv4Addr::new(10, 0, 0, 1),
+            mtu: 1500,
+        };
         assert_eq!(
-            guest_cmdline("vm1", net),
-            "console=ttyS0 panic=-1 quiet nexus.hostname=vm1 nexus.ip=10.0.0.2/24 nexus.gw=10.0.0.1"
+            guest_cmdline("vm1", Some(&net)),
+            "console=ttyS0 panic=-1 quiet nexus.hostname=vm1 nexus.ip=10.0.0.2/24 nexus.gw=10.0.0.1 nexus.mtu=1500 nexus.dns=10.0.0.1"
         );
     }
 
