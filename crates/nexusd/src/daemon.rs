@@ -170,10 +170,13 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         assets,
         lifecycle_cfg,
         import_policy(&settings),
+        settings.network.clone(),
     );
     state.images = state.images.with_limits(settings.import_limits);
     let lifecycle = state.lifecycle.clone();
+    let network = state.vms.network().clone();
     lifecycle.recover().await.map_err(DaemonError::Recover)?;
+    reconcile_network(&state).await;
 
     // We hold the home lock, so a socket file left here belongs to a daemon that died.
     let _ = std::fs::remove_file(&paths.socket);
@@ -251,6 +254,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     }
     drop(socket_guard);
     lifecycle.shutdown(settings.stop_vms_on_shutdown).await;
+    network.shutdown().await;
     drop(state);
     close_pool(pool).await;
     tokio::task::spawn_blocking(move || store.checkpoint())
@@ -335,6 +339,39 @@ pub fn cancel_on_signals(token: CancellationToken) -> std::io::Result<()> {
         token.cancel();
     });
     Ok(())
+}
+
+/// Brings the host network in line with the database once the running VMs were re-adopted.
+/// A failure (say, no `CAP_NET_ADMIN`) is logged: VMs without a network still work, and `nat`
+/// VMs say what is missing when they start.
+async fn reconcile_network(state: &AppState) {
+    let live: Vec<uuid::Uuid> = match state.vms.list(None).await {
+        Ok(vms) => vms
+            .into_iter()
+            .filter(|v| {
+                matches!(
+                    v.state,
+                    nexus_lib::api::VmState::Starting
+                        | nexus_lib::api::VmState::Running
+                        | nexus_lib::api::VmState::Stopping
+                )
+            })
+            .map(|v| v.id)
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %nexus_lib::error::error_chain(&e), "cannot list VMs to reconcile the network");
+            return;
+        }
+    };
+    match state.vms.network().reconcile(&live).await {
+        Ok(done) if !done.removed.is_empty() => {
+            tracing::info!(removed = ?done.removed, "network reconciled");
+        }
+        Ok(_) => {}
+        Err(e) => {
+            tracing::warn!(error = %nexus_lib::error::error_chain(&e), "cannot reconcile the host network");
+        }
+    }
 }
 
 /// What a shutdown may take beyond its planned phases (the grace period for requests, and the

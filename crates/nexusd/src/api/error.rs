@@ -11,6 +11,7 @@ use crate::drives::DriveError;
 use crate::hostpath::HostPathError;
 use crate::images::ImageError;
 use crate::logsafe::Escaped;
+use crate::network::NetworkError;
 use crate::storage::StorageError;
 use crate::store::StoreError;
 use crate::vm::VmError;
@@ -104,6 +105,8 @@ impl From<VmError> for ApiError {
             VmError::NameTaken(_) => Self::conflict(message).with_field("name"),
             VmError::WrongState { .. } => Self::conflict(message),
             VmError::Network(_) => Self::conflict(message).with_field("publish"),
+            VmError::NoNatNetwork(_) => Self::conflict(message),
+            VmError::Net(e) => e.into(),
             VmError::Invalid { field, .. } => Self::invalid(field, message),
             VmError::Store(e) => Self::internal(&e),
             VmError::Drive(DriveError::ImageNotFound(_)) => {
@@ -128,6 +131,29 @@ impl From<VmError> for ApiError {
                 Self::new(StatusCode::INTERNAL_SERVER_ERROR, "boot_failed", message)
             }
             VmError::Adopt { .. } | VmError::Task(_) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<NetworkError> for ApiError {
+    fn from(e: NetworkError) -> Self {
+        let message = e.to_string();
+        match e {
+            NetworkError::Invalid { field, .. } => Self::invalid(field, message),
+            NetworkError::Conflict(_) | NetworkError::SubnetChanged { .. } => {
+                Self::conflict(message)
+            }
+            NetworkError::Store(e) => Self::internal(&e),
+            NetworkError::SubnetCollides { .. }
+            | NetworkError::NoFreeSubnet
+            | NetworkError::OutsideSubnet { .. }
+            | NetworkError::Link(_)
+            | NetworkError::Nft(_)
+            | NetworkError::Dns { .. } => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                error_chain(&e),
+            ),
         }
     }
 }

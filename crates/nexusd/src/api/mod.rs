@@ -11,6 +11,7 @@ mod guest;
 mod health;
 mod images;
 mod limits;
+mod network;
 mod openapi;
 mod vms;
 
@@ -63,9 +64,11 @@ impl AppState {
         assets: BootAssets,
         lifecycle: LifecycleConfig,
         import_policy: ImportPolicy,
+        network: crate::network::NetworkSettings,
     ) -> Self {
         let drives = DriveService::new(store.clone(), pool.clone());
-        let vms = VmService::new(store.clone(), drives.clone());
+        let network = crate::network::NetworkService::new(network, store.clone());
+        let vms = VmService::new(store.clone(), drives.clone(), network);
         Self {
             lifecycle: Lifecycle::new(store.clone(), vms.clone(), assets, lifecycle),
             vms,
@@ -84,7 +87,7 @@ impl AppState {
         title = "Nexus API",
         description = "The nexusd API: microVMs for AI agents. Every error, whatever its status, is the JSON body `{\"error\":{\"code\",\"message\",\"field\"}}` (`field` when one request field is at fault). Over TCP every operation needs `Authorization: Bearer <token>`; over the Unix socket none does."
     ),
-    tags((name = "system"), (name = "vms"), (name = "guest"), (name = "images"), (name = "drives"))
+    tags((name = "system"), (name = "vms"), (name = "guest"), (name = "images"), (name = "drives"), (name = "network"))
 )]
 struct ApiDoc;
 
@@ -96,6 +99,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(guest::routes())
         .merge(images::routes())
         .merge(drives::routes())
+        .merge(network::routes())
 }
 
 /// The OpenAPI document of every route.

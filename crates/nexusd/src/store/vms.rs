@@ -154,6 +154,24 @@ pub fn insert_in(tx: &Connection, new: &NewVm) -> Result<Inserted, StoreError> {
     Ok(Inserted::Ok(row))
 }
 
+/// The API's view of `row`, with its network.
+pub fn to_api(conn: &Connection, row: &VmRow) -> Result<Vm, StoreError> {
+    let mut vm = row.to_api();
+    vm.network = super::network::get(conn, row.id)?.map(|n| n.to_api());
+    Ok(vm)
+}
+
+/// Records a note in the VM's history (a "transition" to its current state), such as a change
+/// of its egress policy.
+pub fn note(conn: &Connection, id: Uuid, reason: &str) -> Result<(), StoreError> {
+    conn.execute(
+        "INSERT INTO vm_transitions (vm_id, from_state, to_state, reason, at_ms)
+         SELECT id, state, state, ?2, ?3 FROM vms WHERE id = ?1",
+        params![id.to_string(), reason, now_ms()],
+    )?;
+    Ok(())
+}
+
 /// Finds a VM by id or by name.
 pub fn get(conn: &Connection, id_or_name: &str) -> Result<Option<VmRow>, StoreError> {
     Ok(conn

@@ -63,6 +63,10 @@ pub enum VmError {
     #[error(transparent)]
     Network(crate::store::network::NetRefusal),
     #[error(transparent)]
+    Net(#[from] crate::network::NetworkError),
+    #[error("VM {0} has no nat network (it was created with network none)")]
+    NoNatNetwork(String),
+    #[error(transparent)]
     Store(#[from] StoreError),
     #[error(transparent)]
     Drive(#[from] DriveError),
@@ -99,11 +103,20 @@ impl VmLocks {
 pub struct VmService {
     store: Store,
     drives: DriveService,
+    network: crate::network::NetworkService,
 }
 
 impl VmService {
-    pub fn new(store: Store, drives: DriveService) -> Self {
-        Self { store, drives }
+    pub fn new(
+        store: Store,
+        drives: DriveService,
+        network: crate::network::NetworkService,
+    ) -> Self {
+        Self {
+            store,
+            drives,
+            network,
+        }
     }
 
     /// The VMs' operation locks, shared with the drive service.
@@ -114,7 +127,9 @@ impl VmService {
     /// Validates and records a new VM in state `created`; with `image`, together with its root drive.
     pub async fn create(&self, req: CreateVm) -> Result<Vm, VmError> {
         let (image, disk_size) = (req.image.clone(), req.disk_size);
-        let new = validate_create(req)?;
+        let net = (req.network, req.publish.clone(), req.egress.clone());
+        let mut new = validate_create(req)?;
+        new.network = Some(self.network.plan(net.0, net.1, net.2).await?);
         let name = new.name.clone();
         if let Some(image) = image {
             return match self
@@ -122,7 +137,7 @@ impl VmService {
                 .create_vm_with_root(new, &image, disk_size)
                 .await
             {
-                Ok(row) => Ok(row.to_api()),
+                Ok(row) => self.get(&row.id.to_string()).await,
                 Err(DriveError::VmNameTaken(_)) => Err(VmError::NameTaken(name)),
                 Err(e) => Err(e.into()),
             };
@@ -130,7 +145,7 @@ impl VmService {
         match self.store.call(move |c| vms::insert(c, &new)).await? {
             Inserted::Ok(row) => {
                 tracing::info!(vm = %row.name, id = %row.id, cid = row.vsock_cid, "VM created");
-                Ok(row.to_api())
+                self.get(&row.id.to_string()).await
             }
             Inserted::NameTaken => Err(VmError::NameTaken(name)),
             Inserted::Network(refusal) => Err(VmError::Network(refusal)),
@@ -138,17 +153,48 @@ impl VmService {
     }
 
     pub async fn list(&self, state: Option<VmState>) -> Result<Vec<Vm>, VmError> {
-        let rows = self.store.call(move |c| vms::list(c, state)).await?;
-        Ok(rows.iter().map(vms::VmRow::to_api).collect())
+        Ok(self
+            .store
+            .call(move |c| {
+                vms::list(c, state)?
+                    .iter()
+                    .map(|r| vms::to_api(c, r))
+                    .collect()
+            })
+            .await?)
     }
 
     pub async fn get(&self, id_or_name: &str) -> Result<Vm, VmError> {
         let key = id_or_name.to_owned();
         self.store
-            .call(move |c| vms::get(c, &key))
+            .call(move |c| vms::get(c, &key)?.map(|r| vms::to_api(c, &r)).transpose())
             .await?
-            .map(|r| r.to_api())
             .ok_or_else(|| VmError::NotFound(id_or_name.to_owned()))
+    }
+
+    /// Replaces the egress policy of a `nat` VM, at once if it runs, and notes it in its history.
+    pub async fn set_network(
+        &self,
+        id_or_name: &str,
+        req: nexus_lib::api::UpdateVmNetwork,
+    ) -> Result<Vm, VmError> {
+        let vm = self.get(id_or_name).await?;
+        if vm.network.as_ref().map(|n| n.mode) != Some(nexus_lib::api::NetworkMode::Nat) {
+            return Err(VmError::NoNatNetwork(vm.name));
+        }
+        let summary = req.egress.summary();
+        if self.network.set_egress(vm.id, req.egress).await?.is_none() {
+            return Err(VmError::NotFound(id_or_name.to_owned()));
+        }
+        let (id, why) = (vm.id, format!("egress policy set to {summary}"));
+        self.store.call(move |c| vms::note(c, id, &why)).await?;
+        tracing::info!(vm = %vm.name, policy = %summary, "egress policy changed");
+        self.get(&vm.id.to_string()).await
+    }
+
+    /// The network service (the life cycle attaches VMs through it).
+    pub fn network(&self) -> &crate::network::NetworkService {
+        &self.network
     }
 
     /// Deletes a VM that is not live, and the drives made with it unless `keep_drives`. Runs on
@@ -235,7 +281,7 @@ impl VmService {
             })
             .await?;
         match out {
-            Changed::Ok(row) => Ok(row.to_api()),
+            Changed::Ok(row) => self.get(&row.id.to_string()).await,
             Changed::NotFound => Err(VmError::NotFound(id_or_name.to_owned())),
             Changed::Refused(state, name) => Err(VmError::WrongState {
                 vm: name,

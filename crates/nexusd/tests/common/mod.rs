@@ -182,6 +182,7 @@ pub fn spawn_logged(mut cmd: Command, home: &Path, extra: &[&str]) -> Child {
     cmd.arg("--home")
         .arg(home)
         .args(extra)
+        .args(network_default(extra))
         .env_remove("NEXUS_HOME")
         .env("RUST_LOG", "info")
         .env("NO_COLOR", "1")
@@ -226,11 +227,23 @@ pub fn require_storage_prerequisites() {
     }
 }
 
+/// Daemons of tests run side by side, and the host network (bridge, subnet, resolver on the
+/// gateway) is one per daemon: tests that do not set up their own (tests/network.rs) make VMs
+/// with `network: none`.
+pub fn network_default(extra: &[&str]) -> &'static [&'static str] {
+    if extra.iter().any(|a| a.starts_with("--network")) {
+        &[]
+    } else {
+        &["--network", "none"]
+    }
+}
+
 pub fn spawn_nexusd(home: &Path, extra: &[&str]) -> Child {
     Command::new(nexusd_bin())
         .arg("--home")
         .arg(home)
         .args(extra)
+        .args(network_default(extra))
         .env_remove("NEXUS_HOME")
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -32,6 +32,22 @@ impl Lifecycle {
             .map_err(|e| JailError::Cgroup(format!("jail worker failed: {e}")))?
     }
 
+    /// Releases what the host holds for VM `id` once its processes are gone (or never
+    /// started): its cgroup, and its tap and firewall rules.
+    pub(super) async fn release_host(&self, id: Uuid) {
+        self.remove_cgroup(id).await;
+        self.inner.vms.network().release(id).await;
+    }
+
+    /// The uid and gid that own VM `vm`'s tap: its jail's, or root's when the jail is off.
+    pub(super) fn tap_owner(&self, vm: &Vm) -> (u32, u32) {
+        if !self.inner.jailer.enabled() {
+            return (0, 0);
+        }
+        let uid = self.inner.cfg.jail.uid_base.saturating_add(vm.vsock_cid);
+        (uid, uid)
+    }
+
     /// Removes the cgroup of VM `id`, killing whatever is left in it.
     pub(super) async fn remove_cgroup(&self, id: Uuid) {
         if !self.inner.jailer.enabled() {

@@ -327,7 +327,25 @@ impl Lifecycle {
             .store
             .call(move |c| runtime::insert_boot(c, id, now_ms(), kind, accel_name))
             .await?;
-        let mut cmdline = guest_cmdline(&vm.name, None);
+        // The tap comes first: a VM whose network cannot be set up does not start.
+        let (tap, guest_net) = match self
+            .inner
+            .vms
+            .network()
+            .attach(id, &vm.name, self.tap_owner(&vm))
+            .await
+        {
+            Ok(Some((tap, net))) => (Some(tap), Some(net)),
+            Ok(None) => (None, None),
+            Err(e) => {
+                let reason = format!(
+                    "cannot put the VM on the network: {}",
+                    nexus_lib::error::error_chain(&e)
+                );
+                return self.fail_boot(&vm, boot_id, reason).await;
+            }
+        };
+        let mut cmdline = guest_cmdline(&vm.name, guest_net.as_ref());
         if assets.initrd.is_none() {
             cmdline = module_less_cmdline(cmdline);
         }
@@ -353,11 +371,12 @@ impl Lifecycle {
             vsock_cid: vm.vsock_cid,
             vsock_uds: self.vsock_uds(id),
             socket_dir: socket_dir.clone(),
-            tap: None,
+            tap,
             runtime_dir: dir.clone(),
             console_log: dir.join("console.log"),
         };
         if let Err(e) = prepare_runtime_dir(&dir, &socket_dir) {
+            self.release_host(id).await;
             return self
                 .fail_boot(
                     &vm,
@@ -371,7 +390,7 @@ impl Lifecycle {
         let jail = match self.prepare_jail(&vm, writable).await {
             Ok(jail) => jail,
             Err(e) => {
-                self.remove_cgroup(id).await;
+                self.release_host(id).await;
                 let reason = format!(
                     "cannot set up the VMM jail: {}",
                     nexus_lib::error::error_chain(&e)
@@ -385,7 +404,7 @@ impl Lifecycle {
         let launched = match backend.spawn(&spec, jail.as_ref()).await {
             Ok(l) => l,
             Err(e) => {
-                self.remove_cgroup(id).await;
+                self.release_host(id).await;
                 let reason = format!(
                     "{}; console: {}",
                     nexus_lib::error::error_chain(&e),
@@ -415,7 +434,7 @@ impl Lifecycle {
             }
             Err(e) => {
                 drop(spawned);
-                self.remove_cgroup(id).await;
+                self.release_host(id).await;
                 let reason = format!(
                     "cannot register the VMM's processes (killed): {}",
                     nexus_lib::error::error_chain(&e)

@@ -52,7 +52,7 @@ impl Lifecycle {
                 row if live_state => self.record_lost(&vm, row, &processes).await?,
                 row => {
                     kill_strays(&processes, &self.runtime_dir(id));
-                    self.remove_cgroup(id).await;
+                    self.release_host(id).await;
                     if row.is_some() {
                         self.inner
                             .store
@@ -173,7 +173,7 @@ impl Lifecycle {
     ) -> Result<(), VmError> {
         let id = vm.id;
         kill_strays(processes, &self.runtime_dir(id));
-        self.remove_cgroup(id).await;
+        self.release_host(id).await;
         let boot_id = row.map(|r| r.boot_id);
         self.inner
             .store

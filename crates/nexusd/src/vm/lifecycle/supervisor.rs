@@ -93,7 +93,7 @@ impl Lifecycle {
                 let _ = tokio::task::spawn_blocking(move || release_jail(&dir)).await;
             }
             // Whatever else the VM's uid started in its cgroup goes with it.
-            this.remove_cgroup(id).await;
+            this.release_host(id).await;
             this.clear_live(id, boot_id);
             if let Err(e) = this
                 .record_exit(id, &name, boot_id, &how, &outcome, &log)
