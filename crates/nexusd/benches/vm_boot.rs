@@ -239,7 +239,7 @@ fn spawn(home: &Path, extra: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_nexusd"))
         .arg("--home")
         .arg(home)
-        .args(["--pool-size", "2G"])
+        .args(["--pool-size", "2G", "--network", "none"])
         .args(extra)
         .env("RUST_LOG", "warn")
         .stdin(Stdio::null())

@@ -65,7 +65,9 @@ impl World {
         }
         let (ns, up) = (format!("nxw{k}"), format!("nxu{k}"));
         // Leftovers of an earlier run of this test.
-        let _ = sh(&format!("ip netns del {ns} 2>/dev/null; ip link del {up} 2>/dev/null"));
+        let _ = sh(&format!(
+            "ip netns del {ns} 2>/dev/null; ip link del {up} 2>/dev/null"
+        ));
         std::fs::write("/proc/sys/net/ipv4/ip_forward", "1").expect("enable ip_forward");
         must(&format!("ip netns add {ns}"));
         must(&format!(
@@ -76,7 +78,12 @@ impl World {
         ));
         let dns = Command::new("ip")
             .args(["netns", "exec", &ns, "dnsmasq", "--keep-in-foreground"])
-            .args(["--no-resolv", "--no-hosts", "--bind-interfaces", "--user=root"])
+            .args([
+                "--no-resolv",
+                "--no-hosts",
+                "--bind-interfaces",
+                "--user=root",
+            ])
             .arg(format!("--listen-address=198.18.{k}.1"))
             .arg(format!("--address=/allowed.test/198.18.{k}.1"))
             .arg(format!("--address=/other.test/198.18.{k}.3"))
@@ -248,7 +255,10 @@ fn a_vm_reaches_the_internet_by_name_through_nat_and_serves_a_published_port() {
     assert!(fetch(&d, "peer", "http://10.240.41.1/").is_err());
 
     let show = stdout(&d.ctl(&["network", "show"]));
-    assert!(show.contains("nxb41") && show.contains("web") && show.contains("peer"), "{show}");
+    assert!(
+        show.contains("nxb41") && show.contains("web") && show.contains("peer"),
+        "{show}"
+    );
 }
 
 #[test]
@@ -266,7 +276,10 @@ fn egress_rules_by_domain_and_their_change_on_a_running_vm() {
     );
     // Another name is not resolved, and its address is not reachable either.
     let err = fetch(&d, "dom", "http://other.test/").unwrap_err();
-    assert!(err.contains("bad address") || err.contains("resolve"), "{err}");
+    assert!(
+        err.contains("bad address") || err.contains("resolve"),
+        "{err}"
+    );
     assert!(fetch(&d, "dom", "http://198.18.42.3/").is_err());
 
     // Deny everything, on the running VM: at once, without a restart.
@@ -282,8 +295,14 @@ fn egress_rules_by_domain_and_their_change_on_a_running_vm() {
     );
     // Each change is in the VM's history.
     let history = stdout(&d.ctl(&["vm", "history", "dom"]));
-    assert!(history.contains("egress policy set to deny-all"), "{history}");
-    assert!(history.contains("egress policy set to allow-all"), "{history}");
+    assert!(
+        history.contains("egress policy set to deny-all"),
+        "{history}"
+    );
+    assert!(
+        history.contains("egress policy set to allow-all"),
+        "{history}"
+    );
 }
 
 fn host_has(what: &str, needle: &str) -> bool {
@@ -321,8 +340,14 @@ fn networking_survives_kill_9_and_network_down_leaves_nothing() {
 
     assert!(!host_has("ip -o link show", &tap), "tap {tap} is left");
     assert!(!host_has("ip -o link show", "nxb43:"), "bridge is left");
-    assert!(!host_has("nft list tables", "nxb43"), "an nftables table is left");
-    assert!(!host_has("ip -o addr show", "10.240.43."), "an address is left");
+    assert!(
+        !host_has("nft list tables", "nxb43"),
+        "an nftables table is left"
+    );
+    assert!(
+        !host_has("ip -o addr show", "10.240.43."),
+        "an address is left"
+    );
 }
 
 #[test]
@@ -330,7 +355,14 @@ fn twenty_concurrent_creates_get_distinct_addresses_and_macs() {
     common::require_storage_prerequisites();
     let d = TestDaemon::start_logged(
         tempfile::tempdir().unwrap(),
-        &["--network", "nat", "--network-bridge", "nxb44", "--network-subnet", "10.240.44.0/24"],
+        &[
+            "--network",
+            "nat",
+            "--network-bridge",
+            "nxb44",
+            "--network-subnet",
+            "10.240.44.0/24",
+        ],
     );
     let vms = common::rt().block_on(async {
         let mut set = tokio::task::JoinSet::new();
@@ -360,7 +392,10 @@ fn twenty_concurrent_creates_get_distinct_addresses_and_macs() {
         .map(|v| v.network.as_ref().unwrap().mac.clone().unwrap())
         .collect();
     assert_eq!((ips.len(), macs.len()), (20, 20));
-    assert!(ips.iter().all(|ip| ip.octets()[..3] == [10, 240, 44] && ip.octets()[3] >= 2));
+    assert!(
+        ips.iter()
+            .all(|ip| ip.octets()[..3] == [10, 240, 44] && ip.octets()[3] >= 2)
+    );
 }
 
 #[test]

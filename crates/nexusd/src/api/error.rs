@@ -148,6 +148,10 @@ impl From<NetworkError> for ApiError {
             | NetworkError::NoFreeSubnet
             | NetworkError::OutsideSubnet { .. }
             | NetworkError::Link(_)
+            | NetworkError::Bridge(_)
+            | NetworkError::Tap(_)
+            | NetworkError::Open(_)
+            | NetworkError::Sysctl(_)
             | NetworkError::Nft(_)
             | NetworkError::Dns { .. } => Self::new(
                 StatusCode::SERVICE_UNAVAILABLE,

@@ -87,7 +87,14 @@ mod tests {
             jail: crate::jail::JailConfig::with_defaults(dir),
         };
         let policy = crate::hostpath::ImportPolicy::new(None, Vec::new());
-        AppState::new(store, pool, assets, cfg, policy)
+        AppState::new(
+            store,
+            pool,
+            assets,
+            cfg,
+            policy,
+            crate::network::NetworkSettings::loopback_only(),
+        )
     }
 
     async fn health_status(state: AppState) -> StatusCode {

@@ -2,6 +2,13 @@
 //! NAT and per-VM egress policies in nftables tables nexusd owns, and a DNS resolver on the
 //! gateway whose answers open the domain rules.
 
+pub mod dns;
+pub mod link;
+pub mod nft;
+mod service;
+
+pub use service::{NetworkError, NetworkService};
+
 use std::net::SocketAddr;
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
@@ -27,6 +34,22 @@ pub struct NetworkSettings {
     /// Prefix of this daemon's tap names (`nx` and 4 hex digits of its data directory's hash),
     /// so daemons on different homes never take each other's taps.
     pub tap_prefix: String,
+}
+
+impl NetworkSettings {
+    /// Settings under which new VMs get `network: none` unless they ask (unit tests, embedding).
+    pub fn loopback_only() -> Self {
+        Self {
+            default_mode: NetworkMode::None,
+            bridge: "nexus0".into(),
+            subnet: None,
+            uplink: None,
+            mtu: 1500,
+            dns: None,
+            default_egress: EgressPolicy::AllowAll,
+            tap_prefix: "nx0000".into(),
+        }
+    }
 }
 
 /// `nx` and the first 4 hex digits of the SHA-256 of `data_dir`: with a key of up to 9 digits,

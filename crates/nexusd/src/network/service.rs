@@ -12,8 +12,7 @@ use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use nexus_lib::api::{
-    EgressPolicy, Ipv4Cidr, NetworkCleanup, NetworkInfo, NetworkMode, NetworkVm, Protocol,
-    Publish,
+    EgressPolicy, Ipv4Cidr, NetworkCleanup, NetworkInfo, NetworkMode, NetworkVm, Protocol, Publish,
 };
 use uuid::Uuid;
 
@@ -22,11 +21,6 @@ use super::{NetworkSettings, link, nft};
 use crate::store::network::{self as rows, NetworkRow, NewNetwork, gateway_of};
 use crate::store::{Store, StoreError};
 use crate::vmm::{GuestNet, TapSpec};
-
-/// Queries the resolver may have in flight at once.
-const DNS_MAX_INFLIGHT: usize = 256;
-/// How long the resolver waits for its upstream.
-const DNS_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Errors of network operations.
 #[derive(Debug, thiserror::Error)]
@@ -41,10 +35,11 @@ pub enum NetworkError {
     #[error(
         "the configured network_subnet {configured} overlaps {route}, a network the host already routes; choose another subnet"
     )]
-    SubnetCollides { configured: Ipv4Cidr, route: Ipv4Cidr },
-    #[error(
-        "no free subnet: every candidate /16 overlaps a route of the host; set network_subnet"
-    )]
+    SubnetCollides {
+        configured: Ipv4Cidr,
+        route: Ipv4Cidr,
+    },
+    #[error("no free subnet: every candidate /16 overlaps a route of the host; set network_subnet")]
     NoFreeSubnet,
     #[error(
         "network_subnet is {configured} but VMs hold addresses in {recorded}; delete them first or restore the setting"
@@ -59,8 +54,16 @@ pub enum NetworkError {
         ip: Ipv4Addr,
         subnet: Ipv4Cidr,
     },
-    #[error("cannot set up the host network")]
+    #[error("cannot read or change the host's links")]
     Link(#[from] link::LinkError),
+    #[error("cannot set up the bridge")]
+    Bridge(#[from] link::BridgeError),
+    #[error("cannot set up the VM's tap")]
+    Tap(#[from] link::TapError),
+    #[error("cannot talk to the kernel's network configuration")]
+    Open(#[from] link::OpenError),
+    #[error("cannot set a network sysctl")]
+    Sysctl(#[from] link::SysctlError),
     #[error("cannot change nexusd's nftables tables")]
     Nft(#[from] nft::NftError),
     #[error("cannot start the VMs' DNS resolver on {addr}")]
@@ -149,10 +152,16 @@ impl NetworkService {
         let invalid = |field, message: String| NetworkError::Invalid { field, message };
         if mode == NetworkMode::None {
             if !publish.is_empty() {
-                return Err(invalid("publish", "a VM with network none has no ports to publish".into()));
+                return Err(invalid(
+                    "publish",
+                    "a VM with network none has no ports to publish".into(),
+                ));
             }
             if egress.is_some() {
-                return Err(invalid("egress", "a VM with network none has no egress".into()));
+                return Err(invalid(
+                    "egress",
+                    "a VM with network none has no egress".into(),
+                ));
             }
         }
         if publish.len() > nexus_lib::api::MAX_PUBLISH {
@@ -213,7 +222,9 @@ impl NetworkService {
             None => link::pick_subnet(&routes).ok_or(NetworkError::NoFreeSubnet)?,
         };
         match recorded {
-            None => Ok(store.call(move |c| rows::fix_host_subnet(c, subnet)).await?),
+            None => Ok(store
+                .call(move |c| rows::fix_host_subnet(c, subnet))
+                .await?),
             Some(r) => {
                 if store
                     .call(move |c| rows::replace_host_subnet(c, subnet))
@@ -233,12 +244,12 @@ impl NetworkService {
 
     /// The host's routes and interface networks, without our own bridge's.
     async fn foreign_routes(&self) -> Result<Vec<Ipv4Cidr>, NetworkError> {
-        let bridge = self.inner.settings.bridge.clone();
-        let ours: Vec<Ipv4Cidr> = link::link_networks(&bridge).await.unwrap_or_default();
-        Ok(link::routes_v4()
+        let ours = self.inner.store.call(|c| rows::host_subnet(c)).await?;
+        Ok(nl()?
+            .routes_v4()
             .await?
             .into_iter()
-            .filter(|r| !ours.contains(r) && r.prefix() > 0)
+            .filter(|r| Some(*r) != ours && r.prefix() > 0)
             .collect())
     }
 
@@ -270,8 +281,10 @@ impl NetworkService {
         if up.attached.remove(&vm_id).is_some() {
             nft::apply(&nft::remove_vm(&up.spec, &rules)).await?;
         }
-        link::create_tap(&rules.tap, owner.0, owner.1).await?;
-        link::attach_port(&rules.tap, &up.spec.bridge, self.inner.settings.mtu).await?;
+        let nl = nl()?;
+        nl.create_tap(&rules.tap, owner.0, owner.1).await?;
+        nl.attach_port(&rules.tap, &up.spec.bridge, self.inner.settings.mtu)
+            .await?;
         nft::apply(&nft::add_vm(&up.spec, &rules)).await?;
         self.set_client(&row);
         let gateway = up.spec.gateway;
@@ -302,7 +315,7 @@ impl NetworkService {
             if let Err(e) = nft::apply(&nft::remove_vm(&up.spec, &rules)).await {
                 tracing::warn!(vm = %name, error = %nexus_lib::error::error_chain(&e), "cannot remove the VM's firewall rules");
             }
-            if let Err(e) = link::delete_link(&rules.tap).await {
+            if let Err(e) = delete_link(&rules.tap).await {
                 tracing::warn!(vm = %name, tap = %rules.tap, error = %nexus_lib::error::error_chain(&e), "cannot delete the VM's tap");
             }
         }
@@ -316,10 +329,12 @@ impl NetworkService {
         vm_id: Uuid,
         egress: EgressPolicy,
     ) -> Result<Option<NetworkRow>, NetworkError> {
-        let egress = egress.normalized().map_err(|message| NetworkError::Invalid {
-            field: "egress",
-            message,
-        })?;
+        let egress = egress
+            .normalized()
+            .map_err(|message| NetworkError::Invalid {
+                field: "egress",
+                message,
+            })?;
         let mut host = self.inner.host.lock().await;
         let Some(row) = self
             .inner
@@ -395,12 +410,14 @@ impl NetworkService {
         let s = &self.inner.settings;
         let subnet = self.subnet().await?;
         let gateway = gateway_of(subnet.network(), subnet.prefix());
-        link::ensure_bridge(&s.bridge, gateway, subnet.prefix(), s.mtu).await?;
+        let nl = nl()?;
+        nl.ensure_bridge(&s.bridge, gateway, subnet.prefix(), s.mtu)
+            .await?;
         self.enable_forwarding().await?;
-        link::set_route_localnet(link::SYSCTL_ROOT, &s.bridge, true)?;
+        link::Sysctl::default().set_route_localnet(&s.bridge, true)?;
         let uplink = match &s.uplink {
             Some(u) => Some(u.clone()),
-            None => link::default_route_dev().await?,
+            None => nl.default_route_dev().await?,
         };
         let spec = nft::HostSpec {
             table: s.bridge.clone(),
@@ -418,12 +435,7 @@ impl NetworkService {
         };
         let listen = SocketAddr::new(gateway.into(), 53);
         let dns = DnsServer::start(
-            DnsConfig {
-                listen,
-                upstream: upstream.clone(),
-                query_timeout: DNS_QUERY_TIMEOUT,
-                max_inflight: DNS_MAX_INFLIGHT,
-            },
+            DnsConfig::new(listen, upstream.clone()),
             Arc::new(Hooks(Arc::downgrade(&self.inner))),
         )
         .await
@@ -444,10 +456,11 @@ impl NetworkService {
     }
 
     async fn enable_forwarding(&self) -> Result<(), NetworkError> {
-        if link::ip_forward(link::SYSCTL_ROOT)? {
+        let sysctl = link::Sysctl::default();
+        if sysctl.ip_forward()? {
             return Ok(());
         }
-        link::set_ip_forward(link::SYSCTL_ROOT, true)?;
+        sysctl.set_ip_forward(true)?;
         self.inner
             .store
             .call(|c| rows::set_forwarding_set_by_us(c, true))
@@ -466,7 +479,8 @@ impl NetworkService {
             .filter(|(_, _, row)| live.contains(&row.vm_id))
             .map(|(name, _, row)| (row.vm_id, (name, row)))
             .collect();
-        let bridge_exists = link::list_links()
+        let bridge_exists = nl()?
+            .list_links()
             .await?
             .iter()
             .any(|l| l.name == self.inner.settings.bridge);
@@ -492,7 +506,11 @@ impl NetworkService {
             let live = self.live_vms().await?;
             return self.reconcile(&live).await;
         };
-        let vms: Vec<nft::VmRules> = up.attached.values().filter_map(|(_, r)| vm_rules(r)).collect();
+        let vms: Vec<nft::VmRules> = up
+            .attached
+            .values()
+            .filter_map(|(_, r)| vm_rules(r))
+            .collect();
         nft::rebuild(&up.spec, &vms, true).await?;
         let removed = self.remove_stray_taps(up).await?;
         Ok(NetworkCleanup { removed })
@@ -513,10 +531,11 @@ impl NetworkService {
             .filter_map(|(_, r)| r.tap.as_deref())
             .collect();
         let mut removed = Vec::new();
-        for l in link::list_links().await? {
-            if l.name.starts_with(&self.inner.settings.tap_prefix) && !ours.contains(&l.name.as_str())
+        for l in nl()?.list_links().await? {
+            if l.name.starts_with(&self.inner.settings.tap_prefix)
+                && !ours.contains(&l.name.as_str())
             {
-                link::delete_link(&l.name).await?;
+                delete_link(&l.name).await?;
                 removed.push(format!("tap {}", l.name));
             }
         }
@@ -546,14 +565,14 @@ impl NetworkService {
         if nft::delete_tables(&s.bridge).await? {
             removed.push(format!("nftables tables inet {0} and bridge {0}", s.bridge));
         }
-        for l in link::list_links().await? {
+        for l in nl()?.list_links().await? {
             if l.name.starts_with(&s.tap_prefix) {
-                link::delete_link(&l.name).await?;
+                delete_link(&l.name).await?;
                 removed.push(format!("tap {}", l.name));
             }
         }
-        if link::list_links().await?.iter().any(|l| l.name == s.bridge) {
-            link::delete_link(&s.bridge).await?;
+        if nl()?.list_links().await?.iter().any(|l| l.name == s.bridge) {
+            delete_link(&s.bridge).await?;
             removed.push(format!("bridge {}", s.bridge));
         }
         if self
@@ -562,14 +581,18 @@ impl NetworkService {
             .call(|c| rows::forwarding_set_by_us(c))
             .await?
         {
-            link::set_ip_forward(link::SYSCTL_ROOT, false)?;
+            link::Sysctl::default().set_ip_forward(false)?;
             self.inner
                 .store
                 .call(|c| rows::set_forwarding_set_by_us(c, false))
                 .await?;
             removed.push("net.ipv4.ip_forward (back to 0)".into());
         }
-        self.inner.clients.write().unwrap_or_else(|e| e.into_inner()).clear();
+        self.inner
+            .clients
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .clear();
         Ok(NetworkCleanup { removed })
     }
 
@@ -588,7 +611,10 @@ impl NetworkService {
                 },
             },
         };
-        let links = link::list_links().await.unwrap_or_default();
+        let links = match nl() {
+            Ok(nl) => nl.list_links().await.unwrap_or_default(),
+            Err(_) => Vec::new(),
+        };
         let nat = self.inner.store.call(|c| rows::list_nat(c)).await?;
         let vms = nat
             .into_iter()
@@ -605,13 +631,18 @@ impl NetworkService {
         let uplink = match (&*host, &s.uplink) {
             (Some(up), _) => up.spec.uplink.clone(),
             (None, Some(u)) => Some(u.clone()),
-            (None, None) => link::default_route_dev().await.ok().flatten(),
+            (None, None) => match nl() {
+                Ok(nl) => nl.default_route_dev().await.ok().flatten(),
+                Err(_) => None,
+            },
         };
         let upstream = match (&*host, &s.dns) {
             (Some(up), _) => up.upstream.clone(),
             (None, Some(d)) => d.clone(),
-            (None, None) => super::dns::upstream_from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))
-                .unwrap_or_default(),
+            (None, None) => {
+                super::dns::upstream_from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))
+                    .unwrap_or_default()
+            }
         };
         Ok(NetworkInfo {
             bridge: s.bridge.clone(),
@@ -635,6 +666,15 @@ impl NetworkService {
     }
 }
 
+/// A route-netlink connection of this thread's namespace.
+fn nl() -> Result<link::Netlink, NetworkError> {
+    Ok(link::Netlink::open()?)
+}
+
+async fn delete_link(name: &str) -> Result<bool, NetworkError> {
+    Ok(nl()?.delete_link(name).await?)
+}
+
 /// Refuses a host port something on the host already listens on (DNAT would hide it).
 fn port_is_free(p: &Publish) -> Result<(), String> {
     let addr = SocketAddr::new(p.bind.into(), p.host_port);
@@ -648,10 +688,9 @@ fn port_is_free(p: &Publish) -> Result<(), String> {
             p.host_port,
             p.protocol.as_str()
         )),
-        Some(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => Err(format!(
-            "{} is not an address of this host",
-            p.bind
-        )),
+        Some(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => {
+            Err(format!("{} is not an address of this host", p.bind))
+        }
         _ => Ok(()),
     }
 }
@@ -659,9 +698,7 @@ fn port_is_free(p: &Publish) -> Result<(), String> {
 /// The resolver's view of the service.
 struct Hooks(std::sync::Weak<Inner>);
 
-/// Shortest and longest time an address stays admitted after a DNS answer.
-const MIN_ADMIT: Duration = Duration::from_secs(30);
-const MAX_ADMIT: Duration = Duration::from_secs(24 * 3600);
+use super::nft::{MAX_ADMIT, MIN_ADMIT};
 
 impl EgressHooks for Hooks {
     fn policy(&self, client: Ipv4Addr) -> Option<ClientPolicy> {
