@@ -10,6 +10,7 @@ pub mod hostpath;
 pub mod images;
 pub mod jail;
 pub mod logsafe;
+pub mod network;
 pub mod settings;
 pub mod storage;
 pub mod store;

@@ -1,0 +1,3 @@
+//! VM networking on the host: the resolver on the bridge's gateway address (`dns`).
+
+pub mod dns;
