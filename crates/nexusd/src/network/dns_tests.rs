@@ -293,6 +293,16 @@ async fn deny_all_is_refused() {
 }
 
 #[tokio::test]
+async fn changed_policy_applies_to_the_next_query() {
+    let (world, _) = World::asked(EgressPolicy::AllowAll, "allowed.test.").await;
+    *world.hooks.policy.lock().unwrap() = EgressPolicy::DenyAll;
+
+    let answer = world.ask("allowed.test.").await;
+
+    assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
+}
+
+#[tokio::test]
 async fn allowed_name_is_admitted_by_the_hook_before_the_answer_is_sent() {
     let mut hooks = TestHooks::new(allow(&["allowed.test"]));
     hooks.delay = Duration::from_millis(200);
@@ -744,4 +754,14 @@ fn ipv4_answers_keep_each_address_once_with_its_longest_ttl() {
             (OTHER_IP, Duration::from_secs(10)),
         ]
     );
+}
+
+#[test]
+fn log_budget_stops_after_its_lines_of_the_second() {
+    let budget = LogBudget::default();
+
+    let allowed = (0..LOG_LINES_PER_SECOND).filter(|_| budget.allow()).count();
+
+    assert_eq!(allowed, LOG_LINES_PER_SECOND as usize);
+    assert!(!budget.allow());
 }
