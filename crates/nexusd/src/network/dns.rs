@@ -13,8 +13,8 @@
 //! connections are capped per client and in total, every wait has a deadline, malformed packets
 //! are dropped, and the log lines a guest can trigger are rate limited.
 
-use std::collections::HashMap;
 use std::collections::hash_map::Entry;
+use std::collections::{BTreeMap, HashMap};
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::Path;
@@ -59,7 +59,7 @@ pub const DEFAULT_MAX_TCP_CONNECTIONS: usize = 128;
 pub const DEFAULT_TCP_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Largest UDP answer sent, and the EDNS payload size advertised: the size DNS Flag Day 2020
-/// settled on, which no path fragments.
+/// settled on, small enough not to be fragmented.
 const MAX_UDP_PAYLOAD: u16 = 1232;
 /// Largest UDP query read; a longer datagram is cut, fails to decode and is dropped.
 const UDP_RECEIVE_BUFFER: usize = 4096;
@@ -179,7 +179,7 @@ impl DnsServer {
             resolver,
             hooks,
             query_timeout: cfg.query_timeout,
-            log: LogBudget::default(),
+            logs: Logs::default(),
         });
         let queries = Limiter::new(cfg.max_inflight, cfg.max_inflight_per_client);
         let connections = Limiter::new(cfg.max_tcp_connections, cfg.max_inflight_per_client);
@@ -342,7 +342,7 @@ struct Responder {
     resolver: Resolver<TokioRuntimeProvider>,
     hooks: Arc<dyn EgressHooks>,
     query_timeout: Duration,
-    log: LogBudget,
+    logs: Logs,
 }
 
 impl Responder {
@@ -383,7 +383,7 @@ impl Responder {
                 let allowed =
                     plain_name(query.name()).is_some_and(|name| policy.egress.allows_name(&name));
                 if !allowed {
-                    if self.log.allow() {
+                    if self.logs.debug.allow() {
                         tracing::debug!(vm = policy.vm, name = %Escaped(query.name()),
                             "DNS: refused, no egress rule of the VM allows this name");
                     }
@@ -422,7 +422,7 @@ impl Responder {
             Ok(Err(e)) => e.to_string(),
             Err(_) => format!("no answer within {:?}", self.query_timeout),
         };
-        if self.log.allow() {
+        if self.logs.debug.allow() {
             tracing::debug!(name = %Escaped(query.name()), error = %Escaped(failure),
                 "DNS: the upstream servers failed; answering SERVFAIL");
         }
@@ -441,7 +441,7 @@ impl Responder {
                 Ok(Err(e)) => e,
                 Err(_) => format!("not done within {:?}", self.query_timeout),
             };
-        if self.log.allow() {
+        if self.logs.warn.allow() {
             tracing::warn!(vm, error = %Escaped(failure),
                 "DNS: the firewall did not admit the addresses resolved for a VM; answering SERVFAIL");
         }
@@ -451,16 +451,13 @@ impl Responder {
 
 /// Every A record's address in the answer, once, with the longest TTL it came with.
 fn ipv4_answers(reply: &Reply) -> Vec<(Ipv4Addr, Duration)> {
-    let mut addrs: Vec<(Ipv4Addr, Duration)> = Vec::new();
+    let mut addrs: BTreeMap<Ipv4Addr, Duration> = BTreeMap::new();
     for record in &reply.answers {
         let RData::A(a) = &record.data else { continue };
-        let ttl = Duration::from_secs(record.ttl.into());
-        match addrs.iter_mut().find(|(addr, _)| *addr == a.0) {
-            Some((_, known)) => *known = (*known).max(ttl),
-            None => addrs.push((a.0, ttl)),
-        }
+        let ttl = addrs.entry(a.0).or_default();
+        *ttl = (*ttl).max(Duration::from_secs(record.ttl.into()));
     }
-    addrs
+    addrs.into_iter().collect()
 }
 
 /// Query types that ask for a transfer or several types at once, or are no data at all: not
@@ -564,7 +561,7 @@ async fn serve_udp(
         let (len, src) = match received {
             Ok(received) => received,
             Err(e) => {
-                if responder.log.allow() {
+                if responder.logs.warn.allow() {
                     tracing::warn!(error = %e, "DNS: receiving a UDP query failed");
                 }
                 tokio::time::sleep(Duration::from_millis(10)).await;
@@ -575,7 +572,7 @@ async fn serve_udp(
             continue;
         }
         let Some(slot) = queries.try_take(src.ip()) else {
-            if responder.log.allow() {
+            if responder.logs.debug.allow() {
                 tracing::debug!(client = %src.ip(), "DNS: too many queries in flight; dropping one");
             }
             continue;
@@ -614,7 +611,7 @@ async fn serve_tcp(listener: TcpListener, serving: TcpServing, shutdown: Cancell
             Ok(accepted) => accepted,
             Err(e) => {
                 // Out of descriptors, or a connection reset before accept: not fatal.
-                if serving.responder.log.allow() {
+                if serving.responder.logs.warn.allow() {
                     tracing::warn!(error = %e, "DNS: accepting a TCP connection failed");
                 }
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -622,7 +619,7 @@ async fn serve_tcp(listener: TcpListener, serving: TcpServing, shutdown: Cancell
             }
         };
         let Some(slot) = serving.connections.try_take(peer.ip()) else {
-            if serving.responder.log.allow() {
+            if serving.responder.logs.debug.allow() {
                 tracing::debug!(client = %peer.ip(), "DNS: too many TCP connections; closing one");
             }
             continue;
@@ -721,7 +718,15 @@ impl Drop for Slot {
     }
 }
 
-/// A budget for the log lines guests can trigger: [`LOG_LINES_PER_SECOND`], the rest dropped.
+/// The budgets of the log lines guests can trigger, one per level, so that lines at `debug`
+/// (written or not) never use up the budget of those at `warn`.
+#[derive(Default)]
+struct Logs {
+    debug: LogBudget,
+    warn: LogBudget,
+}
+
+/// A budget of log lines: [`LOG_LINES_PER_SECOND`], the rest dropped.
 #[derive(Default)]
 struct LogBudget {
     window: Mutex<Option<(Instant, u32)>>,

@@ -2,12 +2,13 @@
 //! loopback), the resolver on loopback, and queries sent from 127.0.0.1 (a VM's address for the
 //! test hooks) or 127.0.0.2 (no VM's). Nothing leaves the loopback interface.
 
-use std::collections::BTreeSet;
 use std::str::FromStr;
 
 use hickory_server::Server;
 use hickory_server::proto::op::{Message, Query};
-use hickory_server::proto::rr::rdata::{A, CNAME, SOA, TXT};
+use std::net::Ipv6Addr;
+
+use hickory_server::proto::rr::rdata::{A, AAAA, CNAME, SOA, TXT};
 use hickory_server::store::in_memory::InMemoryZoneHandler;
 use hickory_server::zone_handler::{AxfrPolicy, Catalog, ZoneHandler, ZoneType};
 use nexus_lib::api::DomainPattern;
@@ -21,6 +22,9 @@ const STRANGER: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 2);
 const ALLOWED_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 10);
 const OTHER_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 11);
 const WILD_IP: Ipv4Addr = Ipv4Addr::new(127, 0, 0, 12);
+const ALLOWED_IP6: Ipv6Addr = Ipv6Addr::new(0xfd00, 0, 0, 0, 0, 0, 0, 0x10);
+/// TXT records of `big.test.`: about 2.6 KB, more than a UDP answer carries.
+const BIG_TXT_RECORDS: usize = 40;
 /// Longest a test waits for an answer that should come.
 const PATIENCE: Duration = Duration::from_secs(5);
 
@@ -36,7 +40,7 @@ fn zone_records() -> Vec<Record> {
         86400,
         60,
     );
-    vec![
+    let mut records = vec![
         Record::from_rdata(name("test."), 60, RData::SOA(soa)),
         Record::from_rdata(name("allowed.test."), 300, RData::A(A(ALLOWED_IP))),
         Record::from_rdata(
@@ -44,6 +48,7 @@ fn zone_records() -> Vec<Record> {
             300,
             RData::TXT(TXT::new(vec!["hello".into()])),
         ),
+        Record::from_rdata(name("allowed.test."), 300, RData::AAAA(AAAA(ALLOWED_IP6))),
         Record::from_rdata(
             name("cname.test."),
             300,
@@ -51,7 +56,13 @@ fn zone_records() -> Vec<Record> {
         ),
         Record::from_rdata(name("other.test."), 300, RData::A(A(OTHER_IP))),
         Record::from_rdata(name("www.wild.test."), 300, RData::A(A(WILD_IP))),
-    ]
+    ];
+    let big = (0..BIG_TXT_RECORDS).map(|i| {
+        let text = format!("{i:03}{}", "x".repeat(60));
+        Record::from_rdata(name("big.test."), 300, RData::TXT(TXT::new(vec![text])))
+    });
+    records.extend(big);
+    records
 }
 
 /// hickory's own server answering for the zone `test.` on 127.0.0.1 (UDP and TCP, one port).
@@ -189,6 +200,13 @@ impl World {
         }
     }
 
+    /// A world under `policy`, and its answer to the VM's query for `name`'s A records.
+    async fn asked(policy: EgressPolicy, name: &str) -> (Self, Message) {
+        let world = Self::start(TestHooks::new(policy)).await;
+        let answer = world.ask(name).await;
+        (world, answer)
+    }
+
     fn addr(&self) -> SocketAddr {
         self.server.local_addr()
     }
@@ -199,10 +217,7 @@ impl World {
     }
 
     async fn ask_type(&self, name: &str, rtype: RecordType) -> Message {
-        let packet = query_packet(name, rtype);
-        udp_exchange(CLIENT, self.addr(), &packet, PATIENCE)
-            .await
-            .expect("an answer")
+        answer_to(CLIENT, self.addr(), &query_packet(name, rtype)).await
     }
 }
 
@@ -215,6 +230,18 @@ fn query_message(name: &str, rtype: RecordType) -> Message {
 
 fn query_packet(name: &str, rtype: RecordType) -> Vec<u8> {
     query_message(name, rtype).to_vec().unwrap()
+}
+
+/// `name`'s A records as `from` gets them from `to` over UDP.
+async fn ask_a(from: Ipv4Addr, to: SocketAddr, name: &str) -> Message {
+    answer_to(from, to, &query_packet(name, RecordType::A)).await
+}
+
+/// Sends `packet` from `from` and returns the answer, which must come.
+async fn answer_to(from: Ipv4Addr, to: SocketAddr, packet: &[u8]) -> Message {
+    udp_exchange(from, to, packet, PATIENCE)
+        .await
+        .expect("an answer")
 }
 
 /// Sends `packet` from `from` and waits up to `wait` for one answer.
@@ -247,9 +274,7 @@ fn a_records(message: &Message) -> Vec<(Ipv4Addr, u32)> {
 
 #[tokio::test]
 async fn allow_all_answers_the_upstream_records_without_calling_resolved() {
-    let world = World::start(TestHooks::new(EgressPolicy::AllowAll)).await;
-
-    let answer = world.ask("allowed.test.").await;
+    let (world, answer) = World::asked(EgressPolicy::AllowAll, "allowed.test.").await;
 
     assert_eq!(answer.metadata.response_code, ResponseCode::NoError);
     let records = a_records(&answer);
@@ -261,12 +286,20 @@ async fn allow_all_answers_the_upstream_records_without_calling_resolved() {
 
 #[tokio::test]
 async fn deny_all_is_refused() {
-    let world = World::start(TestHooks::new(EgressPolicy::DenyAll)).await;
+    let (_world, answer) = World::asked(EgressPolicy::DenyAll, "allowed.test.").await;
+
+    assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
+    assert!(answer.answers.is_empty());
+}
+
+#[tokio::test]
+async fn changed_policy_applies_to_the_next_query() {
+    let (world, _) = World::asked(EgressPolicy::AllowAll, "allowed.test.").await;
+    *world.hooks.policy.lock().unwrap() = EgressPolicy::DenyAll;
 
     let answer = world.ask("allowed.test.").await;
 
     assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
-    assert!(answer.answers.is_empty());
 }
 
 #[tokio::test]
@@ -293,9 +326,7 @@ async fn allowed_name_is_admitted_by_the_hook_before_the_answer_is_sent() {
 
 #[tokio::test]
 async fn allow_policy_refuses_a_name_no_rule_matches() {
-    let world = World::start(TestHooks::new(allow(&["allowed.test"]))).await;
-
-    let answer = world.ask("other.test.").await;
+    let (world, answer) = World::asked(allow(&["allowed.test"]), "other.test.").await;
 
     assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
     assert!(answer.answers.is_empty());
@@ -335,9 +366,7 @@ async fn cname_chain_addresses_are_admitted_for_the_allowed_name() {
 
 #[tokio::test]
 async fn nxdomain_passes_through_with_the_zone_soa() {
-    let world = World::start(TestHooks::new(EgressPolicy::AllowAll)).await;
-
-    let answer = world.ask("missing.test.").await;
+    let (_world, answer) = World::asked(EgressPolicy::AllowAll, "missing.test.").await;
 
     assert_eq!(answer.metadata.response_code, ResponseCode::NXDomain);
     assert!(answer.answers.is_empty());
@@ -365,6 +394,34 @@ async fn txt_records_pass_through() {
 }
 
 #[tokio::test]
+async fn aaaa_records_pass_through_without_calling_resolved() {
+    let world = World::start(TestHooks::new(allow(&["allowed.test"]))).await;
+
+    let answer = world.ask_type("allowed.test.", RecordType::AAAA).await;
+
+    assert!(
+        answer
+            .answers
+            .iter()
+            .any(|r| matches!(&r.data, RData::AAAA(a) if a.0 == ALLOWED_IP6))
+    );
+    assert!(world.hooks.calls().is_empty());
+}
+
+#[tokio::test]
+async fn answer_too_big_for_udp_is_truncated_and_whole_over_tcp() {
+    let world = World::start(TestHooks::new(EgressPolicy::AllowAll)).await;
+
+    let over_udp = world.ask_type("big.test.", RecordType::TXT).await;
+    let over_tcp = tcp_exchange(world.addr(), &query_packet("big.test.", RecordType::TXT)).await;
+
+    assert!(over_udp.metadata.truncation);
+    assert!(over_udp.answers.len() < BIG_TXT_RECORDS);
+    assert!(!over_tcp.metadata.truncation);
+    assert_eq!(over_tcp.answers.len(), BIG_TXT_RECORDS);
+}
+
+#[tokio::test]
 async fn cached_answers_carry_the_remaining_ttl() {
     let world = World::start(TestHooks::new(EgressPolicy::AllowAll)).await;
     let first = a_records(&world.ask("allowed.test.").await)[0].1;
@@ -385,14 +442,7 @@ async fn silent_upstream_gives_servfail_within_the_query_timeout() {
     let server = DnsServer::start(cfg, hooks).await.unwrap();
     let asked = Instant::now();
 
-    let answer = udp_exchange(
-        CLIENT,
-        server.local_addr(),
-        &query_packet("allowed.test.", RecordType::A),
-        PATIENCE,
-    )
-    .await
-    .expect("an answer");
+    let answer = ask_a(CLIENT, server.local_addr(), "allowed.test.").await;
 
     assert_eq!(answer.metadata.response_code, ResponseCode::ServFail);
     assert!(asked.elapsed() < Duration::from_millis(1500));
@@ -414,14 +464,7 @@ async fn failing_hook_gives_servfail() {
 async fn unknown_client_is_refused() {
     let world = World::start(TestHooks::new(EgressPolicy::AllowAll)).await;
 
-    let answer = udp_exchange(
-        STRANGER,
-        world.addr(),
-        &query_packet("allowed.test.", RecordType::A),
-        PATIENCE,
-    )
-    .await
-    .expect("an answer");
+    let answer = ask_a(STRANGER, world.addr(), "allowed.test.").await;
 
     assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
 }
@@ -444,9 +487,7 @@ async fn two_questions_are_a_format_error() {
         RecordType::A,
     ));
 
-    let answer = udp_exchange(CLIENT, world.addr(), &message.to_vec().unwrap(), PATIENCE)
-        .await
-        .expect("an answer");
+    let answer = answer_to(CLIENT, world.addr(), &message.to_vec().unwrap()).await;
 
     assert_eq!(answer.metadata.response_code, ResponseCode::FormErr);
 }
@@ -459,9 +500,7 @@ async fn chaos_class_is_refused() {
     query.set_query_class(DNSClass::CH);
     message.add_query(query);
 
-    let answer = udp_exchange(CLIENT, world.addr(), &message.to_vec().unwrap(), PATIENCE)
-        .await
-        .expect("an answer");
+    let answer = answer_to(CLIENT, world.addr(), &message.to_vec().unwrap()).await;
 
     assert_eq!(answer.metadata.response_code, ResponseCode::Refused);
 }
@@ -534,32 +573,27 @@ async fn queries_past_the_in_flight_cap_are_dropped() {
     assert_eq!(a_records(&after)[0].0, OTHER_IP);
 }
 
-/// hickory's DNS-over-TCP framing on a fresh connection to `to`.
-async fn tcp_client(
-    to: SocketAddr,
-) -> (
-    DnsOverTcp<AsyncIoTokioAsStd<TcpStream>>,
-    hickory_server::net::BufDnsStreamHandle,
-) {
+/// Sends `packet` on a fresh TCP connection to `to` (hickory's DNS-over-TCP framing) and returns
+/// the answer, which must come.
+async fn tcp_exchange(to: SocketAddr, packet: &[u8]) -> Message {
     let stream = TcpStream::connect(to).await.unwrap();
-    DnsOverTcp::from_stream(AsyncIoTokioAsStd(stream), to)
+    let (mut stream, mut sender) = DnsOverTcp::from_stream(AsyncIoTokioAsStd(stream), to);
+    sender
+        .send(SerialMessage::new(packet.to_vec(), to))
+        .unwrap();
+    let reply = tokio::time::timeout(PATIENCE, stream.next())
+        .await
+        .expect("an answer in time")
+        .expect("an answer before the connection closed")
+        .unwrap();
+    Message::from_vec(reply.bytes()).unwrap()
 }
 
 #[tokio::test]
 async fn tcp_query_is_answered() {
     let world = World::start(TestHooks::new(EgressPolicy::AllowAll)).await;
-    let (mut stream, mut sender) = tcp_client(world.addr()).await;
 
-    let packet = query_packet("allowed.test.", RecordType::A);
-    sender
-        .send(SerialMessage::new(packet, world.addr()))
-        .unwrap();
-    let reply = tokio::time::timeout(PATIENCE, stream.next())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
-    let answer = Message::from_vec(reply.bytes()).unwrap();
+    let answer = tcp_exchange(world.addr(), &query_packet("allowed.test.", RecordType::A)).await;
 
     assert_eq!(a_records(&answer)[0].0, ALLOWED_IP);
 }
@@ -711,13 +745,23 @@ fn ipv4_answers_keep_each_address_once_with_its_longest_ttl() {
         soa: None,
     };
 
-    let addrs: BTreeSet<_> = ipv4_answers(&reply).into_iter().collect();
+    let addrs = ipv4_answers(&reply);
 
     assert_eq!(
         addrs,
-        BTreeSet::from([
+        vec![
             (ALLOWED_IP, Duration::from_secs(90)),
             (OTHER_IP, Duration::from_secs(10)),
-        ])
+        ]
     );
+}
+
+#[test]
+fn log_budget_stops_after_its_lines_of_the_second() {
+    let budget = LogBudget::default();
+
+    let allowed = (0..LOG_LINES_PER_SECOND).filter(|_| budget.allow()).count();
+
+    assert_eq!(allowed, LOG_LINES_PER_SECOND as usize);
+    assert!(!budget.allow());
 }
