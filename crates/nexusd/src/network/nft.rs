@@ -16,8 +16,9 @@
 //!   per VM: set vm_<key>_cidr (interval), set vm_<key>_dns (timeout), chain vm_<key>,
 //!           chain pub_<key>
 //! table bridge T
-//!   set ports { ifname . ether_addr . ipv4_addr }; chain prerouting: a port's frames must
-//!   come from its VM's MAC and address (IPv4 and ARP), everything else is dropped
+//!   set taps { ifname }, set ports { ifname . ether_addr . ipv4_addr }; chain prerouting:
+//!   frames from a VM's tap must come from its MAC and address (IPv4 and ARP), anything
+//!   else from a tap is dropped
 //! ```
 //!
 //! A VM's chain accepts established connections only while they carry the VM's policy
@@ -301,6 +302,10 @@ pub fn create_tables(h: &HostSpec) -> Batch {
         ),
     );
     b.add(
+        "set",
+        h.obj("bridge", json!({ "name": "taps", "type": "ifname" })),
+    );
+    b.add(
         "chain",
         h.base_chain("bridge", "prerouting", "filter", "prerouting", -200),
     );
@@ -312,7 +317,8 @@ pub fn create_tables(h: &HostSpec) -> Batch {
         )
     };
     for expr in [
-        vec![m(meta("ibrname"), "!=", br.clone()), accept()],
+        // Frames that do not come from one of our VMs' taps are not ours to judge.
+        vec![m(meta("iifname"), "!=", json!("@taps")), accept()],
         vec![
             m(payload("ether", "type"), "==", json!("ip")),
             own("ip", "saddr"),
@@ -446,6 +452,10 @@ pub fn add_vm(h: &HostSpec, vm: &VmRules) -> Batch {
             "bridge",
             json!({ "name": "ports", "elem": [{ "concat": [vm.tap, vm.mac, vm.ip.to_string()] }] }),
         ),
+    );
+    b.add(
+        "element",
+        h.obj("bridge", json!({ "name": "taps", "elem": [vm.tap] })),
     );
     b
 }
@@ -775,5 +785,77 @@ mod tests {
         ] {
             assert!(t.contains(needle), "{needle} missing in {t}");
         }
+    }
+
+    /// Runs `f` on a thread of its own network namespace (so `nft` changes nothing of the
+    /// host), with a current-thread runtime.
+    fn in_netns<F: std::future::Future<Output = ()>>(f: impl FnOnce() -> F + Send + 'static) {
+        assert!(
+            nix::unistd::geteuid().is_root(),
+            "the nftables tests need root (a network namespace of their own)"
+        );
+        std::thread::spawn(move || {
+            nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWNET)
+                .expect("unshare(CLONE_NEWNET)");
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f());
+        })
+        .join()
+        .expect("test thread");
+    }
+
+    async fn ruleset() -> String {
+        run(&["list", "ruleset"], None).await.unwrap()
+    }
+
+    #[test]
+    fn nft_takes_every_batch_and_removal_leaves_nothing() {
+        in_netns(|| async {
+            let h = host();
+            apply(&create_tables(&h)).await.expect("tables");
+            let mut v = vm(EgressPolicy::Allow {
+                cidrs: vec!["192.0.2.0/24".parse().unwrap()],
+                domains: vec!["allowed.test".parse().unwrap()],
+            });
+            apply(&add_vm(&h, &v)).await.expect("add_vm");
+            apply(&allow_resolved(
+                &h,
+                v.key,
+                &[(Ipv4Addr::new(198, 51, 100, 1), Duration::from_secs(300))],
+            ))
+            .await
+            .expect("allow_resolved");
+            let text = ruleset().await;
+            assert!(
+                text.contains("198.51.100.1") && text.contains("192.0.2.0/24"),
+                "{text}"
+            );
+            assert!(text.contains("dnat ip to 10.77.0.2:80"), "{text}");
+            // A rebuild keeps what the resolver admitted.
+            rebuild(&h, std::slice::from_ref(&v), true)
+                .await
+                .expect("rebuild");
+            assert!(ruleset().await.contains("198.51.100.1"));
+            v.egress = EgressPolicy::DenyAll;
+            v.epoch += 1;
+            apply(&set_egress(&h, &v)).await.expect("set_egress");
+            let text = ruleset().await;
+            assert!(
+                !text.contains("198.51.100.1") && !text.contains("192.0.2.0/24"),
+                "{text}"
+            );
+            apply(&remove_vm(&h, &v)).await.expect("remove_vm");
+            let text = ruleset().await;
+            assert!(
+                !text.contains("vm_7") && !text.contains("10.77.0.2"),
+                "{text}"
+            );
+            assert!(delete_tables(&h.table).await.unwrap());
+            assert!(!ruleset().await.contains("nxt0"));
+            assert!(!delete_tables(&h.table).await.unwrap());
+        });
     }
 }
