@@ -365,7 +365,8 @@ impl Settings {
             pool,
             jail,
             network: crate::network::NetworkSettings {
-                default_mode: cfg.network.unwrap_or_default(),
+                // `none` until NAT networking is finished (issue 9): `network = "nat"` opts in.
+                default_mode: cfg.network.unwrap_or(nexus_lib::api::NetworkMode::None),
                 bridge: cfg.network_bridge.unwrap_or_else(|| "nexus0".into()),
                 subnet: cfg.network_subnet,
                 uplink: cfg.network_uplink,

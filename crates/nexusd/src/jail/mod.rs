@@ -251,8 +251,32 @@ impl Jailer {
 pub struct View {
     /// Files and directories bound at their own path, read-only unless `writable`.
     pub paths: Vec<(PathBuf, Access)>,
-    /// Extra device nodes (`/dev/kvm`, `/dev/net/tun`).
+    /// Extra device nodes (`/dev/kvm`).
     pub devices: Vec<PathBuf>,
+    /// A tun device node made for this VM (owned by its uid, see [`make_tun_node`]), bound at
+    /// `/dev/net/tun`: hosts commonly keep theirs root-only.
+    pub tun: Option<PathBuf>,
+}
+
+/// The device numbers of `/dev/net/tun` (`misc` major 10, minor 200).
+const TUN_DEV: (u64, u64) = (10, 200);
+
+/// Makes a tun device node at `path` that only `uid` may open (mode 0600), replacing any file
+/// there, for a jailed VMM to open its tap through.
+pub fn make_tun_node(path: &Path, uid: u32) -> std::io::Result<()> {
+    use nix::sys::stat::{Mode, SFlag, makedev, mknod};
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    mknod(
+        path,
+        SFlag::S_IFCHR,
+        Mode::from_bits_truncate(0o600),
+        makedev(TUN_DEV.0, TUN_DEV.1),
+    )?;
+    nix::unistd::chown(path, Some(Uid::from_raw(uid)), Some(Gid::from_raw(uid)))?;
+    Ok(())
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -370,6 +394,13 @@ impl VmJail {
             .chain(view.devices.iter().map(PathBuf::as_path))
         {
             b.bind(dev, dev, MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC)?;
+        }
+        if let Some(tun) = &view.tun {
+            b.bind(
+                tun,
+                Path::new("/dev/net/tun"),
+                MsFlags::MS_NOSUID | MsFlags::MS_NOEXEC,
+            )?;
         }
         for (path, access) in &view.paths {
             let flags = match access {
@@ -559,6 +590,7 @@ mod tests {
         let view = View {
             paths: vec![(drive.clone(), Access::ReadWrite)],
             devices: vec![],
+            tun: None,
         };
         let j = jail(Path::new("/j"));
         let plan = j

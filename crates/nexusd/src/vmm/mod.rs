@@ -82,6 +82,11 @@ impl VmSpec {
         Ok(())
     }
 
+    /// The VM's own tun device node (see [`crate::jail::make_tun_node`]).
+    pub fn tun_node(&self) -> PathBuf {
+        self.runtime_dir.join("tun")
+    }
+
     /// What a VMM process sees in its jail of this VM: its socket directory and drives
     /// (writable unless read-only), kernel and initrd (read-only), `/dev/kvm` when `kvm`, and
     /// `/dev/net/tun` with a tap; backends add their own files.
@@ -105,10 +110,12 @@ impl VmSpec {
         if kvm {
             devices.push("/dev/kvm".into());
         }
-        if self.tap.is_some() {
-            devices.push("/dev/net/tun".into());
+        let tun = self.tap.as_ref().map(|_| self.tun_node());
+        crate::jail::View {
+            paths,
+            devices,
+            tun,
         }
-        crate::jail::View { paths, devices }
     }
 }
 

@@ -91,6 +91,7 @@ impl QemuVmm {
         View {
             paths: vec![(spec.socket_dir.clone(), Access::ReadWrite)],
             devices: Vec::new(),
+            tun: None,
         }
     }
 
@@ -516,10 +517,8 @@ pub(crate) mod tests {
             view.paths
                 .contains(&("/d/work,1.ext4".into(), Access::ReadOnly))
         );
-        assert_eq!(
-            view.devices,
-            [PathBuf::from("/dev/kvm"), "/dev/net/tun".into()]
-        );
+        assert_eq!(view.devices, [PathBuf::from("/dev/kvm")]);
+        assert_eq!(view.tun, Some(spec().runtime_dir.join("tun")));
         assert_eq!(
             QemuVmm::vhost_view(&spec()).paths,
             [(PathBuf::from("/run/vm1"), Access::ReadWrite)]

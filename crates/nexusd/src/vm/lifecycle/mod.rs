@@ -385,6 +385,16 @@ impl Lifecycle {
                 )
                 .await;
         }
+        if spec.tap.is_some() && self.inner.jailer.enabled() {
+            let (node, uid) = (spec.tun_node(), self.tap_owner(&vm).0);
+            let made =
+                tokio::task::spawn_blocking(move || crate::jail::make_tun_node(&node, uid)).await;
+            if let Err(e) = made.map_err(std::io::Error::other).and_then(|r| r) {
+                self.release_host(id).await;
+                let reason = format!("cannot make the VM's tun device node: {e}");
+                return self.fail_boot(&vm, boot_id, reason).await;
+            }
+        }
         let mut writable = vec![socket_dir.clone(), spec.root_drive.clone()];
         writable.extend(spec.extra_drives.iter().map(|d| d.path.clone()));
         let jail = match self.prepare_jail(&vm, writable).await {
