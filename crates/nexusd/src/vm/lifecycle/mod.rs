@@ -26,7 +26,7 @@ mod supervisor;
 
 use jail::find_jailer;
 pub use supervisor::console_tail;
-use supervisor::launched_watches;
+use supervisor::{launched_watches, read_console_tail};
 
 use super::assets::{BootAssets, Prepared};
 use super::{VmError, VmService};
@@ -357,7 +357,13 @@ impl Lifecycle {
             runtime_dir: dir.clone(),
             console_log: dir.join("console.log"),
         };
-        if let Err(e) = prepare_runtime_dir(&dir, &socket_dir) {
+        let prepared = {
+            let (dir, socket_dir) = (dir.clone(), socket_dir.clone());
+            tokio::task::spawn_blocking(move || prepare_runtime_dir(&dir, &socket_dir))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        if let Err(e) = prepared {
             return self
                 .fail_boot(
                     &vm,
@@ -380,7 +386,9 @@ impl Lifecycle {
             }
         };
         // Console output of earlier boots stays in the log: only what this boot adds counts.
-        let console_start = std::fs::metadata(&spec.console_log).map_or(0, |m| m.len());
+        let console_start = tokio::fs::metadata(&spec.console_log)
+            .await
+            .map_or(0, |m| m.len());
         let t0 = Instant::now();
         let launched = match backend.spawn(&spec, jail.as_ref()).await {
             Ok(l) => l,
@@ -389,7 +397,7 @@ impl Lifecycle {
                 let reason = format!(
                     "{}; console: {}",
                     nexus_lib::error::error_chain(&e),
-                    console_tail(&spec.console_log)
+                    read_console_tail(&spec.console_log).await
                 );
                 return self.fail_boot(&vm, boot_id, reason).await;
             }
@@ -477,7 +485,7 @@ impl Lifecycle {
                     let reason = format!(
                         "{}; console: {}",
                         nexus_lib::error::error_chain(&e),
-                        console_tail(&spec.console_log)
+                        read_console_tail(&spec.console_log).await
                     );
                     live.outcome.set_if_empty(VmState::Failed, reason.clone());
                     let _ = live.signals.send(Signal::SIGKILL);
