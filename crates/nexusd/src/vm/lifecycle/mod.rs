@@ -131,6 +131,10 @@ struct Inner {
     fc_jailer: Option<crate::vmm::JailerSettings>,
     /// The QEMU backend, measured against the host once (its TSC rate, for TCG guests).
     qemu: tokio::sync::OnceCell<Arc<QemuVmm>>,
+    /// The backend every VM gets instead of the host's choice: the fake VMM of unit tests.
+    fixed_backend: Option<(Arc<dyn Vmm>, Accel)>,
+    /// Grace between SIGTERM and SIGKILL when a stop escalates.
+    term_grace: Duration,
     live: Mutex<HashMap<Uuid, Live>>,
 }
 
@@ -167,9 +171,21 @@ impl Lifecycle {
                 host,
                 fc_jailer,
                 qemu: tokio::sync::OnceCell::new(),
+                fixed_backend: None,
+                term_grace: TERM_GRACE,
                 live: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// A life cycle whose VMs all run on `backend` (a fake VMM), with `term_grace` between
+    /// SIGTERM and SIGKILL: unit tests of the life cycle without the host's VMMs.
+    #[cfg(test)]
+    pub(crate) fn with_backend(mut self, backend: Arc<dyn Vmm>, term_grace: Duration) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("a life cycle not yet shared");
+        inner.fixed_backend = Some((backend, Accel::Tcg));
+        inner.term_grace = term_grace;
+        self
     }
 
     fn live(&self, id: Uuid) -> Option<Live> {
@@ -240,6 +256,9 @@ impl Lifecycle {
     }
 
     async fn backend(&self) -> Result<(Arc<dyn Vmm>, Accel), VmError> {
+        if let Some(fixed) = &self.inner.fixed_backend {
+            return Ok(fixed.clone());
+        }
         let cfg = &self.inner.cfg;
         if cfg.vmm == VmmChoice::Firecracker && cfg.firecracker_kernel.is_none() {
             return Err(VmError::NoFirecrackerKernel);
@@ -572,7 +591,7 @@ impl Lifecycle {
             format!("guest did not power off within {timeout:?}; VMM terminated"),
         );
         let _ = live.signals.send(Signal::SIGTERM);
-        if live.wait_exit(TERM_GRACE).await {
+        if live.wait_exit(self.inner.term_grace).await {
             return;
         }
         live.outcome
@@ -734,53 +753,4 @@ fn accel_name(accel: Accel) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sleeper() -> std::process::Child {
-        std::process::Command::new("sleep")
-            .arg("600")
-            .spawn()
-            .unwrap()
-    }
-
-    #[test]
-    fn a_dropped_spawn_guard_kills_the_launched_processes() {
-        let mut child = sleeper();
-
-        drop(SpawnGuard::for_pids([child.id()].into_iter()));
-
-        let status = child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(Signal::SIGKILL as i32)
-        );
-    }
-
-    #[test]
-    fn a_disarmed_spawn_guard_leaves_the_processes_running() {
-        let mut child = sleeper();
-
-        SpawnGuard::for_pids([child.id()].into_iter()).disarm();
-
-        assert!(child.try_wait().unwrap().is_none());
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    #[test]
-    fn module_less_boot_starts_the_agent_from_the_root_drive() {
-        assert_eq!(
-            module_less_cmdline("console=ttyS0 quiet".into()),
-            "console=ttyS0 quiet init=/sbin/nexus-agent"
-        );
-    }
-
-    #[test]
-    fn module_less_boot_keeps_an_explicit_init() {
-        assert_eq!(
-            module_less_cmdline("console=ttyS0 init=/bin/sh".into()),
-            "console=ttyS0 init=/bin/sh"
-        );
-    }
-}
+mod tests;
