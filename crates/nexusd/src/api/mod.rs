@@ -12,6 +12,7 @@ mod health;
 mod images;
 mod limits;
 mod openapi;
+mod parse_errors;
 mod vms;
 
 use std::sync::Arc;
@@ -40,6 +41,7 @@ use error::ApiError;
 
 pub use auth::BearerToken;
 pub use caller::UnixPeer;
+pub use parse_errors::{JsonErrors, JsonErrorsListener};
 
 /// Largest JSON request body accepted.
 pub const MAX_JSON_BODY: usize = 64 * 1024;
