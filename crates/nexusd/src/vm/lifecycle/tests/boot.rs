@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use nexus_lib::api::{AttachDrive, VmState};
+use nexus_lib::api::{AttachDrive, Drive, VmState};
 
 use super::{FakeHost, Timing};
 use crate::drives::DriveError;
@@ -119,21 +119,26 @@ async fn host_starting_a_slow_vm() -> (
     (host, start)
 }
 
+/// A drive change made while VM `a` was starting was refused, and only once the VMM was spawned.
+fn assert_waited_for_the_spawn_and_refused(host: &FakeHost, change: Result<Drive, DriveError>) {
+    assert!(
+        matches!(&change, Err(DriveError::Conflict(m)) if m.contains("stop the VM first")),
+        "{change:?}"
+    );
+    assert_eq!(
+        host.vmm.specs().len(),
+        1,
+        "the drive change did not wait for the VMM to be spawned"
+    );
+}
+
 #[tokio::test]
 async fn detaching_a_drive_while_its_vm_starts_waits_for_the_spawn_and_is_refused() {
     let (host, start) = host_starting_a_slow_vm().await;
 
     let detached = host.drives.detach("a-data").await;
 
-    assert!(
-        matches!(&detached, Err(DriveError::Conflict(m)) if m.contains("stop the VM first")),
-        "{detached:?}"
-    );
-    assert_eq!(
-        host.vmm.specs().len(),
-        1,
-        "the detach did not wait for the VMM to be spawned"
-    );
+    assert_waited_for_the_spawn_and_refused(&host, detached);
     let data = host.drives.get("a-data").await.unwrap();
     assert!(
         host.vmm.specs()[0].extra_drives[0]
@@ -154,15 +159,7 @@ async fn attaching_a_drive_while_the_vm_starts_waits_for_the_spawn_and_is_refuse
 
     let attached = host.drives.attach("loose", req).await;
 
-    assert!(
-        matches!(&attached, Err(DriveError::Conflict(m)) if m.contains("stop the VM first")),
-        "{attached:?}"
-    );
-    assert_eq!(
-        host.vmm.specs().len(),
-        1,
-        "the attach did not wait for the VMM to be spawned"
-    );
+    assert_waited_for_the_spawn_and_refused(&host, attached);
     assert_eq!(host.vmm.specs()[0].extra_drives.len(), 1);
     assert_eq!(host.drives.get("loose").await.unwrap().vm_id, None);
     assert_eq!(start.await.unwrap().unwrap().state, VmState::Running);

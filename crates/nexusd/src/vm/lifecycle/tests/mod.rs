@@ -12,17 +12,17 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use nexus_lib::api::{StorageState, Vm, VmState};
+use nexus_lib::api::{Vm, VmState};
 use uuid::Uuid;
 
 use super::{Lifecycle, LifecycleConfig};
 use crate::drives::DriveService;
 use crate::jail::JailConfig;
 use crate::storage::PoolManager;
+use crate::store::Store;
 use crate::store::drives::{self as drive_rows, DriveRow};
 use crate::store::images::{self as image_rows, ImageRow};
 use crate::store::vms::NewVm;
-use crate::store::{Store, now_ms};
 use crate::vm::VmService;
 use crate::vm::assets::{BootAssets, Prepared};
 use crate::vmm::VmmChoice;
@@ -77,15 +77,7 @@ impl FakeHost {
         let pool = Arc::new(PoolManager::opened_unchecked(&dir.path().join("pool")));
         let drives = DriveService::new(store.clone(), pool.clone());
         let vms = VmService::new(store.clone(), drives.clone());
-        let image = ImageRow {
-            id: Uuid::now_v7(),
-            name: "base".into(),
-            state: StorageState::Ready,
-            size_bytes: 4096,
-            sha256: "00".into(),
-            source: "dir:/fake".into(),
-            created_at_ms: now_ms(),
-        };
+        let image = ImageRow::ready("base");
         store
             .call_blocking(|c| image_rows::insert(c, &image))
             .unwrap();
@@ -102,6 +94,14 @@ impl FakeHost {
             lifecycle,
             image: image.id,
         }
+    }
+
+    /// A host whose VM `a` is running on `vmm`.
+    async fn running(vmm: FakeVmm, timing: Timing) -> Self {
+        let host = Self::with(vmm, timing);
+        host.vm("a").await;
+        host.lifecycle.start("a").await.unwrap();
+        host
     }
 
     /// A second life cycle on the same store and directories: the daemon after a restart.
@@ -227,14 +227,7 @@ fn life_cycle(
 
 fn drive_row(name: &str, image_id: Uuid, vm_id: Option<Uuid>) -> DriveRow {
     DriveRow {
-        id: Uuid::now_v7(),
-        name: name.into(),
-        image_id,
-        size_bytes: 4096,
         vm_id,
-        is_root: false,
-        created_with_vm: false,
-        state: StorageState::Ready,
-        created_at_ms: now_ms(),
+        ..DriveRow::ready(name, image_id)
     }
 }

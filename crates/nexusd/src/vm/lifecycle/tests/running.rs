@@ -15,9 +15,8 @@ use crate::vmm::fake::{CRASH_CODE, EXEC_CANCELLED_LINE, FakeVmm, Guest};
 
 #[tokio::test]
 async fn exec_output_stalling_mid_stream_releases_the_api_request_at_its_timeout() {
-    let host = FakeHost::new(Guest::StallsExec);
-    let vm = host.vm("a").await;
-    host.lifecycle.start("a").await.unwrap();
+    let host = FakeHost::running(FakeVmm::new(Guest::StallsExec), Timing::default()).await;
+    let vm = host.vms.get("a").await.unwrap();
     let req = Request::post("/v1/vms/a/exec")
         .header("content-type", "application/json")
         .body(Body::from(r#"{"argv":["sleep","600"],"timeout_ms":1}"#))
@@ -56,9 +55,8 @@ async fn exec_output_stalling_mid_stream_releases_the_api_request_at_its_timeout
 
 #[tokio::test]
 async fn a_vmm_exiting_unasked_is_recorded_as_crashed_with_its_console() {
-    let host = FakeHost::new(Guest::CrashesAfter(Duration::from_secs(1)));
-    host.vm("a").await;
-    host.lifecycle.start("a").await.unwrap();
+    let vmm = FakeVmm::new(Guest::CrashesAfter(Duration::from_secs(1)));
+    let host = FakeHost::running(vmm, Timing::default()).await;
 
     host.wait_for("a", VmState::Crashed).await;
 
@@ -79,9 +77,7 @@ async fn stop_terminates_a_vmm_whose_guest_ignores_the_poweroff() {
         stop: Duration::from_millis(100),
         ..Timing::default()
     };
-    let host = FakeHost::with(FakeVmm::new(Guest::IgnoresPoweroff), timing);
-    host.vm("a").await;
-    host.lifecycle.start("a").await.unwrap();
+    let host = FakeHost::running(FakeVmm::new(Guest::IgnoresPoweroff), timing).await;
 
     let stopped = host.lifecycle.stop("a").await.unwrap();
 
@@ -99,9 +95,9 @@ async fn stop_kills_a_vmm_that_ignores_the_poweroff_and_sigterm() {
         term_grace: Duration::from_millis(100),
         ..Timing::default()
     };
-    let host = FakeHost::with(FakeVmm::new(Guest::IgnoresPoweroffAndSigterm), timing);
-    let vm = host.vm("a").await;
-    host.lifecycle.start("a").await.unwrap();
+    let vmm = FakeVmm::new(Guest::IgnoresPoweroffAndSigterm);
+    let host = FakeHost::running(vmm, timing).await;
+    let vm = host.vms.get("a").await.unwrap();
 
     let stopped = host.lifecycle.stop("a").await.unwrap();
 
@@ -121,15 +117,18 @@ fn daemon_runtime() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
+/// A host whose VM `a` was started by a daemon that is gone since (its runtime dropped).
+fn started_by_a_daemon_now_gone() -> FakeHost {
+    let before = daemon_runtime();
+    before.block_on(FakeHost::running(
+        FakeVmm::new(Guest::Healthy),
+        Timing::default(),
+    ))
+}
+
 #[test]
 fn a_running_vm_is_readopted_after_a_restart_and_stops_on_request() {
-    let host = FakeHost::new(Guest::Healthy);
-    let before = daemon_runtime();
-    before.block_on(async {
-        host.vm("a").await;
-        host.lifecycle.start("a").await.unwrap();
-    });
-    drop(before);
+    let host = started_by_a_daemon_now_gone();
     let after = daemon_runtime();
 
     let (state, hostname, stopped) = after.block_on(async {
@@ -153,13 +152,7 @@ fn a_running_vm_is_readopted_after_a_restart_and_stops_on_request() {
 
 #[test]
 fn a_vmm_gone_while_the_daemon_was_down_is_recorded_as_crashed() {
-    let host = FakeHost::new(Guest::Healthy);
-    let before = daemon_runtime();
-    before.block_on(async {
-        host.vm("a").await;
-        host.lifecycle.start("a").await.unwrap();
-    });
-    drop(before);
+    let host = started_by_a_daemon_now_gone();
     host.vmm.kill_all();
     let after = daemon_runtime();
 
