@@ -223,7 +223,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
     servers.spawn(async move {
         // Each connection records its peer's credentials, which decide what it may import.
         axum::serve(
-            unix,
+            api::JsonErrorsListener(unix),
             unix_app.into_make_service_with_connect_info::<UnixPeer>(),
         )
         .with_graceful_shutdown(stop.cancelled_owned())

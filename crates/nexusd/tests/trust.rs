@@ -11,42 +11,13 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use common::{TestDaemon, sample_tree};
-
-const TOKEN: &str = "t0ps3cret-token";
-
-/// A nexusd with a TCP listener on a free loopback port, the token in `<home>/token`, `extra`
-/// flags, and a human-format log (the format where a raw newline would forge a line).
-fn tcp_daemon(extra: &[&str]) -> TestDaemon {
-    let home = tempfile::tempdir().unwrap();
-    let token = home.path().join("token");
-    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
-    let mut args = vec![
-        "--tcp-listen",
-        "127.0.0.1:0",
-        "--tcp-token-file",
-        token.to_str().unwrap(),
-        "--log-format",
-        "human",
-    ];
-    args.extend_from_slice(extra);
-    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
-    let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    TestDaemon::start_logged(home, &args)
-}
+use common::{TCP_TOKEN as TOKEN, TestDaemon, sample_tree, tcp_addr, tcp_daemon};
 
 fn tcp_storage_daemon(extra: &[&str]) -> TestDaemon {
     common::require_storage_prerequisites();
     let mut args = vec!["--pool-size", "1G"];
     args.extend_from_slice(extra);
     tcp_daemon(&args)
-}
-
-fn tcp_addr(d: &TestDaemon) -> String {
-    std::fs::read_to_string(d.home().join("run/tcp.addr"))
-        .unwrap()
-        .trim()
-        .to_owned()
 }
 
 /// One HTTP/1.1 request over a fresh TCP connection; the status and the body.

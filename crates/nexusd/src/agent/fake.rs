@@ -41,17 +41,24 @@ impl FakeAgent {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("vsock.sock");
         let listener = UnixListener::bind(&path).unwrap();
-        let handler: Handler = Arc::new(handler);
-        let server = tokio::spawn(async move {
-            while let Ok((stream, _)) = listener.accept().await {
-                tokio::spawn(serve_connection(stream, handler.clone()));
-            }
-        });
+        let server = tokio::spawn(serve_on(listener, handler));
         Self {
             _dir: dir,
             path,
             server,
         }
+    }
+}
+
+/// Serves the hybrid-vsock handshake and then the agent protocol, with `handler`, on every
+/// connection to `listener` (a fake VMM's vsock socket, for one).
+pub(crate) async fn serve_on(
+    listener: UnixListener,
+    handler: impl Fn(Request<Incoming>) -> Response<FakeBody> + Send + Sync + 'static,
+) {
+    let handler: Handler = Arc::new(handler);
+    while let Ok((stream, _)) = listener.accept().await {
+        tokio::spawn(serve_connection(stream, handler.clone()));
     }
 }
 
@@ -88,6 +95,17 @@ pub(crate) fn streaming_reply(
             Ok::<_, Infallible>(Frame::data(b))
         });
     Response::new(UnsyncBoxBody::new(StreamBody::new(frames)))
+}
+
+/// A reply with status `status` and `body` as JSON.
+pub(crate) fn json_reply(
+    status: http::StatusCode,
+    body: &impl serde::Serialize,
+) -> Response<FakeBody> {
+    let bytes = Bytes::from(serde_json::to_vec(body).unwrap());
+    let mut resp = Response::new(UnsyncBoxBody::new(http_body_util::Full::new(bytes)));
+    *resp.status_mut() = status;
+    resp
 }
 
 /// A stream that never yields: a guest that stalls.

@@ -10,6 +10,7 @@ use axum::http::request::Parts;
 use axum::serve::IncomingStream;
 use tokio::net::UnixListener;
 
+use super::JsonErrorsListener;
 use crate::hostpath::{Caller, PeerCred};
 
 /// Connection info of the Unix listener: the peer's credentials, `None` if the kernel would not
@@ -17,9 +18,9 @@ use crate::hostpath::{Caller, PeerCred};
 #[derive(Debug, Clone)]
 pub struct UnixPeer(pub Option<PeerCred>);
 
-impl Connected<IncomingStream<'_, UnixListener>> for UnixPeer {
-    fn connect_info(stream: IncomingStream<'_, UnixListener>) -> Self {
-        match PeerCred::of(stream.io()) {
+impl Connected<IncomingStream<'_, JsonErrorsListener<UnixListener>>> for UnixPeer {
+    fn connect_info(stream: IncomingStream<'_, JsonErrorsListener<UnixListener>>) -> Self {
+        match PeerCred::of(stream.io().get_ref()) {
             Ok(cred) => Self(Some(cred)),
             Err(e) => {
                 tracing::warn!(error = %e, "cannot read the credentials of a Unix-socket peer");

@@ -1,8 +1,8 @@
 //! Request-size limits answered with the API's JSON error body: a request target longer than
 //! [`MAX_URI_BYTES`] is 414, more than [`MAX_HEADERS`] headers or more than [`MAX_HEADER_BYTES`] of
 //! them 431. hyper has its own, larger limits (a 64 KiB target, 100 headers, a ~400 KiB read
-//! buffer) that it answers itself, before routing, with an empty body; these smaller ones come
-//! first, so a client sees hyper's answer only far beyond anything the API documents.
+//! buffer) that it answers itself, before routing, with an empty body; `parse_errors.rs` gives
+//! those answers (and hyper's 400 for a malformed request) the JSON body of [`unparsed`].
 
 use axum::extract::Request;
 use axum::http::StatusCode;
@@ -50,6 +50,28 @@ fn check(req: &Request) -> Option<ApiError> {
         ));
     }
     None
+}
+
+/// The error of a request hyper refused to parse, by the status hyper chose (see
+/// `parse_errors.rs`): its own limits are larger than these, and not told to us.
+pub(super) fn unparsed(status: StatusCode) -> ApiError {
+    match status {
+        StatusCode::URI_TOO_LONG => ApiError::new(
+            status,
+            "uri_too_long",
+            format!("the request target is too long; at most {MAX_URI_BYTES} bytes are accepted"),
+        ),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => ApiError::new(
+            status,
+            "headers_too_large",
+            format!(
+                "the header section is too large; at most {MAX_HEADERS} headers and {MAX_HEADER_BYTES} bytes are accepted"
+            ),
+        ),
+        _ => ApiError::bad_request(
+            "the request could not be parsed as HTTP/1.1 (malformed request line or header)",
+        ),
+    }
 }
 
 #[cfg(test)]

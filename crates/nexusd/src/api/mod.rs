@@ -13,6 +13,7 @@ mod images;
 mod limits;
 mod network;
 mod openapi;
+mod parse_errors;
 mod vms;
 
 use std::sync::Arc;
@@ -41,6 +42,7 @@ use error::ApiError;
 
 pub use auth::BearerToken;
 pub use caller::UnixPeer;
+pub use parse_errors::{JsonErrors, JsonErrorsListener};
 
 /// Largest JSON request body accepted.
 pub const MAX_JSON_BODY: usize = 64 * 1024;

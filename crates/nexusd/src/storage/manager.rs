@@ -26,6 +26,16 @@ impl PoolManager {
         }
     }
 
+    /// A pool already open at `root`, which is not checked to be btrfs: for unit tests that need
+    /// the paths of drives but never make a subvolume.
+    #[cfg(test)]
+    pub(crate) fn opened_unchecked(root: &std::path::Path) -> Self {
+        Self {
+            config: PoolConfig::Dir(root.to_owned()),
+            open: Mutex::new(Some((Pool::unchecked(root), Storage::unchecked(root)))),
+        }
+    }
+
     pub fn config(&self) -> &PoolConfig {
         &self.config
     }

@@ -56,6 +56,16 @@ pub struct Pool {
 }
 
 impl Pool {
+    /// A pool at `root` that is neither checked nor mounted (see [`super::Storage::unchecked`]).
+    #[cfg(test)]
+    pub(crate) fn unchecked(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+            mounted_by_us: false,
+            owner_file: None,
+        }
+    }
+
     /// Opens the pool `config` describes, formatting and mounting the embedded image when needed.
     pub fn open(config: &PoolConfig) -> Result<Self, StorageError> {
         match config {

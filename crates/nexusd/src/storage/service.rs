@@ -70,6 +70,15 @@ pub struct Storage {
 }
 
 impl Storage {
+    /// Storage rooted at `root`, which is not checked or touched: for unit tests that need the
+    /// paths of drives but never make a subvolume.
+    #[cfg(test)]
+    pub(crate) fn unchecked(root: &Path) -> Self {
+        Self {
+            root: root.to_owned(),
+        }
+    }
+
     /// Uses the pool rooted at `root` (checked to be btrfs), creating `images/`, `drives/` and `tmp/`.
     pub fn open(root: &Path) -> Result<Self, StorageError> {
         btrfs::ensure_btrfs(root)?;

@@ -40,6 +40,22 @@ impl DriveRow {
             created_at: rfc3339_ms(self.created_at_ms),
         }
     }
+
+    /// A ready, detached drive row named `name`, for tests that need one without a subvolume.
+    #[cfg(test)]
+    pub(crate) fn ready(name: &str, image_id: Uuid) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            name: name.into(),
+            image_id,
+            size_bytes: 4096,
+            vm_id: None,
+            is_root: false,
+            created_with_vm: false,
+            state: StorageState::Ready,
+            created_at_ms: super::now_ms(),
+        }
+    }
 }
 
 /// Why a guarded change was refused; nothing was written.
@@ -356,37 +372,19 @@ pub fn mark_broken(conn: &Connection, id: Uuid) -> Result<(), StoreError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::Store;
     use crate::store::images::{self, ImageRow};
-    use crate::store::{Store, now_ms};
 
     fn store_with_image() -> (tempfile::TempDir, Store, Uuid) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).unwrap();
-        let image = ImageRow {
-            id: Uuid::now_v7(),
-            name: "base".into(),
-            state: StorageState::Ready,
-            size_bytes: 4096,
-            sha256: "00".into(),
-            source: "dir:/x".into(),
-            created_at_ms: now_ms(),
-        };
+        let image = ImageRow::ready("base");
         store.call_blocking(|c| images::insert(c, &image)).unwrap();
         (dir, store, image.id)
     }
 
     fn drive(name: &str, image_id: Uuid) -> DriveRow {
-        DriveRow {
-            id: Uuid::now_v7(),
-            name: name.into(),
-            image_id,
-            size_bytes: 4096,
-            vm_id: None,
-            is_root: false,
-            created_with_vm: false,
-            state: StorageState::Ready,
-            created_at_ms: now_ms(),
-        }
+        DriveRow::ready(name, image_id)
     }
 
     fn vm(name: &str) -> NewVm {

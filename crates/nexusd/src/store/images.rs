@@ -32,6 +32,20 @@ impl ImageRow {
             created_at: rfc3339_ms(self.created_at_ms),
         }
     }
+
+    /// A ready image row named `name`, for tests that need one without a subvolume.
+    #[cfg(test)]
+    pub(crate) fn ready(name: &str) -> Self {
+        Self {
+            id: Uuid::now_v7(),
+            name: name.into(),
+            state: StorageState::Ready,
+            size_bytes: 4096,
+            sha256: "00".into(),
+            source: "dir:/x".into(),
+            created_at_ms: super::now_ms(),
+        }
+    }
 }
 
 /// Outcome of an insert that may clash on the name.

@@ -1,6 +1,6 @@
 //! The optional TCP listener's server loop: a cap on open connections, a deadline for each
-//! request's headers (and for the TLS handshake), TLS when configured, HTTP/1.1 only, and a
-//! graceful stop. `axum::serve` has none of the first three, and an idle unauthenticated
+//! request's headers (and for the TLS handshake), TLS when configured, HTTP/1.1 only, hyper's own
+//! parse-error answers given the JSON error body (`api::JsonErrors`), and a graceful stop. `axum::serve` has none of the first three, and an idle unauthenticated
 //! connection otherwise stays open for ever (3,000 of them cost 180 MB).
 //!
 //! Over the cap a new connection is accepted and closed at once: the client sees the refusal
@@ -18,6 +18,8 @@ use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+
+use crate::api::JsonErrors;
 
 pub use tls::{TlsError, load_tls};
 
@@ -86,11 +88,13 @@ pub async fn serve(
                     else {
                         return;
                     };
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    let conn =
+                        http.serve_connection(TokioIo::new(JsonErrors::new(stream)), service);
                     watcher.watch(conn).await
                 }
                 None => {
-                    let conn = http.serve_connection(TokioIo::new(stream), service);
+                    let conn =
+                        http.serve_connection(TokioIo::new(JsonErrors::new(stream)), service);
                     watcher.watch(conn).await
                 }
             };

@@ -52,6 +52,17 @@ impl BootAssets {
         }
     }
 
+    /// Assets already prepared (for unit tests: nothing is unpacked or built).
+    #[cfg(test)]
+    pub(crate) fn ready(prepared: Prepared) -> Self {
+        Self {
+            kernel_dir: PathBuf::new(),
+            assets_dir: PathBuf::new(),
+            agent: None,
+            ready: tokio::sync::Mutex::new(Some(prepared)),
+        }
+    }
+
     /// The prepared assets, preparing them on first use.
     pub async fn get(&self) -> Result<Prepared, AssetError> {
         let mut ready = self.ready.lock().await;

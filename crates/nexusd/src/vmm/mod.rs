@@ -7,6 +7,8 @@
 
 mod accel;
 mod console;
+#[cfg(test)]
+pub(crate) mod fake;
 mod firecracker;
 mod firecracker_logs;
 pub mod jailer;

@@ -470,3 +470,34 @@ pub fn require_boot_prerequisites() {
         "VM tests need a static busybox for the default image (apt-get install busybox-static)"
     );
 }
+
+/// The bearer token of [`tcp_daemon`].
+pub const TCP_TOKEN: &str = "t0ps3cret-token";
+
+/// A nexusd with a TCP listener on a free loopback port, the token in `<home>/token`, `extra`
+/// flags, and a human-format log (the format where a raw newline would forge a line).
+pub fn tcp_daemon(extra: &[&str]) -> TestDaemon {
+    let home = tempfile::tempdir().unwrap();
+    let token = home.path().join("token");
+    std::fs::write(&token, format!("{TCP_TOKEN}\n")).unwrap();
+    let mut args = vec![
+        "--tcp-listen",
+        "127.0.0.1:0",
+        "--tcp-token-file",
+        token.to_str().unwrap(),
+        "--log-format",
+        "human",
+    ];
+    args.extend_from_slice(extra);
+    let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    TestDaemon::start_logged(home, &args)
+}
+
+/// The address the TCP listener of `d` bound.
+pub fn tcp_addr(d: &TestDaemon) -> String {
+    std::fs::read_to_string(d.home().join("run/tcp.addr"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}

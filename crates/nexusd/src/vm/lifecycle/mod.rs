@@ -26,7 +26,7 @@ mod supervisor;
 
 use jail::find_jailer;
 pub use supervisor::console_tail;
-use supervisor::launched_watches;
+use supervisor::{launched_watches, read_console_tail};
 
 use super::assets::{BootAssets, Prepared};
 use super::{VmError, VmService};
@@ -131,6 +131,10 @@ struct Inner {
     fc_jailer: Option<crate::vmm::JailerSettings>,
     /// The QEMU backend, measured against the host once (its TSC rate, for TCG guests).
     qemu: tokio::sync::OnceCell<Arc<QemuVmm>>,
+    /// The backend every VM gets instead of the host's choice: the fake VMM of unit tests.
+    fixed_backend: Option<(Arc<dyn Vmm>, Accel)>,
+    /// Grace between SIGTERM and SIGKILL when a stop escalates.
+    term_grace: Duration,
     live: Mutex<HashMap<Uuid, Live>>,
 }
 
@@ -167,9 +171,21 @@ impl Lifecycle {
                 host,
                 fc_jailer,
                 qemu: tokio::sync::OnceCell::new(),
+                fixed_backend: None,
+                term_grace: TERM_GRACE,
                 live: Mutex::new(HashMap::new()),
             }),
         }
+    }
+
+    /// A life cycle whose VMs all run on `backend` (a fake VMM), with `term_grace` between
+    /// SIGTERM and SIGKILL: unit tests of the life cycle without the host's VMMs.
+    #[cfg(test)]
+    pub(crate) fn with_backend(mut self, backend: Arc<dyn Vmm>, term_grace: Duration) -> Self {
+        let inner = Arc::get_mut(&mut self.inner).expect("a life cycle not yet shared");
+        inner.fixed_backend = Some((backend, Accel::Tcg));
+        inner.term_grace = term_grace;
+        self
     }
 
     fn live(&self, id: Uuid) -> Option<Live> {
@@ -240,6 +256,9 @@ impl Lifecycle {
     }
 
     async fn backend(&self) -> Result<(Arc<dyn Vmm>, Accel), VmError> {
+        if let Some(fixed) = &self.inner.fixed_backend {
+            return Ok(fixed.clone());
+        }
         let cfg = &self.inner.cfg;
         if cfg.vmm == VmmChoice::Firecracker && cfg.firecracker_kernel.is_none() {
             return Err(VmError::NoFirecrackerKernel);
@@ -375,7 +394,13 @@ impl Lifecycle {
             runtime_dir: dir.clone(),
             console_log: dir.join("console.log"),
         };
-        if let Err(e) = prepare_runtime_dir(&dir, &socket_dir) {
+        let prepared = {
+            let (dir, socket_dir) = (dir.clone(), socket_dir.clone());
+            tokio::task::spawn_blocking(move || prepare_runtime_dir(&dir, &socket_dir))
+                .await
+                .unwrap_or_else(|e| Err(std::io::Error::other(e)))
+        };
+        if let Err(e) = prepared {
             self.release_host(id).await;
             return self
                 .fail_boot(
@@ -409,7 +434,9 @@ impl Lifecycle {
             }
         };
         // Console output of earlier boots stays in the log: only what this boot adds counts.
-        let console_start = std::fs::metadata(&spec.console_log).map_or(0, |m| m.len());
+        let console_start = tokio::fs::metadata(&spec.console_log)
+            .await
+            .map_or(0, |m| m.len());
         let t0 = Instant::now();
         let launched = match backend.spawn(&spec, jail.as_ref()).await {
             Ok(l) => l,
@@ -418,7 +445,7 @@ impl Lifecycle {
                 let reason = format!(
                     "{}; console: {}",
                     nexus_lib::error::error_chain(&e),
-                    console_tail(&spec.console_log)
+                    read_console_tail(&spec.console_log).await
                 );
                 return self.fail_boot(&vm, boot_id, reason).await;
             }
@@ -506,7 +533,7 @@ impl Lifecycle {
                     let reason = format!(
                         "{}; console: {}",
                         nexus_lib::error::error_chain(&e),
-                        console_tail(&spec.console_log)
+                        read_console_tail(&spec.console_log).await
                     );
                     live.outcome.set_if_empty(VmState::Failed, reason.clone());
                     let _ = live.signals.send(Signal::SIGKILL);
@@ -593,7 +620,7 @@ impl Lifecycle {
             format!("guest did not power off within {timeout:?}; VMM terminated"),
         );
         let _ = live.signals.send(Signal::SIGTERM);
-        if live.wait_exit(TERM_GRACE).await {
+        if live.wait_exit(self.inner.term_grace).await {
             return;
         }
         live.outcome
@@ -755,53 +782,4 @@ fn accel_name(accel: Accel) -> &'static str {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn sleeper() -> std::process::Child {
-        std::process::Command::new("sleep")
-            .arg("600")
-            .spawn()
-            .unwrap()
-    }
-
-    #[test]
-    fn a_dropped_spawn_guard_kills_the_launched_processes() {
-        let mut child = sleeper();
-
-        drop(SpawnGuard::for_pids([child.id()].into_iter()));
-
-        let status = child.wait().unwrap();
-        assert_eq!(
-            std::os::unix::process::ExitStatusExt::signal(&status),
-            Some(Signal::SIGKILL as i32)
-        );
-    }
-
-    #[test]
-    fn a_disarmed_spawn_guard_leaves_the_processes_running() {
-        let mut child = sleeper();
-
-        SpawnGuard::for_pids([child.id()].into_iter()).disarm();
-
-        assert!(child.try_wait().unwrap().is_none());
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
-
-    #[test]
-    fn module_less_boot_starts_the_agent_from_the_root_drive() {
-        assert_eq!(
-            module_less_cmdline("console=ttyS0 quiet".into()),
-            "console=ttyS0 quiet init=/sbin/nexus-agent"
-        );
-    }
-
-    #[test]
-    fn module_less_boot_keeps_an_explicit_init() {
-        assert_eq!(
-            module_less_cmdline("console=ttyS0 init=/bin/sh".into()),
-            "console=ttyS0 init=/bin/sh"
-        );
-    }
-}
+mod tests;

@@ -12,7 +12,7 @@ use nexus_lib::api::{Vm, VmState};
 use nix::sys::signal::Signal;
 
 use super::Lifecycle;
-use super::supervisor::console_tail;
+use super::supervisor::read_console_tail;
 use crate::agent::AgentClient;
 use crate::store::now_ms;
 use crate::store::runtime::{self, RuntimeRow};
@@ -42,8 +42,8 @@ impl Lifecycle {
                 VmState::Starting | VmState::Running | VmState::Stopping
             );
             match row {
-                Some(row) if live_state => match adoptable(&row) {
-                    Ok(vmm) => self.adopt(&vm, row, vmm),
+                Some(row) if live_state => match adoptable_off_runtime(&row).await {
+                    Ok((vmm, helper)) => self.adopt(&vm, row, vmm, helper),
                     Err(e) => {
                         tracing::info!(vm = %vm.name, reason = %e, "VMM not re-adoptable");
                         self.record_lost(&vm, Some(row), &processes).await?;
@@ -102,13 +102,7 @@ impl Lifecycle {
         .await;
     }
 
-    fn adopt(&self, vm: &Vm, row: RuntimeRow, vmm: Watch) {
-        let helper = match (row.helper_pid, row.helper_start_ticks) {
-            (Some(pid), Some(ticks)) => Watch::adopt(pid)
-                .ok()
-                .filter(|_| is_same_process(pid, ticks, &row.runtime_dir)),
-            _ => None,
-        };
+    fn adopt(&self, vm: &Vm, row: RuntimeRow, vmm: Watch, helper: Option<Watch>) {
         let dir = PathBuf::from(&row.runtime_dir);
         let live = self.spawn_supervisor(
             vm,
@@ -189,10 +183,7 @@ impl Lifecycle {
             VmState::Starting => VmState::Failed,
             _ => VmState::Crashed,
         };
-        let log = self.console_log(id);
-        let tail = tokio::task::spawn_blocking(move || console_tail(&log))
-            .await
-            .unwrap_or_default();
+        let tail = read_console_tail(&self.console_log(id)).await;
         let reason = format!("VMM exited while nexusd was not running; console: {tail}");
         tracing::warn!(vm = %vm.name, state = %to, "VM's VMM is gone");
         self.inner
@@ -203,17 +194,31 @@ impl Lifecycle {
     }
 }
 
+/// [`adoptable`] on a blocking thread (it reads `/proc`).
+async fn adoptable_off_runtime(row: &RuntimeRow) -> Result<(Watch, Option<Watch>), String> {
+    let row = row.clone();
+    tokio::task::spawn_blocking(move || adoptable(&row))
+        .await
+        .unwrap_or_else(|e| Err(format!("adoption check failed: {e}")))
+}
+
 /// Opens a pidfd on the recorded VMM first and only then checks that it is still the same
-/// process, so a pid reused in between cannot be adopted.
-fn adoptable(row: &RuntimeRow) -> Result<Watch, String> {
+/// process, so a pid reused in between cannot be adopted; the same for its helper, which is
+/// simply not watched when it is gone.
+fn adoptable(row: &RuntimeRow) -> Result<(Watch, Option<Watch>), String> {
     let vmm = Watch::adopt(row.vmm_pid).map_err(|e| format!("pid {}: {e}", row.vmm_pid))?;
     // The VM's id, not its runtime directory: a Firecracker the jailer exec'd in place (same pid
     // and start time) carries only chroot-relative paths and `--id <vm-id>` on its command line.
-    if is_same_process(row.vmm_pid, row.vmm_start_ticks, &row.vm_id.to_string()) {
-        Ok(vmm)
-    } else {
-        Err(format!("pid {} is no longer the VMM", row.vmm_pid))
+    if !is_same_process(row.vmm_pid, row.vmm_start_ticks, &row.vm_id.to_string()) {
+        return Err(format!("pid {} is no longer the VMM", row.vmm_pid));
     }
+    let helper = match (row.helper_pid, row.helper_start_ticks) {
+        (Some(pid), Some(ticks)) => Watch::adopt(pid)
+            .ok()
+            .filter(|_| is_same_process(pid, ticks, &row.runtime_dir)),
+        _ => None,
+    };
+    Ok((vmm, helper))
 }
 
 /// A running VMM or vsock backend, as `/proc` showed it at recovery.

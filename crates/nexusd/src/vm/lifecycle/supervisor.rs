@@ -155,15 +155,19 @@ impl Lifecycle {
             })
             .await?;
         let current = self.inner.vms.get(&id.to_string()).await?.state;
+        let tail = match current {
+            VmState::Stopping => String::new(),
+            _ => read_console_tail(log).await,
+        };
         let default = || match current {
             VmState::Stopping => (VmState::Stopped, format!("VMM {how}")),
             VmState::Starting => (
                 VmState::Failed,
-                format!("VMM {how} during boot; console: {}", console_tail(log)),
+                format!("VMM {how} during boot; console: {tail}"),
             ),
             _ => (
                 VmState::Crashed,
-                format!("VMM {how} unasked; console: {}", console_tail(log)),
+                format!("VMM {how} unasked; console: {tail}"),
             ),
         };
         // An outcome decided by a stop or a failed boot wins when the state allows it; otherwise
@@ -181,7 +185,11 @@ impl Lifecycle {
         // Firecracker's own error (stderr, log) of this boot, for a VM that failed or crashed.
         let reason = match (to, backend.as_deref(), log.parent()) {
             (VmState::Failed | VmState::Crashed, Some("firecracker"), Some(dir)) => {
-                match failure_detail(dir, boot_id) {
+                let dir = dir.to_owned();
+                let detail = tokio::task::spawn_blocking(move || failure_detail(&dir, boot_id))
+                    .await
+                    .unwrap_or_default();
+                match detail {
                     detail if detail.is_empty() => reason,
                     detail => format!("{reason}; firecracker {detail}"),
                 }
@@ -227,6 +235,14 @@ async fn stop_helper(mut helper: Watch) {
         helper.signal(Signal::SIGKILL);
         let _ = tokio::time::timeout(Duration::from_secs(5), helper.wait()).await;
     }
+}
+
+/// [`console_tail`], read on a blocking thread.
+pub(super) async fn read_console_tail(log: &Path) -> String {
+    let log = log.to_owned();
+    tokio::task::spawn_blocking(move || console_tail(&log))
+        .await
+        .unwrap_or_else(|_| "(console unreadable)".into())
 }
 
 /// The last bytes of the console, printable, for error reasons.
