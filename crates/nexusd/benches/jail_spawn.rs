@@ -31,6 +31,7 @@ fn main() {
             (drive.clone(), Access::ReadWrite),
         ],
         devices: vec![],
+        tun: None,
     };
     let program = Path::new("/usr/bin/true");
 
