@@ -326,7 +326,7 @@ macro_rules! string_wire_type {
                 ObjectBuilder::new()
                     .schema_type(Type::String)
                     .pattern(Some($pattern))
-                    .max_length(Some(MAX_DOMAIN_LEN + 2))
+                    .max_length(Some(MAX_DOMAIN_LEN))
                     .description(Some($desc))
                     .into()
             }
