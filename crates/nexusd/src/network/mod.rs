@@ -6,6 +6,7 @@ pub mod dns;
 pub mod link;
 pub mod nft;
 mod service;
+pub mod sysctl;
 
 pub use service::{NetworkError, NetworkService};
 

@@ -17,7 +17,7 @@ use nexus_lib::api::{
 use uuid::Uuid;
 
 use super::dns::{ClientPolicy, DnsConfig, DnsServer, EgressHooks, VmKey};
-use super::{NetworkSettings, link, nft};
+use super::{NetworkSettings, link, nft, sysctl};
 use crate::store::network::{self as rows, NetworkRow, NewNetwork, gateway_of};
 use crate::store::{Store, StoreError};
 use crate::vmm::{GuestNet, TapSpec};
@@ -63,7 +63,7 @@ pub enum NetworkError {
     #[error("cannot talk to the kernel's network configuration")]
     Open(#[from] link::OpenError),
     #[error("cannot set a network sysctl")]
-    Sysctl(#[from] link::SysctlError),
+    Sysctl(#[from] sysctl::SysctlError),
     #[error("cannot change nexusd's nftables tables")]
     Nft(#[from] nft::NftError),
     #[error("cannot start the VMs' DNS resolver on {addr}")]
@@ -414,7 +414,7 @@ impl NetworkService {
         nl.ensure_bridge(&s.bridge, gateway, subnet.prefix(), s.mtu)
             .await?;
         self.enable_forwarding().await?;
-        link::Sysctl::default().set_route_localnet(&s.bridge, true)?;
+        sysctl::Sysctl::default().set_route_localnet(&s.bridge, true)?;
         let uplink = match &s.uplink {
             Some(u) => Some(u.clone()),
             None => nl.default_route_dev().await?,
@@ -456,7 +456,7 @@ impl NetworkService {
     }
 
     async fn enable_forwarding(&self) -> Result<(), NetworkError> {
-        let sysctl = link::Sysctl::default();
+        let sysctl = sysctl::Sysctl::default();
         if sysctl.ip_forward()? {
             return Ok(());
         }
@@ -581,7 +581,7 @@ impl NetworkService {
             .call(|c| rows::forwarding_set_by_us(c))
             .await?
         {
-            link::Sysctl::default().set_ip_forward(false)?;
+            sysctl::Sysctl::default().set_ip_forward(false)?;
             self.inner
                 .store
                 .call(|c| rows::set_forwarding_set_by_us(c, false))
