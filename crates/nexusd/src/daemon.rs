@@ -348,14 +348,7 @@ async fn reconcile_network(state: &AppState) {
     let live: Vec<uuid::Uuid> = match state.vms.list(None).await {
         Ok(vms) => vms
             .into_iter()
-            .filter(|v| {
-                matches!(
-                    v.state,
-                    nexus_lib::api::VmState::Starting
-                        | nexus_lib::api::VmState::Running
-                        | nexus_lib::api::VmState::Stopping
-                )
-            })
+            .filter(|v| crate::vm::state::is_live(v.state))
             .map(|v| v.id)
             .collect(),
         Err(e) => {

@@ -387,6 +387,18 @@ impl Settings {
     }
 }
 
+/// The first `bytes` bytes of the SHA-256 of `data_dir`, in hex: names what one daemon owns on
+/// the host (its cgroup parent, its taps), so daemons on different homes never touch each
+/// other's.
+pub fn data_dir_tag(data_dir: &std::path::Path, bytes: usize) -> String {
+    use sha2::{Digest, Sha256};
+    use std::os::unix::ffi::OsStrExt;
+    Sha256::digest(data_dir.as_os_str().as_bytes())[..bytes]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
 /// `vhost-device-vsock` from PATH, else where `cargo install` puts it.
 fn default_vhost_vsock() -> PathBuf {
     let name = "vhost-device-vsock";

@@ -78,10 +78,7 @@ impl JailConfig {
 /// that daemons on other homes (tests run many at once) never take each other's cgroups for
 /// orphans.
 pub fn default_cgroup_parent(data_dir: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(data_dir.as_os_str().as_bytes());
-    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-    format!("nexus/{hex}")
+    format!("nexus/{}", crate::settings::data_dir_tag(data_dir, 4))
 }
 
 /// Why a jail could not be set up; the VM then fails to start with this as its reason.

@@ -11,7 +11,6 @@ pub mod sysctl;
 pub use service::{NetworkError, NetworkService};
 
 use std::net::SocketAddr;
-use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
 use nexus_lib::api::{EgressPolicy, Ipv4Cidr, NetworkMode};
@@ -56,7 +55,5 @@ impl NetworkSettings {
 /// `nx` and the first 4 hex digits of the SHA-256 of `data_dir`: with a key of up to 9 digits,
 /// a tap name stays within Linux's 15 bytes.
 pub fn tap_prefix(data_dir: &Path) -> String {
-    use sha2::{Digest, Sha256};
-    let digest = Sha256::digest(data_dir.as_os_str().as_bytes());
-    format!("nx{:02x}{:02x}", digest[0], digest[1])
+    format!("nx{}", crate::settings::data_dir_tag(data_dir, 2))
 }

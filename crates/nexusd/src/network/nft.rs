@@ -528,6 +528,11 @@ pub fn set_egress(h: &HostSpec, vm: &VmRules) -> Batch {
 pub const MIN_ADMIT: Duration = Duration::from_secs(30);
 pub const MAX_ADMIT: Duration = Duration::from_secs(24 * 3600);
 
+/// How long an address resolved with `ttl` stays admitted.
+pub fn admit_time(ttl: Duration) -> Duration {
+    ttl.clamp(MIN_ADMIT, MAX_ADMIT)
+}
+
 /// Admits `addrs` (each for its TTL, clamped to [`MIN_ADMIT`]..=[`MAX_ADMIT`]) to VM `key`'s
 /// DNS set. Adding an address already there sets its new timeout.
 pub fn allow_resolved(h: &HostSpec, key: u32, addrs: &[(Ipv4Addr, Duration)]) -> Batch {
@@ -535,7 +540,7 @@ pub fn allow_resolved(h: &HostSpec, key: u32, addrs: &[(Ipv4Addr, Duration)]) ->
     let elem: Vec<Value> = addrs
         .iter()
         .map(|(ip, ttl)| {
-            json!({ "elem": { "val": ip.to_string(), "timeout": ttl.clamp(&MIN_ADMIT, &MAX_ADMIT).as_secs() } })
+            json!({ "elem": { "val": ip.to_string(), "timeout": admit_time(*ttl).as_secs() } })
         })
         .collect();
     if !elem.is_empty() {

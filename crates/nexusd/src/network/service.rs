@@ -428,11 +428,7 @@ impl NetworkService {
         };
         let vms: Vec<nft::VmRules> = attached.values().filter_map(|(_, r)| vm_rules(r)).collect();
         nft::rebuild(&spec, &vms, true).await?;
-        let upstream = match &s.dns {
-            Some(servers) => servers.clone(),
-            None => super::dns::upstream_from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))
-                .unwrap_or_default(),
-        };
+        let upstream = self.upstream();
         let listen = SocketAddr::new(gateway.into(), 53);
         let dns = DnsServer::start(
             DnsConfig::new(listen, upstream.clone()),
@@ -476,8 +472,8 @@ impl NetworkService {
         let nat = self.inner.store.call(|c| rows::list_nat(c)).await?;
         let attached: HashMap<Uuid, (String, NetworkRow)> = nat
             .into_iter()
-            .filter(|(_, _, row)| live.contains(&row.vm_id))
-            .map(|(name, _, row)| (row.vm_id, (name, row)))
+            .filter(|(_, row)| live.contains(&row.vm_id))
+            .map(|(name, row)| (row.vm_id, (name, row)))
             .collect();
         let bridge_exists = nl()?
             .list_links()
@@ -618,7 +614,7 @@ impl NetworkService {
         let nat = self.inner.store.call(|c| rows::list_nat(c)).await?;
         let vms = nat
             .into_iter()
-            .filter_map(|(name, _, row)| {
+            .filter_map(|(name, row)| {
                 Some(NetworkVm {
                     name,
                     ip: row.ip?,
@@ -636,13 +632,9 @@ impl NetworkService {
                 Err(_) => None,
             },
         };
-        let upstream = match (&*host, &s.dns) {
-            (Some(up), _) => up.upstream.clone(),
-            (None, Some(d)) => d.clone(),
-            (None, None) => {
-                super::dns::upstream_from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))
-                    .unwrap_or_default()
-            }
+        let upstream = match &*host {
+            Some(up) => up.upstream.clone(),
+            None => self.upstream(),
         };
         Ok(NetworkInfo {
             bridge: s.bridge.clone(),
@@ -655,6 +647,15 @@ impl NetworkService {
             dns_upstream: upstream.iter().map(ToString::to_string).collect(),
             vms,
         })
+    }
+
+    /// The resolver's upstream servers: configured, else the host's /etc/resolv.conf.
+    fn upstream(&self) -> Vec<SocketAddr> {
+        match &self.inner.settings.dns {
+            Some(servers) => servers.clone(),
+            None => super::dns::upstream_from_resolv_conf(std::path::Path::new("/etc/resolv.conf"))
+                .unwrap_or_default(),
+        }
     }
 
     /// Stops the resolver at daemon shutdown; taps and rules stay for the VMs that keep
@@ -698,8 +699,6 @@ fn port_is_free(p: &Publish) -> Result<(), String> {
 /// The resolver's view of the service.
 struct Hooks(std::sync::Weak<Inner>);
 
-use super::nft::{MAX_ADMIT, MIN_ADMIT};
-
 impl EgressHooks for Hooks {
     fn policy(&self, client: Ipv4Addr) -> Option<ClientPolicy> {
         let inner = self.0.upgrade()?;
@@ -722,7 +721,7 @@ impl EgressHooks for Hooks {
                 let admitted = inner.admitted.lock().unwrap_or_else(|e| e.into_inner());
                 addrs
                     .into_iter()
-                    .map(|(ip, ttl)| (ip, ttl.clamp(MIN_ADMIT, MAX_ADMIT)))
+                    .map(|(ip, ttl)| (ip, nft::admit_time(ttl)))
                     .filter(|(ip, ttl)| {
                         admitted
                             .get(&(key, *ip))

@@ -264,10 +264,10 @@ pub fn get(conn: &Connection, vm_id: Uuid) -> Result<Option<NetworkRow>, StoreEr
     }
 }
 
-/// Every `nat` network row, with the VM's name and state.
-pub fn list_nat(conn: &Connection) -> Result<Vec<(String, String, NetworkRow)>, StoreError> {
+/// Every `nat` network row, with the VM's name.
+pub fn list_nat(conn: &Connection) -> Result<Vec<(String, NetworkRow)>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(
-        "SELECT v.name, v.state, {} FROM vm_networks n JOIN vms v ON v.id = n.vm_id
+        "SELECT v.name, {} FROM vm_networks n JOIN vms v ON v.id = n.vm_id
          WHERE n.mode = 'nat' ORDER BY n.key",
         COLUMNS
             .split(", ")
@@ -278,15 +278,13 @@ pub fn list_nat(conn: &Connection) -> Result<Vec<(String, String, NetworkRow)>, 
     let rows = stmt
         .query_map([], |r| {
             let name: String = r.get(0)?;
-            let state: String = r.get(1)?;
-            let net = row_at(r, 2)?;
-            Ok((name, state, net))
+            Ok((name, row_at(r, 1)?))
         })?
         .collect::<rusqlite::Result<Vec<_>>>()?;
     rows.into_iter()
-        .map(|(name, state, mut net)| {
+        .map(|(name, mut net)| {
             net.publish = publish_of(conn, net.vm_id)?;
-            Ok((name, state, net))
+            Ok((name, net))
         })
         .collect()
 }

@@ -21,6 +21,11 @@ pub fn can_transition(from: VmState, to: VmState) -> bool {
     )
 }
 
+/// Whether a VMM process of a VM in `state` may be alive (the states recovery re-adopts).
+pub fn is_live(state: VmState) -> bool {
+    matches!(state, Starting | Running | Stopping)
+}
+
 /// Whether a VM in `state` may be deleted: only when no VMM process can be alive.
 pub fn can_delete(state: VmState) -> bool {
     matches!(state, Created | Stopped | Crashed | Failed)

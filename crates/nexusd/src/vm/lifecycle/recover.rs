@@ -37,10 +37,7 @@ impl Lifecycle {
                 .store
                 .call(move |c| runtime::get_runtime(c, id))
                 .await?;
-            let live_state = matches!(
-                vm.state,
-                VmState::Starting | VmState::Running | VmState::Stopping
-            );
+            let live_state = crate::vm::state::is_live(vm.state);
             match row {
                 Some(row) if live_state => match adoptable_off_runtime(&row).await {
                     Ok((vmm, helper)) => self.adopt(&vm, row, vmm, helper),
