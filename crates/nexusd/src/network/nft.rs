@@ -263,35 +263,22 @@ pub fn create_tables(h: &HostSpec) -> Batch {
         "chain",
         h.base_chain("inet", "postrouting", "nat", "postrouting", 100),
     );
-    b.add(
-        "rule",
-        h.rule(
-            "inet",
-            "postrouting",
-            vec![
-                oif(),
-                m(ct("status"), "in", json!("dnat")),
-                m(
-                    payload("ip", "saddr"),
-                    "==",
-                    json!({ "prefix": { "addr": "127.0.0.0", "len": 8 } }),
-                ),
-                json!({ "masquerade": null }),
-            ],
-        ),
-    );
-    b.add(
-        "rule",
-        h.rule(
-            "inet",
-            "postrouting",
-            vec![
-                m(payload("ip", "saddr"), "==", prefix(&h.subnet)),
-                h.uplink_match(),
-                json!({ "masquerade": null }),
-            ],
-        ),
-    );
+    let loopback: Ipv4Cidr = "127.0.0.0/8".parse().expect("a CIDR");
+    for expr in [
+        vec![
+            oif(),
+            m(ct("status"), "in", json!("dnat")),
+            m(payload("ip", "saddr"), "==", prefix(&loopback)),
+            json!({ "masquerade": null }),
+        ],
+        vec![
+            m(payload("ip", "saddr"), "==", prefix(&h.subnet)),
+            h.uplink_match(),
+            json!({ "masquerade": null }),
+        ],
+    ] {
+        b.add("rule", h.rule("inet", "postrouting", expr));
+    }
 
     b.add("table", json!({ "family": "bridge", "name": h.table }));
     b.add(
