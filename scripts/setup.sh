@@ -1,10 +1,14 @@
 #!/usr/bin/env bash
-# Installs what Nexus needs on a Debian/Ubuntu host: packages, vhost-device-vsock, and the guest
-# kernel package. Idempotent; needs root for apt (skipped with a note when not root).
+# Installs what Nexus needs on a Debian/Ubuntu host: packages (with what the guest kernel build
+# needs), vhost-device-vsock, and the guest kernel package. Idempotent; needs root for apt (skipped
+# with a note when not root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-PACKAGES=(qemu-system-x86 btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd python3 python3-venv dnsmasq-base)
+# The guest kernel build (crates/nexusd/src/assets/kernel_build.rs) needs a C toolchain and kbuild's
+# tools: build-essential bc flex bison libelf-dev libssl-dev (and lz4, for the bzImage).
+PACKAGES=(qemu-system-x86 btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd python3 python3-venv dnsmasq-base
+  build-essential bc flex bison libelf-dev libssl-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -89,6 +89,11 @@ pub struct Config {
     /// A Firecracker-ready guest kernel (uncompressed `vmlinux`, virtio-mmio built in). Without
     /// one, `vmm = "auto"` uses QEMU even where Firecracker and KVM work.
     pub firecracker_kernel: Option<PathBuf>,
+    /// Nexus's own guest kernel: the ELF `vmlinux` of a kernel build (everything built in, PVH
+    /// entry). QEMU boots it without an initramfs (root drive mounted by the kernel, the agent
+    /// `/sbin/nexus-agent` of the image as PID 1); Firecracker too when `firecracker_kernel` is
+    /// unset. Unset: Debian's cloud kernel with a generated initramfs.
+    pub guest_kernel: Option<PathBuf>,
     /// Firecracker's `jailer`. Unset: looked for next to the Firecracker binary, then in
     /// `/usr/local/bin` and `/usr/bin`; when one is found, Firecracker is started through it.
     pub jailer_binary: Option<PathBuf>,

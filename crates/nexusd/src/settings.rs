@@ -106,6 +106,9 @@ pub struct Args {
     /// A Firecracker-ready vmlinux (needed for the firecracker backend).
     #[arg(long, value_name = "FILE")]
     pub firecracker_kernel: Option<PathBuf>,
+    /// Nexus's built guest kernel (ELF vmlinux): booted without an initramfs.
+    #[arg(long, env = "NEXUS_GUEST_KERNEL", value_name = "FILE")]
+    pub guest_kernel: Option<PathBuf>,
     /// Firecracker's jailer binary (default: next to firecracker, /usr/local/bin, /usr/bin).
     #[arg(long, value_name = "FILE")]
     pub jailer_binary: Option<PathBuf>,
@@ -203,6 +206,7 @@ pub struct Settings {
     pub vhost_vsock_binary: PathBuf,
     pub firecracker_binary: Option<PathBuf>,
     pub firecracker_kernel: Option<PathBuf>,
+    pub guest_kernel: Option<PathBuf>,
     pub jailer_binary: Option<PathBuf>,
     pub jailer_chroot_base: PathBuf,
     pub console_max_bytes: u64,
@@ -247,6 +251,7 @@ impl Settings {
             vhost_vsock_binary: args.vhost_vsock_binary.clone().or(file.vhost_vsock_binary),
             firecracker_binary: args.firecracker_binary.clone().or(file.firecracker_binary),
             firecracker_kernel: args.firecracker_kernel.clone().or(file.firecracker_kernel),
+            guest_kernel: args.guest_kernel.clone().or(file.guest_kernel),
             jailer_binary: args.jailer_binary.clone().or(file.jailer_binary),
             jailer_chroot_base: args.jailer_chroot_base.clone().or(file.jailer_chroot_base),
             console_max_bytes: args.console_max_bytes.or(file.console_max_bytes),
@@ -357,6 +362,7 @@ impl Settings {
             vhost_vsock_binary: cfg.vhost_vsock_binary.unwrap_or_else(default_vhost_vsock),
             firecracker_binary: cfg.firecracker_binary,
             firecracker_kernel: cfg.firecracker_kernel,
+            guest_kernel: cfg.guest_kernel,
             jailer_binary: cfg.jailer_binary,
             jailer_chroot_base: cfg
                 .jailer_chroot_base

@@ -425,3 +425,23 @@ fn without_cap_net_admin_nat_vms_fail_naming_it_and_none_vms_work() {
     let out = guest(&d, "plain", "echo ok");
     assert_eq!(stdout(&out), "ok\n");
 }
+
+#[test]
+fn a_vm_on_the_built_kernel_gets_its_address_and_reaches_the_internet_through_nat() {
+    let world = World::new(46);
+    let kernel = common::kernel::built_kernel();
+    let mut flags = world.flags();
+    flags.extend(["--guest-kernel".into(), kernel.vmlinux.display().to_string()]);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let d = TestDaemon::start_logged(tempfile::tempdir().unwrap(), &flags);
+    create(&d, "built", &[]);
+
+    let addr = stdout(&guest(&d, "built", "ip -4 addr show eth0"));
+    let page = fetch(&d, "built", "http://allowed.test/");
+
+    assert!(
+        addr.contains(&format!("inet {}/24", vm_ip(&d, "built"))),
+        "{addr}"
+    );
+    assert_eq!(page.as_deref(), Ok("client=198.18.46.2\n"));
+}

@@ -80,6 +80,7 @@ mod tests {
             vhost_vsock: "vhost-device-vsock".into(),
             firecracker: None,
             firecracker_kernel: None,
+            guest_kernel: None,
             jailer: None,
             jailer_chroot_base: "/srv/jailer".into(),
             console_max_bytes: 4096,

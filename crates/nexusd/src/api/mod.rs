@@ -71,10 +71,12 @@ impl AppState {
         let drives = DriveService::new(store.clone(), pool.clone());
         let network = crate::network::NetworkService::new(network, store.clone());
         let vms = VmService::new(store.clone(), drives.clone(), network);
+        let images = ImageService::new(store.clone(), pool.clone(), Arc::new(import_policy))
+            .with_agent(assets.agent().map(std::path::Path::to_path_buf));
         Self {
             lifecycle: Lifecycle::new(store.clone(), vms.clone(), assets, lifecycle),
             vms,
-            images: ImageService::new(store.clone(), pool.clone(), Arc::new(import_policy)),
+            images,
             drives,
             pool,
             store,

@@ -16,7 +16,7 @@ pub use cpio::CpioWriter;
 pub use initramfs::{DEFAULT_MODULES, build_initramfs};
 pub use kernel::{KernelAsset, find_kernel_deb, unpack_debian_kernel, unpack_kernel_deb};
 pub use modinfo::{ModuleIndex, modinfo_depends};
-pub use rootfs::{RootfsOptions, build_busybox_rootfs};
+pub use rootfs::{ROOT_AGENT_PATH, RootfsOptions, build_busybox_rootfs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {

@@ -1,6 +1,8 @@
 //! The quick-start root filesystem: Debian's static busybox with its applet links and the handful
 //! of `/etc` files a shell expects, written into a directory and packed into ext4 by `mke2fs -d`.
-//! The agent itself comes from the initramfs, so the image needs no init of its own.
+//! Booted with Debian's kernel, the agent comes from the initramfs; a kernel that boots without
+//! one (the built kernel) runs the agent from the image, at [`ROOT_AGENT_PATH`], so the image
+//! carries it when given one.
 
 use std::fs;
 use std::os::unix::fs::{PermissionsExt, symlink};
@@ -15,13 +17,19 @@ pub struct RootfsOptions {
     /// A static busybox binary (Debian's `busybox-static` installs `/bin/busybox`).
     pub busybox: PathBuf,
     pub hostname: String,
+    /// The static guest agent, installed as [`ROOT_AGENT_PATH`].
+    pub agent: Option<PathBuf>,
 }
+
+/// Where the guest agent sits in a root drive booted without an initramfs (`init=` names it).
+pub const ROOT_AGENT_PATH: &str = "/sbin/nexus-agent";
 
 impl Default for RootfsOptions {
     fn default() -> Self {
         Self {
             busybox: PathBuf::from("/bin/busybox"),
             hostname: "nexus".into(),
+            agent: None,
         }
     }
 }
@@ -52,10 +60,15 @@ pub fn build_busybox_rootfs(dir: &Path, opts: &RootfsOptions) -> Result<(), Boot
         fs::set_permissions(&path, fs::Permissions::from_mode(*mode))
             .map_err(BootError::io(&path))?;
     }
-    let busybox = dir.join("bin/busybox");
-    fs::copy(&opts.busybox, &busybox).map_err(BootError::io(&opts.busybox))?;
-    fs::set_permissions(&busybox, fs::Permissions::from_mode(0o755))
-        .map_err(BootError::io(&busybox))?;
+    let mut binaries = vec![(&opts.busybox, "bin/busybox")];
+    if let Some(agent) = &opts.agent {
+        binaries.push((agent, ROOT_AGENT_PATH.trim_start_matches('/')));
+    }
+    for (from, to) in binaries {
+        let to = dir.join(to);
+        fs::copy(from, &to).map_err(BootError::io(from))?;
+        fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).map_err(BootError::io(&to))?;
+    }
     let applets = run(Command::new(&opts.busybox).arg("--list-full"))?.stdout;
     for applet in String::from_utf8_lossy(&applets).lines().map(str::trim) {
         let link = dir.join(applet);
@@ -87,4 +100,41 @@ pub fn build_busybox_rootfs(dir: &Path, opts: &RootfsOptions) -> Result<(), Boot
     }
     let shadow = dir.join("etc/shadow");
     fs::set_permissions(&shadow, fs::Permissions::from_mode(0o600)).map_err(BootError::io(&shadow))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn the_agent_is_installed_executable_where_init_names_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let agent = dir.path().join("nexus-agent");
+        fs::write(&agent, b"agent bytes").unwrap();
+        let root = dir.path().join("root");
+        let opts = RootfsOptions {
+            agent: Some(agent),
+            ..RootfsOptions::default()
+        };
+
+        build_busybox_rootfs(&root, &opts).unwrap();
+
+        let installed = root.join("sbin/nexus-agent");
+        assert_eq!(fs::read(&installed).unwrap(), b"agent bytes");
+        assert_eq!(
+            fs::metadata(&installed).unwrap().permissions().mode() & 0o777,
+            0o755
+        );
+    }
+
+    #[test]
+    fn without_an_agent_the_image_has_none() {
+        let dir = tempfile::tempdir().unwrap();
+
+        build_busybox_rootfs(dir.path(), &RootfsOptions::default()).unwrap();
+
+        assert!(!dir.path().join("sbin/nexus-agent").exists());
+    }
 }

@@ -101,6 +101,8 @@ pub struct ImageService {
     policy: Arc<ImportPolicy>,
     /// Serialises building the default image.
     default_lock: Arc<tokio::sync::Mutex<()>>,
+    /// The guest agent the default image carries (for kernels booted without an initramfs).
+    agent: Option<PathBuf>,
     limits: ImportLimits,
 }
 
@@ -111,8 +113,15 @@ impl ImageService {
             pool,
             policy,
             default_lock: Arc::default(),
+            agent: None,
             limits: ImportLimits::DEFAULT,
         }
+    }
+
+    /// The same service putting `agent` into the default image it builds, as
+    /// [`crate::boot::ROOT_AGENT_PATH`], so kernels booted without an initramfs find it there.
+    pub fn with_agent(self, agent: Option<PathBuf>) -> Self {
+        Self { agent, ..self }
     }
 
     /// The same service with other import bounds.
@@ -121,7 +130,9 @@ impl ImageService {
     }
 
     /// Makes sure the image `default` exists when `name` refers to it: on first use it is
-    /// built from the host's static busybox (package busybox-static) into a small ext4 image.
+    /// built from the host's static busybox (package busybox-static) into a small ext4 image,
+    /// with the guest agent when there is one. The agent in the image is the one of the day it
+    /// was built (the initramfs of Debian's kernel always brings the current one).
     pub async fn ensure_default(&self, name: Option<&str>) -> Result<(), ImageError> {
         if name != Some(DEFAULT_IMAGE) {
             return Ok(());
@@ -132,13 +143,17 @@ impl ImageService {
             Err(ImageError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
+        let agent = self.agent.clone().filter(|a| a.is_file());
         let dir = tokio::task::spawn_blocking(move || -> Result<tempfile::TempDir, ImageError> {
             let scratch = std::env::temp_dir();
             let dir = tempfile::Builder::new()
                 .prefix("default-image-")
                 .tempdir_in(&scratch)
                 .map_err(|e| default_image_error(&scratch, e))?;
-            let opts = crate::boot::RootfsOptions::default();
+            let opts = crate::boot::RootfsOptions {
+                agent,
+                ..crate::boot::RootfsOptions::default()
+            };
             if !crate::vm::assets::is_static_elf(&opts.busybox) {
                 return Err(ImageError::Invalid {
                     field: "image",

@@ -1,9 +1,12 @@
 //! The boot assets every VM of the embedded default uses: Debian's cloud kernel unpacked from
 //! its package, and the initramfs generated from its modules with the guest agent as `/init`.
 //! Prepared once on first start (a second or two) and reused; a failure is retried next time.
+//! Or Nexus's built kernel (`guest_kernel`), which needs neither: it is checked once to be an
+//! ELF `vmlinux` QEMU can enter through PVH.
 
 use std::path::{Path, PathBuf};
 
+use crate::assets::kernel_build::check_pvh_vmlinux;
 use crate::boot::{self, BootError, DEFAULT_MODULES};
 
 /// Kernel and initramfs ready to boot.
@@ -12,7 +15,19 @@ pub struct Prepared {
     pub kernel: PathBuf,
     /// `None` for a kernel that needs no modules (the agent then boots from the root drive).
     pub initrd: Option<PathBuf>,
+    /// `uname -r` of Debian's kernel; empty for a built kernel.
     pub release: String,
+}
+
+impl Prepared {
+    /// A built kernel: everything built in, booted without an initramfs.
+    pub fn built(vmlinux: PathBuf) -> Self {
+        Self {
+            kernel: vmlinux,
+            initrd: None,
+            release: String::new(),
+        }
+    }
 }
 
 /// Why boot assets are unavailable.
@@ -26,6 +41,11 @@ pub enum AssetError {
         "no guest kernel package in {dir} (run scripts/fetch-kernel.sh {dir} or set `kernel_dir`)"
     )]
     NoKernel { dir: PathBuf },
+    #[error(
+        "guest_kernel {} cannot boot under QEMU: {reason} (set it to the vmlinux of a kernel build, or unset it to boot Debian's kernel)",
+        path.display()
+    )]
+    GuestKernel { path: PathBuf, reason: String },
     #[error("preparing boot assets failed")]
     Boot(#[from] BootError),
     #[error("boot asset worker failed")]
@@ -61,6 +81,26 @@ impl BootAssets {
             agent: None,
             ready: tokio::sync::Mutex::new(Some(prepared)),
         }
+    }
+
+    /// The built kernel at `vmlinux`, checked to be an ELF with a PVH entry (QEMU refuses
+    /// anything else). The check reads a few headers, on a blocking thread, at every start: a
+    /// kernel replaced by a rebuild is checked again.
+    pub async fn built_for_qemu(&self, vmlinux: &Path) -> Result<Prepared, AssetError> {
+        let path = vmlinux.to_owned();
+        tokio::task::spawn_blocking(move || check_pvh_vmlinux(&path))
+            .await
+            .map_err(AssetError::Worker)?
+            .map_err(|reason| AssetError::GuestKernel {
+                path: vmlinux.to_owned(),
+                reason,
+            })?;
+        Ok(Prepared::built(vmlinux.to_owned()))
+    }
+
+    /// The guest agent binary, when one is configured.
+    pub fn agent(&self) -> Option<&Path> {
+        self.agent.as_deref()
     }
 
     /// The prepared assets, preparing them on first use.

@@ -62,14 +62,20 @@ impl QemuVmm {
         }
     }
 
-    /// The kernel command line as the guest will see it.
+    /// The kernel command line as the guest will see it. Without an initramfs the kernel mounts
+    /// the root drive itself, so it is named here (as Firecracker does for its root device).
     pub fn cmdline(&self, spec: &VmSpec) -> String {
-        match (self.accel, self.tsc_khz) {
-            (Accel::Tcg, Some(khz)) if !spec.cmdline.contains("tsc_early_khz=") => {
-                format!("{} tsc_early_khz={khz}", spec.cmdline)
-            }
-            _ => spec.cmdline.clone(),
+        let mut cmdline = spec.cmdline.clone();
+        let has = |key: &str| spec.cmdline.split_whitespace().any(|w| w.starts_with(key));
+        if spec.initrd.is_none() && !has("root=") {
+            cmdline.push_str(" root=/dev/vda rw rootfstype=ext4");
         }
+        if let (Accel::Tcg, Some(khz)) = (self.accel, self.tsc_khz)
+            && !has("tsc_early_khz=")
+        {
+            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+        }
+        cmdline
     }
 
     /// Path of the vhost-user socket between QEMU and vhost-device-vsock.
@@ -532,6 +538,43 @@ pub(crate) mod tests {
             ..QemuVmm::new("q", "v", Accel::Tcg)
         };
         assert_eq!(vmm.cmdline(&spec()), "console=ttyS0 tsc_early_khz=2600000");
+    }
+
+    #[test]
+    fn a_kernel_without_initramfs_is_told_its_root_drive() {
+        let vmm = QemuVmm {
+            tsc_khz: Some(2_600_000),
+            ..QemuVmm::new("q", "v", Accel::Tcg)
+        };
+        let spec = VmSpec {
+            initrd: None,
+            cmdline: "console=ttyS0 init=/sbin/nexus-agent".into(),
+            ..spec()
+        };
+
+        assert_eq!(
+            vmm.cmdline(&spec),
+            "console=ttyS0 init=/sbin/nexus-agent root=/dev/vda rw rootfstype=ext4 tsc_early_khz=2600000"
+        );
+    }
+
+    #[test]
+    fn a_kernel_without_initramfs_gets_no_initrd_argument() {
+        let vmm = QemuVmm::new("q", "v", Accel::Tcg);
+        let spec = VmSpec {
+            kernel: "/k/vmlinux".into(),
+            initrd: None,
+            ..spec()
+        };
+
+        let args: Vec<String> = vmm
+            .qemu_args(&spec)
+            .into_iter()
+            .map(|a| a.into_string().unwrap())
+            .collect();
+
+        assert!(!args.contains(&"-initrd".to_string()));
+        assert_eq!(value_after(&args, "-kernel", "").as_deref(), Some("/k/vmlinux"));
     }
 
     #[test]

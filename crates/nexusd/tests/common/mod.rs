@@ -1,6 +1,8 @@
 //! A real `nexusd` on a temporary home, for integration tests, plus the real `nexusctl`.
 #![allow(dead_code)]
 
+pub mod kernel;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};

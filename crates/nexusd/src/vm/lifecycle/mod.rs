@@ -59,6 +59,9 @@ pub struct LifecycleConfig {
     pub firecracker: Option<PathBuf>,
     /// Firecracker-ready vmlinux; Firecracker is only chosen when there is one.
     pub firecracker_kernel: Option<PathBuf>,
+    /// Nexus's built kernel (ELF vmlinux, everything built in): QEMU boots it without an
+    /// initramfs, and Firecracker too when `firecracker_kernel` is unset.
+    pub guest_kernel: Option<PathBuf>,
     /// Firecracker's `jailer`; unset: looked for next to Firecracker, in /usr/local/bin, /usr/bin.
     pub jailer: Option<PathBuf>,
     /// `--chroot-base-dir` of the jailer.
@@ -68,6 +71,14 @@ pub struct LifecycleConfig {
     pub vms_dir: PathBuf,
     /// The jail of the VMM processes.
     pub jail: JailConfig,
+}
+
+impl LifecycleConfig {
+    /// The kernel Firecracker boots: its own when configured, else the built guest kernel
+    /// (Debian's cannot boot there: no virtio-mmio command-line devices).
+    pub fn firecracker_kernel(&self) -> Option<&PathBuf> {
+        self.firecracker_kernel.as_ref().or(self.guest_kernel.as_ref())
+    }
 }
 
 /// How a supervisor should record the VMM's exit when someone asked for it.
@@ -154,7 +165,7 @@ impl Lifecycle {
         let mut host = HostProbe::detect(&candidates);
         // Debian's kernel cannot boot under Firecracker (no virtio-mmio command-line devices):
         // without a Firecracker-ready kernel, Firecracker counts as absent.
-        if cfg.firecracker_kernel.is_none() {
+        if cfg.firecracker_kernel().is_none() {
             host.firecracker = None;
         }
         let fc_jailer = host
@@ -260,7 +271,7 @@ impl Lifecycle {
             return Ok(fixed.clone());
         }
         let cfg = &self.inner.cfg;
-        if cfg.vmm == VmmChoice::Firecracker && cfg.firecracker_kernel.is_none() {
+        if cfg.vmm == VmmChoice::Firecracker && cfg.firecracker_kernel().is_none() {
             return Err(VmError::NoFirecrackerKernel);
         }
         let kind = select_backend(cfg.vmm, &self.inner.host).map_err(VmError::Backend)?;
@@ -301,18 +312,8 @@ impl Lifecycle {
         let guard = self.lock_vm(vm.id).await;
         let (root, extra) = self.inner.vms.drive_files(vm.id).await?;
         let root = root.ok_or_else(|| VmError::NoRootDrive(vm.name.clone()))?;
-        let assets = self.inner.assets.get().await.map_err(VmError::Assets)?;
         let (backend, accel) = self.backend().await?;
-        // Firecracker's kernel is our own build with everything built in: no initramfs of
-        // Debian's modules, the root drive is mounted by the kernel (see `module_less_cmdline`).
-        let assets = match (backend.kind(), &self.inner.cfg.firecracker_kernel) {
-            (VmmKind::Firecracker, Some(vmlinux)) => Prepared {
-                kernel: vmlinux.clone(),
-                initrd: None,
-                ..assets
-            },
-            _ => assets,
-        };
+        let assets = self.boot_assets(backend.kind()).await?;
         let vm = self
             .inner
             .vms
@@ -325,6 +326,23 @@ impl Lifecycle {
             .await?;
         self.boot(vm, (root, extra), assets, backend, accel, guard)
             .await
+    }
+
+    /// What a VM on `kind` boots. A built kernel has everything built in: no initramfs of
+    /// Debian's modules, the kernel mounts the root drive itself (see `module_less_cmdline`).
+    /// Without one, QEMU boots Debian's kernel with the generated initramfs.
+    async fn boot_assets(&self, kind: VmmKind) -> Result<Prepared, VmError> {
+        let cfg = &self.inner.cfg;
+        let assets = &self.inner.assets;
+        let prepared = match (kind, &cfg.guest_kernel) {
+            (VmmKind::Firecracker, _) => match cfg.firecracker_kernel() {
+                Some(vmlinux) => Ok(Prepared::built(vmlinux.clone())),
+                None => return Err(VmError::NoFirecrackerKernel),
+            },
+            (VmmKind::Qemu, Some(vmlinux)) => assets.built_for_qemu(vmlinux).await,
+            (VmmKind::Qemu, None) => assets.get().await,
+        };
+        prepared.map_err(VmError::Assets)
     }
 
     async fn boot(
@@ -735,8 +753,7 @@ fn waited_since(t0: Instant) -> Duration {
     Duration::from_millis(t0.elapsed().as_millis() as u64)
 }
 
-/// Where the guest agent sits in a root drive booted without an initramfs.
-pub const ROOT_AGENT_PATH: &str = "/sbin/nexus-agent";
+pub use crate::boot::ROOT_AGENT_PATH;
 
 /// Without an initramfs the kernel mounts the root drive itself (Firecracker adds
 /// `root=/dev/vda rw` for the root device) and starts the agent from it as PID 1.

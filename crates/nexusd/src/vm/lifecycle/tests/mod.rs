@@ -215,6 +215,7 @@ fn life_cycle(
         vhost_vsock: "/nonexistent/vhost-device-vsock".into(),
         firecracker: None,
         firecracker_kernel: None,
+        guest_kernel: None,
         jailer: None,
         jailer_chroot_base: dir.join("jailer"),
         console_max_bytes: 1 << 20,
