@@ -88,6 +88,7 @@ fn on_the_built_kernel_the_agent_is_init_on_the_root_drive_the_kernel_mounted() 
     assert!(cmdline.contains("root=/dev/vda rw rootfstype=ext4"), "{cmdline}");
     assert!(cmdline.contains("init=/sbin/nexus-agent"), "{cmdline}");
     assert!(cmdline.contains("tsc_early_khz="), "{cmdline}");
+    assert!(cmdline.contains("tsc=reliable"), "{cmdline}");
     assert!(
         mounts.lines().any(|l| l.starts_with("/dev/root / ext4 rw")),
         "{mounts}"

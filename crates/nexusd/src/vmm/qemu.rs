@@ -34,7 +34,7 @@ pub struct QemuVmm {
     pub qemu: PathBuf,
     pub vhost_vsock: PathBuf,
     pub accel: Accel,
-    /// Host TSC rate handed to TCG guests as `tsc_early_khz=` (see `tsc`).
+    /// Host TSC rate handed to TCG guests as `tsc_early_khz=` (see `tsc`), with `tsc=reliable`.
     pub tsc_khz: Option<u64>,
 }
 
@@ -70,10 +70,14 @@ impl QemuVmm {
         if spec.initrd.is_none() && !has("root=") {
             cmdline.push_str(" root=/dev/vda rw rootfstype=ext4");
         }
+        // Under TCG the guest's TSC is the host's: its rate is known, so a loaded host cannot
+        // stall the guest's calibration, and it is steadier than the jiffies the clocksource
+        // watchdog would judge it by (ticks arrive late under load), which would otherwise
+        // demote the guest's clock to jiffies.
         if let (Accel::Tcg, Some(khz)) = (self.accel, self.tsc_khz)
             && !has("tsc_early_khz=")
         {
-            cmdline.push_str(&format!(" tsc_early_khz={khz}"));
+            cmdline.push_str(&format!(" tsc_early_khz={khz} tsc=reliable"));
         }
         cmdline
     }
@@ -537,7 +541,10 @@ pub(crate) mod tests {
             tsc_khz: Some(2_600_000),
             ..QemuVmm::new("q", "v", Accel::Tcg)
         };
-        assert_eq!(vmm.cmdline(&spec()), "console=ttyS0 tsc_early_khz=2600000");
+        assert_eq!(
+            vmm.cmdline(&spec()),
+            "console=ttyS0 tsc_early_khz=2600000 tsc=reliable"
+        );
     }
 
     #[test]
@@ -554,7 +561,7 @@ pub(crate) mod tests {
 
         assert_eq!(
             vmm.cmdline(&spec),
-            "console=ttyS0 init=/sbin/nexus-agent root=/dev/vda rw rootfstype=ext4 tsc_early_khz=2600000"
+            "console=ttyS0 init=/sbin/nexus-agent root=/dev/vda rw rootfstype=ext4 tsc_early_khz=2600000 tsc=reliable"
         );
     }
 
