@@ -33,7 +33,12 @@ impl Samples {
         let t = Instant::now();
         client.vm_action("bench", "start").await.expect("start");
         self.api.push(t.elapsed().as_secs_f64() * 1e3);
-        let boot = client.vm_boots("bench").await.expect("boots").pop().expect("a boot");
+        let boot = client
+            .vm_boots("bench")
+            .await
+            .expect("boots")
+            .pop()
+            .expect("a boot");
         self.agent.push(boot.agent_ready_ms.unwrap_or(0) as f64);
         self.init.push(boot.guest_init_ms.unwrap_or(0) as f64);
         client.vm_action("bench", "stop").await.expect("stop");
@@ -61,7 +66,11 @@ fn main() {
     let built_ago = UNIX_EPOCH + Duration::from_secs(record.built_at);
     println!(
         "kernel build ({}, {}): {:.0} s{} (inputs {}; {}; {})",
-        record.inputs.source_package.as_deref().unwrap_or(&record.inputs.source_tarball),
+        record
+            .inputs
+            .source_package
+            .as_deref()
+            .unwrap_or(&record.inputs.source_tarball),
         record.kernel_release,
         record.build_secs,
         if kernel.cached {
@@ -87,7 +96,10 @@ fn main() {
         tempfile::tempdir().expect("tempdir"),
         &["--pool-size", "1G", "--guest-kernel", &vmlinux],
     );
-    let debian = TestDaemon::start_logged(tempfile::tempdir().expect("tempdir"), &["--pool-size", "1G"]);
+    let debian = TestDaemon::start_logged(
+        tempfile::tempdir().expect("tempdir"),
+        &["--pool-size", "1G"],
+    );
     let rt = common::rt();
     rt.block_on(async {
         for d in [&built, &debian] {

@@ -27,13 +27,7 @@ fn running_on_built_kernel(name: &str) -> TestDaemon {
         tempfile::tempdir().unwrap(),
         &["--pool-size", "1G", "--guest-kernel", &vmlinux],
     );
-    let out = d.ctl(&["vm", "create", name, "--image", "default", "--start"]);
-    assert!(
-        out.status.success(),
-        "vm create --start failed: {}\n{}",
-        stderr(&out),
-        d.log()
-    );
+    d.start_default_vm(name, &[]);
     d
 }
 
@@ -55,7 +49,11 @@ fn the_built_kernel_verifies_and_records_its_inputs() {
     assert!(record.kernel_release.ends_with("-nexus"), "{record:?}");
     assert_eq!(check_pvh_vmlinux(&kernel.vmlinux), Ok(()));
     let bzimage = std::fs::read(&kernel.bzimage).unwrap();
-    assert_eq!(&bzimage[0x202..0x206], b"HdrS", "a bzImage has the setup header");
+    assert_eq!(
+        &bzimage[0x202..0x206],
+        b"HdrS",
+        "a bzImage has the setup header"
+    );
 }
 
 #[test]
@@ -85,7 +83,10 @@ fn on_the_built_kernel_the_agent_is_init_on_the_root_drive_the_kernel_mounted() 
     let mounts = guest(&d, "init", "cat /proc/mounts");
     let init = guest(&d, "init", "readlink /proc/1/exe");
 
-    assert!(cmdline.contains("root=/dev/vda rw rootfstype=ext4"), "{cmdline}");
+    assert!(
+        cmdline.contains("root=/dev/vda rw rootfstype=ext4"),
+        "{cmdline}"
+    );
     assert!(cmdline.contains("init=/sbin/nexus-agent"), "{cmdline}");
     assert!(cmdline.contains("tsc_early_khz="), "{cmdline}");
     assert!(cmdline.contains("tsc=reliable"), "{cmdline}");
@@ -93,7 +94,13 @@ fn on_the_built_kernel_the_agent_is_init_on_the_root_drive_the_kernel_mounted() 
         mounts.lines().any(|l| l.starts_with("/dev/root / ext4 rw")),
         "{mounts}"
     );
-    for fs in [" /dev devtmpfs", " /dev/pts devpts", " /proc proc", " /sys sysfs", " /tmp tmpfs"] {
+    for fs in [
+        " /dev devtmpfs",
+        " /dev/pts devpts",
+        " /proc proc",
+        " /sys sysfs",
+        " /tmp tmpfs",
+    ] {
         assert!(mounts.contains(fs), "{fs} missing: {mounts}");
     }
     assert_eq!(init.trim(), "/sbin/nexus-agent");
@@ -125,17 +132,26 @@ fn boots_of_the_built_kernel_under_load_never_hang() {
     let vmlinux = kernel.vmlinux.to_str().unwrap().to_owned();
     let d = TestDaemon::start_logged(
         tempfile::tempdir().unwrap(),
-        &["--pool-size", "2G", "--guest-kernel", &vmlinux, "--boot-timeout-secs", "60"],
+        &[
+            "--pool-size",
+            "2G",
+            "--guest-kernel",
+            &vmlinux,
+            "--boot-timeout-secs",
+            "60",
+        ],
     );
-    let _hog = Hog(
-        Command::new("sh")
-            .args(["-c", "while :; do :; done"])
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("sh"),
-    );
+    let _hog = Hog(Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sh"));
     let total = reliability_boots();
-    let (ok, hung, failed) = (AtomicUsize::new(0), AtomicUsize::new(0), AtomicUsize::new(0));
+    let (ok, hung, failed) = (
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+        AtomicUsize::new(0),
+    );
     let times = std::sync::Mutex::new(Vec::new());
     std::thread::scope(|s| {
         for lane in 0..2 {
@@ -155,11 +171,16 @@ fn boots_of_the_built_kernel_under_load_never_hang() {
                         Ok(_) => {
                             times.lock().unwrap().push(t.elapsed());
                             ok.fetch_add(1, Ordering::SeqCst);
-                            rt.block_on(d.client.vm_action(&name, "stop")).expect("stop");
+                            rt.block_on(d.client.vm_action(&name, "stop"))
+                                .expect("stop");
                         }
                         Err(e) => {
                             let text = nexus_lib::error::error_chain(&e);
-                            let counter = if text.contains("did not answer") { hung } else { failed };
+                            let counter = if text.contains("did not answer") {
+                                hung
+                            } else {
+                                failed
+                            };
                             counter.fetch_add(1, Ordering::SeqCst);
                             eprintln!("boot {i} of {name} failed: {text}");
                         }
@@ -186,7 +207,12 @@ fn a_missing_guest_kernel_fails_the_start_naming_the_setting() {
     common::require_boot_prerequisites();
     let d = TestDaemon::start_logged(
         tempfile::tempdir().unwrap(),
-        &["--pool-size", "1G", "--guest-kernel", "/nonexistent/vmlinux"],
+        &[
+            "--pool-size",
+            "1G",
+            "--guest-kernel",
+            "/nonexistent/vmlinux",
+        ],
     );
 
     let out = d.ctl(&["vm", "create", "nok", "--image", "default", "--start"]);
@@ -205,7 +231,12 @@ fn a_bzimage_as_guest_kernel_is_refused_before_qemu_starts() {
     let kernel = built_kernel();
     let d = TestDaemon::start_logged(
         tempfile::tempdir().unwrap(),
-        &["--pool-size", "1G", "--guest-kernel", kernel.bzimage.to_str().unwrap()],
+        &[
+            "--pool-size",
+            "1G",
+            "--guest-kernel",
+            kernel.bzimage.to_str().unwrap(),
+        ],
     );
 
     let out = d.ctl(&["vm", "create", "bz", "--image", "default", "--start"]);

@@ -166,15 +166,7 @@ impl Drop for World {
 }
 
 fn create(d: &TestDaemon, name: &str, extra: &[&str]) {
-    let mut args = vec!["vm", "create", name, "--image", "default", "--start"];
-    args.extend_from_slice(extra);
-    let out = d.ctl(&args);
-    assert!(
-        out.status.success(),
-        "vm create {name}: {}\n{}",
-        stderr(&out),
-        d.log()
-    );
+    d.start_default_vm(name, extra);
 }
 
 /// Runs `cmd` with /bin/sh in VM `vm`.
@@ -431,7 +423,10 @@ fn a_vm_on_the_built_kernel_gets_its_address_and_reaches_the_internet_through_na
     let world = World::new(46);
     let kernel = common::kernel::built_kernel();
     let mut flags = world.flags();
-    flags.extend(["--guest-kernel".into(), kernel.vmlinux.display().to_string()]);
+    flags.extend([
+        "--guest-kernel".into(),
+        kernel.vmlinux.display().to_string(),
+    ]);
     let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
     let d = TestDaemon::start_logged(tempfile::tempdir().unwrap(), &flags);
     create(&d, "built", &[]);

@@ -19,13 +19,7 @@ use sha2::{Digest, Sha256};
 fn running_vm(name: &str) -> TestDaemon {
     common::require_boot_prerequisites();
     let d = TestDaemon::start_with_storage();
-    let out = d.ctl(&["vm", "create", name, "--image", "default", "--start"]);
-    assert!(
-        out.status.success(),
-        "vm create --start failed: {}\n{}",
-        stderr(&out),
-        d.log()
-    );
+    d.start_default_vm(name, &[]);
     d
 }
 

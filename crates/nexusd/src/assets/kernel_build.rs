@@ -16,22 +16,25 @@
 
 mod elf;
 mod fragment;
+mod host;
 mod log;
 mod record;
+mod source;
 
-use std::fs::{self, File};
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use nix::fcntl::{Flock, FlockArg};
-
 pub use elf::check_pvh_vmlinux;
 pub use fragment::{Requirement, Unmet, parse_fragment, unmet};
 pub use record::{BuildInputs, BuildRecord, RECIPE};
+pub use source::find_or_download_source;
 
-use log::{BoundedLog, describe};
+use host::{Step, TOOLS, check_headers, check_host, clean_command, lock, output};
+use log::BoundedLog;
 use record::{format_sums, parse_sums, sha256_file};
+use source::{build_timestamp, find_tarball, single_dir};
 
 /// The Debian package holding the kernel source this fragment is written for.
 pub const DEFAULT_SOURCE_PACKAGE: &str = "linux-source-6.1";
@@ -48,24 +51,6 @@ pub const RECORD: &str = "inputs.json";
 pub const CONFIG: &str = "config";
 pub const BUILD_LOG: &str = "build.log";
 
-/// What the build needs on the host, with the Debian package providing it.
-const TOOLS: &[(&str, &str)] = &[
-    ("make", "build-essential"),
-    ("gcc", "build-essential"),
-    ("ld", "binutils"),
-    ("bc", "bc"),
-    ("flex", "flex"),
-    ("bison", "bison"),
-    ("perl", "perl"),
-    ("tar", "tar"),
-    ("xz", "xz-utils"),
-    ("lz4", "lz4"),
-    ("nice", "coreutils"),
-];
-const HEADERS: &[(&str, &str)] = &[
-    ("/usr/include/gelf.h", "libelf-dev"),
-    ("/usr/include/openssl/opensslv.h", "libssl-dev"),
-];
 /// Where the outputs come from in the kernel tree.
 const TREE_VMLINUX: &str = "vmlinux";
 const TREE_BZIMAGE: &str = "arch/x86/boot/bzImage";
@@ -309,11 +294,7 @@ impl KernelBuild {
             return Ok(built(dir, record, true));
         }
         check_host(TOOLS)?;
-        for (header, package) in HEADERS {
-            if !Path::new(header).is_file() {
-                return Err(KernelBuildError::MissingHeader { header, package });
-            }
-        }
+        check_headers()?;
         let log_path = self.out_root.join(format!("{key}.{BUILD_LOG}"));
         let mut log = BoundedLog::create(&log_path, LOG_LIMIT)
             .map_err(KernelBuildError::io("cannot create", &log_path))?;
@@ -555,196 +536,6 @@ pub fn verify_build(dir: &Path) -> Result<BuildRecord, KernelBuildError> {
     Ok(record)
 }
 
-/// The newest `<package>_*.deb` in `dir`, downloaded with `apt-get download` (through the host's
-/// apt configuration) when there is none.
-pub fn find_or_download_source(package: &str, dir: &Path) -> Result<PathBuf, KernelBuildError> {
-    if let Some(deb) = find_package(package, dir) {
-        return Ok(deb);
-    }
-    check_host(&[("apt-get", "apt")])?;
-    fs::create_dir_all(dir).map_err(KernelBuildError::io("cannot create", dir))?;
-    let mut cmd = clean_command("apt-get");
-    cmd.current_dir(dir).args(["download", "--", package]);
-    let out = cmd.output().map_err(|source| KernelBuildError::Spawn {
-        command: describe(&cmd),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(KernelBuildError::Download {
-            package: package.to_owned(),
-            status: out.status.to_string(),
-            detail: last_line(&out.stderr),
-        });
-    }
-    find_package(package, dir).ok_or_else(|| KernelBuildError::Download {
-        package: package.to_owned(),
-        status: out.status.to_string(),
-        detail: format!("no {package}_*.deb appeared in {}", dir.display()),
-    })
-}
-
-fn find_package(package: &str, dir: &Path) -> Option<PathBuf> {
-    let prefix = format!("{package}_");
-    let mut debs: Vec<PathBuf> = fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with(&prefix) && n.ends_with(".deb"))
-        })
-        .collect();
-    // 6.1.192 after 6.1.99: digit runs compare as numbers.
-    debs.sort_by_cached_key(|p| {
-        p.to_string_lossy()
-            .split(|c: char| !c.is_ascii_digit())
-            .filter_map(|run| run.parse::<u64>().ok())
-            .collect::<Vec<_>>()
-    });
-    debs.pop()
-}
-
-/// The running commands of one build, all logged to one bounded log.
-struct Step<'a> {
-    log: &'a mut BoundedLog,
-    nice: i32,
-    /// `KBUILD_BUILD_TIMESTAMP`: the build does not embed the time it ran at.
-    stamp: &'a str,
-}
-
-impl Step<'_> {
-    /// `nice -n N program`, in the clean environment plus kbuild's reproducibility variables.
-    fn command(&self, program: &str) -> Command {
-        let mut cmd = clean_command("nice");
-        cmd.arg("-n")
-            .arg(self.nice.to_string())
-            .arg(program)
-            .env("KBUILD_BUILD_USER", "nexus")
-            .env("KBUILD_BUILD_HOST", "nexus")
-            .env("KBUILD_BUILD_VERSION", "1")
-            .env("KBUILD_BUILD_TIMESTAMP", self.stamp);
-        cmd
-    }
-
-    /// `make ARGS` in the kernel tree.
-    fn make(&self, tree: &Path, args: &[&str]) -> Command {
-        let mut cmd = self.command("make");
-        cmd.current_dir(tree).args(args);
-        cmd
-    }
-
-    /// Runs `cmd` into the log; a failure quotes the log's tail.
-    fn run(&mut self, cmd: Command, on_line: &mut dyn FnMut(&str)) -> Result<(), KernelBuildError> {
-        let command = describe(&cmd);
-        let status = self
-            .log
-            .run(cmd, on_line)
-            .map_err(|source| KernelBuildError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
-        if status.success() {
-            return Ok(());
-        }
-        Err(KernelBuildError::Step {
-            command,
-            status: status.to_string(),
-            log: self.log.path().to_owned(),
-            tail: self.log.tail(),
-        })
-    }
-}
-
-/// A command with an empty environment but `PATH` and `LC_ALL=C`: nothing the caller happens
-/// to export (`ARCH`, `CC`, `KCONFIG_CONFIG`, `MAKEFLAGS`…) changes what is built.
-fn clean_command(program: &str) -> Command {
-    let mut cmd = Command::new(program);
-    cmd.env_clear()
-        .env("PATH", search_path())
-        .env("LC_ALL", "C");
-    cmd
-}
-
-fn search_path() -> std::ffi::OsString {
-    std::env::var_os("PATH")
-        .filter(|p| !p.is_empty())
-        .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into())
-}
-
-/// Runs a short command and returns its stdout; a failure carries its stderr's last line.
-fn output(cmd: &mut Command) -> Result<String, KernelBuildError> {
-    let out = cmd.output().map_err(|source| KernelBuildError::Spawn {
-        command: describe(cmd),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(KernelBuildError::Command {
-            command: describe(cmd),
-            status: out.status.to_string(),
-            detail: last_line(&out.stderr),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-fn last_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no output")
-        .trim()
-        .to_owned()
-}
-
-/// Fails naming the first tool of `tools` that is not on `PATH`, and on a host that is not x86-64.
-fn check_host(tools: &[(&'static str, &'static str)]) -> Result<(), KernelBuildError> {
-    if std::env::consts::ARCH != "x86_64" {
-        return Err(KernelBuildError::UnsupportedHost(std::env::consts::ARCH));
-    }
-    let path = search_path();
-    for (tool, package) in tools {
-        if !std::env::split_paths(&path).any(|dir| dir.join(tool).is_file()) {
-            return Err(KernelBuildError::MissingTool { tool, package });
-        }
-    }
-    Ok(())
-}
-
-/// The exclusive lock of one key's build: a second build of the same inputs waits, then finds
-/// the outputs.
-fn lock(path: &Path) -> Result<Flock<File>, KernelBuildError> {
-    let file = File::create(path).map_err(KernelBuildError::io("cannot create", path))?;
-    Flock::lock(file, FlockArg::LockExclusive).map_err(|(_, errno)| KernelBuildError::Io {
-        op: "cannot lock",
-        path: path.to_owned(),
-        source: errno.into(),
-    })
-}
-
-fn find_tarball(usr_src: &Path) -> Option<PathBuf> {
-    fs::read_dir(usr_src)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .find(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("linux-source-") && n.ends_with(".tar.xz"))
-        })
-}
-
-/// The one directory inside `dir`.
-fn single_dir(dir: &Path) -> Option<PathBuf> {
-    let entries: Vec<PathBuf> = fs::read_dir(dir)
-        .ok()?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    match entries.as_slice() {
-        [only] if only.is_dir() => Some(only.clone()),
-        _ => None,
-    }
-}
-
 fn absolute(path: &Path) -> Result<PathBuf, KernelBuildError> {
     std::path::absolute(path).map_err(KernelBuildError::io("cannot resolve", path))
 }
@@ -758,14 +549,6 @@ fn is_kbuild_step(line: &str) -> bool {
                 .bytes()
                 .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit())
     })
-}
-
-/// The source tarball's modification time (fixed by its package) as the kernel's build stamp.
-fn build_timestamp(tarball: &Path) -> String {
-    let mtime = fs::metadata(tarball)
-        .and_then(|m| m.modified())
-        .unwrap_or(UNIX_EPOCH);
-    humantime::format_rfc3339_seconds(mtime).to_string()
 }
 
 /// Writes `SHA256SUMS` over the images and the record, into `out`.

@@ -581,7 +581,10 @@ pub(crate) mod tests {
             .collect();
 
         assert!(!args.contains(&"-initrd".to_string()));
-        assert_eq!(value_after(&args, "-kernel", "").as_deref(), Some("/k/vmlinux"));
+        assert_eq!(
+            value_after(&args, "-kernel", "").as_deref(),
+            Some("/k/vmlinux")
+        );
     }
 
     #[test]

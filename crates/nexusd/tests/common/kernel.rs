@@ -31,8 +31,12 @@ pub fn built_kernel() -> BuiltKernel {
 pub fn build_kernel(rebuild: bool) -> BuiltKernel {
     let sources = dir_from_env("NEXUS_KERNEL_SOURCE_DIR", "/var/cache/nexus/kernel-source");
     let cache = dir_from_env("NEXUS_KERNEL_BUILD_DIR", "/var/cache/nexus/kernel-build");
-    let deb = find_or_download_source(DEFAULT_SOURCE_PACKAGE, &sources)
-        .unwrap_or_else(|e| panic!("kernel source package: {}", nexus_lib::error::error_chain(&e)));
+    let deb = find_or_download_source(DEFAULT_SOURCE_PACKAGE, &sources).unwrap_or_else(|e| {
+        panic!(
+            "kernel source package: {}",
+            nexus_lib::error::error_chain(&e)
+        )
+    });
     let build = KernelBuild::new(KernelSource::Package(deb), fragment(), cache).rebuild(rebuild);
     let mut last_report = 0;
     build

@@ -132,6 +132,20 @@ impl TestDaemon {
         ctl(self.home(), args)
     }
 
+    /// Creates VM `name` from the built-in default image (with `extra` flags) and starts it;
+    /// a failure quotes nexusctl's error and the daemon's log.
+    pub fn start_default_vm(&self, name: &str, extra: &[&str]) {
+        let mut args = vec!["vm", "create", name, "--image", "default", "--start"];
+        args.extend_from_slice(extra);
+        let out = self.ctl(&args);
+        assert!(
+            out.status.success(),
+            "vm create {name} --start failed: {}\n{}",
+            stderr(&out),
+            self.log()
+        );
+    }
+
     /// Sends SIGTERM and waits (bounded) for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("daemon already stopped");

@@ -77,7 +77,9 @@ impl LifecycleConfig {
     /// The kernel Firecracker boots: its own when configured, else the built guest kernel
     /// (Debian's cannot boot there: no virtio-mmio command-line devices).
     pub fn firecracker_kernel(&self) -> Option<&PathBuf> {
-        self.firecracker_kernel.as_ref().or(self.guest_kernel.as_ref())
+        self.firecracker_kernel
+            .as_ref()
+            .or(self.guest_kernel.as_ref())
     }
 }
 
