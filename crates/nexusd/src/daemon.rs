@@ -302,7 +302,7 @@ async fn close_pool(pool: Arc<PoolManager>) {
         Ok(Ok(())) => {}
         Ok(Err(e @ StorageError::PoolBusy { .. })) => tracing::info!("{e}"),
         Ok(Err(e)) => {
-            tracing::warn!(error = %crate::logsafe::Escaped(nexus_lib::error::error_chain(&e)), "could not close the storage pool")
+            tracing::warn!(error = %crate::sanitize::Escaped(nexus_lib::error::error_chain(&e)), "could not close the storage pool")
         }
         Err(e) => tracing::warn!(error = %e, "pool close worker failed"),
     }

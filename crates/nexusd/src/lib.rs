@@ -9,7 +9,7 @@ pub mod drives;
 pub mod hostpath;
 pub mod images;
 pub mod jail;
-pub mod logsafe;
+pub mod sanitize;
 pub mod settings;
 pub mod storage;
 pub mod store;

@@ -10,7 +10,7 @@ use crate::agent::AgentError;
 use crate::drives::DriveError;
 use crate::hostpath::HostPathError;
 use crate::images::ImageError;
-use crate::logsafe::Escaped;
+use crate::sanitize::{self, Escaped};
 use crate::storage::StorageError;
 use crate::store::StoreError;
 use crate::vm::VmError;
@@ -234,12 +234,8 @@ impl From<AgentError> for ApiError {
                 } else {
                     "guest_error"
                 };
-                let text: String = format!("guest: {}: {message}", code_prefix(&guest_code))
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(1024)
-                    .collect();
-                Self::new(status, code, text)
+                let text = format!("guest: {}: {message}", code_prefix(&guest_code));
+                Self::new(status, code, sanitize::clean(text, 1024))
             }
             AgentError::InvalidRequest(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)

@@ -234,7 +234,7 @@ impl DriveService {
             .call(move |c| drives::attach(c, &key, &vm, root, vm_is_live))
             .await?;
         let row = out.map_err(|r| refused(r, drive, &req.vm))?;
-        tracing::info!(drive = %row.name, vm = %crate::logsafe::Escaped(&req.vm), root, "drive attached");
+        tracing::info!(drive = %row.name, vm = %crate::sanitize::Escaped(&req.vm), root, "drive attached");
         Ok(row.to_api())
     }
 
@@ -319,7 +319,7 @@ impl DriveService {
             for id in ids {
                 match storage.delete_drive(&id.to_string()) {
                     Ok(()) | Err(StorageError::DriveNotFound { .. }) => {}
-                    Err(e) => tracing::warn!(%id, error = %crate::logsafe::Escaped(nexus_lib::error::error_chain(&e)), "could not remove drive subvolume; it is removed at the next start"),
+                    Err(e) => tracing::warn!(%id, error = %crate::sanitize::Escaped(nexus_lib::error::error_chain(&e)), "could not remove drive subvolume; it is removed at the next start"),
                 }
             }
         })

@@ -16,7 +16,7 @@ use nexus_lib::names::{MAX_NAME_LEN, validate_name};
 use uuid::Uuid;
 
 use crate::hostpath::{Caller, HostPathError, ImportPolicy};
-use crate::logsafe::Escaped;
+use crate::sanitize::Escaped;
 use crate::storage::{ImportBounds, PoolManager, StorageError, ext4};
 use crate::store::images::{self, Deleted, ImageRow, Inserted};
 use crate::store::{Store, StoreError};
