@@ -4,6 +4,7 @@
 pub mod agent;
 pub mod api;
 pub mod boot;
+pub mod command;
 pub mod daemon;
 pub mod drives;
 pub mod hostpath;

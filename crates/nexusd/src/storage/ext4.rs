@@ -29,8 +29,8 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use sha2::{Digest, Sha256};
 
-use super::cmd;
 use super::{ImportBounds, StorageError};
+use crate::command;
 
 /// ext2/3/4 superblock magic, little-endian at byte 1080 of the image (superblock at 1024, field 0x38).
 pub const EXT4_MAGIC: u16 = 0xEF53;
@@ -269,10 +269,12 @@ pub fn build_from_dir_bounded(
         .map_err(|e| StorageError::io("set length of", out, e))
         .and_then(|()| {
             let mut mke2fs = if nix::unistd::geteuid().is_root() {
-                cmd::tool("mke2fs")
+                command::tool("mke2fs")
             } else {
-                let mut unshare = cmd::tool("unshare");
-                unshare.arg("--map-root-user").arg(cmd::program("mke2fs"));
+                let mut unshare = command::tool("unshare");
+                unshare
+                    .arg("--map-root-user")
+                    .arg(command::program("mke2fs"));
                 unshare
             };
             mke2fs
@@ -294,7 +296,10 @@ pub fn build_from_dir_bounded(
                 .arg(".")
                 .arg(std::path::absolute(out).unwrap_or_else(|_| out.to_owned()))
                 .current_dir(dir);
-            cmd::run_bounded(&mut mke2fs, &[0], &|| bounds.check())
+            command::run_bounded(&mut mke2fs, &[0], &|| bounds.check()).map_err(|e| match e {
+                StorageError::Tool(e) => StorageError::tool_failed("build", parent_of(out), e),
+                other => other,
+            })
         });
     if result.is_err() {
         let _ = fs::remove_file(out);
@@ -326,8 +331,9 @@ pub fn grow(path: &Path, new_size: u64) -> Result<(), StorageError> {
     }
     file.set_len(new_size)
         .map_err(|e| StorageError::io("set length of", path, e))?;
-    let result = cmd::run(cmd::tool("e2fsck").arg("-fy").arg(path), &[0, 1])
-        .and_then(|_| cmd::run(cmd::tool("resize2fs").arg(path), &[0]));
+    let result = command::run(command::tool("e2fsck").arg("-fy").arg(path), &[0, 1])
+        .and_then(|_| command::run(command::tool("resize2fs").arg(path), &[0]))
+        .map_err(|e| StorageError::tool_failed("grow", parent_of(path), e));
     if result.is_err() {
         // The filesystem still has its old size, so the old length is safe to restore.
         let _ = file.set_len(current);
@@ -361,9 +367,9 @@ impl Geometry {
 
 /// Reads the block count and block size of the ext4 image at `path` with `dumpe2fs -h`.
 pub fn geometry(path: &Path) -> Result<Geometry, StorageError> {
-    let mut dumpe2fs = cmd::tool("dumpe2fs");
+    let mut dumpe2fs = command::tool("dumpe2fs");
     dumpe2fs.arg("-h").arg(path);
-    let output = cmd::run(&mut dumpe2fs, &[0])?;
+    let output = command::run(&mut dumpe2fs, &[0])?;
     let text = String::from_utf8_lossy(&output.stdout);
     let field = |name: &str| {
         text.lines()
@@ -479,6 +485,14 @@ fn read_full(input: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// The directory holding `file` (`.` for a bare name).
+fn parent_of(file: &Path) -> &Path {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {

@@ -16,7 +16,6 @@
 //! daemon uses in [`Storage`].
 
 pub mod btrfs;
-mod cmd;
 pub mod ext4;
 mod manager;
 pub mod pool;
@@ -29,9 +28,14 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+use crate::command::CommandError;
+
 pub use manager::PoolManager;
 pub use pool::{Pool, PoolConfig};
 pub use service::{DriveInfo, IMAGE_FILE, ImageInfo, ImageSource, Storage};
+
+/// Free bytes under which a file system a tool failed to write to counts as full.
+const NEARLY_FULL: u64 = 32 << 20;
 
 /// Everything that can go wrong in storage. Variants carry the path or id a reader needs.
 #[derive(Debug, thiserror::Error)]
@@ -66,18 +70,8 @@ pub enum StorageError {
     PoolNeedsRoot { file: PathBuf, mountpoint: PathBuf },
     #[error("the storage pool at {mountpoint} is still in use and stays mounted")]
     PoolBusy { mountpoint: PathBuf },
-    #[error("could not run `{command}`")]
-    Spawn {
-        command: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        command: String,
-        status: String,
-        stderr: String,
-    },
+    #[error(transparent)]
+    Tool(#[from] CommandError),
     #[error("unexpected output from `{command}`: {reason}")]
     ToolOutput { command: String, reason: String },
     #[error("cannot {op} {path}")]
@@ -211,12 +205,28 @@ impl StorageError {
         }
     }
 
-    /// Whether the pool ran out of space (directly, or as reported by an external tool).
-    pub fn is_out_of_space(&self) -> bool {
-        match self {
-            Self::NoSpace { .. } => true,
-            Self::Command { stderr, .. } => stderr.contains("No space left on device"),
-            _ => false,
+    /// A tool that failed while writing under `dir`: out of space when the file system
+    /// holding `dir` is nearly full now. Decided from the state the tool left, never from its
+    /// stderr (whose wording depends on the tool's version and locale).
+    pub(crate) fn tool_failed(op: &'static str, dir: &Path, e: CommandError) -> Self {
+        match free_bytes(dir) {
+            Ok(free) if free < NEARLY_FULL => Self::NoSpace {
+                op,
+                path: dir.to_owned(),
+            },
+            _ => e.into(),
         }
     }
+
+    /// Whether the pool ran out of space.
+    pub fn is_out_of_space(&self) -> bool {
+        matches!(self, Self::NoSpace { .. })
+    }
+}
+
+/// Bytes an unprivileged writer may still use in the file system holding `path`.
+pub(crate) fn free_bytes(path: &Path) -> Result<u64, StorageError> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| StorageError::sys("statvfs", path, e))?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
 }

@@ -15,7 +15,8 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use super::{StorageError, btrfs, cmd};
+use super::{StorageError, btrfs};
+use crate::command;
 
 /// Size of the embedded pool image when config says nothing (sparse: costs nothing until used).
 pub const DEFAULT_IMAGE_SIZE: u64 = 20 << 30;
@@ -93,8 +94,7 @@ impl Pool {
 
     /// Bytes still available for new data (what `/v1/health` reports).
     pub fn free_bytes(&self) -> Result<u64, StorageError> {
-        let stat = self.statvfs()?;
-        Ok(stat.blocks_available() * stat.fragment_size())
+        super::free_bytes(&self.root)
     }
 
     /// Total size of the pool's filesystem in bytes.
@@ -161,14 +161,14 @@ fn open_image(file: &Path, size: u64, mountpoint: &Path) -> Result<Pool, Storage
     // Recorded before mounting, so a kill between the mount and the record cannot leak the mount;
     // a record without a mount is ignored (and replaced) by the next start.
     write_owner_record(&record, &root)?;
-    let mut mount = cmd::tool("mount");
+    let mut mount = command::tool("mount");
     mount
         .args(["-t", "btrfs", "-o", "loop"])
         .arg(file)
         .arg(&root);
-    if let Err(e) = cmd::run(&mut mount, &[0]) {
+    if let Err(e) = command::run(&mut mount, &[0]) {
         let _ = fs::remove_file(&record);
-        return Err(e);
+        return Err(e.into());
     }
     let pool = Pool {
         root,
@@ -227,9 +227,9 @@ fn format_image(file: &Path, size: u64) -> Result<(), StorageError> {
     image
         .set_len(size)
         .map_err(|e| StorageError::io("set length of", &tmp, e))?;
-    let mut mkfs = cmd::tool("mkfs.btrfs");
+    let mut mkfs = command::tool("mkfs.btrfs");
     mkfs.args(["-q", "-L", "nexus-pool"]).arg(&tmp);
-    cmd::run(&mut mkfs, &[0])?;
+    command::run(&mut mkfs, &[0])?;
     image
         .sync_all()
         .map_err(|e| StorageError::io("sync", &tmp, e))?;

@@ -202,10 +202,7 @@ impl Storage {
 
     /// Bytes an unprivileged writer may still use in the pool.
     pub fn free_bytes(&self) -> Result<u64, StorageError> {
-        let st = nix::sys::statvfs::statvfs(&self.root)
-            .map_err(|e| StorageError::sys("statvfs", &self.root, e))?;
-        #[allow(clippy::unnecessary_cast)]
-        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+        super::free_bytes(&self.root)
     }
 
     /// Builds an image in a fresh subvolume under `tmp/` with `fill` (which writes `rootfs.ext4` and

@@ -208,7 +208,7 @@ pub enum VmmError {
         path: PathBuf,
         waited: Duration,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
