@@ -18,7 +18,7 @@ use nexus_lib::names::{MAX_NAME_LEN, validate_name};
 use nexus_lib::size::ByteSize;
 use uuid::Uuid;
 
-use crate::storage::{PoolManager, StorageError, ext4};
+use crate::storage::{CreateDriveError, PoolError, PoolManager, ext4};
 use crate::store::drives::{self, DriveRow, Refusal};
 use crate::store::images::{self, ImageRow};
 use crate::store::vms::{NewVm, VmRow};
@@ -57,7 +57,9 @@ pub enum DriveError {
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Snapshot(#[from] CreateDriveError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("storage worker failed")]
@@ -318,7 +320,8 @@ impl DriveService {
             };
             for id in ids {
                 match storage.delete_drive(&id.to_string()) {
-                    Ok(()) | Err(StorageError::DriveNotFound { .. }) => {}
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
                     Err(e) => tracing::warn!(%id, error = %crate::sanitize::Escaped(nexus_lib::error::error_chain(&e)), "could not remove drive subvolume; it is removed at the next start"),
                 }
             }
@@ -385,9 +388,10 @@ impl DriveService {
             return Err(DriveError::NameTaken(name));
         }
         let (pool, image_id) = (self.pool.clone(), image_row.id);
-        let info = tokio::task::spawn_blocking(move || {
-            pool.get_or_create()?
-                .create_drive(&image_id.to_string(), &id.to_string(), size)
+        let info = tokio::task::spawn_blocking(move || -> Result<_, DriveError> {
+            Ok(pool
+                .get_or_create()?
+                .create_drive(&image_id.to_string(), &id.to_string(), size)?)
         })
         .await
         .map_err(DriveError::Worker)?;
@@ -417,7 +421,7 @@ impl DriveService {
     /// without its subvolume is a conflict; anything else is `e`.
     async fn snapshot_failed(
         &self,
-        e: StorageError,
+        e: DriveError,
         image: &str,
         image_row: &ImageRow,
     ) -> DriveError {
@@ -426,11 +430,13 @@ impl DriveService {
             Ok(false) => DriveError::ImageNotFound(image.to_owned()),
             Err(store) => store.into(),
             Ok(true) => match e {
-                StorageError::ImageNotFound { .. } => DriveError::Conflict(format!(
-                    "image {} has no subvolume in the pool; delete it and import it again",
-                    image_row.name
-                )),
-                other => other.into(),
+                DriveError::Snapshot(CreateDriveError::ImageNotFound { .. }) => {
+                    DriveError::Conflict(format!(
+                        "image {} has no subvolume in the pool; delete it and import it again",
+                        image_row.name
+                    ))
+                }
+                other => other,
             },
         }
     }
