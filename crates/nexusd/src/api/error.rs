@@ -222,9 +222,7 @@ impl From<DriveError> for ApiError {
         match e {
             DriveError::NotFound(_) | DriveError::VmNotFound(_) => Self::not_found(message),
             DriveError::ImageNotFound(_) => Self::not_found(message).with_field("image"),
-            DriveError::NameTaken(_) | DriveError::VmNameTaken(_) => {
-                Self::conflict(message).with_field("name")
-            }
+            DriveError::NameTaken(_) => Self::conflict(message).with_field("name"),
             DriveError::Conflict(_) => Self::conflict(message),
             DriveError::Invalid { field, .. } => Self::invalid(field, message),
             DriveError::Pool(e) => e.into(),

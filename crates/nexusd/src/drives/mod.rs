@@ -1,5 +1,6 @@
 //! Drives: writable copy-on-write snapshots of master images, and their attachment to VMs. The
-//! service API handlers (and the VM service, for a VM's root drive) call.
+//! service API handlers call; the VM service asks it for a VM's root drive
+//! ([`DriveService::make_subvolume`]) and inserts that drive's row in its own transaction.
 //!
 //! Creation makes the subvolume first and inserts the row after (in one transaction with the check
 //! that the image still exists), so an interruption leaves at most an unregistered subvolume
@@ -21,7 +22,7 @@ use uuid::Uuid;
 use crate::storage::{CreateDriveError, PoolError, PoolManager, ext4};
 use crate::store::drives::{self, DriveRow, Refusal};
 use crate::store::images::{self, ImageRow};
-use crate::store::vms::{NewVm, VmRow};
+use crate::store::vms;
 use crate::store::{Store, StoreError, now_ms};
 use crate::vm::{VmLocks, state};
 
@@ -47,8 +48,6 @@ pub enum DriveError {
     VmNotFound(String),
     #[error("a drive named {0:?} already exists")]
     NameTaken(String),
-    #[error("a VM named {0:?} already exists")]
-    VmNameTaken(String),
     #[error("invalid {field}: {message}")]
     Invalid {
         field: &'static str,
@@ -150,62 +149,6 @@ impl DriveService {
         Ok(row.to_api())
     }
 
-    /// Creates VM `new` with a root drive made from `image` (of `disk_size`), both rows in one
-    /// transaction: there is never a VM row without its drive, nor a drive left from a failed create.
-    pub async fn create_vm_with_root(
-        &self,
-        new: NewVm,
-        image: &str,
-        disk_size: Option<ByteSize>,
-    ) -> Result<VmRow, DriveError> {
-        let (this, image) = (self.clone(), image.to_owned());
-        detached(async move { this.create_vm_with_root_now(new, &image, disk_size).await }).await
-    }
-
-    async fn create_vm_with_root_now(
-        &self,
-        new: NewVm,
-        image: &str,
-        disk_size: Option<ByteSize>,
-    ) -> Result<VmRow, DriveError> {
-        let vm_name = new.name.clone();
-        let key = vm_name.clone();
-        if self
-            .store
-            .call(move |c| crate::store::vms::get(c, &key))
-            .await?
-            .is_some()
-        {
-            return Err(DriveError::VmNameTaken(vm_name));
-        }
-        let root_name = format!("{}-root", &vm_name[..vm_name.len().min(MAX_NAME_LEN - 5)]);
-        let drive = self
-            .make_subvolume(image, Some(root_name.clone()), disk_size, "disk_size")
-            .await?;
-        let id = drive.id;
-        let inserted = self
-            .store
-            .call(move |c| drives::insert_with_vm(c, &new, drive))
-            .await;
-        match inserted {
-            Ok(Ok((vm, drive))) => {
-                tracing::info!(vm = %vm.name, drive = %drive.name, "VM created with its root drive");
-                Ok(vm)
-            }
-            Ok(Err(refusal)) => {
-                self.remove_subvolumes(&[id]).await;
-                Err(match refusal {
-                    Refusal::VmNameTaken => DriveError::VmNameTaken(vm_name),
-                    other => refused(other, &root_name, image),
-                })
-            }
-            Err(e) => {
-                self.remove_subvolumes(&[id]).await;
-                Err(e.into())
-            }
-        }
-    }
-
     pub async fn list(&self) -> Result<Vec<Drive>, DriveError> {
         let rows = self.store.call(|c| drives::list(c)).await?;
         Ok(rows.iter().map(DriveRow::to_api).collect())
@@ -225,7 +168,7 @@ impl DriveService {
         let key = req.vm.clone();
         let target = self
             .store
-            .call(move |c| crate::store::vms::get(c, &key))
+            .call(move |c| vms::get(c, &key))
             .await?
             .ok_or_else(|| DriveError::VmNotFound(req.vm.clone()))?;
         let _lock = self.locks.lock(target.id).await;
@@ -233,7 +176,7 @@ impl DriveService {
         let (key, vm, root) = (drive.to_owned(), target.id.to_string(), req.root);
         let out = self
             .store
-            .call(move |c| drives::attach(c, &key, &vm, root, vm_is_live))
+            .call(move |c| vms::attach_drive(c, &key, &vm, root, vm_is_live))
             .await?;
         let row = out.map_err(|r| refused(r, drive, &req.vm))?;
         tracing::info!(drive = %row.name, vm = %crate::sanitize::Escaped(&req.vm), root, "drive attached");
@@ -244,7 +187,7 @@ impl DriveService {
     pub async fn detach(&self, drive: &str) -> Result<Drive, DriveError> {
         let row = self
             .under_vm_lock(drive, |c, key, locked| {
-                drives::detach(c, key, locked, vm_is_live)
+                vms::detach_drive(c, key, locked, vm_is_live)
             })
             .await?;
         tracing::info!(drive = %row.name, "drive detached");
@@ -261,7 +204,7 @@ impl DriveService {
     async fn delete_now(&self, drive: &str) -> Result<(), DriveError> {
         let row = self
             .under_vm_lock(drive, |c, key, locked| {
-                drives::delete(c, key, locked, vm_is_live)
+                vms::delete_drive(c, key, locked, vm_is_live)
             })
             .await?;
         self.remove_subvolumes(&[row.id]).await;
@@ -334,7 +277,7 @@ impl DriveService {
 
     /// Validates a new drive (name, image, size), then snapshots the image into its subvolume.
     /// Returns the row to insert; the caller removes the subvolume if the insert fails.
-    async fn make_subvolume(
+    pub(crate) async fn make_subvolume(
         &self,
         image: &str,
         name: Option<String>,
@@ -463,12 +406,11 @@ impl DriveService {
 }
 
 /// The error for a refused change of `drive` (involving VM or image `other`, when there is one).
-fn refused(refusal: Refusal, drive: &str, other: &str) -> DriveError {
+pub(crate) fn refused(refusal: Refusal, drive: &str, other: &str) -> DriveError {
     match refusal {
         Refusal::DriveNotFound => DriveError::NotFound(drive.to_owned()),
         Refusal::VmNotFound => DriveError::VmNotFound(other.to_owned()),
         Refusal::DriveNameTaken => DriveError::NameTaken(drive.to_owned()),
-        Refusal::VmNameTaken => DriveError::VmNameTaken(drive.to_owned()),
         Refusal::Broken => DriveError::Conflict(format!(
             "drive {drive} is broken (its subvolume is missing); it can only be deleted"
         )),
