@@ -11,7 +11,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use nexusd::storage::{
-    CreateDriveError, ImportError, Pool, PoolConfig, PoolError, SizeError, Storage, btrfs, ext4,
+    CreateDriveError, ImageInfo, ImportBounds, ImportError, Pool, PoolConfig, PoolError, SizeError,
+    Storage, btrfs, ext4,
 };
 use tempfile::TempDir;
 
@@ -61,10 +62,12 @@ impl Drop for TestPool {
 
 /// A small directory tree: `/etc/hostname` owned by root, `/home/user/note` owned by uid 1234.
 /// The pool's storage with an image `base` imported from [`sample_tree`].
-fn with_base_image(pool: &TestPool) -> (Storage, nexusd::storage::ImageInfo) {
+fn with_base_image(pool: &TestPool) -> (Storage, ImageInfo) {
     let storage = pool.storage();
     let tree = sample_tree(pool.dir.path());
-    let image = storage.import_image_from_dir(&tree, &tree, "base").unwrap();
+    let image = storage
+        .import_image_from_dir(&tree, &tree, "base", &ImportBounds::unbounded())
+        .unwrap();
     (storage, image)
 }
 
@@ -233,14 +236,24 @@ fn import_from_dir_keeps_root_and_user_ownership_and_is_readonly() {
     let storage = pool.storage();
     let tree = sample_tree(pool.dir.path());
 
-    let info = storage.import_image_from_dir(&tree, &tree, "base").unwrap();
+    let info = storage
+        .import_image_from_dir(&tree, &tree, "base", &ImportBounds::unbounded())
+        .unwrap();
 
     assert!(ext4::is_ext4(&info.path).unwrap());
     assert_eq!(owner_in_image(&info.path, "/"), 0);
     assert_eq!(owner_in_image(&info.path, "/etc/hostname"), 0);
     assert_eq!(owner_in_image(&info.path, "/home/user/note"), 1234);
     assert!(btrfs::is_readonly(&storage.image_dir("base")).unwrap());
-    assert_eq!(storage.image_info("base").unwrap(), info);
+    let meta = fs::read(storage.image_dir("base").join("meta.json")).unwrap();
+    let meta: ImageInfo = serde_json::from_slice(&meta).unwrap();
+    assert_eq!(
+        ImageInfo {
+            path: info.path.clone(),
+            ..meta
+        },
+        info
+    );
     assert!(dir_entries(&pool.root.join("tmp")).is_empty());
 }
 
@@ -251,7 +264,9 @@ fn import_from_ext4_file_copies_it_with_its_sha256() {
     let src = pool.scratch("src.ext4");
     make_ext4(&src, 64 * MIB);
 
-    let info = storage.import_image_from_ext4(&src, &src, "img").unwrap();
+    let info = storage
+        .import_image_from_ext4(&src, &src, "img", &ImportBounds::unbounded())
+        .unwrap();
 
     assert_eq!(info.size_bytes, 64 * MIB);
     assert_eq!(info.sha256, ext4::sha256_file(&src).unwrap());
@@ -267,7 +282,7 @@ fn import_of_a_non_ext4_file_is_rejected_and_leaves_nothing() {
     fs::write(&src, vec![0x42; 4 * MIB as usize]).unwrap();
 
     let err = storage
-        .import_image_from_ext4(&src, &src, "junk")
+        .import_image_from_ext4(&src, &src, "junk", &ImportBounds::unbounded())
         .unwrap_err();
 
     assert!(matches!(err, ImportError::NotExt4 { .. }), "{err:?}");
@@ -281,7 +296,12 @@ fn import_of_a_missing_path_is_source_not_found() {
 
     let err = pool
         .storage()
-        .import_image_from_ext4(&pool.scratch("absent"), &pool.scratch("absent"), "x")
+        .import_image_from_ext4(
+            &pool.scratch("absent"),
+            &pool.scratch("absent"),
+            "x",
+            &ImportBounds::unbounded(),
+        )
         .unwrap_err();
 
     assert!(matches!(err, ImportError::SourceNotFound { .. }), "{err:?}");
@@ -292,10 +312,12 @@ fn import_with_a_taken_id_is_image_exists() {
     let pool = TestPool::new();
     let storage = pool.storage();
     let tree = sample_tree(pool.dir.path());
-    storage.import_image_from_dir(&tree, &tree, "base").unwrap();
+    storage
+        .import_image_from_dir(&tree, &tree, "base", &ImportBounds::unbounded())
+        .unwrap();
 
     let err = storage
-        .import_image_from_dir(&tree, &tree, "base")
+        .import_image_from_dir(&tree, &tree, "base", &ImportBounds::unbounded())
         .unwrap_err();
 
     assert!(matches!(err, ImportError::Exists { .. }), "{err:?}");

@@ -15,7 +15,6 @@ use std::path::PathBuf;
 pub use cpio::CpioWriter;
 pub use initramfs::{DEFAULT_MODULES, build_initramfs};
 pub use kernel::{KernelAsset, find_kernel_deb, unpack_debian_kernel, unpack_kernel_deb};
-pub use modinfo::{ModuleIndex, modinfo_depends};
 pub use rootfs::{RootfsOptions, build_busybox_rootfs};
 
 #[derive(Debug, thiserror::Error)]

@@ -233,12 +233,15 @@ impl ImageService {
                 }
             })?;
             let open = src.proc_path();
-            let is_dir = check_source(&open, &path)?;
+            let is_dir = src.is_dir;
+            if !is_dir {
+                check_ext4(&open, &path)?;
+            }
             let storage = pool.get_or_create()?;
             let info = if is_dir {
-                storage.import_image_from_dir_bounded(&open, &path, &id.to_string(), &bounds)
+                storage.import_image_from_dir(&open, &path, &id.to_string(), &bounds)
             } else {
-                storage.import_image_from_ext4_bounded(&open, &path, &id.to_string(), &bounds)
+                storage.import_image_from_ext4(&open, &path, &id.to_string(), &bounds)
             }
             .inspect_err(|e| {
                 if e.is_stopped() {
@@ -359,20 +362,16 @@ fn check_path_text(path: &str) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Checks the import source at `open` (named `shown` in messages) before the pool is touched: it
-/// exists and is a directory (`true`) or an ext4 image file (`false`).
-fn check_source(open: &Path, shown: &Path) -> Result<bool, ImportError> {
-    let not_ext4 = |path| ImportError::NotExt4 { path };
-    let meta = std::fs::metadata(open).map_err(|e| ImportError::open_source(shown, e, not_ext4))?;
-    if meta.is_dir() {
-        return Ok(true);
+/// Checks that the regular file at `open` (named `shown` in messages) is an ext4 image, before
+/// the pool is touched.
+fn check_ext4(open: &Path, shown: &Path) -> Result<(), ImportError> {
+    if ext4::is_ext4(open).map_err(ImportError::from_source)? {
+        Ok(())
+    } else {
+        Err(ImportError::NotExt4 {
+            path: shown.to_owned(),
+        })
     }
-    if meta.is_file() && ext4::is_ext4(open).map_err(ImportError::from_source)? {
-        return Ok(false);
-    }
-    Err(ImportError::NotExt4 {
-        path: shown.to_owned(),
-    })
 }
 
 /// A name from a path's last component: `/srv/Debian_12.ext4` → `debian-12`.
@@ -483,19 +482,12 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_source_is_source_not_found() {
-        let missing = Path::new("/nonexistent/nexus-test");
-        let err = check_source(missing, missing).unwrap_err();
-        assert!(matches!(err, ImportError::SourceNotFound { .. }), "{err:?}");
-    }
-
-    #[test]
     fn a_file_that_is_not_ext4_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("x.img");
         std::fs::write(&file, vec![0u8; 4096]).unwrap();
         assert!(matches!(
-            check_source(&file, &file),
+            check_ext4(&file, &file),
             Err(ImportError::NotExt4 { .. })
         ));
     }

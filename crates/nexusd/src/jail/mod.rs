@@ -128,10 +128,6 @@ impl Jailer {
         }
     }
 
-    pub fn config(&self) -> &JailConfig {
-        &self.cfg
-    }
-
     pub fn enabled(&self) -> bool {
         self.cfg.enabled
     }

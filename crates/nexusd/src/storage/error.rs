@@ -1,8 +1,7 @@
 //! The errors of storage, one type per operation or small group of operations (Firecracker's
 //! way): opening and closing the pool ([`PoolError`]), subvolume work ([`SubvolumeError`]),
-//! importing an image ([`ImportError`]) and reading its metadata ([`MetadataError`]), making or
-//! growing a drive ([`CreateDriveError`], with [`GrowError`] and [`SizeError`] below it),
-//! removing either ([`RemoveError`]). The leaves
+//! importing an image ([`ImportError`]), making or growing a drive ([`CreateDriveError`], with
+//! [`GrowError`] and [`SizeError`] below it), removing either ([`RemoveError`]). The leaves
 //! ([`FsError`], [`IdError`], and the runner's `CommandError`) name the path, id or command.
 //! Sources are chained with `#[source]`, never repeated in the message. Which of them the API
 //! answers with which status is `api/error.rs`'s business.
@@ -279,23 +278,6 @@ impl CreateDriveError {
             _ => false,
         }
     }
-}
-
-/// Reading an image's metadata (`meta.json`).
-#[derive(Debug, thiserror::Error)]
-pub enum MetadataError {
-    #[error("image {id} not found")]
-    ImageNotFound { id: String },
-    #[error(transparent)]
-    Id(#[from] IdError),
-    #[error("invalid metadata {path}")]
-    Invalid {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-    #[error(transparent)]
-    Fs(#[from] FsError),
 }
 
 /// Removing an image or a drive, or the debris of interrupted work.

@@ -37,7 +37,7 @@ pub const EXT4_MAGIC: u16 = 0xEF53;
 const MAGIC_OFFSET: u64 = 1024 + 0x38;
 /// ext4 block size Nexus builds with; sizes are whole multiples of it.
 pub const BLOCK_SIZE: u64 = 4096;
-/// The smallest image [`size_for_dir`] proposes.
+/// The smallest image [`size_for_usage`] proposes.
 pub const MIN_IMAGE_SIZE: u64 = 64 << 20;
 /// Fixed headroom on top of the content: journal, metadata, reserved blocks, some free space.
 const HEADROOM: u64 = 32 << 20;
@@ -81,7 +81,7 @@ const RESOLVE_BENEATH: rustix::fs::ResolveFlags = rustix::fs::ResolveFlags::BENE
     .union(rustix::fs::ResolveFlags::NO_MAGICLINKS);
 
 /// Walks `dir` (symlinks are not followed) and sums what its content needs.
-pub fn dir_usage(dir: &Path) -> Result<DirUsage, ImportError> {
+fn dir_usage(dir: &Path) -> Result<DirUsage, ImportError> {
     let fd = open_source_dir(dir, dir)?;
     scan_dir(&fd, dir, &ImportBounds::unbounded())
 }
@@ -216,14 +216,8 @@ fn inodes_for(count: u64) -> u64 {
     count + count / 2 + 1024
 }
 
-/// A filesystem size for the content of `dir`: data and inode tables plus a quarter, plus 32 MiB of
-/// headroom, at least [`MIN_IMAGE_SIZE`], rounded up to a MiB.
-pub fn size_for_dir(dir: &Path) -> Result<u64, ImportError> {
-    let usage = dir_usage(dir)?;
-    Ok(size_for_usage(usage))
-}
-
-/// The filesystem size for content measured by [`scan_dir`]: see [`size_for_dir`].
+/// A filesystem size for content measured by [`scan_dir`]: data and inode tables plus a
+/// quarter, plus 32 MiB of headroom, at least [`MIN_IMAGE_SIZE`], rounded up to a MiB.
 pub fn size_for_usage(usage: DirUsage) -> u64 {
     let content = usage.bytes + inodes_for(usage.inodes) * INODE_SIZE;
     let size = (content + content / 4 + HEADROOM).max(MIN_IMAGE_SIZE);
@@ -351,15 +345,11 @@ pub fn sha256_file(path: &Path) -> Result<String, FsError> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Copies `src` to the new file `dst`, hashing while streaming. All-zero chunks become holes, so a
-/// sparse image stays sparse. Returns the length and the sha256 (hex) of the content.
-pub fn copy_with_sha256(src: &Path, dst: &Path) -> Result<(u64, String), ImportError> {
-    copy_with_sha256_bounded(src, dst, &ImportBounds::unbounded())
-}
-
-/// [`copy_with_sha256`] that stops when `bounds` says so (checked every chunk). The source is
-/// opened non-blocking and must be a regular file on the opened descriptor.
-pub fn copy_with_sha256_bounded(
+/// Copies `src` to the new file `dst`, hashing while streaming, until `bounds` says to stop
+/// (checked every chunk). All-zero chunks become holes, so a sparse image stays sparse. The
+/// source is opened non-blocking and must be a regular file on the opened descriptor. Returns
+/// the length and the sha256 (hex) of the content.
+pub fn copy_with_sha256(
     src: &Path,
     dst: &Path,
     bounds: &ImportBounds,
@@ -552,7 +542,7 @@ mod tests {
         let mut content = vec![0u8; 3 * CHUNK + 5];
         content[CHUNK + 7] = 1;
         fs::write(&src, &content).unwrap();
-        let (len, sha) = copy_with_sha256(&src, &dst).unwrap();
+        let (len, sha) = copy_with_sha256(&src, &dst, &ImportBounds::unbounded()).unwrap();
         assert_eq!(
             (len, sha, fs::read(&dst).unwrap()),
             (

@@ -26,10 +26,6 @@ impl PoolManager {
         }
     }
 
-    pub fn config(&self) -> &PoolConfig {
-        &self.config
-    }
-
     /// Whether the pool exists already: a configured directory always does; the embedded pool once its
     /// image file was made.
     pub fn exists(&self) -> bool {

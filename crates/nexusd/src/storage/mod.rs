@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
 pub use error::{
-    CreateDriveError, FsError, GrowError, IdError, ImportError, MetadataError, PoolError,
-    RemoveError, SizeError, SubvolumeError,
+    CreateDriveError, FsError, GrowError, IdError, ImportError, PoolError, RemoveError, SizeError,
+    SubvolumeError,
 };
 pub use manager::PoolManager;
 pub use pool::{Pool, PoolConfig};

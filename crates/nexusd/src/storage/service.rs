@@ -17,8 +17,8 @@ use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use serde::{Deserialize, Serialize};
 
 use super::{
-    CreateDriveError, FsError, IdError, ImportBounds, ImportError, MetadataError, PoolError,
-    RemoveError, SizeError, SubvolumeError, btrfs, ext4,
+    CreateDriveError, FsError, IdError, ImportBounds, ImportError, PoolError, RemoveError,
+    SizeError, SubvolumeError, btrfs, ext4,
 };
 
 /// The ext4 image inside every image and drive subvolume.
@@ -85,11 +85,6 @@ impl Storage {
         })
     }
 
-    /// The pool's root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
-    }
-
     /// The subvolume of image `id` (whether or not it exists).
     pub fn image_dir(&self, id: &str) -> PathBuf {
         self.root.join(IMAGES).join(id)
@@ -103,18 +98,9 @@ impl Storage {
     /// Imports the ext4 image file `src` as image `id`: copied (sparse, hashed while streaming) into a
     /// new subvolume, then published read-only. A file that is not ext4 is rejected before anything is
     /// created. `shown` is the source's name in records and messages (`src` may be a
-    /// `/proc/self/fd/N` path of a checked descriptor).
+    /// `/proc/self/fd/N` path of a checked descriptor). Stopped (and its work removed) when
+    /// `bounds` says so.
     pub fn import_image_from_ext4(
-        &self,
-        src: &Path,
-        shown: &Path,
-        id: &str,
-    ) -> Result<ImageInfo, ImportError> {
-        self.import_image_from_ext4_bounded(src, shown, id, &ImportBounds::unbounded())
-    }
-
-    /// [`Storage::import_image_from_ext4`], stopped (and its work removed) when `bounds` says so.
-    pub fn import_image_from_ext4_bounded(
         &self,
         src: &Path,
         shown: &Path,
@@ -133,7 +119,7 @@ impl Storage {
         }
         let source = ImageSource::Ext4File(shown.to_owned());
         self.import(id, source, |file| {
-            let (size, sha256) = ext4::copy_with_sha256_bounded(src, file, bounds)?;
+            let (size, sha256) = ext4::copy_with_sha256(src, file, bounds)?;
             // The source could have changed since the first check.
             if !ext4::is_ext4(file)? {
                 return Err(not_ext4());
@@ -142,24 +128,13 @@ impl Storage {
         })
     }
 
-    /// Imports the directory `dir` as image `id`: an ext4 image built with `mke2fs -d`, sized with
-    /// [`ext4::size_for_dir`] (see [`ext4`] for who owns the files inside). `shown` as for
-    /// [`Storage::import_image_from_ext4`].
-    pub fn import_image_from_dir(
-        &self,
-        dir: &Path,
-        shown: &Path,
-        id: &str,
-    ) -> Result<ImageInfo, ImportError> {
-        self.import_image_from_dir_bounded(dir, shown, id, &ImportBounds::unbounded())
-    }
-
-    /// [`Storage::import_image_from_dir`] under `bounds`: the tree is measured first (on a
+    /// Imports the directory `dir` as image `id`: an ext4 image built with `mke2fs -d` (see
+    /// [`ext4`] for who owns the files inside), under `bounds`: the tree is measured first (on a
     /// descriptor, see [`ext4::scan_dir`]) and refused past a cap; the image is sized from the
     /// allocated bytes (sparse files count their data, not their holes) and must fit the pool's
     /// free space; `mke2fs` is killed and its output removed when the client goes away or the
-    /// deadline passes.
-    pub fn import_image_from_dir_bounded(
+    /// deadline passes. `shown` as for [`Storage::import_image_from_ext4`].
+    pub fn import_image_from_dir(
         &self,
         dir: &Path,
         shown: &Path,
@@ -220,22 +195,6 @@ impl Storage {
         })();
         self.discard(&work);
         result
-    }
-
-    /// Reads the metadata of image `id`.
-    pub fn image_info(&self, id: &str) -> Result<ImageInfo, MetadataError> {
-        let dir = self.existing(IMAGES, id, || MetadataError::ImageNotFound {
-            id: id.to_owned(),
-        })?;
-        let path = dir.join(META_FILE);
-        let text = fs::read_to_string(&path).map_err(FsError::at("read", &path))?;
-        let mut info: ImageInfo =
-            serde_json::from_str(&text).map_err(|source| MetadataError::Invalid {
-                path: path.clone(),
-                source,
-            })?;
-        info.path = dir.join(IMAGE_FILE);
-        Ok(info)
     }
 
     /// Creates drive `drive_id` as a writable snapshot of image `image_id`, in constant time. With
