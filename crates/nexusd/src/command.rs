@@ -49,17 +49,11 @@ pub(crate) fn tool(name: &str) -> Command {
 /// Runs `cmd` to completion (stdin closed, `LC_ALL=C`); any exit code outside `ok_codes` is a
 /// [`CommandError::Failed`].
 pub(crate) fn run(cmd: &mut Command, ok_codes: &[i32]) -> Result<Output, CommandError> {
-    let line = describe(cmd);
+    let line = prepare(cmd);
     let output = cmd
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
         .output()
-        .map_err(|source| CommandError::Spawn {
-            command: line.clone(),
-            source,
-        })?;
+        .map_err(spawn_failed(&line))?;
     check(line, output.status, &output.stderr, ok_codes).map(|()| output)
 }
 
@@ -71,17 +65,11 @@ pub(crate) fn run_bounded<E: From<CommandError>>(
     ok_codes: &[i32],
     stop: &dyn Fn() -> Result<(), E>,
 ) -> Result<(), E> {
-    let line = describe(cmd);
+    let line = prepare(cmd);
     let mut child = cmd
-        .env("LC_ALL", "C")
-        .stdin(Stdio::null())
         .stdout(Stdio::null())
-        .stderr(Stdio::piped())
         .spawn()
-        .map_err(|source| CommandError::Spawn {
-            command: line.clone(),
-            source,
-        })?;
+        .map_err(spawn_failed(&line))?;
     // Drained on its own thread so a chatty tool cannot block on a full pipe; the thread ends
     // when the child (killed or not) closes its end.
     let mut pipe = child.stderr.take();
@@ -99,11 +87,7 @@ pub(crate) fn run_bounded<E: From<CommandError>>(
             Err(source) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                return Err(CommandError::Spawn {
-                    command: line,
-                    source,
-                }
-                .into());
+                return Err(spawn_failed(&line)(source).into());
             }
         }
         if let Err(e) = stop() {
@@ -132,6 +116,22 @@ fn check(
             status,
             stderr: tail(stderr),
         }),
+    }
+}
+
+/// Sets what every run shares (the C locale, stdin closed, stderr captured) and returns the
+/// command line for messages.
+fn prepare(cmd: &mut Command) -> String {
+    cmd.env("LC_ALL", "C")
+        .stdin(Stdio::null())
+        .stderr(Stdio::piped());
+    describe(cmd)
+}
+
+fn spawn_failed(command: &str) -> impl FnOnce(std::io::Error) -> CommandError + '_ {
+    |source| CommandError::Spawn {
+        command: command.to_owned(),
+        source,
     }
 }
 

@@ -22,7 +22,7 @@ use uuid::Uuid;
 use crate::storage::{CreateDriveError, PoolError, PoolManager, ext4};
 use crate::store::drives::{self, DriveRow, Refusal};
 use crate::store::images::{self, ImageRow};
-use crate::store::vms;
+use crate::store::vms::{self, LockedChange};
 use crate::store::{Store, StoreError, now_ms};
 use crate::vm::{VmLocks, state};
 
@@ -185,11 +185,7 @@ impl DriveService {
 
     /// Detaches a drive from a VM that is not live, under the VM's operation lock.
     pub async fn detach(&self, drive: &str) -> Result<Drive, DriveError> {
-        let row = self
-            .under_vm_lock(drive, |c, key, locked| {
-                vms::detach_drive(c, key, locked, vm_is_live)
-            })
-            .await?;
+        let row = self.under_vm_lock(drive, LockedChange::Detach).await?;
         tracing::info!(drive = %row.name, "drive detached");
         Ok(row.to_api())
     }
@@ -202,31 +198,20 @@ impl DriveService {
     }
 
     async fn delete_now(&self, drive: &str) -> Result<(), DriveError> {
-        let row = self
-            .under_vm_lock(drive, |c, key, locked| {
-                vms::delete_drive(c, key, locked, vm_is_live)
-            })
-            .await?;
+        let row = self.under_vm_lock(drive, LockedChange::Delete).await?;
         self.remove_subvolumes(&[row.id]).await;
         tracing::info!(drive = %row.name, id = %row.id, "drive deleted");
         Ok(())
     }
 
-    /// Runs the guarded change `op` on `drive` while holding the operation lock of the VM the
-    /// drive is attached to (none when detached). `op` gets the drive's id and that VM, and
-    /// refuses with [`Refusal::VmChanged`] when the attachment changed while this waited; then
-    /// it runs again under the new VM's lock.
-    async fn under_vm_lock<F>(&self, drive: &str, op: F) -> Result<DriveRow, DriveError>
-    where
-        F: Fn(
-                &mut rusqlite::Connection,
-                &str,
-                Option<Uuid>,
-            ) -> Result<Result<DriveRow, Refusal>, StoreError>
-            + Clone
-            + Send
-            + 'static,
-    {
+    /// Makes `change` to `drive` while holding the operation lock of the VM the drive is
+    /// attached to (none when detached). The change is refused with [`Refusal::VmChanged`] when
+    /// the attachment changed while this waited; then it is tried again under the new VM's lock.
+    async fn under_vm_lock(
+        &self,
+        drive: &str,
+        change: LockedChange,
+    ) -> Result<DriveRow, DriveError> {
         for _ in 0..LOCK_RETRIES {
             let key = drive.to_owned();
             let row = self
@@ -238,8 +223,12 @@ impl DriveService {
                 Some(vm) => Some(self.locks.lock(vm).await),
                 None => None,
             };
-            let (op, id, locked) = (op.clone(), row.id.to_string(), row.vm_id);
-            match self.store.call(move |c| op(c, &id, locked)).await? {
+            let (id, locked) = (row.id.to_string(), row.vm_id);
+            let changed = self
+                .store
+                .call(move |c| vms::change_drive(c, &id, locked, change, vm_is_live))
+                .await?;
+            match changed {
                 Ok(row) => return Ok(row),
                 Err(Refusal::VmChanged) => continue,
                 Err(refusal) => return Err(refused(refusal, drive, "")),

@@ -1,6 +1,6 @@
 //! Queries on the `vms` and `vm_transitions` tables, and the one place for transactions that
 //! span VMs and their drives: a VM created with its root drive, a VM deleted with the drives
-//! made with it, and drive changes guarded by their VM's state (attach, detach, delete). Those
+//! made with it, and drive changes guarded by their VM's state (attach, detach, delete). These
 //! call [`super::drives`] for the drive rows; the drives module never calls back here.
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
@@ -342,12 +342,21 @@ pub fn attach_drive(
     Ok(Ok(row))
 }
 
-/// Detaches `drive` from its VM unless the VM is live. `locked` is the VM whose operation lock
-/// the caller holds: a drive now attached elsewhere is [`Refusal::VmChanged`].
-pub fn detach_drive(
+/// A change of a drive made under the operation lock of its VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockedChange {
+    Detach,
+    Delete,
+}
+
+/// Detaches `drive` from its VM, or deletes its row, unless the VM is live (or, to detach, the
+/// drive is not attached). `locked` is the VM whose operation lock the caller holds (none when
+/// the drive was detached): a drive now attached elsewhere is [`Refusal::VmChanged`].
+pub fn change_drive(
     conn: &mut Connection,
     drive: &str,
     locked: Option<Uuid>,
+    change: LockedChange,
     live: impl Fn(VmState) -> bool,
 ) -> Result<Result<DriveRow, Refusal>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
@@ -358,39 +367,20 @@ pub fn detach_drive(
     if row.vm_id != locked {
         return Ok(Err(Refusal::VmChanged));
     }
-    if row.vm_id.is_none() {
+    if change == LockedChange::Detach && row.vm_id.is_none() {
         return Ok(Err(Refusal::NotAttached));
     }
     if let Err(refusal) = not_live(vm.as_ref(), &live) {
         return Ok(Err(refusal));
     }
-    drives::set_attachment(&tx, row.id, None, false)?;
-    tx.commit()?;
-    row.vm_id = None;
-    row.is_root = false;
-    Ok(Ok(row))
-}
-
-/// Deletes the row of `drive` unless it is attached to a live VM. `locked` as for
-/// [`detach_drive`].
-pub fn delete_drive(
-    conn: &mut Connection,
-    drive: &str,
-    locked: Option<Uuid>,
-    live: impl Fn(VmState) -> bool,
-) -> Result<Result<DriveRow, Refusal>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (row, vm) = match drive_and_vm(&tx, drive)? {
-        Ok(found) => found,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    if row.vm_id != locked {
-        return Ok(Err(Refusal::VmChanged));
+    match change {
+        LockedChange::Detach => {
+            drives::set_attachment(&tx, row.id, None, false)?;
+            row.vm_id = None;
+            row.is_root = false;
+        }
+        LockedChange::Delete => drives::delete_row(&tx, row.id)?,
     }
-    if let Err(refusal) = not_live(vm.as_ref(), &live) {
-        return Ok(Err(refusal));
-    }
-    drives::delete_row(&tx, row.id)?;
     tx.commit()?;
     Ok(Ok(row))
 }
@@ -551,6 +541,19 @@ mod tests {
         );
     }
 
+    /// Inserts VM `a` with the root drive `root`: refused with `refusal`, no VM row left.
+    fn assert_root_refused(store: &Store, root: DriveRow, refusal: Refusal) {
+        let out = store
+            .call_blocking(|c| insert_with_root(c, &new("a"), root))
+            .unwrap();
+
+        assert!(
+            matches!(out, InsertedWithRoot::Drive(ref r) if *r == refusal),
+            "{out:?}"
+        );
+        assert!(store.call_blocking(|c| get(c, "a")).unwrap().is_none());
+    }
+
     #[test]
     fn a_root_drive_name_clash_leaves_no_vm_row() {
         let (_d, store, image) = store_with_image();
@@ -559,15 +562,7 @@ mod tests {
             .unwrap()
             .unwrap();
 
-        let out = store
-            .call_blocking(|c| insert_with_root(c, &new("a"), drive("taken", image)))
-            .unwrap();
-
-        assert!(
-            matches!(out, InsertedWithRoot::Drive(Refusal::DriveNameTaken)),
-            "{out:?}"
-        );
-        assert!(store.call_blocking(|c| get(c, "a")).unwrap().is_none());
+        assert_root_refused(&store, drive("taken", image), Refusal::DriveNameTaken);
     }
 
     #[test]
@@ -575,15 +570,7 @@ mod tests {
         let (_d, store, image) = store_with_image();
         store.call_blocking(|c| images::delete(c, "base")).unwrap();
 
-        let out = store
-            .call_blocking(|c| insert_with_root(c, &new("a"), drive("a-root", image)))
-            .unwrap();
-
-        assert!(
-            matches!(out, InsertedWithRoot::Drive(Refusal::ImageNotFound)),
-            "{out:?}"
-        );
-        assert!(store.call_blocking(|c| get(c, "a")).unwrap().is_none());
+        assert_root_refused(&store, drive("a-root", image), Refusal::ImageNotFound);
     }
 
     #[test]
@@ -592,7 +579,7 @@ mod tests {
         with_root(&store, "a", image);
 
         let out = store
-            .call_blocking(|c| detach_drive(c, "a-root", None, |_| false))
+            .call_blocking(|c| change_drive(c, "a-root", None, LockedChange::Detach, |_| false))
             .unwrap();
 
         assert_eq!(out.map(|_| ()), Err(Refusal::VmChanged));
