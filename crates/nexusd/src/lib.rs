@@ -4,13 +4,14 @@
 pub mod agent;
 pub mod api;
 pub mod boot;
+pub mod command;
 pub mod daemon;
 pub mod drives;
 pub mod hostpath;
 pub mod images;
 pub mod jail;
-pub mod logsafe;
 pub mod network;
+pub mod sanitize;
 pub mod settings;
 pub mod storage;
 pub mod store;

@@ -45,7 +45,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::logsafe::{self, Escaped};
+use crate::sanitize::Escaped;
 
 /// Default for [`DnsConfig::query_timeout`].
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -242,7 +242,7 @@ pub fn upstream_from_resolv_conf(path: &Path) -> io::Result<Vec<SocketAddr>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot read {}: {e}", logsafe::path(path)),
+            format!("cannot read {}: {e}", Escaped(path.display())),
         )
     })?;
     Ok(parse_resolv_conf(&text))
