@@ -119,7 +119,7 @@ pub struct Config {
     pub jail_cpu_weight: Option<u32>,
     /// Parent of the per-VM cgroups, relative to each cgroup hierarchy's root.
     pub jail_cgroup_parent: Option<String>,
-    /// Network of new VMs that do not ask for one: `none` (default for now) or `nat`.
+    /// Network of new VMs that do not ask for one: `nat` (default) or `none`.
     pub network: Option<crate::api::NetworkMode>,
     /// The host bridge VMs are attached to (at most 15 bytes; default `nexus0`). nexusd's
     /// nftables tables carry the same name.

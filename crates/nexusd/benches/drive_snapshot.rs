@@ -10,7 +10,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nexusd::storage::{Pool, PoolConfig, Storage, ext4};
+use nexusd::storage::{ImportBounds, Pool, PoolConfig, Storage, ext4};
 
 const MIB: u64 = 1 << 20;
 const SNAPSHOT_ITERATIONS: usize = 20;
@@ -133,7 +133,7 @@ fn import_image(storage: &Storage, scratch: &Path, id: &str, case: &Case) -> Pat
     let source = scratch.join(format!("{id}.ext4"));
     ext4::build_from_dir(&content, &source, case.image_size).expect("mke2fs -d");
     let info = storage
-        .import_image_from_ext4(&source, &source, id)
+        .import_image_from_ext4(&source, &source, id, &ImportBounds::unbounded())
         .expect("import image");
     fs::remove_file(&source).expect("remove source image");
     fs::remove_dir_all(&content).expect("remove content dir");

@@ -3,10 +3,13 @@
 //! unjailed, alternating in one process; and what preparing a VM's jail (cgroup with limits,
 //! chown) costs. Needs root. Run: `cargo bench -p nexusd --bench jail_spawn`.
 
+mod support;
+
 use std::path::Path;
 use std::time::Instant;
 
 use nexusd::jail::{Access, JailConfig, Jailer, View};
+use support::{pct, report};
 
 const ROUNDS: usize = 100;
 
@@ -65,27 +68,12 @@ fn main() {
         jailer.remove_cgroup(&id);
     }
     jailer.remove_parent_if_empty();
-    report("prepare a VM jail (cgroup + limits + chown)", &mut prepare);
-    report("spawn + reap /usr/bin/true, jailed", &mut jailed);
-    report("spawn + reap /usr/bin/true, unjailed", &mut plain);
+    report("prepare a VM jail (cgroup + limits + chown)", &prepare);
+    report("spawn + reap /usr/bin/true, jailed", &jailed);
+    report("spawn + reap /usr/bin/true, unjailed", &plain);
     println!(
         "jail cost per process: p50 {:+.2} ms (jailed / unjailed p50 ratio {:.1})",
         pct(&jailed, 0.5) - pct(&plain, 0.5),
         pct(&jailed, 0.5) / pct(&plain, 0.5)
-    );
-}
-
-fn pct(samples: &[f64], p: f64) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[((s.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn report(what: &str, samples: &mut [f64]) {
-    println!(
-        "{what}: p50 {:.2} ms, p95 {:.2} ms (n={})",
-        pct(samples, 0.5),
-        pct(samples, 0.95),
-        samples.len()
     );
 }

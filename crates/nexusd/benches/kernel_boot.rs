@@ -10,12 +10,14 @@
 
 #[path = "../tests/common/mod.rs"]
 mod common;
+mod support;
 
 use std::time::{Duration, Instant, UNIX_EPOCH};
 
 use common::TestDaemon;
 use nexus_lib::api::CreateVm;
 use nexus_lib::client::Client;
+use support::{pct, report};
 
 /// Start → agent-ready samples of one kernel, in milliseconds.
 #[derive(Default)]
@@ -60,30 +62,25 @@ fn main() {
         .unwrap_or(10usize);
     common::require_boot_prerequisites();
 
-    let t = Instant::now();
     let kernel = common::kernel::build_kernel(rebuild);
     let record = &kernel.record;
-    let built_ago = UNIX_EPOCH + Duration::from_secs(record.built_at);
+    let when = if kernel.cached {
+        let at = UNIX_EPOCH + Duration::from_secs(record.built_at);
+        format!(
+            "recorded by the cached build of {}",
+            humantime::format_rfc3339_seconds(at)
+        )
+    } else {
+        "built now".to_owned()
+    };
+    let source = record.inputs.source_package.as_deref();
     println!(
-        "kernel build ({}, {}): {:.0} s{} (inputs {}; {}; {})",
-        record
-            .inputs
-            .source_package
-            .as_deref()
-            .unwrap_or(&record.inputs.source_tarball),
+        "kernel build of {} ({}): {:.0} s wall, {when}; inputs {} ({})",
         record.kernel_release,
+        source.unwrap_or(&record.inputs.source_tarball),
         record.build_secs,
-        if kernel.cached {
-            format!(
-                ", recorded by the cached build of {}",
-                humantime::format_rfc3339_seconds(built_ago)
-            )
-        } else {
-            format!(", built now ({:.0} s wall)", t.elapsed().as_secs_f64())
-        },
         record.key,
         record.inputs.compiler,
-        std::thread::available_parallelism().map_or(1, |n| n.get()),
     );
     println!(
         "  vmlinux {} KiB, bzImage {} KiB",
@@ -129,19 +126,4 @@ fn main() {
 
 fn file_kib(path: &std::path::Path) -> u64 {
     std::fs::metadata(path).map_or(0, |m| m.len() / 1024)
-}
-
-fn pct(samples: &[f64], p: f64) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[((s.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn report(what: &str, samples: &[f64]) {
-    println!(
-        "{what}: p50 {:.0} ms, p95 {:.0} ms (n={})",
-        pct(samples, 0.5),
-        pct(samples, 0.95),
-        samples.len()
-    );
 }

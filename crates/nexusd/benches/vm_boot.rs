@@ -5,6 +5,8 @@
 //! exec; and file read/write throughput through the API. Needs what the VM tests need (root,
 //! scripts/setup.sh, NEXUS_AGENT_BIN). Run: `cargo bench -p nexusd --bench vm_boot`.
 
+mod support;
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -15,6 +17,7 @@ use nexus_lib::agent::{ExecEvent, ExecRequest};
 use nexus_lib::api::CreateVm;
 use nexus_lib::client::{Client, full_body};
 use nexusd::agent::AgentClient;
+use support::{pct, report, report_unit};
 
 const BOOTS: usize = 10;
 const EXECS: usize = 200;
@@ -108,24 +111,21 @@ impl Boots {
         }
     }
 
-    fn report(&mut self, label: &str) {
+    fn report(&self, label: &str) {
         println!(
             "{label}: accelerator {}; {} boots",
             self.accel,
             self.api_ms.len()
         );
-        report("  spawn -> VMM ready (host)", &mut self.vmm);
-        report(
-            "  kernel start -> agent as init (guest clock)",
-            &mut self.init,
-        );
+        report("  spawn -> VMM ready (host)", &self.vmm);
+        report("  kernel start -> agent as init (guest clock)", &self.init);
         report(
             "  kernel start -> agent listening (guest clock)",
-            &mut self.ready,
+            &self.ready,
         );
-        report("  spawn -> agent handshake (host)", &mut self.agent);
-        report("  POST /start wall time (API)", &mut self.api_ms);
-        let mut overhead: Vec<f64> = self
+        report("  spawn -> agent handshake (host)", &self.agent);
+        report("  POST /start wall time (API)", &self.api_ms);
+        let overhead: Vec<f64> = self
             .api_ms
             .iter()
             .zip(&self.agent)
@@ -133,7 +133,7 @@ impl Boots {
             .collect();
         report(
             "  nexusd start overhead (API wall - spawn->handshake)",
-            &mut overhead,
+            &overhead,
         );
     }
 }
@@ -197,8 +197,8 @@ async fn run(jailed: &Daemon, unjailed: &Daemon) {
         }
         direct.push(t.elapsed().as_secs_f64() * 1e3);
     }
-    report("exec `true` round trip via nexusd API", &mut via_api);
-    report("exec `true` round trip direct to agent", &mut direct);
+    report("exec `true` round trip via nexusd API", &via_api);
+    report("exec `true` round trip direct to agent", &direct);
     println!(
         "nexusd exec overhead: p50 {:.2} ms; nexusd CPU {:.3} ms per exec",
         pct(&via_api, 0.5) - pct(&direct, 0.5),
@@ -231,7 +231,7 @@ async fn run(jailed: &Daemon, unjailed: &Daemon) {
         "file write via API: {:.1} MiB/s ({FILE_MIB} MiB)",
         FILE_MIB as f64 / write_s
     );
-    report_unit("file read via API", "MiB/s", &mut read_mibs);
+    report_unit("file read via API", "MiB/s", &read_mibs);
     client.vm_action("bench", "stop").await.expect("stop");
 }
 
@@ -271,24 +271,4 @@ fn cpu_ms(pid: u32) -> f64 {
         .collect();
     let ticks = f.get(11).copied().unwrap_or(0.0) + f.get(12).copied().unwrap_or(0.0);
     ticks * 1000.0 / 100.0
-}
-
-fn pct(samples: &[f64], p: f64) -> f64 {
-    let mut s = samples.to_vec();
-    s.sort_by(f64::total_cmp);
-    s[((s.len() as f64 - 1.0) * p).round() as usize]
-}
-
-fn report(what: &str, samples: &mut [f64]) {
-    report_unit(what, "ms", samples)
-}
-
-fn report_unit(what: &str, unit: &str, samples: &mut [f64]) {
-    println!(
-        "{what}: p50 {:.2} {unit}, p95 {:.2} {unit}, p99 {:.2} {unit} (n={})",
-        pct(samples, 0.5),
-        pct(samples, 0.95),
-        pct(samples, 0.99),
-        samples.len()
-    );
 }

@@ -15,7 +15,7 @@ use crate::api::{self, AppState, BearerToken, UnixPeer};
 use crate::hostpath::ImportPolicy;
 use crate::settings::Settings;
 use crate::storage::reconcile::{self, ReconcileError};
-use crate::storage::{PoolManager, StorageError};
+use crate::storage::{PoolError, PoolManager};
 use crate::store::{Store, StoreError};
 use crate::vm::assets::BootAssets;
 use crate::vm::lifecycle::LifecycleConfig;
@@ -60,7 +60,7 @@ pub enum DaemonError {
     #[error("cannot set up TLS for the TCP listener")]
     Tls(#[source] crate::tcp::TlsError),
     #[error("cannot open the storage pool")]
-    Pool(#[source] StorageError),
+    Pool(#[source] PoolError),
     #[error("cannot reconcile the storage pool with the database")]
     Reconcile(#[source] ReconcileError),
 }
@@ -305,9 +305,9 @@ fn import_policy(settings: &Settings) -> ImportPolicy {
 async fn close_pool(pool: Arc<PoolManager>) {
     match tokio::task::spawn_blocking(move || pool.close()).await {
         Ok(Ok(())) => {}
-        Ok(Err(e @ StorageError::PoolBusy { .. })) => tracing::info!("{e}"),
+        Ok(Err(e @ PoolError::Busy { .. })) => tracing::info!("{e}"),
         Ok(Err(e)) => {
-            tracing::warn!(error = %crate::logsafe::Escaped(nexus_lib::error::error_chain(&e)), "could not close the storage pool")
+            tracing::warn!(error = %crate::sanitize::Escaped(nexus_lib::error::error_chain(&e)), "could not close the storage pool")
         }
         Err(e) => tracing::warn!(error = %e, "pool close worker failed"),
     }

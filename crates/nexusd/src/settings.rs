@@ -371,8 +371,7 @@ impl Settings {
             pool,
             jail,
             network: crate::network::NetworkSettings {
-                // `none` until NAT networking is finished (issue 9): `network = "nat"` opts in.
-                default_mode: cfg.network.unwrap_or(nexus_lib::api::NetworkMode::None),
+                default_mode: cfg.network.unwrap_or(nexus_lib::api::NetworkMode::Nat),
                 bridge: cfg.network_bridge.unwrap_or_else(|| "nexus0".into()),
                 subnet: cfg.network_subnet,
                 uplink: cfg.network_uplink,

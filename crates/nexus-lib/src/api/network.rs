@@ -220,8 +220,11 @@ impl FromStr for Ipv4Cidr {
         let (addr, prefix) = match s.split_once('/') {
             Some((a, p)) => (
                 a,
+                // Plain decimal: no sign, no leading zero (`u8::from_str` takes both).
                 p.parse::<u8>()
-                    .map_err(|_| format!("{s:?}: the prefix is 0..=32"))?,
+                    .ok()
+                    .filter(|n| n.to_string() == p)
+                    .ok_or_else(|| format!("{s:?}: the prefix is 0..=32"))?,
             ),
             None => (s, 32),
         };
@@ -276,7 +279,7 @@ impl FromStr for DomainPattern {
         let lower = s.strip_suffix('.').unwrap_or(s).to_ascii_lowercase();
         let name = lower.strip_prefix("*.").unwrap_or(&lower);
         let bad = |why: &str| Err(format!("invalid domain {s:?}: {why}"));
-        if name.is_empty() || lower.len() > MAX_DOMAIN_LEN {
+        if name.is_empty() || s.len() > MAX_DOMAIN_LEN {
             return bad("1 to 253 characters");
         }
         for label in name.split('.') {
@@ -294,8 +297,14 @@ impl FromStr for DomainPattern {
                 );
             }
         }
-        if name.parse::<Ipv4Addr>().is_ok() {
-            return bad("an address is a CIDR rule, not a domain");
+        // No top-level domain starts with a digit; this is also what tells an address (a CIDR
+        // rule) from a name.
+        if !name
+            .rsplit('.')
+            .next()
+            .is_some_and(|tld| tld.starts_with(|c: char| c.is_ascii_alphabetic()))
+        {
+            return bad("the last label starts with a letter (an address is a CIDR rule)");
         }
         Ok(Self(lower))
     }
@@ -335,20 +344,44 @@ macro_rules! string_wire_type {
     };
 }
 
+/// The wire form of [`Ipv4Cidr`], exactly what its `FromStr` accepts: a bare address, or for
+/// each prefix length the addresses whose bits past it are zero (the octet the prefix ends in
+/// is a multiple of 2^(bits left), the octets after it 0).
+fn cidr_pattern() -> String {
+    const OCTET: &str = "(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])";
+    let mut alternatives = vec![format!(r"{OCTET}(\.{OCTET}){{3}}(/32)?")];
+    for prefix in 0..32u32 {
+        let (whole, bits) = (prefix / 8, prefix % 8);
+        let step = 1usize << (8 - bits);
+        let boundary: Vec<String> = (0..256).step_by(step).map(|n| n.to_string()).collect();
+        alternatives.push(format!(
+            "{}({}){}/{prefix}",
+            format!(r"{OCTET}\.").repeat(whole as usize),
+            boundary.join("|"),
+            r"\.0".repeat(3 - whole as usize),
+        ));
+    }
+    format!("^({})$", alternatives.join("|"))
+}
+
 string_wire_type!(
     Ipv4Cidr,
-    r"^(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(\.(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])){3}(/(3[0-2]|[12]?[0-9]))?$",
+    cidr_pattern(),
     "An IPv4 network ADDR/PREFIX with no host bits set; a bare address is a /32"
 );
+/// The wire form of [`DomainPattern`]: exactly what its `FromStr` accepts, with the length bound
+/// (`maxLength`) on the side.
+const DOMAIN_PATTERN: &str = r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$";
+
 string_wire_type!(
     DomainPattern,
-    r"^(\*\.)?([A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.)*[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?\.?$",
+    DOMAIN_PATTERN,
     "A domain name, or *.NAME for its subdomains"
 );
 
 /// Where a VM may send traffic beyond its gateway (DNS to the gateway is always answered, under
 /// the same policy).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum EgressPolicy {
     /// Anything out of the uplink.
@@ -360,12 +393,73 @@ pub enum EgressPolicy {
     /// names (for as long as the record's TTL).
     Allow {
         #[serde(default)]
-        #[schema(max_items = 256)]
         cidrs: Vec<Ipv4Cidr>,
         #[serde(default)]
-        #[schema(max_items = 256)]
         domains: Vec<DomainPattern>,
     },
+}
+
+/// Written out because the derived schema of an internally tagged enum leaves out
+/// `additionalProperties: false`, which `deny_unknown_fields` enforces.
+impl utoipa::PartialSchema for EgressPolicy {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{
+            AdditionalProperties, ArrayBuilder, ObjectBuilder, OneOfBuilder, Type,
+        };
+        let variant = |mode: &str, description: &str| {
+            ObjectBuilder::new()
+                .description(Some(description))
+                .property(
+                    "mode",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([mode])),
+                )
+                .required("mode")
+                .additional_properties(Some(AdditionalProperties::FreeForm(false)))
+        };
+        let list = |item: &str, max: usize| {
+            ArrayBuilder::new()
+                .items(utoipa::openapi::Ref::from_schema_name(item))
+                .max_items(Some(max))
+        };
+        OneOfBuilder::new()
+            .item(variant("allow-all", "Anything out of the uplink."))
+            .item(variant("deny-all", "Nothing, not even DNS answers."))
+            .item(
+                variant(
+                    "allow",
+                    "Only these networks, and the addresses nexusd's resolver returned to this \
+                     VM for these names (for as long as the record's TTL).",
+                )
+                .property("cidrs", list("Ipv4Cidr", MAX_EGRESS_CIDRS))
+                .property("domains", list("DomainPattern", MAX_EGRESS_DOMAINS)),
+            )
+            .description(Some(
+                "Where a VM may send traffic beyond its gateway (DNS to the gateway is always \
+                 answered, under the same policy).",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for EgressPolicy {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        for (name, schema) in [
+            ("Ipv4Cidr", <Ipv4Cidr as utoipa::PartialSchema>::schema()),
+            (
+                "DomainPattern",
+                <DomainPattern as utoipa::PartialSchema>::schema(),
+            ),
+        ] {
+            schemas.push((name.into(), schema));
+        }
+    }
 }
 
 impl EgressPolicy {
@@ -560,6 +654,112 @@ mod tests {
             &"a".repeat(64),
         ] {
             assert!(bad.parse::<DomainPattern>().is_err(), "{bad:?}");
+        }
+    }
+
+    /// The schema's pattern and length bound accept exactly what the validation accepts: every
+    /// string of up to 5 characters over an alphabet of the interesting ones, and long names.
+    #[test]
+    fn domain_schema_pattern_agrees_with_the_validation() {
+        let re = regex_automata::meta::Regex::new(DOMAIN_PATTERN).unwrap();
+        let schema_ok = |s: &str| s.len() <= MAX_DOMAIN_LEN && re.is_match(s);
+        let alphabet = ['a', 'Z', '1', '-', '_', '.', '*', ' '];
+        let mut all = vec![String::new()];
+        let mut layer = vec![String::new()];
+        for _ in 0..5 {
+            layer = layer
+                .iter()
+                .flat_map(|p| alphabet.iter().map(move |c| format!("{p}{c}")))
+                .collect();
+            all.extend(layer.iter().cloned());
+        }
+        let label = |c: char, n: usize| c.to_string().repeat(n);
+        let long = [
+            format!("{}.test", label('a', 63)),
+            format!("{}.test", label('a', 64)),
+            format!(
+                "{}.{}.{}.{}",
+                label('a', 63),
+                label('b', 63),
+                label('c', 63),
+                label('d', 61)
+            ),
+            format!(
+                "{}.{}.{}.{}.",
+                label('a', 63),
+                label('b', 63),
+                label('c', 63),
+                label('d', 60)
+            ),
+            format!(
+                "{}.{}.{}.{}",
+                label('a', 63),
+                label('b', 63),
+                label('c', 63),
+                label('d', 62)
+            ),
+            format!(
+                "*.{}.{}.{}.{}",
+                label('a', 63),
+                label('b', 63),
+                label('c', 63),
+                label('d', 59)
+            ),
+            "1.2.3.4".into(),
+            "a.b1".into(),
+        ];
+        all.extend(long);
+        for s in &all {
+            assert_eq!(
+                schema_ok(s),
+                s.parse::<DomainPattern>().is_ok(),
+                "schema and validation disagree on {s:?}"
+            );
+        }
+    }
+
+    /// The schema's pattern accepts exactly what the validation accepts: every prefix length
+    /// over addresses with and without host bits, and malformed forms.
+    #[test]
+    fn cidr_schema_pattern_agrees_with_the_validation() {
+        let re = regex_automata::meta::Regex::new(&cidr_pattern()).unwrap();
+        let mut all: Vec<String> = [
+            "",
+            "1.2.3",
+            "1.2.3.4/",
+            "1.2.3.4/33",
+            "1.2.3.4/032",
+            "1.2.3.4/+8",
+        ]
+        .into_iter()
+        .chain([
+            "01.2.3.4",
+            "256.1.1.1",
+            "1.2.3.4/8/8",
+            " 1.2.3.4",
+            "0.0.0.0/0",
+        ])
+        .map(String::from)
+        .collect();
+        let mut x: u32 = 0x9e37_79b9;
+        for _ in 0..400 {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            let addr = Ipv4Addr::from(x);
+            all.push(addr.to_string());
+            for prefix in 0..=32u32 {
+                let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+                all.push(format!("{addr}/{prefix}"));
+                all.push(format!("{}/{prefix}", Ipv4Addr::from(x & mask)));
+            }
+        }
+        for s in &all {
+            assert_eq!(
+                re.is_match(s),
+                s.parse::<Ipv4Cidr>().is_ok(),
+                "schema and validation disagree on {s:?}"
+            );
         }
     }
 

@@ -25,6 +25,7 @@ use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
 
 use super::{AgentError, NdjsonDecoder, dial_hybrid_vsock};
+use crate::sanitize;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
@@ -418,7 +419,7 @@ impl AgentClient {
                 })??;
         tokio::spawn(async move {
             if let Err(e) = connection.await {
-                tracing::debug!(error = %crate::logsafe::Escaped(&e), "agent connection ended");
+                tracing::debug!(error = %crate::sanitize::Escaped(&e), "agent connection ended");
             }
         });
         *guard = Some(sender.clone());
@@ -563,12 +564,13 @@ async fn check(resp: Response<Incoming>) -> Result<Response<Incoming>, AgentErro
         .await
         .map(|b| b.to_bytes())
         .unwrap_or_default();
+    // The guest's words, cleaned where they enter: they end up in API answers and logs.
     let (code, message) = match serde_json::from_slice::<ErrorBody>(&body) {
-        Ok(ErrorBody { error }) => (error.code, error.message),
-        Err(_) => (
-            "unknown".to_string(),
-            String::from_utf8_lossy(&body[..body.len().min(512)]).into_owned(),
+        Ok(ErrorBody { error }) => (
+            sanitize::clean(error.code, 64),
+            sanitize::clean(error.message, 1024),
         ),
+        Err(_) => ("unknown".to_string(), sanitize::clean(&body, 512)),
     };
     if code == "unsupported_protocol" {
         return Err(AgentError::Protocol(message));

@@ -10,9 +10,9 @@ use crate::agent::AgentError;
 use crate::drives::DriveError;
 use crate::hostpath::HostPathError;
 use crate::images::ImageError;
-use crate::logsafe::Escaped;
 use crate::network::NetworkError;
-use crate::storage::StorageError;
+use crate::sanitize::{self, Escaped};
+use crate::storage::{CreateDriveError, ImportError, PoolError};
 use crate::store::StoreError;
 use crate::vm::VmError;
 
@@ -63,6 +63,14 @@ impl ApiError {
             field: Some(field.into()),
             ..self
         }
+    }
+
+    fn insufficient_storage(message: String) -> Self {
+        Self::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            "insufficient_storage",
+            message,
+        )
     }
 
     fn internal(err: &dyn std::error::Error) -> Self {
@@ -169,35 +177,46 @@ impl From<NetworkError> for ApiError {
     }
 }
 
-impl From<StorageError> for ApiError {
-    fn from(e: StorageError) -> Self {
-        if e.is_out_of_space() {
-            return Self::new(
-                StatusCode::INSUFFICIENT_STORAGE,
-                "insufficient_storage",
-                e.to_string(),
-            );
-        }
+impl From<PoolError> for ApiError {
+    fn from(e: PoolError) -> Self {
         let message = e.to_string();
         match e {
-            StorageError::SourceNotFound { .. }
-            | StorageError::NotExt4 { .. }
-            | StorageError::NotADirectory { .. } => Self::invalid("path", message),
-            StorageError::ImportTooBig { .. } | StorageError::ImportTimedOut { .. } => {
-                Self::invalid("path", message)
-            }
-            StorageError::SourceUnreadable { .. } => Self::invalid("path", error_chain(&e)),
-            // Nobody is waiting for this answer any more.
-            StorageError::ImportCancelled => {
-                Self::new(StatusCode::SERVICE_UNAVAILABLE, "cancelled", message)
-            }
-            StorageError::SizeTooSmall { .. } | StorageError::InvalidSize { .. } => {
-                Self::invalid("size", message)
-            }
-            StorageError::PoolNeedsRoot { .. } | StorageError::NotBtrfs { .. } => {
+            _ if e.is_out_of_space() => Self::insufficient_storage(message),
+            PoolError::NeedsRoot { .. } | PoolError::NotBtrfs { .. } => {
                 tracing::warn!(error = %Escaped(&message), "storage pool unavailable");
                 Self::new(StatusCode::SERVICE_UNAVAILABLE, "pool_unavailable", message)
             }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<ImportError> for ApiError {
+    fn from(e: ImportError) -> Self {
+        let message = e.to_string();
+        match e {
+            _ if e.is_out_of_space() => Self::insufficient_storage(message),
+            ImportError::SourceNotFound { .. }
+            | ImportError::NotExt4 { .. }
+            | ImportError::NotADirectory { .. }
+            | ImportError::TooBig { .. }
+            | ImportError::TimedOut { .. } => Self::invalid("path", message),
+            ImportError::Unreadable { .. } => Self::invalid("path", error_chain(&e)),
+            // Nobody is waiting for this answer any more.
+            ImportError::Cancelled => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, "cancelled", message)
+            }
+            other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<CreateDriveError> for ApiError {
+    fn from(e: CreateDriveError) -> Self {
+        let message = e.to_string();
+        match e {
+            _ if e.is_out_of_space() => Self::insufficient_storage(message),
+            CreateDriveError::Size(_) => Self::invalid("size", message),
             other => Self::internal(&other),
         }
     }
@@ -212,7 +231,9 @@ impl From<ImageError> for ApiError {
             ImageError::InUse { .. } => Self::conflict(message),
             ImageError::Invalid { field, .. } => Self::invalid(field, message),
             ImageError::Path(e) => e.into(),
-            ImageError::Storage(e) => e.into(),
+            ImageError::Pool(e) => e.into(),
+            ImageError::Import(e) => e.into(),
+            ImageError::Scratch { .. } => Self::internal(&e),
             ImageError::Store(e) => Self::internal(&e),
             ImageError::Worker(e) => Self::internal(&e),
         }
@@ -239,12 +260,11 @@ impl From<DriveError> for ApiError {
         match e {
             DriveError::NotFound(_) | DriveError::VmNotFound(_) => Self::not_found(message),
             DriveError::ImageNotFound(_) => Self::not_found(message).with_field("image"),
-            DriveError::NameTaken(_) | DriveError::VmNameTaken(_) => {
-                Self::conflict(message).with_field("name")
-            }
+            DriveError::NameTaken(_) => Self::conflict(message).with_field("name"),
             DriveError::Conflict(_) => Self::conflict(message),
             DriveError::Invalid { field, .. } => Self::invalid(field, message),
-            DriveError::Storage(e) => e.into(),
+            DriveError::Pool(e) => e.into(),
+            DriveError::Snapshot(e) => e.into(),
             DriveError::Store(e) => Self::internal(&e),
             DriveError::Worker(e) => Self::internal(&e),
         }
@@ -272,12 +292,8 @@ impl From<AgentError> for ApiError {
                 } else {
                     "guest_error"
                 };
-                let text: String = format!("guest: {}: {message}", code_prefix(&guest_code))
-                    .chars()
-                    .filter(|c| !c.is_control())
-                    .take(1024)
-                    .collect();
-                Self::new(status, code, text)
+                let text = format!("guest: {}: {message}", code_prefix(&guest_code));
+                Self::new(status, code, sanitize::clean(text, 1024))
             }
             AgentError::InvalidRequest(_) => {
                 Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid", message)

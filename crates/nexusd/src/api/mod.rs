@@ -106,13 +106,6 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(network::routes())
 }
 
-/// The OpenAPI document of every route.
-pub fn openapi() -> utoipa::openapi::OpenApi {
-    let mut doc = routes().into_openapi();
-    utoipa::Modify::modify(&openapi::Common, &mut doc);
-    doc
-}
-
 /// The full application: API routes, `/v1/openapi.json`, JSON fallbacks and middleware.
 pub fn router(state: AppState) -> Router {
     let (router, mut doc) = routes().split_for_parts();

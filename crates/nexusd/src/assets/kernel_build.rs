@@ -31,6 +31,7 @@ pub use fragment::{Requirement, Unmet, parse_fragment, unmet};
 pub use record::{BuildInputs, BuildRecord, RECIPE};
 pub use source::find_or_download_source;
 
+use crate::command::CommandError;
 use host::{Step, TOOLS, check_headers, check_host, clean_command, lock, output};
 use log::BoundedLog;
 use record::{format_sums, parse_sums, sha256_file};
@@ -143,12 +144,8 @@ pub enum KernelBuildError {
         #[source]
         source: std::io::Error,
     },
-    #[error("`{command}` failed ({status}): {detail}")]
-    Command {
-        command: String,
-        status: String,
-        detail: String,
-    },
+    #[error(transparent)]
+    Tool(#[from] CommandError),
     #[error("`{command}` failed ({status}); the end of {}:\n{tail}", log.display())]
     Step {
         command: String,
@@ -156,14 +153,14 @@ pub enum KernelBuildError {
         log: PathBuf,
         tail: String,
     },
-    #[error(
-        "`apt-get download {package}` failed ({status}): {detail} (is {package} in the host's apt sources? try apt-get update)"
-    )]
+    #[error("cannot download {package} (is it in the host's apt sources? try apt-get update)")]
     Download {
         package: String,
-        status: String,
-        detail: String,
+        #[source]
+        source: CommandError,
     },
+    #[error("`apt-get download {package}` left no {package}_*.deb in {}", dir.display())]
+    NoPackage { package: String, dir: PathBuf },
     #[error("{} holds no usr/src/linux-source-*.tar.xz", deb.display())]
     NoTarball { deb: PathBuf },
     #[error("{} did not unpack into a single kernel source directory", tarball.display())]

@@ -5,7 +5,6 @@ use std::io::{self, Write};
 const MAGIC: &str = "070701";
 const S_IFDIR: u32 = 0o040000;
 const S_IFREG: u32 = 0o100000;
-const S_IFLNK: u32 = 0o120000;
 const S_IFCHR: u32 = 0o020000;
 
 /// Writes entries in order; call [`CpioWriter::finish`] to add the trailer.
@@ -30,10 +29,6 @@ impl<W: Write> CpioWriter<W> {
 
     pub fn file(&mut self, path: &str, perm: u32, data: &[u8]) -> io::Result<()> {
         self.entry(path, S_IFREG | perm, 1, (0, 0), data)
-    }
-
-    pub fn symlink(&mut self, path: &str, target: &str) -> io::Result<()> {
-        self.entry(path, S_IFLNK | 0o777, 1, (0, 0), target.as_bytes())
     }
 
     pub fn char_device(&mut self, path: &str, perm: u32, major: u32, minor: u32) -> io::Result<()> {

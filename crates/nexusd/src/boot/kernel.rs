@@ -4,9 +4,9 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use super::{BootError, run};
+use super::BootError;
+use crate::command;
 
 /// An unpacked kernel.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -70,10 +70,13 @@ pub fn unpack_kernel_deb(deb: &Path, assets: &Path) -> Result<KernelAsset, BootE
         .prefix(".unpack-")
         .tempdir_in(&kernels)
         .map_err(BootError::io(&kernels))?;
-    run(Command::new("dpkg-deb")
-        .arg("-x")
-        .arg(&deb)
-        .arg(staging.path()))?;
+    command::run(
+        command::tool("dpkg-deb")
+            .arg("-x")
+            .arg(&deb)
+            .arg(staging.path()),
+        &[0],
+    )?;
     let unpacked = locate(staging.path())?;
     let dest = kernels.join(&unpacked.release);
     match fs::rename(staging.path(), &dest) {

@@ -15,12 +15,11 @@ use std::path::PathBuf;
 pub use cpio::CpioWriter;
 pub use initramfs::{DEFAULT_MODULES, build_initramfs};
 pub use kernel::{KernelAsset, find_kernel_deb, unpack_debian_kernel, unpack_kernel_deb};
-pub use modinfo::{ModuleIndex, modinfo_depends};
 pub use rootfs::{ROOT_AGENT_PATH, RootfsOptions, build_busybox_rootfs};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BootError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]
@@ -28,8 +27,8 @@ pub enum BootError {
     },
     #[error("no linux-image-*-cloud-amd64 .deb in {} (fetch one with scripts/fetch-kernel.sh)", dir.display())]
     NoKernelDeb { dir: PathBuf },
-    #[error("`{command}` failed: {detail}")]
-    Command { command: String, detail: String },
+    #[error(transparent)]
+    Tool(#[from] crate::command::CommandError),
     #[error("{} holds no boot/vmlinuz-*", dir.display())]
     NoVmlinuz { dir: PathBuf },
     #[error("kernel module {name} not found under {}", dir.display())]
@@ -45,19 +44,4 @@ impl BootError {
         let path = path.into();
         move |source| Self::Io { path, source }
     }
-}
-
-/// Runs a command to completion, turning a failure into [`BootError::Command`].
-pub(crate) fn run(cmd: &mut std::process::Command) -> Result<std::process::Output, BootError> {
-    let command = format!("{cmd:?}");
-    let output = cmd.output().map_err(|e| BootError::Command {
-        command: command.clone(),
-        detail: e.to_string(),
-    })?;
-    if !output.status.success() {
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let detail = format!("{}: {}", output.status, stderr.trim());
-        return Err(BootError::Command { command, detail });
-    }
-    Ok(output)
 }

@@ -4,9 +4,9 @@
 use std::collections::{BTreeMap, HashSet};
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use super::{BootError, run};
+use super::BootError;
+use crate::command;
 
 /// Every module under a `lib/modules/<release>` directory, by normalised name (`-` → `_`).
 #[derive(Debug, Default)]
@@ -113,7 +113,7 @@ pub fn read_module(path: &Path) -> Result<Vec<u8>, BootError> {
     };
     match tool {
         None => fs::read(path).map_err(BootError::io(path)),
-        Some(tool) => Ok(run(Command::new(tool).arg("-dc").arg(path))?.stdout),
+        Some(tool) => Ok(command::run(command::tool(tool).arg("-dc").arg(path), &[0])?.stdout),
     }
 }
 

@@ -9,7 +9,8 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use super::{BootError, run};
+use super::BootError;
+use crate::command;
 
 /// Inputs of [`build_busybox_rootfs`].
 #[derive(Debug, Clone)]
@@ -69,7 +70,7 @@ pub fn build_busybox_rootfs(dir: &Path, opts: &RootfsOptions) -> Result<(), Boot
         fs::copy(from, &to).map_err(BootError::io(from))?;
         fs::set_permissions(&to, fs::Permissions::from_mode(0o755)).map_err(BootError::io(&to))?;
     }
-    let applets = run(Command::new(&opts.busybox).arg("--list-full"))?.stdout;
+    let applets = command::run(Command::new(&opts.busybox).arg("--list-full"), &[0])?.stdout;
     for applet in String::from_utf8_lossy(&applets).lines().map(str::trim) {
         let link = dir.join(applet);
         if applet.is_empty() || applet.contains("..") || link.exists() {

@@ -1,5 +1,6 @@
 //! Drives: writable copy-on-write snapshots of master images, and their attachment to VMs. The
-//! service API handlers (and the VM service, for a VM's root drive) call.
+//! service API handlers call; the VM service asks it for a VM's root drive
+//! ([`DriveService::make_subvolume`]) and inserts that drive's row in its own transaction.
 //!
 //! Creation makes the subvolume first and inserts the row after (in one transaction with the check
 //! that the image still exists), so an interruption leaves at most an unregistered subvolume
@@ -18,10 +19,10 @@ use nexus_lib::names::{MAX_NAME_LEN, validate_name};
 use nexus_lib::size::ByteSize;
 use uuid::Uuid;
 
-use crate::storage::{PoolManager, StorageError, ext4};
+use crate::storage::{CreateDriveError, PoolError, PoolManager, ext4};
 use crate::store::drives::{self, DriveRow, Refusal};
 use crate::store::images::{self, ImageRow};
-use crate::store::vms::{NewVm, VmRow};
+use crate::store::vms::{self, LockedChange};
 use crate::store::{Store, StoreError, now_ms};
 use crate::vm::{VmLocks, state};
 
@@ -47,8 +48,6 @@ pub enum DriveError {
     VmNotFound(String),
     #[error("a drive named {0:?} already exists")]
     NameTaken(String),
-    #[error("a VM named {0:?} already exists")]
-    VmNameTaken(String),
     #[error("invalid {field}: {message}")]
     Invalid {
         field: &'static str,
@@ -57,7 +56,9 @@ pub enum DriveError {
     #[error("{0}")]
     Conflict(String),
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Snapshot(#[from] CreateDriveError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("storage worker failed")]
@@ -148,62 +149,6 @@ impl DriveService {
         Ok(row.to_api())
     }
 
-    /// Creates VM `new` with a root drive made from `image` (of `disk_size`), both rows in one
-    /// transaction: there is never a VM row without its drive, nor a drive left from a failed create.
-    pub async fn create_vm_with_root(
-        &self,
-        new: NewVm,
-        image: &str,
-        disk_size: Option<ByteSize>,
-    ) -> Result<VmRow, DriveError> {
-        let (this, image) = (self.clone(), image.to_owned());
-        detached(async move { this.create_vm_with_root_now(new, &image, disk_size).await }).await
-    }
-
-    async fn create_vm_with_root_now(
-        &self,
-        new: NewVm,
-        image: &str,
-        disk_size: Option<ByteSize>,
-    ) -> Result<VmRow, DriveError> {
-        let vm_name = new.name.clone();
-        let key = vm_name.clone();
-        if self
-            .store
-            .call(move |c| crate::store::vms::get(c, &key))
-            .await?
-            .is_some()
-        {
-            return Err(DriveError::VmNameTaken(vm_name));
-        }
-        let root_name = format!("{}-root", &vm_name[..vm_name.len().min(MAX_NAME_LEN - 5)]);
-        let drive = self
-            .make_subvolume(image, Some(root_name.clone()), disk_size, "disk_size")
-            .await?;
-        let id = drive.id;
-        let inserted = self
-            .store
-            .call(move |c| drives::insert_with_vm(c, &new, drive))
-            .await;
-        match inserted {
-            Ok(Ok((vm, drive))) => {
-                tracing::info!(vm = %vm.name, drive = %drive.name, "VM created with its root drive");
-                Ok(vm)
-            }
-            Ok(Err(refusal)) => {
-                self.remove_subvolumes(&[id]).await;
-                Err(match refusal {
-                    Refusal::VmNameTaken => DriveError::VmNameTaken(vm_name),
-                    other => refused(other, &root_name, image),
-                })
-            }
-            Err(e) => {
-                self.remove_subvolumes(&[id]).await;
-                Err(e.into())
-            }
-        }
-    }
-
     pub async fn list(&self) -> Result<Vec<Drive>, DriveError> {
         let rows = self.store.call(|c| drives::list(c)).await?;
         Ok(rows.iter().map(DriveRow::to_api).collect())
@@ -223,7 +168,7 @@ impl DriveService {
         let key = req.vm.clone();
         let target = self
             .store
-            .call(move |c| crate::store::vms::get(c, &key))
+            .call(move |c| vms::get(c, &key))
             .await?
             .ok_or_else(|| DriveError::VmNotFound(req.vm.clone()))?;
         let _lock = self.locks.lock(target.id).await;
@@ -231,20 +176,16 @@ impl DriveService {
         let (key, vm, root) = (drive.to_owned(), target.id.to_string(), req.root);
         let out = self
             .store
-            .call(move |c| drives::attach(c, &key, &vm, root, vm_is_live))
+            .call(move |c| vms::attach_drive(c, &key, &vm, root, vm_is_live))
             .await?;
         let row = out.map_err(|r| refused(r, drive, &req.vm))?;
-        tracing::info!(drive = %row.name, vm = %crate::logsafe::Escaped(&req.vm), root, "drive attached");
+        tracing::info!(drive = %row.name, vm = %crate::sanitize::Escaped(&req.vm), root, "drive attached");
         Ok(row.to_api())
     }
 
     /// Detaches a drive from a VM that is not live, under the VM's operation lock.
     pub async fn detach(&self, drive: &str) -> Result<Drive, DriveError> {
-        let row = self
-            .under_vm_lock(drive, |c, key, locked| {
-                drives::detach(c, key, locked, vm_is_live)
-            })
-            .await?;
+        let row = self.under_vm_lock(drive, LockedChange::Detach).await?;
         tracing::info!(drive = %row.name, "drive detached");
         Ok(row.to_api())
     }
@@ -257,31 +198,20 @@ impl DriveService {
     }
 
     async fn delete_now(&self, drive: &str) -> Result<(), DriveError> {
-        let row = self
-            .under_vm_lock(drive, |c, key, locked| {
-                drives::delete(c, key, locked, vm_is_live)
-            })
-            .await?;
+        let row = self.under_vm_lock(drive, LockedChange::Delete).await?;
         self.remove_subvolumes(&[row.id]).await;
         tracing::info!(drive = %row.name, id = %row.id, "drive deleted");
         Ok(())
     }
 
-    /// Runs the guarded change `op` on `drive` while holding the operation lock of the VM the
-    /// drive is attached to (none when detached). `op` gets the drive's id and that VM, and
-    /// refuses with [`Refusal::VmChanged`] when the attachment changed while this waited; then
-    /// it runs again under the new VM's lock.
-    async fn under_vm_lock<F>(&self, drive: &str, op: F) -> Result<DriveRow, DriveError>
-    where
-        F: Fn(
-                &mut rusqlite::Connection,
-                &str,
-                Option<Uuid>,
-            ) -> Result<Result<DriveRow, Refusal>, StoreError>
-            + Clone
-            + Send
-            + 'static,
-    {
+    /// Makes `change` to `drive` while holding the operation lock of the VM the drive is
+    /// attached to (none when detached). The change is refused with [`Refusal::VmChanged`] when
+    /// the attachment changed while this waited; then it is tried again under the new VM's lock.
+    async fn under_vm_lock(
+        &self,
+        drive: &str,
+        change: LockedChange,
+    ) -> Result<DriveRow, DriveError> {
         for _ in 0..LOCK_RETRIES {
             let key = drive.to_owned();
             let row = self
@@ -293,8 +223,12 @@ impl DriveService {
                 Some(vm) => Some(self.locks.lock(vm).await),
                 None => None,
             };
-            let (op, id, locked) = (op.clone(), row.id.to_string(), row.vm_id);
-            match self.store.call(move |c| op(c, &id, locked)).await? {
+            let (id, locked) = (row.id.to_string(), row.vm_id);
+            let changed = self
+                .store
+                .call(move |c| vms::change_drive(c, &id, locked, change, vm_is_live))
+                .await?;
+            match changed {
                 Ok(row) => return Ok(row),
                 Err(Refusal::VmChanged) => continue,
                 Err(refusal) => return Err(refused(refusal, drive, "")),
@@ -318,8 +252,9 @@ impl DriveService {
             };
             for id in ids {
                 match storage.delete_drive(&id.to_string()) {
-                    Ok(()) | Err(StorageError::DriveNotFound { .. }) => {}
-                    Err(e) => tracing::warn!(%id, error = %crate::logsafe::Escaped(nexus_lib::error::error_chain(&e)), "could not remove drive subvolume; it is removed at the next start"),
+                    Ok(()) => {}
+                    Err(e) if e.is_not_found() => {}
+                    Err(e) => tracing::warn!(%id, error = %crate::sanitize::Escaped(nexus_lib::error::error_chain(&e)), "could not remove drive subvolume; it is removed at the next start"),
                 }
             }
         })
@@ -331,7 +266,7 @@ impl DriveService {
 
     /// Validates a new drive (name, image, size), then snapshots the image into its subvolume.
     /// Returns the row to insert; the caller removes the subvolume if the insert fails.
-    async fn make_subvolume(
+    pub(crate) async fn make_subvolume(
         &self,
         image: &str,
         name: Option<String>,
@@ -385,9 +320,10 @@ impl DriveService {
             return Err(DriveError::NameTaken(name));
         }
         let (pool, image_id) = (self.pool.clone(), image_row.id);
-        let info = tokio::task::spawn_blocking(move || {
-            pool.get_or_create()?
-                .create_drive(&image_id.to_string(), &id.to_string(), size)
+        let info = tokio::task::spawn_blocking(move || -> Result<_, DriveError> {
+            Ok(pool
+                .get_or_create()?
+                .create_drive(&image_id.to_string(), &id.to_string(), size)?)
         })
         .await
         .map_err(DriveError::Worker)?;
@@ -417,7 +353,7 @@ impl DriveService {
     /// without its subvolume is a conflict; anything else is `e`.
     async fn snapshot_failed(
         &self,
-        e: StorageError,
+        e: DriveError,
         image: &str,
         image_row: &ImageRow,
     ) -> DriveError {
@@ -426,11 +362,13 @@ impl DriveService {
             Ok(false) => DriveError::ImageNotFound(image.to_owned()),
             Err(store) => store.into(),
             Ok(true) => match e {
-                StorageError::ImageNotFound { .. } => DriveError::Conflict(format!(
-                    "image {} has no subvolume in the pool; delete it and import it again",
-                    image_row.name
-                )),
-                other => other.into(),
+                DriveError::Snapshot(CreateDriveError::ImageNotFound { .. }) => {
+                    DriveError::Conflict(format!(
+                        "image {} has no subvolume in the pool; delete it and import it again",
+                        image_row.name
+                    ))
+                }
+                other => other,
             },
         }
     }
@@ -457,13 +395,11 @@ impl DriveService {
 }
 
 /// The error for a refused change of `drive` (involving VM or image `other`, when there is one).
-fn refused(refusal: Refusal, drive: &str, other: &str) -> DriveError {
+pub(crate) fn refused(refusal: Refusal, drive: &str, other: &str) -> DriveError {
     match refusal {
         Refusal::DriveNotFound => DriveError::NotFound(drive.to_owned()),
         Refusal::VmNotFound => DriveError::VmNotFound(other.to_owned()),
         Refusal::DriveNameTaken => DriveError::NameTaken(drive.to_owned()),
-        Refusal::VmNameTaken => DriveError::VmNameTaken(drive.to_owned()),
-        Refusal::VmNetwork(r) => DriveError::Conflict(r.to_string()),
         Refusal::Broken => DriveError::Conflict(format!(
             "drive {drive} is broken (its subvolume is missing); it can only be deleted"
         )),

@@ -128,8 +128,6 @@ pub struct Resolved {
     fd: OwnedFd,
     /// Whether it is a directory (else a regular file).
     pub is_dir: bool,
-    /// The path as the client wrote it, for messages and records.
-    pub shown: PathBuf,
 }
 
 impl Resolved {
@@ -205,11 +203,7 @@ impl ImportPolicy {
             Caller::Unix(cred) => peer::as_peer(cred, || check.run())??,
             Caller::Daemon | Caller::Tcp => check.run()?,
         };
-        Ok(Resolved {
-            fd,
-            is_dir,
-            shown: path.to_owned(),
-        })
+        Ok(Resolved { fd, is_dir })
     }
 }
 

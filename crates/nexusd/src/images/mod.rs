@@ -16,8 +16,8 @@ use nexus_lib::names::{MAX_NAME_LEN, validate_name};
 use uuid::Uuid;
 
 use crate::hostpath::{Caller, HostPathError, ImportPolicy};
-use crate::logsafe::Escaped;
-use crate::storage::{ImportBounds, PoolManager, StorageError, ext4};
+use crate::sanitize::Escaped;
+use crate::storage::{ImportBounds, ImportError, PoolError, PoolManager, ext4};
 use crate::store::images::{self, Deleted, ImageRow, Inserted};
 use crate::store::{Store, StoreError};
 
@@ -66,7 +66,15 @@ pub enum ImageError {
     #[error(transparent)]
     Path(#[from] HostPathError),
     #[error(transparent)]
-    Storage(#[from] StorageError),
+    Pool(#[from] PoolError),
+    #[error(transparent)]
+    Import(#[from] ImportError),
+    #[error("cannot create a scratch directory in {path}")]
+    Scratch {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("storage worker failed")]
@@ -83,14 +91,6 @@ async fn detached<T: Send + 'static>(
 
 /// Name of the built-in image: Debian's static busybox, built by nexusd on first use.
 pub const DEFAULT_IMAGE: &str = "default";
-
-fn default_image_error(path: &Path, e: std::io::Error) -> ImageError {
-    ImageError::Storage(StorageError::Io {
-        op: "create a scratch directory in",
-        path: path.to_owned(),
-        source: e,
-    })
-}
 
 /// The image service.
 #[derive(Debug, Clone)]
@@ -149,7 +149,10 @@ impl ImageService {
             let dir = tempfile::Builder::new()
                 .prefix("default-image-")
                 .tempdir_in(&scratch)
-                .map_err(|e| default_image_error(&scratch, e))?;
+                .map_err(|source| ImageError::Scratch {
+                    path: scratch.clone(),
+                    source,
+                })?;
             let opts = crate::boot::RootfsOptions {
                 agent,
                 ..crate::boot::RootfsOptions::default()
@@ -245,18 +248,18 @@ impl ImageService {
                 }
             })?;
             let open = src.proc_path();
-            let is_dir = check_source(&open, &path)?;
+            let is_dir = src.is_dir;
+            if !is_dir {
+                check_ext4(&open, &path)?;
+            }
             let storage = pool.get_or_create()?;
             let info = if is_dir {
-                storage.import_image_from_dir_bounded(&open, &path, &id.to_string(), &bounds)
+                storage.import_image_from_dir(&open, &path, &id.to_string(), &bounds)
             } else {
-                storage.import_image_from_ext4_bounded(&open, &path, &id.to_string(), &bounds)
+                storage.import_image_from_ext4(&open, &path, &id.to_string(), &bounds)
             }
             .inspect_err(|e| {
-                if matches!(
-                    e,
-                    StorageError::ImportCancelled | StorageError::ImportTimedOut { .. }
-                ) {
+                if e.is_stopped() {
                     tracing::warn!(path = %Escaped(path.display()), error = %e, "import stopped");
                 }
             })?;
@@ -334,7 +337,7 @@ impl ImageService {
         let pool = self.pool.clone();
         let removed = tokio::task::spawn_blocking(move || match pool.get() {
             Some(storage) => match storage.delete_image(&id.to_string()) {
-                Err(StorageError::ImageNotFound { .. }) => Ok(()),
+                Err(e) if e.is_not_found() => Ok(()),
                 other => other,
             },
             None => Ok(()),
@@ -374,24 +377,16 @@ fn check_path_text(path: &str) -> Result<(), ImageError> {
     Ok(())
 }
 
-/// Checks the import source at `open` (named `shown` in messages) before the pool is touched: it
-/// exists and is a directory (`true`) or an ext4 image file (`false`).
-fn check_source(open: &Path, shown: &Path) -> Result<bool, StorageError> {
-    let meta = std::fs::metadata(open).map_err(|e| match e.kind() {
-        std::io::ErrorKind::NotFound => StorageError::SourceNotFound {
+/// Checks that the regular file at `open` (named `shown` in messages) is an ext4 image, before
+/// the pool is touched.
+fn check_ext4(open: &Path, shown: &Path) -> Result<(), ImportError> {
+    if ext4::is_ext4(open).map_err(ImportError::from_source)? {
+        Ok(())
+    } else {
+        Err(ImportError::NotExt4 {
             path: shown.to_owned(),
-        },
-        _ => StorageError::io("stat", shown, e),
-    })?;
-    if meta.is_dir() {
-        return Ok(true);
+        })
     }
-    if meta.is_file() && ext4::is_ext4(open)? {
-        return Ok(false);
-    }
-    Err(StorageError::NotExt4 {
-        path: shown.to_owned(),
-    })
 }
 
 /// A name from a path's last component: `/srv/Debian_12.ext4` → `debian-12`.
@@ -502,23 +497,13 @@ mod tests {
     }
 
     #[test]
-    fn a_missing_source_is_source_not_found() {
-        let missing = Path::new("/nonexistent/nexus-test");
-        let err = check_source(missing, missing).unwrap_err();
-        assert!(
-            matches!(err, StorageError::SourceNotFound { .. }),
-            "{err:?}"
-        );
-    }
-
-    #[test]
     fn a_file_that_is_not_ext4_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("x.img");
         std::fs::write(&file, vec![0u8; 4096]).unwrap();
         assert!(matches!(
-            check_source(&file, &file),
-            Err(StorageError::NotExt4 { .. })
+            check_ext4(&file, &file),
+            Err(ImportError::NotExt4 { .. })
         ));
     }
 }

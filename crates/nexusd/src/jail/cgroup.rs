@@ -84,13 +84,6 @@ impl Hierarchy {
         }
         Ok(Self::V2(root))
     }
-
-    pub fn version(&self) -> u8 {
-        match self {
-            Self::V1(_) => 1,
-            Self::V2(_) => 2,
-        }
-    }
 }
 
 fn missing(have: &[&str]) -> String {

@@ -125,10 +125,6 @@ impl Jailer {
         }
     }
 
-    pub fn config(&self) -> &JailConfig {
-        &self.cfg
-    }
-
     pub fn enabled(&self) -> bool {
         self.cfg.enabled
     }

@@ -45,7 +45,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
-use crate::logsafe::{self, Escaped};
+use crate::sanitize::Escaped;
 
 /// Default for [`DnsConfig::query_timeout`].
 pub const DEFAULT_QUERY_TIMEOUT: Duration = Duration::from_secs(5);
@@ -149,13 +149,14 @@ pub trait EgressHooks: Send + Sync + 'static {
     fn policy(&self, client: Ipv4Addr) -> Option<ClientPolicy>;
 
     /// Called with the IPv4 addresses (and each record's remaining TTL, which may be zero) the
-    /// resolver is about to answer to `vm` for an allowed name under an `Allow` policy, never
-    /// with an empty list; the answer is sent only after this completes Ok (so the firewall
-    /// admits the addresses before the VM can connect). Err, or no completion within the query
-    /// timeout, answers SERVFAIL.
+    /// resolver is about to answer to `client.vm` for a name `client.egress` (an `Allow` policy)
+    /// allows, never with an empty list; the answer is sent only after this completes Ok (so
+    /// the firewall admits the addresses before the VM can connect). Err, or no completion
+    /// within the query timeout, answers SERVFAIL: also what the hook does when the VM's policy
+    /// changed since `client` was looked up (the name may no longer be allowed).
     fn resolved(
         &self,
-        vm: VmKey,
+        client: ClientPolicy,
         addrs: Vec<(Ipv4Addr, Duration)>,
     ) -> BoxFuture<'static, Result<(), String>>;
 }
@@ -242,7 +243,7 @@ pub fn upstream_from_resolv_conf(path: &Path) -> io::Result<Vec<SocketAddr>> {
     let text = std::fs::read_to_string(path).map_err(|e| {
         io::Error::new(
             e.kind(),
-            format!("cannot read {}: {e}", logsafe::path(path)),
+            format!("cannot read {}: {e}", Escaped(path.display())),
         )
     })?;
     Ok(parse_resolv_conf(&text))
@@ -390,7 +391,7 @@ impl Responder {
                     return Reply::error(ResponseCode::Refused);
                 }
                 let reply = self.resolve(query).await;
-                self.admit(policy.vm, reply).await
+                self.admit(policy, reply).await
             }
         }
     }
@@ -430,17 +431,22 @@ impl Responder {
     }
 
     /// `reply`, once the firewall admitted its IPv4 addresses for `vm`; SERVFAIL when it could not.
-    async fn admit(&self, vm: VmKey, reply: Reply) -> Reply {
+    async fn admit(&self, client: ClientPolicy, reply: Reply) -> Reply {
+        let vm = client.vm;
         let addrs = ipv4_answers(&reply);
         if addrs.is_empty() {
             return reply;
         }
-        let failure =
-            match tokio::time::timeout(self.query_timeout, self.hooks.resolved(vm, addrs)).await {
-                Ok(Ok(())) => return reply,
-                Ok(Err(e)) => e,
-                Err(_) => format!("not done within {:?}", self.query_timeout),
-            };
+        let failure = match tokio::time::timeout(
+            self.query_timeout,
+            self.hooks.resolved(client, addrs),
+        )
+        .await
+        {
+            Ok(Ok(())) => return reply,
+            Ok(Err(e)) => e,
+            Err(_) => format!("not done within {:?}", self.query_timeout),
+        };
         if self.logs.warn.allow() {
             tracing::warn!(vm, error = %Escaped(failure),
                 "DNS: the firewall did not admit the addresses resolved for a VM; answering SERVFAIL");

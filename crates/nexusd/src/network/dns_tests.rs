@@ -135,9 +135,10 @@ impl EgressHooks for TestHooks {
 
     fn resolved(
         &self,
-        vm: VmKey,
+        client: ClientPolicy,
         addrs: Vec<(Ipv4Addr, Duration)>,
     ) -> BoxFuture<'static, Result<(), String>> {
+        let vm = client.vm;
         let (delay, fail, calls) = (self.delay, self.fail, self.calls.clone());
         Box::pin(async move {
             tokio::time::sleep(delay).await;

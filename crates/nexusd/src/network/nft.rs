@@ -577,7 +577,7 @@ async fn run(args: &[&str], input: Option<String>) -> Result<String, NftError> {
         return Err(NftError::NotPermitted);
     }
     Err(NftError::Refused {
-        stderr: crate::logsafe::Escaped(stderr.trim().chars().take(2000).collect::<String>())
+        stderr: crate::sanitize::Escaped(stderr.trim().chars().take(2000).collect::<String>())
             .to_string(),
     })
 }

@@ -708,13 +708,13 @@ impl EgressHooks for Hooks {
 
     fn resolved(
         &self,
-        vm: VmKey,
+        client: ClientPolicy,
         addrs: Vec<(Ipv4Addr, Duration)>,
     ) -> BoxFuture<'static, Result<(), String>> {
         let inner = self.0.clone();
         Box::pin(async move {
             let inner = inner.upgrade().ok_or("nexusd is shutting down")?;
-            let key = u32::try_from(vm).map_err(|_| "unknown VM key".to_string())?;
+            let key = u32::try_from(client.vm).map_err(|_| "unknown VM key".to_string())?;
             let now = Instant::now();
             // Only what is not admitted for at least half its new time goes to nft.
             let fresh: Vec<(Ipv4Addr, Duration)> = {
@@ -734,6 +734,17 @@ impl EgressHooks for Hooks {
             }
             let host = inner.host.lock().await;
             let up = host.as_ref().ok_or("the host network is down")?;
+            // Policies change under the host lock: if this VM's is not the one the name was
+            // allowed under any more, admit nothing (the VM asks again, under the new one).
+            let current = inner
+                .clients
+                .read()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .any(|c| c.vm == client.vm && Arc::ptr_eq(&c.egress, &client.egress));
+            if !current {
+                return Err("the VM's egress policy changed during the query".into());
+            }
             nft::apply(&nft::allow_resolved(&up.spec, key, &fresh))
                 .await
                 .map_err(|e| nexus_lib::error::error_chain(&e))?;

@@ -17,7 +17,7 @@ use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
-use super::StorageError;
+use super::{FsError, SubvolumeError};
 
 /// `BTRFS_SUPER_MAGIC` from `linux/magic.h`: the `f_type` statfs reports for btrfs.
 pub const BTRFS_SUPER_MAGIC: i64 = 0x9123_683E;
@@ -90,33 +90,20 @@ mod sys {
 }
 
 /// Whether `path` lives on a btrfs filesystem (statfs magic).
-pub fn is_btrfs(path: &Path) -> Result<bool, StorageError> {
+pub fn is_btrfs(path: &Path) -> Result<bool, FsError> {
     Ok(fs_type(path)? == BTRFS_SUPER_MAGIC)
 }
 
 /// The statfs `f_type` of the filesystem holding `path`.
-pub fn fs_type(path: &Path) -> Result<i64, StorageError> {
-    let stat = nix::sys::statfs::statfs(path).map_err(|e| StorageError::sys("statfs", path, e))?;
+pub fn fs_type(path: &Path) -> Result<i64, FsError> {
+    let stat = nix::sys::statfs::statfs(path).map_err(|e| FsError::sys("statfs", path, e))?;
     // f_type is a signed long on x86_64 but a magic number, not a quantity.
     #[allow(clippy::useless_conversion)]
     Ok(i64::from(stat.filesystem_type().0))
 }
 
-/// Fails with [`StorageError::NotBtrfs`] unless `path` lives on btrfs.
-pub fn ensure_btrfs(path: &Path) -> Result<(), StorageError> {
-    let fs_type = fs_type(path)?;
-    if fs_type == BTRFS_SUPER_MAGIC {
-        Ok(())
-    } else {
-        Err(StorageError::NotBtrfs {
-            path: path.to_owned(),
-            fs_type,
-        })
-    }
-}
-
 /// Creates an empty subvolume at `path` (its parent must exist, `path` must not).
-pub fn create_subvolume(path: &Path) -> Result<(), StorageError> {
+pub fn create_subvolume(path: &Path) -> Result<(), SubvolumeError> {
     let (parent, name) = split(path)?;
     let dir = open_dir(parent)?;
     let mut args = sys::VolArgs::zeroed();
@@ -124,14 +111,14 @@ pub fn create_subvolume(path: &Path) -> Result<(), StorageError> {
     // SAFETY: `dir` is an open directory fd that outlives the call; `args` is a fully initialised
     // `btrfs_ioctl_vol_args` whose name is NUL-terminated (name.len() <= 255 < buffer length).
     unsafe { sys::subvol_create(dir.as_raw_fd(), &args) }
-        .map_err(|e| StorageError::sys("BTRFS_IOC_SUBVOL_CREATE", path, e))?;
+        .map_err(|e| FsError::sys("BTRFS_IOC_SUBVOL_CREATE", path, e))?;
     Ok(())
 }
 
 /// Snapshots the subvolume `src` to the new path `dst`, read-only if asked.
 ///
 /// The snapshot appears atomically under its final name, so it doubles as a crash-safe "publish" step.
-pub fn snapshot(src: &Path, dst: &Path, readonly: bool) -> Result<(), StorageError> {
+pub fn snapshot(src: &Path, dst: &Path, readonly: bool) -> Result<(), SubvolumeError> {
     let (parent, name) = split(dst)?;
     let source = open_dir(src)?;
     let dir = open_dir(parent)?;
@@ -146,22 +133,22 @@ pub fn snapshot(src: &Path, dst: &Path, readonly: bool) -> Result<(), StorageErr
     // SAFETY: both fds are open directories that outlive the call; `args` is a fully initialised
     // `btrfs_ioctl_vol_args_v2` with only documented flags set and a NUL-terminated name.
     unsafe { sys::snap_create_v2(dir.as_raw_fd(), &args) }
-        .map_err(|e| StorageError::sys("BTRFS_IOC_SNAP_CREATE_V2", dst, e))?;
+        .map_err(|e| FsError::sys("BTRFS_IOC_SNAP_CREATE_V2", dst, e))?;
     Ok(())
 }
 
 /// Whether the subvolume at `path` is read-only.
-pub fn is_readonly(path: &Path) -> Result<bool, StorageError> {
+pub fn is_readonly(path: &Path) -> Result<bool, FsError> {
     let dir = open_dir(path)?;
     let mut flags = 0u64;
     // SAFETY: `dir` is an open directory fd that outlives the call; the kernel writes one u64 to `flags`.
     unsafe { sys::subvol_getflags(dir.as_raw_fd(), &mut flags) }
-        .map_err(|e| StorageError::sys("BTRFS_IOC_SUBVOL_GETFLAGS", path, e))?;
+        .map_err(|e| FsError::sys("BTRFS_IOC_SUBVOL_GETFLAGS", path, e))?;
     Ok(flags & sys::BTRFS_SUBVOL_RDONLY != 0)
 }
 
 /// Makes the subvolume at `path` read-only or writable (the owner may do this without privileges).
-pub fn set_readonly(path: &Path, readonly: bool) -> Result<(), StorageError> {
+pub fn set_readonly(path: &Path, readonly: bool) -> Result<(), FsError> {
     let dir = open_dir(path)?;
     let flags = if readonly {
         sys::BTRFS_SUBVOL_RDONLY
@@ -170,21 +157,21 @@ pub fn set_readonly(path: &Path, readonly: bool) -> Result<(), StorageError> {
     };
     // SAFETY: `dir` is an open directory fd that outlives the call; the kernel reads one u64 from `flags`.
     unsafe { sys::subvol_setflags(dir.as_raw_fd(), &flags) }
-        .map_err(|e| StorageError::sys("BTRFS_IOC_SUBVOL_SETFLAGS", path, e))?;
+        .map_err(|e| FsError::sys("BTRFS_IOC_SUBVOL_SETFLAGS", path, e))?;
     Ok(())
 }
 
 /// Whether `path` is the root of a btrfs subvolume (a directory with inode 256 on btrfs).
-pub fn is_subvolume(path: &Path) -> Result<bool, StorageError> {
-    let meta = fs::symlink_metadata(path).map_err(|e| StorageError::io("stat", path, e))?;
+pub fn is_subvolume(path: &Path) -> Result<bool, FsError> {
+    let meta = fs::symlink_metadata(path).map_err(FsError::at("stat", path))?;
     Ok(meta.is_dir() && meta.ino() == SUBVOLUME_ROOT_INO && is_btrfs(path)?)
 }
 
 /// Names of the subvolumes directly under `dir`, sorted. Other entries are ignored.
-pub fn list_subvolumes(dir: &Path) -> Result<Vec<String>, StorageError> {
+pub fn list_subvolumes(dir: &Path) -> Result<Vec<String>, FsError> {
     let mut names = Vec::new();
-    for entry in fs::read_dir(dir).map_err(|e| StorageError::io("read directory", dir, e))? {
-        let entry = entry.map_err(|e| StorageError::io("read directory", dir, e))?;
+    for entry in fs::read_dir(dir).map_err(FsError::at("read directory", dir))? {
+        let entry = entry.map_err(FsError::at("read directory", dir))?;
         let path = entry.path();
         if is_subvolume(&path)? {
             names.push(entry.file_name().to_string_lossy().into_owned());
@@ -196,9 +183,9 @@ pub fn list_subvolumes(dir: &Path) -> Result<Vec<String>, StorageError> {
 
 /// Deletes the subvolume at `path` without privileges: clear read-only, empty it (nested subvolumes
 /// included), `rmdir` it.
-pub fn delete_subvolume(path: &Path) -> Result<(), StorageError> {
+pub fn delete_subvolume(path: &Path) -> Result<(), SubvolumeError> {
     if !is_subvolume(path)? {
-        return Err(StorageError::NotSubvolume {
+        return Err(SubvolumeError::NotSubvolume {
             path: path.to_owned(),
         });
     }
@@ -206,56 +193,56 @@ pub fn delete_subvolume(path: &Path) -> Result<(), StorageError> {
         set_readonly(path, false)?;
     }
     remove_contents(path)?;
-    fs::remove_dir(path).map_err(|e| StorageError::io("rmdir subvolume", path, e))
+    Ok(fs::remove_dir(path).map_err(FsError::at("rmdir subvolume", path))?)
 }
 
 /// Removes whatever is at `path`: a subvolume (as [`delete_subvolume`]), a directory tree that may hold
 /// subvolumes, or a file. Symlinks are removed, never followed.
-pub fn remove_tree(path: &Path) -> Result<(), StorageError> {
-    let meta = fs::symlink_metadata(path).map_err(|e| StorageError::io("stat", path, e))?;
+pub fn remove_tree(path: &Path) -> Result<(), SubvolumeError> {
+    let meta = fs::symlink_metadata(path).map_err(FsError::at("stat", path))?;
     if !meta.is_dir() {
-        fs::remove_file(path).map_err(|e| StorageError::io("remove file", path, e))
+        Ok(fs::remove_file(path).map_err(FsError::at("remove file", path))?)
     } else if is_subvolume(path)? {
         delete_subvolume(path)
     } else {
         remove_contents(path)?;
-        fs::remove_dir(path).map_err(|e| StorageError::io("remove directory", path, e))
+        Ok(fs::remove_dir(path).map_err(FsError::at("remove directory", path))?)
     }
 }
 
 /// Removes everything inside `dir`, deleting nested subvolumes as subvolumes.
-fn remove_contents(dir: &Path) -> Result<(), StorageError> {
+fn remove_contents(dir: &Path) -> Result<(), SubvolumeError> {
     make_owner_writable(dir)?;
-    for entry in fs::read_dir(dir).map_err(|e| StorageError::io("read directory", dir, e))? {
-        let entry = entry.map_err(|e| StorageError::io("read directory", dir, e))?;
+    for entry in fs::read_dir(dir).map_err(FsError::at("read directory", dir))? {
+        let entry = entry.map_err(FsError::at("read directory", dir))?;
         remove_tree(&entry.path())?;
     }
     Ok(())
 }
 
 /// A directory without owner write permission cannot be emptied by a non-root owner; grant it first.
-fn make_owner_writable(dir: &Path) -> Result<(), StorageError> {
-    let meta = fs::symlink_metadata(dir).map_err(|e| StorageError::io("stat", dir, e))?;
+fn make_owner_writable(dir: &Path) -> Result<(), FsError> {
+    let meta = fs::symlink_metadata(dir).map_err(FsError::at("stat", dir))?;
     let mode = meta.permissions().mode();
     if mode & 0o300 != 0o300 {
         fs::set_permissions(dir, fs::Permissions::from_mode(mode | 0o700))
-            .map_err(|e| StorageError::io("chmod", dir, e))?;
+            .map_err(FsError::at("chmod", dir))?;
     }
     Ok(())
 }
 
 /// Opens a directory for use as an ioctl target.
-fn open_dir(path: &Path) -> Result<File, StorageError> {
+fn open_dir(path: &Path) -> Result<File, FsError> {
     File::options()
         .read(true)
         .custom_flags(nix::libc::O_DIRECTORY)
         .open(path)
-        .map_err(|e| StorageError::io("open directory", path, e))
+        .map_err(FsError::at("open directory", path))
 }
 
 /// Splits `path` into its parent directory and a name the btrfs ioctls accept.
-fn split(path: &Path) -> Result<(&Path, &OsStr), StorageError> {
-    let invalid = |reason| StorageError::InvalidPath {
+fn split(path: &Path) -> Result<(&Path, &OsStr), SubvolumeError> {
+    let invalid = |reason| SubvolumeError::InvalidPath {
         path: path.to_owned(),
         reason,
     };
@@ -283,7 +270,7 @@ mod tests {
     fn split_rejects_a_path_without_a_name() {
         assert!(matches!(
             split(Path::new("/")),
-            Err(StorageError::InvalidPath { .. })
+            Err(SubvolumeError::InvalidPath { .. })
         ));
     }
 
@@ -292,7 +279,7 @@ mod tests {
         let long = "a".repeat(256);
         assert!(matches!(
             split(Path::new(&long)),
-            Err(StorageError::InvalidPath { .. })
+            Err(SubvolumeError::InvalidPath { .. })
         ));
     }
 

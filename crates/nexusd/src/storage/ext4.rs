@@ -1,7 +1,7 @@
-//! ext4 image files: build one from a directory, recognise one, grow one, read its geometry, hash it.
+//! ext4 image files: build one from a directory, recognise one, grow one, hash one.
 //!
-//! The work is done by e2fsprogs run as child processes (`mke2fs`, `e2fsck`, `resize2fs`, `dumpe2fs`),
-//! their exit codes checked and their stderr carried in the error.
+//! The work is done by e2fsprogs run as child processes (`mke2fs`, `e2fsck`, `resize2fs`) through
+//! the one command runner: exit codes checked, stderr carried in the error.
 //!
 //! # Ownership of files in images built from a directory
 //!
@@ -29,15 +29,15 @@ use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 
 use sha2::{Digest, Sha256};
 
-use super::cmd;
-use super::{ImportBounds, StorageError};
+use super::{FsError, GrowError, ImportBounds, ImportError, SizeError, out_of_space_after};
+use crate::command;
 
 /// ext2/3/4 superblock magic, little-endian at byte 1080 of the image (superblock at 1024, field 0x38).
 pub const EXT4_MAGIC: u16 = 0xEF53;
 const MAGIC_OFFSET: u64 = 1024 + 0x38;
 /// ext4 block size Nexus builds with; sizes are whole multiples of it.
 pub const BLOCK_SIZE: u64 = 4096;
-/// The smallest image [`size_for_dir`] proposes.
+/// The smallest image [`size_for_usage`] proposes.
 pub const MIN_IMAGE_SIZE: u64 = 64 << 20;
 /// Fixed headroom on top of the content: journal, metadata, reserved blocks, some free space.
 const HEADROOM: u64 = 32 << 20;
@@ -50,11 +50,9 @@ const CHUNK: usize = 1 << 20;
 
 /// Whether `path` is a regular file that starts with an ext2/3/4 superblock (all mountable as ext4).
 /// Reads two bytes, never the whole file.
-pub fn is_ext4(path: &Path) -> Result<bool, StorageError> {
-    let file = open_nonblocking(path)?;
-    let meta = file
-        .metadata()
-        .map_err(|e| StorageError::io("stat", path, e))?;
+pub fn is_ext4(path: &Path) -> Result<bool, FsError> {
+    let file = open_nonblocking(path).map_err(FsError::at("open", path))?;
+    let meta = file.metadata().map_err(FsError::at("stat", path))?;
     if !meta.is_file() {
         return Ok(false);
     }
@@ -62,7 +60,7 @@ pub fn is_ext4(path: &Path) -> Result<bool, StorageError> {
     match file.read_exact_at(&mut magic, MAGIC_OFFSET) {
         Ok(()) => Ok(u16::from_le_bytes(magic) == EXT4_MAGIC),
         Err(e) if e.kind() == ErrorKind::UnexpectedEof => Ok(false),
-        Err(e) => Err(StorageError::io("read superblock of", path, e)),
+        Err(e) => Err(FsError::io("read superblock of", path, e)),
     }
 }
 
@@ -83,26 +81,21 @@ const RESOLVE_BENEATH: rustix::fs::ResolveFlags = rustix::fs::ResolveFlags::BENE
     .union(rustix::fs::ResolveFlags::NO_MAGICLINKS);
 
 /// Walks `dir` (symlinks are not followed) and sums what its content needs.
-pub fn dir_usage(dir: &Path) -> Result<DirUsage, StorageError> {
-    let fd = rustix::fs::open(
-        dir,
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .map_err(|e| StorageError::io("open directory", dir, e.into()))?;
+fn dir_usage(dir: &Path) -> Result<DirUsage, ImportError> {
+    let fd = open_source_dir(dir, dir)?;
     scan_dir(&fd, dir, &ImportBounds::unbounded())
 }
 
 /// Walks the directory open at `top` (named `shown` in messages) through descriptors only:
 /// every subdirectory is opened beneath `top` without following symlinks, non-blocking, and
 /// nothing else is opened (entries are `fstatat`ed), so a FIFO or device in the tree or swapped
-/// in cannot block it. Stops with [`StorageError::ImportTooBig`] as soon as a cap of `bounds` is
+/// in cannot block it. Stops with [`ImportError::TooBig`] as soon as a cap of `bounds` is
 /// passed, and when `bounds` says to stop. Linear in the number of entries.
 pub fn scan_dir(
     top: &impl AsFd,
     shown: &Path,
     bounds: &ImportBounds,
-) -> Result<DirUsage, StorageError> {
+) -> Result<DirUsage, ImportError> {
     let mut usage = DirUsage {
         bytes: BLOCK_SIZE,
         apparent: 0,
@@ -117,11 +110,12 @@ pub fn scan_dir(
             &rel,
             OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK | OFlags::CLOEXEC,
         )
-        .map_err(|e| unreadable("open directory", &here, e.into()))?;
+        .map_err(|e| ImportError::unreadable("open directory", &here, e.into()))?;
         let entries = rustix::fs::Dir::read_from(&dir)
-            .map_err(|e| unreadable("read directory", &here, e.into()))?;
+            .map_err(|e| ImportError::unreadable("read directory", &here, e.into()))?;
         for entry in entries {
-            let entry = entry.map_err(|e| unreadable("read directory", &here, e.into()))?;
+            let entry =
+                entry.map_err(|e| ImportError::unreadable("read directory", &here, e.into()))?;
             let name = entry.file_name();
             if name == c"." || name == c".." {
                 continue;
@@ -130,7 +124,7 @@ pub fn scan_dir(
                 Ok(st) => st,
                 // Removed since it was listed: not in the image either.
                 Err(rustix::io::Errno::NOENT) => continue,
-                Err(e) => return Err(unreadable("stat an entry of", &here, e.into())),
+                Err(e) => return Err(ImportError::unreadable("stat an entry of", &here, e.into())),
             };
             usage.inodes += 1;
             // `st_blocks` counts 512-byte units whatever the file system's block size.
@@ -151,8 +145,7 @@ pub fn scan_dir(
                 FileType::Symlink if size > 59 => usage.bytes += BLOCK_SIZE,
                 _ => {}
             }
-            let too_big =
-                |key, what: String, limit| StorageError::ImportTooBig { key, what, limit };
+            let too_big = |key, what: String, limit| ImportError::TooBig { key, what, limit };
             if usage.inodes > bounds.max_entries {
                 return Err(too_big(
                     "import_max_entries",
@@ -194,13 +187,17 @@ pub fn scan_dir(
     Ok(usage)
 }
 
-/// An import source that cannot be read: the client's to fix (422), not the pool's.
-fn unreadable(op: &'static str, path: &Path, source: std::io::Error) -> StorageError {
-    StorageError::SourceUnreadable {
-        op,
-        path: path.to_owned(),
-        source,
-    }
+/// Opens the source directory `dir` (named `shown` in messages) for [`scan_dir`]: read-only,
+/// non-blocking, refusing anything but a directory.
+pub fn open_source_dir(dir: &Path, shown: &Path) -> Result<OwnedFd, ImportError> {
+    rustix::fs::open(
+        dir,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| {
+        ImportError::open_source(shown, e.into(), |path| ImportError::NotADirectory { path })
+    })
 }
 
 /// `openat2` beneath `top` (no symlinks), retried on `EAGAIN` (a concurrent rename).
@@ -219,14 +216,8 @@ fn inodes_for(count: u64) -> u64 {
     count + count / 2 + 1024
 }
 
-/// A filesystem size for the content of `dir`: data and inode tables plus a quarter, plus 32 MiB of
-/// headroom, at least [`MIN_IMAGE_SIZE`], rounded up to a MiB.
-pub fn size_for_dir(dir: &Path) -> Result<u64, StorageError> {
-    let usage = dir_usage(dir)?;
-    Ok(size_for_usage(usage))
-}
-
-/// The filesystem size for content measured by [`scan_dir`]: see [`size_for_dir`].
+/// A filesystem size for content measured by [`scan_dir`]: data and inode tables plus a
+/// quarter, plus 32 MiB of headroom, at least [`MIN_IMAGE_SIZE`], rounded up to a MiB.
 pub fn size_for_usage(usage: DirUsage) -> u64 {
     let content = usage.bytes + inodes_for(usage.inodes) * INODE_SIZE;
     let size = (content + content / 4 + HEADROOM).max(MIN_IMAGE_SIZE);
@@ -235,15 +226,7 @@ pub fn size_for_usage(usage: DirUsage) -> u64 {
 
 /// Builds the ext4 image `out` (which must not exist) of `size` bytes from the content of `dir`, with
 /// `mke2fs -d`. See the module documentation for file ownership. On failure `out` is removed.
-pub fn build_from_dir(dir: &Path, out: &Path, size: u64) -> Result<(), StorageError> {
-    if !fs::metadata(dir)
-        .map_err(|e| StorageError::io("stat", dir, e))?
-        .is_dir()
-    {
-        return Err(StorageError::NotADirectory {
-            path: dir.to_owned(),
-        });
-    }
+pub fn build_from_dir(dir: &Path, out: &Path, size: u64) -> Result<(), ImportError> {
     let usage = dir_usage(dir)?;
     build_from_dir_bounded(dir, out, size, usage.inodes, &ImportBounds::unbounded())
 }
@@ -256,23 +239,25 @@ pub fn build_from_dir_bounded(
     size: u64,
     entries: u64,
     bounds: &ImportBounds,
-) -> Result<(), StorageError> {
+) -> Result<(), ImportError> {
     check_size(size)?;
     let inodes = inodes_for(entries).max(size / BYTES_PER_INODE);
     let file = File::options()
         .write(true)
         .create_new(true)
         .open(out)
-        .map_err(|e| StorageError::io("create", out, e))?;
+        .map_err(FsError::at("create", out))?;
     let result = file
         .set_len(size)
-        .map_err(|e| StorageError::io("set length of", out, e))
+        .map_err(|e| FsError::io("set length of", out, e).into())
         .and_then(|()| {
             let mut mke2fs = if nix::unistd::geteuid().is_root() {
-                cmd::tool("mke2fs")
+                command::tool("mke2fs")
             } else {
-                let mut unshare = cmd::tool("unshare");
-                unshare.arg("--map-root-user").arg(cmd::program("mke2fs"));
+                let mut unshare = command::tool("unshare");
+                unshare
+                    .arg("--map-root-user")
+                    .arg(command::program("mke2fs"));
                 unshare
             };
             mke2fs
@@ -294,7 +279,11 @@ pub fn build_from_dir_bounded(
                 .arg(".")
                 .arg(std::path::absolute(out).unwrap_or_else(|_| out.to_owned()))
                 .current_dir(dir);
-            cmd::run_bounded(&mut mke2fs, &[0], &|| bounds.check())
+            command::run_bounded(&mut mke2fs, &[0], &|| bounds.check()).map_err(|e| match e {
+                ImportError::Tool(e) => out_of_space_after("build an image in", parent_of(out))
+                    .map_or(e.into(), Into::into),
+                other => other,
+            })
         });
     if result.is_err() {
         let _ = fs::remove_file(out);
@@ -305,29 +294,28 @@ pub fn build_from_dir_bounded(
 /// Grows the ext4 image at `path` to `new_size` bytes: sparse extension, `e2fsck -fy` (exit 0 or 1:
 /// clean or corrected), `resize2fs`. Growing to the current size is a no-op; shrinking is an error.
 /// The image must not be in use by a VM.
-pub fn grow(path: &Path, new_size: u64) -> Result<(), StorageError> {
+pub fn grow(path: &Path, new_size: u64) -> Result<(), GrowError> {
     check_size(new_size)?;
     let file = File::options()
         .write(true)
         .open(path)
-        .map_err(|e| StorageError::io("open", path, e))?;
-    let current = file
-        .metadata()
-        .map_err(|e| StorageError::io("stat", path, e))?
-        .len();
+        .map_err(FsError::at("open", path))?;
+    let current = file.metadata().map_err(FsError::at("stat", path))?.len();
     if new_size < current {
-        return Err(StorageError::SizeTooSmall {
+        return Err(SizeError::TooSmall {
             requested: new_size,
             current,
-        });
+        }
+        .into());
     }
     if new_size == current {
         return Ok(());
     }
     file.set_len(new_size)
-        .map_err(|e| StorageError::io("set length of", path, e))?;
-    let result = cmd::run(cmd::tool("e2fsck").arg("-fy").arg(path), &[0, 1])
-        .and_then(|_| cmd::run(cmd::tool("resize2fs").arg(path), &[0]));
+        .map_err(FsError::at("set length of", path))?;
+    let result = command::run(command::tool("e2fsck").arg("-fy").arg(path), &[0, 1])
+        .and_then(|_| command::run(command::tool("resize2fs").arg(path), &[0]))
+        .map_err(|e| out_of_space_after("grow", parent_of(path)).map_or(e.into(), GrowError::Fs));
     if result.is_err() {
         // The filesystem still has its old size, so the old length is safe to restore.
         let _ = file.set_len(current);
@@ -335,60 +323,20 @@ pub fn grow(path: &Path, new_size: u64) -> Result<(), StorageError> {
     result.map(drop)
 }
 
-pub(crate) fn check_size(size: u64) -> Result<(), StorageError> {
+pub(crate) fn check_size(size: u64) -> Result<(), SizeError> {
     if size == 0 || !size.is_multiple_of(BLOCK_SIZE) {
-        return Err(StorageError::InvalidSize {
-            size,
-            reason: "must be a positive multiple of 4096 bytes",
-        });
+        return Err(SizeError::Unaligned { size });
     }
     Ok(())
 }
 
-/// Block geometry of an ext4 image as `dumpe2fs -h` reports it: what the guest will see.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Geometry {
-    pub block_count: u64,
-    pub block_size: u64,
-}
-
-impl Geometry {
-    /// Filesystem size in bytes.
-    pub fn bytes(&self) -> u64 {
-        self.block_count * self.block_size
-    }
-}
-
-/// Reads the block count and block size of the ext4 image at `path` with `dumpe2fs -h`.
-pub fn geometry(path: &Path) -> Result<Geometry, StorageError> {
-    let mut dumpe2fs = cmd::tool("dumpe2fs");
-    dumpe2fs.arg("-h").arg(path);
-    let output = cmd::run(&mut dumpe2fs, &[0])?;
-    let text = String::from_utf8_lossy(&output.stdout);
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|line| line.strip_prefix(name)?.strip_prefix(':'))
-            .and_then(|value| value.trim().parse::<u64>().ok())
-            .ok_or_else(|| StorageError::ToolOutput {
-                command: format!("dumpe2fs -h {}", path.display()),
-                reason: format!("no numeric `{name}` field"),
-            })
-    };
-    Ok(Geometry {
-        block_count: field("Block count")?,
-        block_size: field("Block size")?,
-    })
-}
-
 /// The sha256 of the file at `path`, as lowercase hex, read in 1 MiB chunks.
-pub fn sha256_file(path: &Path) -> Result<String, StorageError> {
-    let mut file = File::open(path).map_err(|e| StorageError::io("open", path, e))?;
+pub fn sha256_file(path: &Path) -> Result<String, FsError> {
+    let mut file = File::open(path).map_err(FsError::at("open", path))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     loop {
-        let n = file
-            .read(&mut buf)
-            .map_err(|e| StorageError::io("read", path, e))?;
+        let n = file.read(&mut buf).map_err(FsError::at("read", path))?;
         if n == 0 {
             break;
         }
@@ -397,26 +345,23 @@ pub fn sha256_file(path: &Path) -> Result<String, StorageError> {
     Ok(hex(&hasher.finalize()))
 }
 
-/// Copies `src` to the new file `dst`, hashing while streaming. All-zero chunks become holes, so a
-/// sparse image stays sparse. Returns the length and the sha256 (hex) of the content.
-pub fn copy_with_sha256(src: &Path, dst: &Path) -> Result<(u64, String), StorageError> {
-    copy_with_sha256_bounded(src, dst, &ImportBounds::unbounded())
-}
-
-/// [`copy_with_sha256`] that stops when `bounds` says so (checked every chunk). The source is
-/// opened non-blocking and must be a regular file on the opened descriptor.
-pub fn copy_with_sha256_bounded(
+/// Copies `src` to the new file `dst`, hashing while streaming, until `bounds` says to stop
+/// (checked every chunk). All-zero chunks become holes, so a sparse image stays sparse. The
+/// source is opened non-blocking and must be a regular file on the opened descriptor. Returns
+/// the length and the sha256 (hex) of the content.
+pub fn copy_with_sha256(
     src: &Path,
     dst: &Path,
     bounds: &ImportBounds,
-) -> Result<(u64, String), StorageError> {
-    let mut input = open_nonblocking(src)?;
+) -> Result<(u64, String), ImportError> {
+    let mut input = open_nonblocking(src)
+        .map_err(|e| ImportError::open_source(src, e, |path| ImportError::NotExt4 { path }))?;
     if !input
         .metadata()
-        .map_err(|e| StorageError::io("stat", src, e))?
+        .map_err(|e| ImportError::unreadable("stat", src, e))?
         .is_file()
     {
-        return Err(StorageError::NotExt4 {
+        return Err(ImportError::NotExt4 {
             path: src.to_owned(),
         });
     }
@@ -424,13 +369,14 @@ pub fn copy_with_sha256_bounded(
         .write(true)
         .create_new(true)
         .open(dst)
-        .map_err(|e| StorageError::io("create", dst, e))?;
+        .map_err(FsError::at("create", dst))?;
     let mut hasher = Sha256::new();
     let mut buf = vec![0u8; CHUNK];
     let mut len = 0u64;
     loop {
         bounds.check()?;
-        let n = read_full(&mut input, &mut buf).map_err(|e| unreadable("read", src, e))?;
+        let n =
+            read_full(&mut input, &mut buf).map_err(|e| ImportError::unreadable("read", src, e))?;
         if n == 0 {
             break;
         }
@@ -439,32 +385,27 @@ pub fn copy_with_sha256_bounded(
         if chunk.iter().all(|&b| b == 0) {
             output
                 .seek(SeekFrom::Current(n as i64))
-                .map_err(|e| StorageError::io("seek in", dst, e))?;
+                .map_err(FsError::at("seek in", dst))?;
         } else {
-            output
-                .write_all(chunk)
-                .map_err(|e| StorageError::io("write", dst, e))?;
+            output.write_all(chunk).map_err(FsError::at("write", dst))?;
         }
         len += n as u64;
     }
     output
         .set_len(len)
-        .map_err(|e| StorageError::io("set length of", dst, e))?;
-    output
-        .sync_all()
-        .map_err(|e| StorageError::io("sync", dst, e))?;
+        .map_err(FsError::at("set length of", dst))?;
+    output.sync_all().map_err(FsError::at("sync", dst))?;
     Ok((len, hex(&hasher.finalize())))
 }
 
 /// Opens `path` for reading without blocking on a FIFO or device that may have been swapped in
 /// (`O_NONBLOCK`); callers check the type on the returned descriptor. For a regular file the
 /// flag changes nothing.
-fn open_nonblocking(path: &Path) -> Result<File, StorageError> {
+fn open_nonblocking(path: &Path) -> std::io::Result<File> {
     File::options()
         .read(true)
         .custom_flags(nix::libc::O_NONBLOCK)
         .open(path)
-        .map_err(|e| unreadable("open", path, e))
 }
 
 /// Fills `buf` as far as the input allows; short only at end of file.
@@ -479,6 +420,14 @@ fn read_full(input: &mut File, buf: &mut [u8]) -> std::io::Result<usize> {
         }
     }
     Ok(filled)
+}
+
+/// The directory holding `file` (`.` for a bare name).
+fn parent_of(file: &Path) -> &Path {
+    match file.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -550,7 +499,7 @@ mod tests {
             let mut b = ImportBounds::unbounded();
             (b.max_entries, b.max_bytes) = (entries, bytes);
             match scan_dir(&fd, dir.path(), &b) {
-                Err(StorageError::ImportTooBig { key, .. }) => key,
+                Err(ImportError::TooBig { key, .. }) => key,
                 other => panic!("{other:?}"),
             }
         };
@@ -566,7 +515,7 @@ mod tests {
         let fd = File::open(dir.path()).unwrap();
         assert!(matches!(
             scan_dir(&fd, dir.path(), &bounds),
-            Err(StorageError::ImportCancelled)
+            Err(ImportError::Cancelled)
         ));
     }
 
@@ -582,7 +531,7 @@ mod tests {
     fn check_size_rejects_unaligned_sizes() {
         assert!(matches!(
             check_size(4097),
-            Err(StorageError::InvalidSize { .. })
+            Err(SizeError::Unaligned { size: 4097 })
         ));
     }
 
@@ -593,7 +542,7 @@ mod tests {
         let mut content = vec![0u8; 3 * CHUNK + 5];
         content[CHUNK + 7] = 1;
         fs::write(&src, &content).unwrap();
-        let (len, sha) = copy_with_sha256(&src, &dst).unwrap();
+        let (len, sha) = copy_with_sha256(&src, &dst, &ImportBounds::unbounded()).unwrap();
         assert_eq!(
             (len, sha, fs::read(&dst).unwrap()),
             (

@@ -9,7 +9,7 @@ use std::sync::{Mutex, MutexGuard};
 
 use nexus_lib::api::PoolHealth;
 
-use super::{Pool, PoolConfig, Storage, StorageError};
+use super::{Pool, PoolConfig, PoolError, Storage};
 
 /// The daemon's pool, open or not yet.
 #[derive(Debug)]
@@ -36,10 +36,6 @@ impl PoolManager {
         }
     }
 
-    pub fn config(&self) -> &PoolConfig {
-        &self.config
-    }
-
     /// Whether the pool exists already: a configured directory always does; the embedded pool once its
     /// image file was made.
     pub fn exists(&self) -> bool {
@@ -55,7 +51,7 @@ impl PoolManager {
     }
 
     /// At start-up: opens the pool when it exists (see [`PoolManager::exists`]), else does nothing.
-    pub fn open_existing(&self) -> Result<Option<Storage>, StorageError> {
+    pub fn open_existing(&self) -> Result<Option<Storage>, PoolError> {
         if !self.exists() {
             return Ok(None);
         }
@@ -68,7 +64,7 @@ impl PoolManager {
     }
 
     /// The pool's storage, opening (and for the embedded pool, formatting and mounting) it first.
-    pub fn get_or_create(&self) -> Result<Storage, StorageError> {
+    pub fn get_or_create(&self) -> Result<Storage, PoolError> {
         let mut open = self.lock();
         if let Some((_, storage)) = open.as_ref() {
             return Ok(storage.clone());
@@ -127,8 +123,8 @@ impl PoolManager {
     }
 
     /// Shuts the pool down: unmounts what this process mounted, unless it is busy (VMs keep running
-    /// across a daemon restart), which is reported as [`StorageError::PoolBusy`].
-    pub fn close(&self) -> Result<(), StorageError> {
+    /// across a daemon restart), which is reported as [`PoolError::Busy`].
+    pub fn close(&self) -> Result<(), PoolError> {
         match self.lock().take() {
             Some((pool, _)) => pool.close(),
             None => Ok(()),
@@ -159,6 +155,6 @@ mod tests {
 
         let err = manager.open_existing().unwrap_err();
 
-        assert!(matches!(err, StorageError::NotBtrfs { .. }), "{err:?}");
+        assert!(matches!(err, PoolError::NotBtrfs { .. }), "{err:?}");
     }
 }

@@ -16,114 +16,28 @@
 //! daemon uses in [`Storage`].
 
 pub mod btrfs;
-mod cmd;
+mod error;
 pub mod ext4;
 mod manager;
 pub mod pool;
 pub mod reconcile;
 mod service;
 
-use std::io;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
+pub use error::{
+    CreateDriveError, FsError, GrowError, IdError, ImportError, PoolError, RemoveError, SizeError,
+    SubvolumeError,
+};
 pub use manager::PoolManager;
 pub use pool::{Pool, PoolConfig};
 pub use service::{DriveInfo, IMAGE_FILE, ImageInfo, ImageSource, Storage};
 
-/// Everything that can go wrong in storage. Variants carry the path or id a reader needs.
-#[derive(Debug, thiserror::Error)]
-pub enum StorageError {
-    #[error("{op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{op} on {path}")]
-    Sys {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: nix::Error,
-    },
-    #[error("the storage pool is out of space ({op} {path})")]
-    NoSpace { op: &'static str, path: PathBuf },
-    #[error("{path} is not on a btrfs filesystem (statfs type {fs_type:#x})")]
-    NotBtrfs { path: PathBuf, fs_type: i64 },
-    #[error("{path} is not a btrfs subvolume")]
-    NotSubvolume { path: PathBuf },
-    #[error("invalid path {path}: {reason}")]
-    InvalidPath { path: PathBuf, reason: &'static str },
-    #[error(
-        "mounting the storage pool image {file} at {mountpoint} needs root; start nexusd as root, or set \
-         `pool = \"/some/dir\"` in nexus.toml to a directory on an existing btrfs filesystem \
-         (for example a subvolume created with `btrfs subvolume create`)"
-    )]
-    PoolNeedsRoot { file: PathBuf, mountpoint: PathBuf },
-    #[error("the storage pool at {mountpoint} is still in use and stays mounted")]
-    PoolBusy { mountpoint: PathBuf },
-    #[error("could not run `{command}`")]
-    Spawn {
-        command: String,
-        #[source]
-        source: io::Error,
-    },
-    #[error("`{command}` failed ({status}): {stderr}")]
-    Command {
-        command: String,
-        status: String,
-        stderr: String,
-    },
-    #[error("unexpected output from `{command}`: {reason}")]
-    ToolOutput { command: String, reason: String },
-    #[error("cannot {op} {path}")]
-    SourceUnreadable {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
-    #[error("{path} does not exist")]
-    SourceNotFound { path: PathBuf },
-    #[error("{path} is not an ext4 image")]
-    NotExt4 { path: PathBuf },
-    #[error("{path} is not a directory")]
-    NotADirectory { path: PathBuf },
-    #[error("invalid id {id:?}: {reason}")]
-    InvalidId { id: String, reason: &'static str },
-    #[error("invalid size {size}: {reason}")]
-    InvalidSize { size: u64, reason: &'static str },
-    #[error("requested size {requested} bytes is smaller than the current {current} bytes")]
-    SizeTooSmall { requested: u64, current: u64 },
-    #[error("image {id} not found")]
-    ImageNotFound { id: String },
-    #[error("drive {id} not found")]
-    DriveNotFound { id: String },
-    #[error("image {id} already exists")]
-    ImageExists { id: String },
-    #[error("drive {id} already exists")]
-    DriveExists { id: String },
-    #[error("{what} exceeds `{key}` ({limit}); raise it in nexus.toml or import a smaller tree")]
-    ImportTooBig {
-        key: &'static str,
-        what: String,
-        limit: u64,
-    },
-    #[error("the import took longer than `import_timeout_secs` ({secs} s) and was stopped")]
-    ImportTimedOut { secs: u64 },
-    #[error("the import was stopped: the client went away")]
-    ImportCancelled,
-    #[error("invalid metadata {path}")]
-    Metadata {
-        path: PathBuf,
-        #[source]
-        source: serde_json::Error,
-    },
-}
+/// Free bytes under which a file system a tool failed to write to counts as full.
+const NEARLY_FULL: u64 = 32 << 20;
 
 /// Bounds of one import from outside: size caps for a directory's content, a deadline, and a
 /// token cancelled when the client goes away. Checked by the scan, the copy and while `mke2fs`
@@ -165,12 +79,12 @@ impl ImportBounds {
     }
 
     /// An error when the work must stop now: the client went away or the deadline passed.
-    pub fn check(&self) -> Result<(), StorageError> {
+    pub fn check(&self) -> Result<(), ImportError> {
         if self.cancel.is_cancelled() {
-            return Err(StorageError::ImportCancelled);
+            return Err(ImportError::Cancelled);
         }
         if Instant::now() >= self.deadline {
-            return Err(StorageError::ImportTimedOut {
+            return Err(ImportError::TimedOut {
                 secs: self.timeout.as_secs(),
             });
         }
@@ -178,45 +92,22 @@ impl ImportBounds {
     }
 }
 
-impl StorageError {
-    /// An I/O error on `path`; running out of space gets its own variant so the API can answer 507.
-    pub(crate) fn io(op: &'static str, path: &Path, source: io::Error) -> Self {
-        if source.raw_os_error() == Some(nix::libc::ENOSPC) {
-            Self::NoSpace {
-                op,
-                path: path.to_owned(),
-            }
-        } else {
-            Self::Io {
-                op,
-                path: path.to_owned(),
-                source,
-            }
-        }
-    }
+/// Bytes an unprivileged writer may still use in the file system holding `path`.
+pub(crate) fn free_bytes(path: &Path) -> Result<u64, FsError> {
+    let st = nix::sys::statvfs::statvfs(path).map_err(|e| FsError::sys("statvfs", path, e))?;
+    #[allow(clippy::unnecessary_cast)]
+    Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+}
 
-    /// A failed system call on `path`.
-    pub(crate) fn sys(op: &'static str, path: &Path, source: nix::Error) -> Self {
-        if source == nix::Error::ENOSPC {
-            Self::NoSpace {
-                op,
-                path: path.to_owned(),
-            }
-        } else {
-            Self::Sys {
-                op,
-                path: path.to_owned(),
-                source,
-            }
-        }
-    }
-
-    /// Whether the pool ran out of space (directly, or as reported by an external tool).
-    pub fn is_out_of_space(&self) -> bool {
-        match self {
-            Self::NoSpace { .. } => true,
-            Self::Command { stderr, .. } => stderr.contains("No space left on device"),
-            _ => false,
-        }
+/// After a tool failed while writing under `dir`: out of space when the file system holding
+/// `dir` is nearly full now. Decided from the state the tool left, never from its stderr (whose
+/// wording depends on the tool's version and locale).
+pub(crate) fn out_of_space_after(op: &'static str, dir: &Path) -> Option<FsError> {
+    match free_bytes(dir) {
+        Ok(free) if free < NEARLY_FULL => Some(FsError::NoSpace {
+            op,
+            path: dir.to_owned(),
+        }),
+        _ => None,
     }
 }

@@ -15,7 +15,8 @@
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 
-use super::{StorageError, btrfs, cmd};
+use super::{FsError, PoolError, btrfs};
+use crate::command;
 
 /// Size of the embedded pool image when config says nothing (sparse: costs nothing until used).
 pub const DEFAULT_IMAGE_SIZE: u64 = 20 << 30;
@@ -67,16 +68,16 @@ impl Pool {
     }
 
     /// Opens the pool `config` describes, formatting and mounting the embedded image when needed.
-    pub fn open(config: &PoolConfig) -> Result<Self, StorageError> {
+    pub fn open(config: &PoolConfig) -> Result<Self, PoolError> {
         match config {
             PoolConfig::Dir(dir) => {
                 if !fs::metadata(dir)
-                    .map_err(|e| StorageError::io("stat", dir, e))?
+                    .map_err(FsError::at("stat", dir))?
                     .is_dir()
                 {
-                    return Err(StorageError::NotADirectory { path: dir.clone() });
+                    return Err(PoolError::NotADirectory { path: dir.clone() });
                 }
-                btrfs::ensure_btrfs(dir)?;
+                ensure_btrfs(dir)?;
                 Ok(Self {
                     root: dir.clone(),
                     mounted_by_us: false,
@@ -102,25 +103,20 @@ impl Pool {
     }
 
     /// Bytes still available for new data (what `/v1/health` reports).
-    pub fn free_bytes(&self) -> Result<u64, StorageError> {
-        let stat = self.statvfs()?;
-        Ok(stat.blocks_available() * stat.fragment_size())
+    pub fn free_bytes(&self) -> Result<u64, FsError> {
+        super::free_bytes(&self.root)
     }
 
     /// Total size of the pool's filesystem in bytes.
-    pub fn total_bytes(&self) -> Result<u64, StorageError> {
-        let stat = self.statvfs()?;
+    pub fn total_bytes(&self) -> Result<u64, FsError> {
+        let stat = nix::sys::statvfs::statvfs(&self.root)
+            .map_err(|e| FsError::sys("statvfs", &self.root, e))?;
         Ok(stat.blocks() * stat.fragment_size())
     }
 
-    fn statvfs(&self) -> Result<nix::sys::statvfs::Statvfs, StorageError> {
-        nix::sys::statvfs::statvfs(&self.root)
-            .map_err(|e| StorageError::sys("statvfs", &self.root, e))
-    }
-
     /// Shuts the pool down: unmounts the image if this `Pool` mounted it. A pool still in use (a VM
-    /// kept running across the daemon's restart holds a drive open) stays mounted: [`StorageError::PoolBusy`].
-    pub fn close(self) -> Result<(), StorageError> {
+    /// kept running across the daemon's restart holds a drive open) stays mounted: [`PoolError::Busy`].
+    pub fn close(self) -> Result<(), PoolError> {
         if !self.mounted_by_us {
             return Ok(());
         }
@@ -131,24 +127,22 @@ impl Pool {
                 }
                 Ok(())
             }
-            Err(nix::Error::EBUSY) => Err(StorageError::PoolBusy {
+            Err(nix::Error::EBUSY) => Err(PoolError::Busy {
                 mountpoint: self.root,
             }),
-            Err(e) => Err(StorageError::sys("umount", &self.root, e)),
+            Err(e) => Err(FsError::sys("umount", &self.root, e).into()),
         }
     }
 }
 
-fn open_image(file: &Path, size: u64, mountpoint: &Path) -> Result<Pool, StorageError> {
-    fs::create_dir_all(mountpoint)
-        .map_err(|e| StorageError::io("create directory", mountpoint, e))?;
-    let root =
-        fs::canonicalize(mountpoint).map_err(|e| StorageError::io("resolve", mountpoint, e))?;
-    let mountinfo = fs::read_to_string(MOUNTINFO)
-        .map_err(|e| StorageError::io("read", Path::new(MOUNTINFO), e))?;
+fn open_image(file: &Path, size: u64, mountpoint: &Path) -> Result<Pool, PoolError> {
+    fs::create_dir_all(mountpoint).map_err(FsError::at("create directory", mountpoint))?;
+    let root = fs::canonicalize(mountpoint).map_err(FsError::at("resolve", mountpoint))?;
+    let mountinfo =
+        fs::read_to_string(MOUNTINFO).map_err(FsError::at("read", Path::new(MOUNTINFO)))?;
     let record = owner_record(file);
     if is_mounted(&mountinfo, &root) {
-        btrfs::ensure_btrfs(&root)?;
+        ensure_btrfs(&root)?;
         let ours = recorded_mountpoint(&record).is_some_and(|m| m == root);
         if ours {
             tracing::info!(mountpoint = %root.display(), "adopting the pool mount an earlier nexusd made");
@@ -160,7 +154,7 @@ fn open_image(file: &Path, size: u64, mountpoint: &Path) -> Result<Pool, Storage
         });
     }
     if !nix::unistd::geteuid().is_root() {
-        return Err(StorageError::PoolNeedsRoot {
+        return Err(PoolError::NeedsRoot {
             file: file.to_owned(),
             mountpoint: root,
         });
@@ -171,21 +165,25 @@ fn open_image(file: &Path, size: u64, mountpoint: &Path) -> Result<Pool, Storage
     // Recorded before mounting, so a kill between the mount and the record cannot leak the mount;
     // a record without a mount is ignored (and replaced) by the next start.
     write_owner_record(&record, &root)?;
-    let mut mount = cmd::tool("mount");
+    let mut mount = command::tool("mount");
     mount
         .args(["-t", "btrfs", "-o", "loop"])
         .arg(file)
         .arg(&root);
-    if let Err(e) = cmd::run(&mut mount, &[0]) {
+    if let Err(source) = command::run(&mut mount, &[0]) {
         let _ = fs::remove_file(&record);
-        return Err(e);
+        return Err(PoolError::Mount {
+            file: file.to_owned(),
+            mountpoint: root,
+            source,
+        });
     }
     let pool = Pool {
         root,
         mounted_by_us: true,
         owner_file: Some(record),
     };
-    if let Err(e) = btrfs::ensure_btrfs(&pool.root) {
+    if let Err(e) = ensure_btrfs(&pool.root) {
         let _ = pool.close();
         return Err(e);
     }
@@ -207,7 +205,7 @@ fn recorded_mountpoint(record: &Path) -> Option<PathBuf> {
 }
 
 /// Writes the ownership record durably (temp file, fsync, rename).
-fn write_owner_record(record: &Path, mountpoint: &Path) -> Result<(), StorageError> {
+fn write_owner_record(record: &Path, mountpoint: &Path) -> Result<(), FsError> {
     use std::io::Write;
     use std::os::unix::ffi::OsStrExt;
     let mut tmp = record.as_os_str().to_owned();
@@ -220,30 +218,45 @@ fn write_owner_record(record: &Path, mountpoint: &Path) -> Result<(), StorageErr
         f.sync_all()?;
         fs::rename(&tmp, record)
     };
-    write().map_err(|e| StorageError::io("write", record, e))
+    write().map_err(FsError::at("write", record))
 }
 
 /// Creates the sparse pool image and formats it. Works on `<file>.tmp` and renames it into place at the
 /// end, so an interrupted format never leaves a half-made `file` behind.
-fn format_image(file: &Path, size: u64) -> Result<(), StorageError> {
+fn format_image(file: &Path, size: u64) -> Result<(), PoolError> {
     let mut tmp = file.as_os_str().to_owned();
     tmp.push(".tmp");
     let tmp = PathBuf::from(tmp);
     if let Some(parent) = file.parent() {
-        fs::create_dir_all(parent).map_err(|e| StorageError::io("create directory", parent, e))?;
+        fs::create_dir_all(parent).map_err(FsError::at("create directory", parent))?;
     }
     let _ = fs::remove_file(&tmp);
-    let image = File::create(&tmp).map_err(|e| StorageError::io("create", &tmp, e))?;
+    let image = File::create(&tmp).map_err(FsError::at("create", &tmp))?;
     image
         .set_len(size)
-        .map_err(|e| StorageError::io("set length of", &tmp, e))?;
-    let mut mkfs = cmd::tool("mkfs.btrfs");
+        .map_err(FsError::at("set length of", &tmp))?;
+    let mut mkfs = command::tool("mkfs.btrfs");
     mkfs.args(["-q", "-L", "nexus-pool"]).arg(&tmp);
-    cmd::run(&mut mkfs, &[0])?;
-    image
-        .sync_all()
-        .map_err(|e| StorageError::io("sync", &tmp, e))?;
-    fs::rename(&tmp, file).map_err(|e| StorageError::io("rename into place", file, e))
+    command::run(&mut mkfs, &[0]).map_err(|source| PoolError::Format {
+        file: file.to_owned(),
+        source,
+    })?;
+    image.sync_all().map_err(FsError::at("sync", &tmp))?;
+    fs::rename(&tmp, file).map_err(FsError::at("rename into place", file))?;
+    Ok(())
+}
+
+/// Fails with [`PoolError::NotBtrfs`] unless `path` lives on btrfs.
+pub fn ensure_btrfs(path: &Path) -> Result<(), PoolError> {
+    let fs_type = btrfs::fs_type(path)?;
+    if fs_type == btrfs::BTRFS_SUPER_MAGIC {
+        Ok(())
+    } else {
+        Err(PoolError::NotBtrfs {
+            path: path.to_owned(),
+            fs_type,
+        })
+    }
 }
 
 /// Whether `mountinfo` (the text of `/proc/self/mountinfo`) lists a mount at `mountpoint`.

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use nexus_lib::api::StorageState;
 use uuid::Uuid;
 
-use super::{PoolManager, StorageError};
+use super::{FsError, PoolManager, SubvolumeError};
 use crate::store::{Store, StoreError, drives, images};
 
 /// What reconciliation did.
@@ -27,8 +27,10 @@ pub struct Summary {
 /// Why reconciliation could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ReconcileError {
-    #[error(transparent)]
-    Storage(#[from] StorageError),
+    #[error("cannot clear the pool's tmp/")]
+    CleanTmp(#[source] SubvolumeError),
+    #[error("cannot list the pool's subvolumes")]
+    List(#[source] FsError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("reconciliation worker failed")]
@@ -47,11 +49,20 @@ pub async fn reconcile(store: &Store, pool: &Arc<PoolManager>) -> Result<Summary
         let mut summary = Summary::default();
         // A pool that does not exist yet holds nothing: every row is then broken.
         let Some(storage) = pool.get() else {
-            return Ok::<_, StorageError>((summary, HashSet::new(), HashSet::new()));
+            return Ok::<_, ReconcileError>((summary, HashSet::new(), HashSet::new()));
         };
-        summary.tmp_removed = storage.clean_tmp()?;
-        let disk_images: HashSet<String> = storage.list_image_ids()?.into_iter().collect();
-        let disk_drives: HashSet<String> = storage.list_drive_ids()?.into_iter().collect();
+        summary.tmp_removed = storage.clean_tmp().map_err(ReconcileError::CleanTmp)?;
+        let list = ReconcileError::List;
+        let disk_images: HashSet<String> = storage
+            .list_image_ids()
+            .map_err(list)?
+            .into_iter()
+            .collect();
+        let disk_drives: HashSet<String> = storage
+            .list_drive_ids()
+            .map_err(list)?
+            .into_iter()
+            .collect();
         for id in disk_drives.difference(&known_drives) {
             match storage.delete_drive(id) {
                 Ok(()) => summary.orphan_drives_removed.push(id.clone()),

@@ -9,14 +9,17 @@
 //! Every method blocks (ioctls, child processes, big copies): call them from `spawn_blocking`.
 
 use std::fs::{self, File};
-use std::io::{ErrorKind, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use nix::fcntl::{AT_FDCWD, RenameFlags, renameat2};
 use serde::{Deserialize, Serialize};
 
-use super::{ImportBounds, StorageError, btrfs, ext4};
+use super::{
+    CreateDriveError, FsError, IdError, ImportBounds, ImportError, PoolError, RemoveError,
+    SizeError, SubvolumeError, btrfs, ext4,
+};
 
 /// The ext4 image inside every image and drive subvolume.
 pub const IMAGE_FILE: &str = "rootfs.ext4";
@@ -80,21 +83,15 @@ impl Storage {
     }
 
     /// Uses the pool rooted at `root` (checked to be btrfs), creating `images/`, `drives/` and `tmp/`.
-    pub fn open(root: &Path) -> Result<Self, StorageError> {
-        btrfs::ensure_btrfs(root)?;
+    pub fn open(root: &Path) -> Result<Self, PoolError> {
+        super::pool::ensure_btrfs(root)?;
         for dir in [IMAGES, DRIVES, TMP] {
             let path = root.join(dir);
-            fs::create_dir_all(&path)
-                .map_err(|e| StorageError::io("create directory", &path, e))?;
+            fs::create_dir_all(&path).map_err(FsError::at("create directory", &path))?;
         }
         Ok(Self {
             root: root.to_owned(),
         })
-    }
-
-    /// The pool's root directory.
-    pub fn root(&self) -> &Path {
-        &self.root
     }
 
     /// The subvolume of image `id` (whether or not it exists).
@@ -110,98 +107,60 @@ impl Storage {
     /// Imports the ext4 image file `src` as image `id`: copied (sparse, hashed while streaming) into a
     /// new subvolume, then published read-only. A file that is not ext4 is rejected before anything is
     /// created. `shown` is the source's name in records and messages (`src` may be a
-    /// `/proc/self/fd/N` path of a checked descriptor).
+    /// `/proc/self/fd/N` path of a checked descriptor). Stopped (and its work removed) when
+    /// `bounds` says so.
     pub fn import_image_from_ext4(
         &self,
         src: &Path,
         shown: &Path,
         id: &str,
-    ) -> Result<ImageInfo, StorageError> {
-        self.import_image_from_ext4_bounded(src, shown, id, &ImportBounds::unbounded())
-    }
-
-    /// [`Storage::import_image_from_ext4`], stopped (and its work removed) when `bounds` says so.
-    pub fn import_image_from_ext4_bounded(
-        &self,
-        src: &Path,
-        shown: &Path,
-        id: &str,
         bounds: &ImportBounds,
-    ) -> Result<ImageInfo, StorageError> {
+    ) -> Result<ImageInfo, ImportError> {
         validate_id(id)?;
-        let meta = source_metadata(src)?;
-        if !meta.is_file() || !ext4::is_ext4(src)? {
-            return Err(StorageError::NotExt4 {
-                path: shown.to_owned(),
-            });
+        let not_ext4 = || ImportError::NotExt4 {
+            path: shown.to_owned(),
+        };
+        let meta = fs::metadata(src).map_err(|e| {
+            ImportError::open_source(shown, e, |path| ImportError::NotExt4 { path })
+        })?;
+        if !meta.is_file() || !ext4::is_ext4(src).map_err(ImportError::from_source)? {
+            return Err(not_ext4());
         }
         let source = ImageSource::Ext4File(shown.to_owned());
         self.import(id, source, |file| {
-            let (size, sha256) = ext4::copy_with_sha256_bounded(src, file, bounds)?;
+            let (size, sha256) = ext4::copy_with_sha256(src, file, bounds)?;
             // The source could have changed since the first check.
             if !ext4::is_ext4(file)? {
-                return Err(StorageError::NotExt4 {
-                    path: shown.to_owned(),
-                });
+                return Err(not_ext4());
             }
             Ok((size, sha256))
         })
     }
 
-    /// Imports the directory `dir` as image `id`: an ext4 image built with `mke2fs -d`, sized with
-    /// [`ext4::size_for_dir`] (see [`ext4`] for who owns the files inside). `shown` as for
-    /// [`Storage::import_image_from_ext4`].
+    /// Imports the directory `dir` as image `id`: an ext4 image built with `mke2fs -d` (see
+    /// [`ext4`] for who owns the files inside), under `bounds`: the tree is measured first (on a
+    /// descriptor, see [`ext4::scan_dir`]) and refused past a cap; the image is sized from the
+    /// allocated bytes (sparse files count their data, not their holes) and must fit the pool's
+    /// free space; `mke2fs` is killed and its output removed when the client goes away or the
+    /// deadline passes. `shown` as for [`Storage::import_image_from_ext4`].
     pub fn import_image_from_dir(
         &self,
         dir: &Path,
         shown: &Path,
         id: &str,
-    ) -> Result<ImageInfo, StorageError> {
-        self.import_image_from_dir_bounded(dir, shown, id, &ImportBounds::unbounded())
-    }
-
-    /// [`Storage::import_image_from_dir`] under `bounds`: the tree is measured first (on a
-    /// descriptor, see [`ext4::scan_dir`]) and refused past a cap; the image is sized from the
-    /// allocated bytes (sparse files count their data, not their holes) and must fit the pool's
-    /// free space; `mke2fs` is killed and its output removed when the client goes away or the
-    /// deadline passes.
-    pub fn import_image_from_dir_bounded(
-        &self,
-        dir: &Path,
-        shown: &Path,
-        id: &str,
         bounds: &ImportBounds,
-    ) -> Result<ImageInfo, StorageError> {
+    ) -> Result<ImageInfo, ImportError> {
         validate_id(id)?;
-        let fd = rustix::fs::open(
-            dir,
-            rustix::fs::OFlags::RDONLY
-                | rustix::fs::OFlags::DIRECTORY
-                | rustix::fs::OFlags::NONBLOCK
-                | rustix::fs::OFlags::CLOEXEC,
-            rustix::fs::Mode::empty(),
-        )
-        .map_err(|e| match e {
-            rustix::io::Errno::NOENT => StorageError::SourceNotFound {
-                path: shown.to_owned(),
-            },
-            rustix::io::Errno::NOTDIR => StorageError::NotADirectory {
-                path: shown.to_owned(),
-            },
-            e => StorageError::SourceUnreadable {
-                op: "open",
-                path: shown.to_owned(),
-                source: e.into(),
-            },
-        })?;
+        let fd = ext4::open_source_dir(dir, shown)?;
         let usage = ext4::scan_dir(&fd, shown, bounds)?;
         let size = ext4::size_for_usage(usage);
         let free = self.free_bytes()?;
         if usage.bytes > free {
-            return Err(StorageError::NoSpace {
+            return Err(FsError::NoSpace {
                 op: "fit the content of",
                 path: shown.to_owned(),
-            });
+            }
+            .into());
         }
         self.import(id, ImageSource::Directory(shown.to_owned()), |file| {
             ext4::build_from_dir_bounded(dir, file, size, usage.inodes, bounds)?;
@@ -210,11 +169,8 @@ impl Storage {
     }
 
     /// Bytes an unprivileged writer may still use in the pool.
-    pub fn free_bytes(&self) -> Result<u64, StorageError> {
-        let st = nix::sys::statvfs::statvfs(&self.root)
-            .map_err(|e| StorageError::sys("statvfs", &self.root, e))?;
-        #[allow(clippy::unnecessary_cast)]
-        Ok((st.blocks_available() as u64).saturating_mul(st.fragment_size() as u64))
+    pub fn free_bytes(&self) -> Result<u64, FsError> {
+        super::free_bytes(&self.root)
     }
 
     /// Builds an image in a fresh subvolume under `tmp/` with `fill` (which writes `rootfs.ext4` and
@@ -223,11 +179,12 @@ impl Storage {
         &self,
         id: &str,
         source: ImageSource,
-        fill: impl FnOnce(&Path) -> Result<(u64, String), StorageError>,
-    ) -> Result<ImageInfo, StorageError> {
+        fill: impl FnOnce(&Path) -> Result<(u64, String), ImportError>,
+    ) -> Result<ImageInfo, ImportError> {
         let dest = self.image_dir(id);
+        let image_exists = || ImportError::Exists { id: id.to_owned() };
         if exists(&dest)? {
-            return Err(StorageError::ImageExists { id: id.to_owned() });
+            return Err(image_exists());
         }
         let work = self.work_path("image", id);
         btrfs::create_subvolume(&work)?;
@@ -242,26 +199,11 @@ impl Storage {
                 source,
             };
             write_meta(&work.join(META_FILE), &info)?;
-            btrfs::snapshot(&work, &dest, true)
-                .map_err(|e| exists_as(e, || StorageError::ImageExists { id: id.to_owned() }))?;
+            btrfs::snapshot(&work, &dest, true).map_err(|e| exists_as(e, image_exists))?;
             Ok(info)
         })();
         self.discard(&work);
         result
-    }
-
-    /// Reads the metadata of image `id`.
-    pub fn image_info(&self, id: &str) -> Result<ImageInfo, StorageError> {
-        let dir = self.existing_image(id)?;
-        let path = dir.join(META_FILE);
-        let text = fs::read_to_string(&path).map_err(|e| StorageError::io("read", &path, e))?;
-        let mut info: ImageInfo =
-            serde_json::from_str(&text).map_err(|source| StorageError::Metadata {
-                path: path.clone(),
-                source,
-            })?;
-        info.path = dir.join(IMAGE_FILE);
-        Ok(info)
     }
 
     /// Creates drive `drive_id` as a writable snapshot of image `image_id`, in constant time. With
@@ -271,33 +213,35 @@ impl Storage {
         image_id: &str,
         drive_id: &str,
         size: Option<u64>,
-    ) -> Result<DriveInfo, StorageError> {
+    ) -> Result<DriveInfo, CreateDriveError> {
         validate_id(drive_id)?;
-        let image = self.existing_image(image_id)?;
+        let image = self.existing(IMAGES, image_id, || CreateDriveError::ImageNotFound {
+            id: image_id.to_owned(),
+        })?;
         let dest = self.drive_dir(drive_id);
-        if exists(&dest)? {
-            return Err(StorageError::DriveExists {
-                id: drive_id.to_owned(),
-            });
-        }
-        let image_size = file_len(&image.join(IMAGE_FILE))?;
-        let drive_exists = || StorageError::DriveExists {
+        let drive_exists = || CreateDriveError::Exists {
             id: drive_id.to_owned(),
         };
+        if exists(&dest)? {
+            return Err(drive_exists());
+        }
+        let image_size = file_len(&image.join(IMAGE_FILE))?;
         match size {
             Some(size) if size < image_size => {
-                return Err(StorageError::SizeTooSmall {
+                return Err(SizeError::TooSmall {
                     requested: size,
                     current: image_size,
-                });
+                }
+                .into());
             }
             Some(size) if size > image_size => {
                 ext4::check_size(size)?;
                 let work = self.work_path("drive", drive_id);
                 btrfs::snapshot(&image, &work, false)?;
-                let result = ext4::grow(&work.join(IMAGE_FILE), size)
-                    .and_then(|()| rename(&work, &dest, RenameFlags::RENAME_NOREPLACE))
-                    .map_err(|e| exists_as(e, drive_exists));
+                let result = self.grow(drive_id, &work, size).and_then(|()| {
+                    rename(&work, &dest, RenameFlags::RENAME_NOREPLACE)
+                        .map_err(|e| exists_as(e.into(), drive_exists))
+                });
                 self.discard(&work);
                 result?;
             }
@@ -313,7 +257,7 @@ impl Storage {
     }
 
     /// Describes drive `id` as it is on disk.
-    pub fn drive_info(&self, id: &str) -> Result<DriveInfo, StorageError> {
+    pub fn drive_info(&self, id: &str) -> Result<DriveInfo, CreateDriveError> {
         let dir = self.existing_drive(id)?;
         let path = dir.join(IMAGE_FILE);
         Ok(DriveInfo {
@@ -326,21 +270,23 @@ impl Storage {
     /// Grows drive `id` to `new_size` bytes. The resize happens on a snapshot under `tmp/` that is then
     /// swapped in atomically (`RENAME_EXCHANGE`), so a crash leaves the old drive intact. The drive must
     /// not be in use by a running VM.
-    pub fn resize_drive(&self, id: &str, new_size: u64) -> Result<DriveInfo, StorageError> {
+    pub fn resize_drive(&self, id: &str, new_size: u64) -> Result<DriveInfo, CreateDriveError> {
         let dir = self.existing_drive(id)?;
         let current = file_len(&dir.join(IMAGE_FILE))?;
         if new_size < current {
-            return Err(StorageError::SizeTooSmall {
+            return Err(SizeError::TooSmall {
                 requested: new_size,
                 current,
-            });
+            }
+            .into());
         }
         ext4::check_size(new_size)?;
         if new_size > current {
             let work = self.work_path("resize", id);
             btrfs::snapshot(&dir, &work, false)?;
-            let result = ext4::grow(&work.join(IMAGE_FILE), new_size)
-                .and_then(|()| rename(&work, &dir, RenameFlags::RENAME_EXCHANGE));
+            let result = self
+                .grow(id, &work, new_size)
+                .and_then(|()| Ok(rename(&work, &dir, RenameFlags::RENAME_EXCHANGE)?));
             // After the exchange `work` holds the old drive; either way it is garbage now.
             self.discard(&work);
             result?;
@@ -349,45 +295,49 @@ impl Storage {
     }
 
     /// Deletes drive `id` (no privileges needed): moved into `tmp/` atomically, then removed.
-    pub fn delete_drive(&self, id: &str) -> Result<(), StorageError> {
-        let dir = self.existing_drive(id)?;
+    pub fn delete_drive(&self, id: &str) -> Result<(), RemoveError> {
+        let dir = self.existing(DRIVES, id, || RemoveError::DriveNotFound {
+            id: id.to_owned(),
+        })?;
         let work = self.work_path("deleted-drive", id);
         rename(&dir, &work, RenameFlags::RENAME_NOREPLACE)?;
-        btrfs::delete_subvolume(&work)
+        Ok(btrfs::delete_subvolume(&work)?)
     }
 
     /// Deletes image `id`. Drives made from it are independent snapshots and stay intact; refusing to
     /// delete an image that drives still reference is the database's job.
-    pub fn delete_image(&self, id: &str) -> Result<(), StorageError> {
-        let dir = self.existing_image(id)?;
+    pub fn delete_image(&self, id: &str) -> Result<(), RemoveError> {
+        let dir = self.existing(IMAGES, id, || RemoveError::ImageNotFound {
+            id: id.to_owned(),
+        })?;
         // A read-only subvolume cannot be renamed (EROFS), so it becomes writable first.
         btrfs::set_readonly(&dir, false)?;
         let work = self.work_path("deleted-image", id);
         if let Err(e) = rename(&dir, &work, RenameFlags::RENAME_NOREPLACE) {
             // Leave the image as it was: published images are read-only.
             let _ = btrfs::set_readonly(&dir, true);
-            return Err(e);
+            return Err(e.into());
         }
-        btrfs::delete_subvolume(&work)
+        Ok(btrfs::delete_subvolume(&work)?)
     }
 
     /// Ids of the image subvolumes on disk, sorted.
-    pub fn list_image_ids(&self) -> Result<Vec<String>, StorageError> {
+    pub fn list_image_ids(&self) -> Result<Vec<String>, FsError> {
         btrfs::list_subvolumes(&self.root.join(IMAGES))
     }
 
     /// Ids of the drive subvolumes on disk, sorted.
-    pub fn list_drive_ids(&self) -> Result<Vec<String>, StorageError> {
+    pub fn list_drive_ids(&self) -> Result<Vec<String>, FsError> {
         btrfs::list_subvolumes(&self.root.join(DRIVES))
     }
 
     /// Removes everything under `tmp/` (debris of interrupted work) and returns the names removed. Call
     /// it at start-up, before any storage operation runs.
-    pub fn clean_tmp(&self) -> Result<Vec<String>, StorageError> {
+    pub fn clean_tmp(&self) -> Result<Vec<String>, SubvolumeError> {
         let tmp = self.root.join(TMP);
         let mut removed = Vec::new();
-        for entry in fs::read_dir(&tmp).map_err(|e| StorageError::io("read directory", &tmp, e))? {
-            let entry = entry.map_err(|e| StorageError::io("read directory", &tmp, e))?;
+        for entry in fs::read_dir(&tmp).map_err(FsError::at("read directory", &tmp))? {
+            let entry = entry.map_err(FsError::at("read directory", &tmp))?;
             btrfs::remove_tree(&entry.path())?;
             removed.push(entry.file_name().to_string_lossy().into_owned());
         }
@@ -395,24 +345,35 @@ impl Storage {
         Ok(removed)
     }
 
-    fn existing_image(&self, id: &str) -> Result<PathBuf, StorageError> {
+    /// The subvolume of image or drive `id` under `kind` (`images` or `drives`); `missing()`
+    /// when there is none.
+    fn existing<E: From<IdError> + From<FsError>>(
+        &self,
+        kind: &str,
+        id: &str,
+        missing: impl FnOnce() -> E,
+    ) -> Result<PathBuf, E> {
         validate_id(id)?;
-        let dir = self.image_dir(id);
+        let dir = self.root.join(kind).join(id);
         if exists(&dir)? {
             Ok(dir)
         } else {
-            Err(StorageError::ImageNotFound { id: id.to_owned() })
+            Err(missing())
         }
     }
 
-    fn existing_drive(&self, id: &str) -> Result<PathBuf, StorageError> {
-        validate_id(id)?;
-        let dir = self.drive_dir(id);
-        if exists(&dir)? {
-            Ok(dir)
-        } else {
-            Err(StorageError::DriveNotFound { id: id.to_owned() })
-        }
+    fn existing_drive(&self, id: &str) -> Result<PathBuf, CreateDriveError> {
+        self.existing(DRIVES, id, || CreateDriveError::NotFound {
+            id: id.to_owned(),
+        })
+    }
+
+    /// Grows the image file of the work copy `work` of drive `id` to `size`.
+    fn grow(&self, id: &str, work: &Path, size: u64) -> Result<(), CreateDriveError> {
+        ext4::grow(&work.join(IMAGE_FILE), size).map_err(|source| CreateDriveError::Grow {
+            id: id.to_owned(),
+            source,
+        })
     }
 
     /// A fresh, unique path under `tmp/` for work on `id`.
@@ -435,9 +396,9 @@ impl Storage {
 }
 
 /// Checks that `id` is safe as a single path component: 1 to 128 of `[A-Za-z0-9._-]`, no leading dot.
-pub fn validate_id(id: &str) -> Result<(), StorageError> {
+pub fn validate_id(id: &str) -> Result<(), IdError> {
     let invalid = |reason| {
-        Err(StorageError::InvalidId {
+        Err(IdError {
             id: id.to_owned(),
             reason,
         })
@@ -457,51 +418,35 @@ pub fn validate_id(id: &str) -> Result<(), StorageError> {
     Ok(())
 }
 
-fn source_metadata(path: &Path) -> Result<fs::Metadata, StorageError> {
-    fs::metadata(path).map_err(|e| match e.kind() {
-        ErrorKind::NotFound => StorageError::SourceNotFound {
-            path: path.to_owned(),
-        },
-        _ => StorageError::io("stat", path, e),
-    })
+fn exists(path: &Path) -> Result<bool, FsError> {
+    path.try_exists().map_err(FsError::at("stat", path))
 }
 
-fn exists(path: &Path) -> Result<bool, StorageError> {
-    path.try_exists()
-        .map_err(|e| StorageError::io("stat", path, e))
-}
-
-fn file_len(path: &Path) -> Result<u64, StorageError> {
-    Ok(fs::metadata(path)
-        .map_err(|e| StorageError::io("stat", path, e))?
-        .len())
+fn file_len(path: &Path) -> Result<u64, FsError> {
+    Ok(fs::metadata(path).map_err(FsError::at("stat", path))?.len())
 }
 
 /// Turns an `EEXIST` from publishing into the caller's "already exists" error (a concurrent twin won).
-fn exists_as(err: StorageError, already: impl FnOnce() -> StorageError) -> StorageError {
-    match err {
-        StorageError::Sys {
-            source: nix::Error::EEXIST,
-            ..
-        } => already(),
-        other => other,
+fn exists_as<E: From<SubvolumeError>>(err: SubvolumeError, already: impl FnOnce() -> E) -> E {
+    if err.is_already_exists() {
+        already()
+    } else {
+        err.into()
     }
 }
 
-fn rename(from: &Path, to: &Path, flags: RenameFlags) -> Result<(), StorageError> {
-    renameat2(AT_FDCWD, from, AT_FDCWD, to, flags).map_err(|e| StorageError::sys("rename", to, e))
+fn rename(from: &Path, to: &Path, flags: RenameFlags) -> Result<(), FsError> {
+    renameat2(AT_FDCWD, from, AT_FDCWD, to, flags).map_err(|e| FsError::sys("rename", to, e))
 }
 
-fn write_meta(path: &Path, info: &ImageInfo) -> Result<(), StorageError> {
-    let json = serde_json::to_vec_pretty(info).map_err(|source| StorageError::Metadata {
+fn write_meta(path: &Path, info: &ImageInfo) -> Result<(), ImportError> {
+    let json = serde_json::to_vec_pretty(info).map_err(|source| ImportError::Metadata {
         path: path.to_owned(),
         source,
     })?;
-    let mut file = File::create(path).map_err(|e| StorageError::io("create", path, e))?;
-    file.write_all(&json)
-        .map_err(|e| StorageError::io("write", path, e))?;
-    file.sync_all()
-        .map_err(|e| StorageError::io("sync", path, e))
+    let mut file = File::create(path).map_err(FsError::at("create", path))?;
+    file.write_all(&json).map_err(FsError::at("write", path))?;
+    Ok(file.sync_all().map_err(FsError::at("sync", path))?)
 }
 
 #[cfg(test)]
@@ -516,10 +461,7 @@ mod tests {
     #[test]
     fn validate_id_rejects_path_tricks() {
         for bad in ["", "..", ".hidden", "a/b", "a b", &"x".repeat(129)] {
-            assert!(
-                matches!(validate_id(bad), Err(StorageError::InvalidId { .. })),
-                "{bad:?}"
-            );
+            assert!(validate_id(bad).is_err(), "{bad:?}");
         }
     }
 

@@ -1,6 +1,8 @@
-//! Queries on the `drives` table. A row is written only after its subvolume is published. Every
-//! check that guards a change (the VM's state, the drive's attachment, the root slot) runs in the
-//! same immediate transaction as the change; the schema's constraints are the backstop.
+//! Queries on the `drives` table: this module owns its rows. A row is written only after its
+//! subvolume is published. Changes guarded by a VM's state (attach, detach, delete, and a VM
+//! created with its root drive) span the `vms` table too and live on the VM side
+//! ([`super::vms`]), built from the pieces here; every check runs in the same immediate
+//! transaction as the change, and the schema's constraints are the backstop.
 
 use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
@@ -8,7 +10,6 @@ use uuid::Uuid;
 use nexus_lib::api::{Drive, StorageState, VmState};
 
 use super::images::{state_col, uuid_col};
-use super::vms::{self, NewVm, VmRow};
 use super::{StoreError, rfc3339_ms};
 
 /// A drive row as stored.
@@ -64,9 +65,6 @@ pub enum Refusal {
     DriveNotFound,
     VmNotFound,
     DriveNameTaken,
-    VmNameTaken,
-    /// The new VM's network could not be recorded.
-    VmNetwork(super::network::NetRefusal),
     /// The drive's subvolume is missing.
     Broken,
     /// The drive is attached to another VM (its name).
@@ -115,7 +113,7 @@ pub fn name_taken(conn: &Connection, name: &str) -> Result<bool, StoreError> {
 
 /// Inserts a drive row inside transaction `tx`, after checking that its image still exists: an
 /// image deleted while the drive was made is a refusal, not a foreign-key failure.
-fn insert_row(tx: &Transaction<'_>, row: &DriveRow) -> Result<Result<(), Refusal>, StoreError> {
+pub fn insert_in(tx: &Transaction<'_>, row: &DriveRow) -> Result<Result<(), Refusal>, StoreError> {
     if !super::images::exists(tx, row.image_id)? {
         return Ok(Err(Refusal::ImageNotFound));
     }
@@ -149,34 +147,11 @@ fn insert_row(tx: &Transaction<'_>, row: &DriveRow) -> Result<Result<(), Refusal
 /// refusal writes nothing.
 pub fn insert(conn: &mut Connection, row: &DriveRow) -> Result<Result<(), Refusal>, StoreError> {
     let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    if let Err(refusal) = insert_row(&tx, row)? {
+    if let Err(refusal) = insert_in(&tx, row)? {
         return Ok(Err(refusal));
     }
     tx.commit()?;
     Ok(Ok(()))
-}
-
-/// Inserts a VM and its root drive `drive` (made with it) in one transaction: either both rows exist
-/// afterwards or neither.
-pub fn insert_with_vm(
-    conn: &mut Connection,
-    new: &NewVm,
-    mut drive: DriveRow,
-) -> Result<Result<(VmRow, DriveRow), Refusal>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let vm = match vms::insert_in(&tx, new)? {
-        vms::Inserted::Ok(vm) => vm,
-        vms::Inserted::NameTaken => return Ok(Err(Refusal::VmNameTaken)),
-        vms::Inserted::Network(refusal) => return Ok(Err(Refusal::VmNetwork(refusal))),
-    };
-    drive.vm_id = Some(vm.id);
-    drive.is_root = true;
-    drive.created_with_vm = true;
-    if let Err(refusal) = insert_row(&tx, &drive)? {
-        return Ok(Err(refusal));
-    }
-    tx.commit()?;
-    Ok(Ok((vm, drive)))
 }
 
 /// Finds a drive by id or by name.
@@ -212,133 +187,35 @@ pub fn attached_to(conn: &Connection, vm_id: Uuid) -> Result<Vec<DriveRow>, Stor
     Ok(rows)
 }
 
-/// The drive and, when attached, its VM.
-fn drive_and_vm(
-    tx: &Transaction<'_>,
-    drive: &str,
-) -> Result<Result<(DriveRow, Option<VmRow>), Refusal>, StoreError> {
-    let Some(row) = get(tx, drive)? else {
-        return Ok(Err(Refusal::DriveNotFound));
-    };
-    let vm = match row.vm_id {
-        Some(id) => vms::get(tx, &id.to_string())?,
-        None => None,
-    };
-    Ok(Ok((row, vm)))
+/// The name of VM `vm_id`'s root drive, if it has one.
+pub fn root_of(conn: &Connection, vm_id: Uuid) -> Result<Option<String>, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT name FROM drives WHERE vm_id = ?1 AND is_root = 1",
+            [vm_id.to_string()],
+            |r| r.get(0),
+        )
+        .optional()?)
 }
 
-/// Refuses when `vm` is live.
-fn not_live(vm: Option<&VmRow>, live: &impl Fn(VmState) -> bool) -> Result<(), Refusal> {
-    match vm {
-        Some(vm) if live(vm.state) => Err(Refusal::VmLive {
-            vm: vm.name.clone(),
-            state: vm.state,
-        }),
-        _ => Ok(()),
-    }
-}
-
-/// Attaches `drive` to `vm` (as its root drive when `root`), unless the drive is broken or attached,
-/// the VM is live, or the VM already has a root drive.
-pub fn attach(
-    conn: &mut Connection,
-    drive: &str,
-    vm: &str,
+/// Attaches drive `id` to VM `vm` (as its root drive when `root`), or detaches it (`None`).
+pub fn set_attachment(
+    conn: &Connection,
+    id: Uuid,
+    vm: Option<Uuid>,
     root: bool,
-    live: impl Fn(VmState) -> bool,
-) -> Result<Result<DriveRow, Refusal>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (mut row, current) = match drive_and_vm(&tx, drive)? {
-        Ok(found) => found,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    let Some(target) = vms::get(&tx, vm)? else {
-        return Ok(Err(Refusal::VmNotFound));
-    };
-    if row.state == StorageState::Broken {
-        return Ok(Err(Refusal::Broken));
-    }
-    if let Some(current) = current {
-        return Ok(Err(Refusal::AttachedElsewhere(current.name)));
-    }
-    if let Err(refusal) = not_live(Some(&target), &live) {
-        return Ok(Err(refusal));
-    }
-    if root {
-        let taken: Option<String> = tx
-            .query_row(
-                "SELECT name FROM drives WHERE vm_id = ?1 AND is_root = 1",
-                [target.id.to_string()],
-                |r| r.get(0),
-            )
-            .optional()?;
-        if let Some(name) = taken {
-            return Ok(Err(Refusal::RootTaken(name)));
-        }
-    }
-    tx.execute(
+) -> Result<(), StoreError> {
+    conn.execute(
         "UPDATE drives SET vm_id = ?2, is_root = ?3 WHERE id = ?1",
-        params![row.id.to_string(), target.id.to_string(), root],
+        params![id.to_string(), vm.map(|v| v.to_string()), root],
     )?;
-    tx.commit()?;
-    row.vm_id = Some(target.id);
-    row.is_root = root;
-    Ok(Ok(row))
+    Ok(())
 }
 
-/// Detaches `drive` from its VM unless the VM is live. `locked` is the VM whose operation lock
-/// the caller holds: a drive now attached elsewhere is [`Refusal::VmChanged`].
-pub fn detach(
-    conn: &mut Connection,
-    drive: &str,
-    locked: Option<Uuid>,
-    live: impl Fn(VmState) -> bool,
-) -> Result<Result<DriveRow, Refusal>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (mut row, vm) = match drive_and_vm(&tx, drive)? {
-        Ok(found) => found,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    if row.vm_id != locked {
-        return Ok(Err(Refusal::VmChanged));
-    }
-    if row.vm_id.is_none() {
-        return Ok(Err(Refusal::NotAttached));
-    }
-    if let Err(refusal) = not_live(vm.as_ref(), &live) {
-        return Ok(Err(refusal));
-    }
-    tx.execute(
-        "UPDATE drives SET vm_id = NULL, is_root = 0 WHERE id = ?1",
-        [row.id.to_string()],
-    )?;
-    tx.commit()?;
-    row.vm_id = None;
-    row.is_root = false;
-    Ok(Ok(row))
-}
-
-/// Deletes the row of `drive` unless it is attached to a live VM. `locked` as for [`detach`].
-pub fn delete(
-    conn: &mut Connection,
-    drive: &str,
-    locked: Option<Uuid>,
-    live: impl Fn(VmState) -> bool,
-) -> Result<Result<DriveRow, Refusal>, StoreError> {
-    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
-    let (row, vm) = match drive_and_vm(&tx, drive)? {
-        Ok(found) => found,
-        Err(refusal) => return Ok(Err(refusal)),
-    };
-    if row.vm_id != locked {
-        return Ok(Err(Refusal::VmChanged));
-    }
-    if let Err(refusal) = not_live(vm.as_ref(), &live) {
-        return Ok(Err(refusal));
-    }
-    tx.execute("DELETE FROM drives WHERE id = ?1", [row.id.to_string()])?;
-    tx.commit()?;
-    Ok(Ok(row))
+/// Deletes the row of drive `id`.
+pub fn delete_row(conn: &Connection, id: Uuid) -> Result<(), StoreError> {
+    conn.execute("DELETE FROM drives WHERE id = ?1", [id.to_string()])?;
+    Ok(())
 }
 
 /// Inside a VM's deletion: deletes the rows of the drives made with VM `vm_id` (unless
@@ -370,12 +247,13 @@ pub fn mark_broken(conn: &Connection, id: Uuid) -> Result<(), StoreError> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::store::Store;
     use crate::store::images::{self, ImageRow};
 
-    fn store_with_image() -> (tempfile::TempDir, Store, Uuid) {
+    /// A store holding one ready image named `base`.
+    pub(crate) fn store_with_image() -> (tempfile::TempDir, Store, Uuid) {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("t.db")).unwrap();
         let image = ImageRow::ready("base");
@@ -383,102 +261,9 @@ mod tests {
         (dir, store, image.id)
     }
 
-    fn drive(name: &str, image_id: Uuid) -> DriveRow {
+    /// A detached drive row made from `image_id`.
+    pub(crate) fn drive(name: &str, image_id: Uuid) -> DriveRow {
         DriveRow::ready(name, image_id)
-    }
-
-    fn vm(name: &str) -> NewVm {
-        NewVm {
-            name: name.into(),
-            vcpus: 1,
-            memory_mib: 256,
-            network: None,
-        }
-    }
-
-    #[test]
-    fn database_refuses_a_second_root_drive_for_a_vm() {
-        let (_d, store, image) = store_with_image();
-        let (vm, _) = store
-            .call_blocking(|c| insert_with_vm(c, &vm("a"), drive("a-root", image)))
-            .unwrap()
-            .unwrap();
-        let second = DriveRow {
-            vm_id: Some(vm.id),
-            is_root: true,
-            ..drive("other", image)
-        };
-
-        let err = store.call_blocking(|c| insert(c, &second)).unwrap_err();
-
-        assert!(err.to_string().contains("database"), "{err}");
-    }
-
-    #[test]
-    fn attaching_a_second_root_is_refused_with_the_first_ones_name() {
-        let (_d, store, image) = store_with_image();
-        store
-            .call_blocking(|c| insert_with_vm(c, &vm("a"), drive("a-root", image)))
-            .unwrap()
-            .unwrap();
-        store
-            .call_blocking(|c| insert(c, &drive("spare", image)))
-            .unwrap()
-            .unwrap();
-
-        let out = store
-            .call_blocking(|c| attach(c, "spare", "a", true, |_| false))
-            .unwrap();
-
-        assert_eq!(out, Err(Refusal::RootTaken("a-root".into())));
-    }
-
-    #[test]
-    fn deleting_a_vm_detaches_kept_drives_and_clears_their_root_flag() {
-        let (_d, store, image) = store_with_image();
-        store
-            .call_blocking(|c| insert_with_vm(c, &vm("a"), drive("a-root", image)))
-            .unwrap()
-            .unwrap();
-
-        store
-            .call_blocking(|c| vms::delete(c, "a", true, |_| true))
-            .unwrap();
-
-        let row = store.call_blocking(|c| get(c, "a-root")).unwrap().unwrap();
-        assert_eq!((row.vm_id, row.is_root), (None, false));
-    }
-
-    #[test]
-    fn deleting_a_vm_deletes_the_rows_of_drives_made_with_it() {
-        let (_d, store, image) = store_with_image();
-        let (_, root) = store
-            .call_blocking(|c| insert_with_vm(c, &vm("a"), drive("a-root", image)))
-            .unwrap()
-            .unwrap();
-
-        let (_, released) = store
-            .call_blocking(|c| vms::delete(c, "a", false, |_| true))
-            .unwrap();
-
-        assert_eq!(released, vec![root.id]);
-        assert!(store.call_blocking(|c| get(c, "a-root")).unwrap().is_none());
-    }
-
-    #[test]
-    fn a_drive_name_clash_leaves_no_vm_row() {
-        let (_d, store, image) = store_with_image();
-        store
-            .call_blocking(|c| insert(c, &drive("taken", image)))
-            .unwrap()
-            .unwrap();
-
-        let out = store
-            .call_blocking(|c| insert_with_vm(c, &vm("a"), drive("taken", image)))
-            .unwrap();
-
-        assert_eq!(out.map(|_| ()), Err(Refusal::DriveNameTaken));
-        assert!(store.call_blocking(|c| vms::get(c, "a")).unwrap().is_none());
     }
 
     #[test]
@@ -495,31 +280,18 @@ mod tests {
     }
 
     #[test]
-    fn a_vm_whose_root_image_is_gone_is_refused_and_leaves_no_vm_row() {
-        let (_d, store, image) = store_with_image();
-        store.call_blocking(|c| images::delete(c, "base")).unwrap();
-
-        let out = store
-            .call_blocking(|c| insert_with_vm(c, &vm("a"), drive("a-root", image)))
-            .unwrap();
-
-        assert_eq!(out.map(|_| ()), Err(Refusal::ImageNotFound));
-        assert!(store.call_blocking(|c| vms::get(c, "a")).unwrap().is_none());
-    }
-
-    #[test]
-    fn detaching_under_the_lock_of_another_vm_is_refused_as_changed() {
+    fn a_drive_name_clash_is_refused() {
         let (_d, store, image) = store_with_image();
         store
-            .call_blocking(|c| insert_with_vm(c, &vm("a"), drive("a-root", image)))
+            .call_blocking(|c| insert(c, &drive("taken", image)))
             .unwrap()
             .unwrap();
 
         let out = store
-            .call_blocking(|c| detach(c, "a-root", None, |_| false))
+            .call_blocking(|c| insert(c, &drive("taken", image)))
             .unwrap();
 
-        assert_eq!(out.map(|_| ()), Err(Refusal::VmChanged));
+        assert_eq!(out, Err(Refusal::DriveNameTaken));
     }
 
     #[test]

@@ -168,19 +168,6 @@ fn boot_from_row(r: &rusqlite::Row<'_>) -> rusqlite::Result<BootRecord> {
     })
 }
 
-/// The latest boot of a VM.
-pub fn last_boot(conn: &Connection, vm_id: Uuid) -> Result<Option<BootRecord>, StoreError> {
-    Ok(conn
-        .query_row(
-            &format!(
-                "SELECT {BOOT_COLUMNS} FROM vm_boots WHERE vm_id = ?1 ORDER BY id DESC LIMIT 1"
-            ),
-            [vm_id.to_string()],
-            boot_from_row,
-        )
-        .optional()?)
-}
-
 /// Every boot of a VM, oldest first (bounded).
 pub fn boots(conn: &Connection, vm_id: Uuid, limit: u32) -> Result<Vec<BootRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!(

@@ -1,10 +1,14 @@
-//! Queries on the `vms` and `vm_transitions` tables.
+//! Queries on the `vms` and `vm_transitions` tables, and the one place for transactions that
+//! span VMs and their drives: a VM created with its root drive, a VM deleted with the drives
+//! made with it, and drive changes guarded by their VM's state (attach, detach, delete). These
+//! call [`super::drives`] for the drive rows; the drives module never calls back here.
 
-use rusqlite::{Connection, OptionalExtension, Row, TransactionBehavior, params};
+use rusqlite::{Connection, OptionalExtension, Row, Transaction, TransactionBehavior, params};
 use uuid::Uuid;
 
-use nexus_lib::api::{Transition, Vm, VmState};
+use nexus_lib::api::{StorageState, Transition, Vm, VmState};
 
+use super::drives::{self, DriveRow, Refusal};
 use super::{StoreError, now_ms, rfc3339_ms};
 
 /// A VM row as stored.
@@ -54,6 +58,17 @@ pub enum Inserted {
     NameTaken,
     /// The VM's network could not be recorded; nothing was.
     Network(super::network::NetRefusal),
+}
+
+/// Outcome of inserting a VM with its root drive.
+#[derive(Debug)]
+pub enum InsertedWithRoot {
+    Ok(VmRow, DriveRow),
+    NameTaken,
+    /// The VM's network could not be recorded; nothing was.
+    Network(super::network::NetRefusal),
+    /// The drive could not be inserted (its name is taken, its image is gone).
+    Drive(Refusal),
 }
 
 /// Outcome of a guarded state change.
@@ -247,7 +262,7 @@ pub fn delete(
     if !allowed(row.state) {
         return Ok((Changed::Refused(row.state, row.name), Vec::new()));
     }
-    let released = super::drives::release_for_vm_delete(&tx, row.id, keep_drives)?;
+    let released = drives::release_for_vm_delete(&tx, row.id, keep_drives)?;
     tx.execute("DELETE FROM vms WHERE id = ?1", [row.id.to_string()])?;
     tx.commit()?;
     Ok((Changed::Ok(row), released))
@@ -275,10 +290,142 @@ pub fn history(conn: &Connection, vm_id: Uuid) -> Result<Vec<Transition>, StoreE
     Ok(rows)
 }
 
+/// Inserts VM `new` (with its network, as [`insert`]) and its root drive `drive` (made with it)
+/// in one transaction: either all rows exist afterwards or none.
+pub fn insert_with_root(
+    conn: &mut Connection,
+    new: &NewVm,
+    mut drive: DriveRow,
+) -> Result<InsertedWithRoot, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let vm = match insert_in(&tx, new)? {
+        Inserted::Ok(vm) => vm,
+        Inserted::NameTaken => return Ok(InsertedWithRoot::NameTaken),
+        Inserted::Network(refusal) => return Ok(InsertedWithRoot::Network(refusal)),
+    };
+    drive.vm_id = Some(vm.id);
+    drive.is_root = true;
+    drive.created_with_vm = true;
+    if let Err(refusal) = drives::insert_in(&tx, &drive)? {
+        return Ok(InsertedWithRoot::Drive(refusal));
+    }
+    tx.commit()?;
+    Ok(InsertedWithRoot::Ok(vm, drive))
+}
+
+/// The drive and, when attached, its VM.
+fn drive_and_vm(
+    tx: &Transaction<'_>,
+    drive: &str,
+) -> Result<Result<(DriveRow, Option<VmRow>), Refusal>, StoreError> {
+    let Some(row) = drives::get(tx, drive)? else {
+        return Ok(Err(Refusal::DriveNotFound));
+    };
+    let vm = match row.vm_id {
+        Some(id) => get(tx, &id.to_string())?,
+        None => None,
+    };
+    Ok(Ok((row, vm)))
+}
+
+/// Refuses when `vm` is live.
+fn not_live(vm: Option<&VmRow>, live: &impl Fn(VmState) -> bool) -> Result<(), Refusal> {
+    match vm {
+        Some(vm) if live(vm.state) => Err(Refusal::VmLive {
+            vm: vm.name.clone(),
+            state: vm.state,
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// Attaches `drive` to `vm` (as its root drive when `root`), unless the drive is broken or attached,
+/// the VM is live, or the VM already has a root drive.
+pub fn attach_drive(
+    conn: &mut Connection,
+    drive: &str,
+    vm: &str,
+    root: bool,
+    live: impl Fn(VmState) -> bool,
+) -> Result<Result<DriveRow, Refusal>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (mut row, current) = match drive_and_vm(&tx, drive)? {
+        Ok(found) => found,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    let Some(target) = get(&tx, vm)? else {
+        return Ok(Err(Refusal::VmNotFound));
+    };
+    if row.state == StorageState::Broken {
+        return Ok(Err(Refusal::Broken));
+    }
+    if let Some(current) = current {
+        return Ok(Err(Refusal::AttachedElsewhere(current.name)));
+    }
+    if let Err(refusal) = not_live(Some(&target), &live) {
+        return Ok(Err(refusal));
+    }
+    if root && let Some(name) = drives::root_of(&tx, target.id)? {
+        return Ok(Err(Refusal::RootTaken(name)));
+    }
+    drives::set_attachment(&tx, row.id, Some(target.id), root)?;
+    tx.commit()?;
+    row.vm_id = Some(target.id);
+    row.is_root = root;
+    Ok(Ok(row))
+}
+
+/// A change of a drive made under the operation lock of its VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockedChange {
+    Detach,
+    Delete,
+}
+
+/// Detaches `drive` from its VM, or deletes its row, unless the VM is live (or, to detach, the
+/// drive is not attached). `locked` is the VM whose operation lock the caller holds (none when
+/// the drive was detached): a drive now attached elsewhere is [`Refusal::VmChanged`].
+pub fn change_drive(
+    conn: &mut Connection,
+    drive: &str,
+    locked: Option<Uuid>,
+    change: LockedChange,
+    live: impl Fn(VmState) -> bool,
+) -> Result<Result<DriveRow, Refusal>, StoreError> {
+    let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+    let (mut row, vm) = match drive_and_vm(&tx, drive)? {
+        Ok(found) => found,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+    if row.vm_id != locked {
+        return Ok(Err(Refusal::VmChanged));
+    }
+    if change == LockedChange::Detach && row.vm_id.is_none() {
+        return Ok(Err(Refusal::NotAttached));
+    }
+    if let Err(refusal) = not_live(vm.as_ref(), &live) {
+        return Ok(Err(refusal));
+    }
+    match change {
+        LockedChange::Detach => {
+            drives::set_attachment(&tx, row.id, None, false)?;
+            row.vm_id = None;
+            row.is_root = false;
+        }
+        LockedChange::Delete => drives::delete_row(&tx, row.id)?,
+    }
+    tx.commit()?;
+    Ok(Ok(row))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Store;
+    use nexus_lib::api::{EgressPolicy, NetworkMode};
+
+    use crate::store::drives::tests::{drive, store_with_image};
+    use crate::store::network::{self, NetRefusal, NewNetwork};
+    use crate::store::{Store, images};
 
     fn store() -> (tempfile::TempDir, Store) {
         let dir = tempfile::tempdir().unwrap();
@@ -351,5 +498,179 @@ mod tests {
             (Some(VmState::Created), VmState::Starting)
         );
         assert_eq!(h[1].reason, "start");
+    }
+
+    /// VM `name` with a root drive `{name}-root` made from `image`.
+    fn with_root(store: &Store, name: &str, image: Uuid) -> (VmRow, DriveRow) {
+        with_root_of(store, new(name), image)
+    }
+
+    /// VM `vm` with a root drive `{name}-root` made from `image`.
+    fn with_root_of(store: &Store, vm: NewVm, image: Uuid) -> (VmRow, DriveRow) {
+        let root = drive(&format!("{}-root", vm.name), image);
+        match store
+            .call_blocking(|c| insert_with_root(c, &vm, root))
+            .unwrap()
+        {
+            InsertedWithRoot::Ok(vm, drive) => (vm, drive),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn database_refuses_a_second_root_drive_for_a_vm() {
+        let (_d, store, image) = store_with_image();
+        let (vm, _) = with_root(&store, "a", image);
+        let second = DriveRow {
+            vm_id: Some(vm.id),
+            is_root: true,
+            ..drive("other", image)
+        };
+
+        let err = store
+            .call_blocking(|c| drives::insert(c, &second))
+            .unwrap_err();
+
+        assert!(err.to_string().contains("database"), "{err}");
+    }
+
+    #[test]
+    fn attaching_a_second_root_is_refused_with_the_first_ones_name() {
+        let (_d, store, image) = store_with_image();
+        with_root(&store, "a", image);
+        store
+            .call_blocking(|c| drives::insert(c, &drive("spare", image)))
+            .unwrap()
+            .unwrap();
+
+        let out = store
+            .call_blocking(|c| attach_drive(c, "spare", "a", true, |_| false))
+            .unwrap();
+
+        assert_eq!(out, Err(Refusal::RootTaken("a-root".into())));
+    }
+
+    #[test]
+    fn deleting_a_vm_detaches_kept_drives_and_clears_their_root_flag() {
+        let (_d, store, image) = store_with_image();
+        with_root(&store, "a", image);
+
+        store
+            .call_blocking(|c| delete(c, "a", true, |_| true))
+            .unwrap();
+
+        let row = store
+            .call_blocking(|c| drives::get(c, "a-root"))
+            .unwrap()
+            .unwrap();
+        assert_eq!((row.vm_id, row.is_root), (None, false));
+    }
+
+    #[test]
+    fn deleting_a_vm_deletes_the_rows_of_drives_made_with_it() {
+        let (_d, store, image) = store_with_image();
+        let (_, root) = with_root(&store, "a", image);
+
+        let (_, released) = store
+            .call_blocking(|c| delete(c, "a", false, |_| true))
+            .unwrap();
+
+        assert_eq!(released, vec![root.id]);
+        assert!(
+            store
+                .call_blocking(|c| drives::get(c, "a-root"))
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    /// Inserts VM `a` with the root drive `root`: refused with `refusal`, no VM row left.
+    fn assert_root_refused(store: &Store, root: DriveRow, refusal: Refusal) {
+        let out = store
+            .call_blocking(|c| insert_with_root(c, &new("a"), root))
+            .unwrap();
+
+        assert!(
+            matches!(out, InsertedWithRoot::Drive(ref r) if *r == refusal),
+            "{out:?}"
+        );
+        assert!(store.call_blocking(|c| get(c, "a")).unwrap().is_none());
+    }
+
+    #[test]
+    fn a_root_drive_name_clash_leaves_no_vm_row() {
+        let (_d, store, image) = store_with_image();
+        store
+            .call_blocking(|c| drives::insert(c, &drive("taken", image)))
+            .unwrap()
+            .unwrap();
+
+        assert_root_refused(&store, drive("taken", image), Refusal::DriveNameTaken);
+    }
+
+    #[test]
+    fn a_vm_whose_root_image_is_gone_is_refused_and_leaves_no_vm_row() {
+        let (_d, store, image) = store_with_image();
+        store.call_blocking(|c| images::delete(c, "base")).unwrap();
+
+        assert_root_refused(&store, drive("a-root", image), Refusal::ImageNotFound);
+    }
+
+    #[test]
+    fn detaching_under_the_lock_of_another_vm_is_refused_as_changed() {
+        let (_d, store, image) = store_with_image();
+        with_root(&store, "a", image);
+
+        let out = store
+            .call_blocking(|c| change_drive(c, "a-root", None, LockedChange::Detach, |_| false))
+            .unwrap();
+
+        assert_eq!(out.map(|_| ()), Err(Refusal::VmChanged));
+    }
+
+    /// VM `name` with a `nat` network that publishes host port 8080.
+    fn publishing_8080(name: &str) -> NewVm {
+        NewVm {
+            network: Some(NewNetwork {
+                mode: NetworkMode::Nat,
+                publish: vec!["8080:80".parse().unwrap()],
+                egress: EgressPolicy::AllowAll,
+                subnet: Some("10.9.0.0/24".parse().unwrap()),
+                tap_prefix: "nxab12".into(),
+            }),
+            ..new(name)
+        }
+    }
+
+    #[test]
+    fn a_vm_inserted_with_its_root_drive_has_its_network_recorded() {
+        let (_d, store, image) = store_with_image();
+
+        let (vm, _) = with_root_of(&store, publishing_8080("a"), image);
+
+        let net = store
+            .call_blocking(|c| network::get(c, vm.id))
+            .unwrap()
+            .unwrap();
+        assert_eq!(net.publish, vec!["8080:80".parse().unwrap()]);
+    }
+
+    #[test]
+    fn a_refused_network_leaves_neither_the_vm_nor_its_root_drive() {
+        let (_d, store, image) = store_with_image();
+        with_root_of(&store, publishing_8080("b"), image);
+
+        let out = store
+            .call_blocking(|c| insert_with_root(c, &publishing_8080("a"), drive("a-root", image)))
+            .unwrap();
+
+        assert!(
+            matches!(out, InsertedWithRoot::Network(NetRefusal::PortTaken { .. })),
+            "{out:?}"
+        );
+        let left = store
+            .call_blocking(|c| Ok((get(c, "a")?, drives::get(c, "a-root")?)))
+            .unwrap();
+        assert_eq!(left, (None, None));
     }
 }

@@ -13,11 +13,12 @@ use nexus_lib::api::{
     CreateVm, DEFAULT_MEMORY_MIB, DEFAULT_VCPUS, MEMORY_MIB_RANGE, Transition, VCPUS_RANGE, Vm,
     VmState,
 };
-use nexus_lib::names::validate_name;
+use nexus_lib::names::{MAX_NAME_LEN, validate_name};
+use nexus_lib::size::ByteSize;
 use uuid::Uuid;
 
 use crate::drives::{DriveError, DriveService};
-use crate::store::vms::{self, Changed, Inserted, NewVm};
+use crate::store::vms::{self, Changed, Inserted, InsertedWithRoot, NewVm, VmRow};
 use crate::store::{Store, StoreError};
 
 /// Errors of VM operations.
@@ -132,15 +133,14 @@ impl VmService {
         new.network = Some(self.network.plan(net.0, net.1, net.2).await?);
         let name = new.name.clone();
         if let Some(image) = image {
-            return match self
-                .drives
-                .create_vm_with_root(new, &image, disk_size)
-                .await
-            {
-                Ok(row) => self.get(&row.id.to_string()).await,
-                Err(DriveError::VmNameTaken(_)) => Err(VmError::NameTaken(name)),
-                Err(e) => Err(e.into()),
-            };
+            // On its own task: a client that goes away cannot leave a root drive's subvolume
+            // without its row.
+            let this = self.clone();
+            let created =
+                tokio::spawn(async move { this.create_with_root(new, &image, disk_size).await })
+                    .await
+                    .map_err(|e| VmError::Task(e.to_string()))??;
+            return self.get(&created.id.to_string()).await;
         }
         match self.store.call(move |c| vms::insert(c, &new)).await? {
             Inserted::Ok(row) => {
@@ -150,6 +150,46 @@ impl VmService {
             Inserted::NameTaken => Err(VmError::NameTaken(name)),
             Inserted::Network(refusal) => Err(VmError::Network(refusal)),
         }
+    }
+
+    /// Creates VM `new` with a root drive made from `image` (of `disk_size`): the drive service
+    /// makes the drive's subvolume, then both rows (and the VM's network) go in one transaction,
+    /// so there is never a VM row without its drive, nor a drive left from a failed create.
+    async fn create_with_root(
+        &self,
+        new: NewVm,
+        image: &str,
+        disk_size: Option<ByteSize>,
+    ) -> Result<VmRow, VmError> {
+        let vm_name = new.name.clone();
+        let key = vm_name.clone();
+        if self.store.call(move |c| vms::get(c, &key)).await?.is_some() {
+            return Err(VmError::NameTaken(vm_name));
+        }
+        let root_name = format!("{}-root", &vm_name[..vm_name.len().min(MAX_NAME_LEN - 5)]);
+        let drive = self
+            .drives
+            .make_subvolume(image, Some(root_name.clone()), disk_size, "disk_size")
+            .await?;
+        let id = drive.id;
+        let inserted = self
+            .store
+            .call(move |c| vms::insert_with_root(c, &new, drive))
+            .await;
+        let err = match inserted {
+            Ok(InsertedWithRoot::Ok(vm, drive)) => {
+                tracing::info!(vm = %vm.name, drive = %drive.name, "VM created with its root drive");
+                return Ok(vm);
+            }
+            Ok(InsertedWithRoot::NameTaken) => VmError::NameTaken(vm_name),
+            Ok(InsertedWithRoot::Network(refusal)) => VmError::Network(refusal),
+            Ok(InsertedWithRoot::Drive(refusal)) => {
+                crate::drives::refused(refusal, &root_name, image).into()
+            }
+            Err(e) => e.into(),
+        };
+        self.drives.remove_subvolumes(&[id]).await;
+        Err(err)
     }
 
     pub async fn list(&self, state: Option<VmState>) -> Result<Vec<Vm>, VmError> {

@@ -25,7 +25,7 @@ use nexus_lib::agent::{
 };
 use serde::{Deserialize, Serialize};
 
-use super::{Accel, Launched, ProcessRole, VmSpec, Vmm, VmmError, VmmKind, VmmProcess, log_file};
+use super::{Launched, ProcessRole, VmSpec, Vmm, VmmError, VmmKind, VmmProcess, log_file};
 use crate::agent::fake::{self, FakeBody, json_reply};
 use crate::jail::VmJail;
 
@@ -184,14 +184,11 @@ impl FakeVmm {
             spec: spec.clone(),
         });
         Ok(Launched {
-            kind: VmmKind::Qemu,
-            accel: Accel::Tcg,
             processes: vec![VmmProcess {
                 role: ProcessRole::Vmm,
                 pid,
                 child,
             }],
-            control_socket: spec.socket_dir.join("fake-vmm.sock"),
         })
     }
 }

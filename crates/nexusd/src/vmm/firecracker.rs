@@ -37,7 +37,7 @@ use super::jailer::{
     self, CgroupLimits, CgroupVersion, ChrootLayout, JailSpec, LayoutInput, ResourceLimits,
 };
 use super::{
-    Accel, Launched, ProcessRole, SocketCheck, VmSpec, Vmm, VmmError, VmmKind, VmmProcess,
+    Launched, ProcessRole, SocketCheck, VmSpec, Vmm, VmmError, VmmKind, VmmProcess,
     check_socket_paths, log_file,
 };
 
@@ -65,11 +65,10 @@ pub struct BootSource {
     pub boot_args: String,
 }
 
-/// How guest writes reach the host. `Unsafe` (Firecracker's default) ignores the guest's
-/// flushes; `Writeback` honours them, so a synced file survives a host crash.
+/// How guest writes reach the host: `Writeback` honours the guest's flushes, so a synced file
+/// survives a host crash (Firecracker's default, `Unsafe`, ignores them; Nexus never asks for it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum CacheType {
-    Unsafe,
     Writeback,
 }
 
@@ -468,14 +467,11 @@ impl FirecrackerVmm {
             })?;
         let pid = child.id().unwrap_or(0);
         Ok(Launched {
-            kind: VmmKind::Firecracker,
-            accel: Accel::Kvm,
             processes: vec![VmmProcess {
                 role: ProcessRole::Vmm,
                 pid,
                 child,
             }],
-            control_socket: files.api_socket,
         })
     }
 }

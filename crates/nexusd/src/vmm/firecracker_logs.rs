@@ -5,7 +5,6 @@
 //! the `firecracker` module.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
@@ -118,30 +117,11 @@ pub fn failure_detail(runtime_dir: &Path, boot: i64) -> String {
     }
 }
 
-/// The last `max` bytes of `path` as printable text (holes, controls and a torn first line
-/// dropped; lines joined with " | ").
+/// The newest whole lines in the last `max` bytes of `path`, cleaned, joined with " | ".
 fn tail_text(path: &Path, max: u64) -> String {
-    let Ok(mut f) = fs::File::open(path) else {
-        return String::new();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let start = len.saturating_sub(max);
-    if f.seek(SeekFrom::Start(start)).is_err() {
-        return String::new();
-    }
-    let mut buf = Vec::new();
-    let _ = f.take(max).read_to_end(&mut buf);
-    let text = String::from_utf8_lossy(&buf);
-    let mut lines: Vec<String> = text
-        .split('\n')
-        .map(|l| l.chars().filter(|c| !c.is_control()).collect::<String>())
-        .collect();
-    if start > 0 && lines.len() > 1 {
-        lines.remove(0);
-    }
-    lines
-        .iter()
-        .map(|l| l.trim())
+    crate::sanitize::file_tail(path, max)
+        .lines()
+        .map(str::trim)
         .filter(|l| !l.is_empty())
         .collect::<Vec<_>>()
         .join(" | ")

@@ -27,13 +27,6 @@ use super::VmmError;
 
 /// Longest id the jailer accepts.
 pub const MAX_JAIL_ID_LEN: usize = 64;
-/// Guest memory plus this much is the VM's cgroup memory limit (Firecracker's own overhead is a
-/// few MiB; the rest is room for the page cache of its drive I/O, which the cgroup is charged for
-/// and reclaims, so a busy disk never OOM-kills the VMM).
-pub const MEMORY_OVERHEAD_MIB: u64 = 128;
-/// Tasks a Firecracker process needs: main, API, one per vCPU, a few helpers. Generous, but a
-/// fork bomb from an escaped guest stops here.
-pub const PIDS_MAX: u32 = 64;
 /// Open files of the VMM (the jailer's own default).
 pub const NO_FILE: u64 = 2048;
 /// Name of the file in the VM's runtime directory that records its jail for [`teardown`].
@@ -66,15 +59,6 @@ pub struct CgroupLimits {
 }
 
 impl CgroupLimits {
-    /// The limits of a VM with `vcpus` vCPUs and `memory_mib` of guest memory.
-    pub fn for_vm(vcpus: u32, memory_mib: u32) -> Self {
-        Self {
-            memory_bytes: (u64::from(memory_mib) + MEMORY_OVERHEAD_MIB) << 20,
-            pids_max: PIDS_MAX,
-            cpu_weight: (100 * vcpus.max(1)).min(10_000),
-        }
-    }
-
     /// The `<file>=<value>` pairs for `version`.
     pub fn files(&self, version: CgroupVersion) -> Vec<String> {
         match version {

@@ -14,7 +14,11 @@ fn jail(version: CgroupVersion) -> JailSpec {
         chroot_base: "/srv/jailer".into(),
         cgroup_version: version,
         parent_cgroup: "nexus".into(),
-        cgroups: CgroupLimits::for_vm(2, 256),
+        cgroups: CgroupLimits {
+            memory_bytes: (256 + 128) << 20,
+            pids_max: 64,
+            cpu_weight: 200,
+        },
         limits: ResourceLimits::default(),
     }
 }

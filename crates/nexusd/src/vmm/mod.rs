@@ -25,8 +25,8 @@ use futures_util::future::BoxFuture;
 pub use accel::{Accel, detect_accel};
 pub use console::cap_console_log;
 pub(crate) use firecracker::is_executable;
-pub use firecracker::{FirecrackerConfig, FirecrackerVmm, JailerSettings, release_jail};
-pub use firecracker_logs::{KEEP_BOOT_LOGS, cap_firecracker_logs, failure_detail};
+pub use firecracker::{FirecrackerVmm, JailerSettings, release_jail};
+pub use firecracker_logs::{cap_firecracker_logs, failure_detail};
 pub use qemu::QemuVmm;
 pub use select::{HostProbe, VmmChoice, select_backend};
 pub use tsc::host_tsc_khz;
@@ -162,12 +162,8 @@ pub struct VmmProcess {
 /// The running processes of a VM, to be owned by its supervisor.
 #[derive(Debug)]
 pub struct Launched {
-    pub kind: VmmKind,
-    pub accel: Accel,
     /// Ordered as started: helpers first, the VMM last.
     pub processes: Vec<VmmProcess>,
-    /// Control socket (QMP for QEMU, API socket for Firecracker).
-    pub control_socket: PathBuf,
 }
 
 impl Launched {
@@ -217,7 +213,7 @@ pub enum VmmError {
         path: PathBuf,
         waited: Duration,
     },
-    #[error("{}: {source}", path.display())]
+    #[error("{}", path.display())]
     Io {
         path: PathBuf,
         #[source]

@@ -255,13 +255,10 @@ impl QemuVmm {
             child,
         };
         Ok(Launched {
-            kind: VmmKind::Qemu,
-            accel: self.accel,
             processes: vec![
                 process(ProcessRole::VsockBackend, vhost),
                 process(ProcessRole::Vmm, qemu),
             ],
-            control_socket: Self::qmp_socket(spec),
         })
     }
 }

@@ -10,6 +10,7 @@ use nix::fcntl::{Flock, FlockArg};
 
 use super::KernelBuildError;
 use super::log::{BoundedLog, describe};
+use crate::command::CommandError;
 
 /// What the build needs on the host, with the Debian package providing it.
 pub(super) const TOOLS: &[(&str, &str)] = &[
@@ -100,30 +101,10 @@ pub(super) fn search_path() -> std::ffi::OsString {
         .unwrap_or_else(|| "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".into())
 }
 
-/// Runs a short command and returns its stdout; a failure carries its stderr's last line.
-pub(super) fn output(cmd: &mut Command) -> Result<String, KernelBuildError> {
-    let out = cmd.output().map_err(|source| KernelBuildError::Spawn {
-        command: describe(cmd),
-        source,
-    })?;
-    if !out.status.success() {
-        return Err(KernelBuildError::Command {
-            command: describe(cmd),
-            status: out.status.to_string(),
-            detail: last_line(&out.stderr),
-        });
-    }
+/// Runs a short command through nexusd's one runner and returns its stdout.
+pub(super) fn output(cmd: &mut Command) -> Result<String, CommandError> {
+    let out = crate::command::run(cmd, &[0])?;
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-pub(super) fn last_line(bytes: &[u8]) -> String {
-    String::from_utf8_lossy(bytes)
-        .lines()
-        .rev()
-        .find(|l| !l.trim().is_empty())
-        .unwrap_or("no output")
-        .trim()
-        .to_owned()
 }
 
 /// Fails naming the first tool of `tools` that is not on `PATH`, and on a host that is not x86-64.

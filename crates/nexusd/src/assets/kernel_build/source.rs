@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::UNIX_EPOCH;
 
 use super::KernelBuildError;
-use super::host::{check_host, clean_command, last_line};
-use super::log::describe;
+use super::host::{check_host, clean_command, output};
 
 /// The newest `<package>_*.deb` in `dir`, downloaded with `apt-get download` (through the host's
 /// apt configuration) when there is none.
@@ -19,21 +18,13 @@ pub fn find_or_download_source(package: &str, dir: &Path) -> Result<PathBuf, Ker
     fs::create_dir_all(dir).map_err(KernelBuildError::io("cannot create", dir))?;
     let mut cmd = clean_command("apt-get");
     cmd.current_dir(dir).args(["download", "--", package]);
-    let out = cmd.output().map_err(|source| KernelBuildError::Spawn {
-        command: describe(&cmd),
+    output(&mut cmd).map_err(|source| KernelBuildError::Download {
+        package: package.to_owned(),
         source,
     })?;
-    if !out.status.success() {
-        return Err(KernelBuildError::Download {
-            package: package.to_owned(),
-            status: out.status.to_string(),
-            detail: last_line(&out.stderr),
-        });
-    }
-    find_package(package, dir).ok_or_else(|| KernelBuildError::Download {
+    find_package(package, dir).ok_or_else(|| KernelBuildError::NoPackage {
         package: package.to_owned(),
-        status: out.status.to_string(),
-        detail: format!("no {package}_*.deb appeared in {}", dir.display()),
+        dir: dir.to_owned(),
     })
 }
 

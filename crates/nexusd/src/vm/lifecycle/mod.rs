@@ -540,8 +540,8 @@ impl Lifecycle {
                     let reason = format!(
                         "agent answered in {agent_ready_ms} ms (protocol {}, agent {}, kernel {}, {kind}/{accel_name})",
                         hs.protocol,
-                        printable(&hs.agent_version),
-                        printable(&hs.kernel_release)
+                        crate::sanitize::clean(&hs.agent_version, 128),
+                        crate::sanitize::clean(&hs.kernel_release, 128)
                     );
                     tracing::info!(vm = %vm.name, agent_ready_ms, "VM running");
                     self.inner
@@ -765,11 +765,6 @@ fn module_less_cmdline(mut cmdline: String) -> String {
         cmdline.push_str(ROOT_AGENT_PATH);
     }
     cmdline
-}
-
-/// At most 128 printable characters of a guest-supplied string.
-fn printable(s: &str) -> String {
-    s.chars().filter(|c| !c.is_control()).take(128).collect()
 }
 
 /// Creates the runtime directory (nexusd's) and the socket directory (the VMM's), emptying the

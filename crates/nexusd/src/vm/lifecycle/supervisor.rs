@@ -245,24 +245,13 @@ pub(super) async fn read_console_tail(log: &Path) -> String {
         .unwrap_or_else(|_| "(console unreadable)".into())
 }
 
-/// The last bytes of the console, printable, for error reasons.
+/// The newest lines of the console, cleaned, for error reasons.
 pub fn console_tail(log: &Path) -> String {
-    use std::io::{Read, Seek, SeekFrom};
-    let Ok(mut f) = std::fs::File::open(log) else {
-        return "(no console output)".into();
-    };
-    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let _ = f.seek(SeekFrom::Start(len.saturating_sub(CONSOLE_TAIL_BYTES)));
-    let mut buf = Vec::new();
-    let _ = f.take(CONSOLE_TAIL_BYTES).read_to_end(&mut buf);
-    let text: String = String::from_utf8_lossy(&buf)
-        .chars()
-        .map(|c| if c.is_control() && c != '\n' { ' ' } else { c })
-        .collect();
-    let text = text.trim();
-    if text.is_empty() {
+    let tail = crate::sanitize::file_tail(log, CONSOLE_TAIL_BYTES);
+    let tail = tail.trim();
+    if tail.is_empty() {
         "(no console output)".into()
     } else {
-        text.to_owned()
+        tail.to_owned()
     }
 }

@@ -22,7 +22,7 @@ use crate::storage::PoolManager;
 use crate::store::Store;
 use crate::store::drives::{self as drive_rows, DriveRow};
 use crate::store::images::{self as image_rows, ImageRow};
-use crate::store::vms::NewVm;
+use crate::store::vms::{self as vm_rows, InsertedWithRoot, NewVm};
 use crate::vm::VmService;
 use crate::vm::assets::{BootAssets, Prepared};
 use crate::vmm::VmmChoice;
@@ -131,13 +131,15 @@ impl FakeHost {
             network: None,
         };
         let root = drive_row(&format!("{name}-root"), self.image, None);
-        let (vm, _) = self
+        match self
             .store
-            .call(move |c| drive_rows::insert_with_vm(c, &new, root))
+            .call(move |c| vm_rows::insert_with_root(c, &new, root))
             .await
             .unwrap()
-            .unwrap();
-        vm.to_api()
+        {
+            InsertedWithRoot::Ok(vm, _) => vm.to_api(),
+            other => panic!("{other:?}"),
+        }
     }
 
     /// Creates drive `name`, attached to `vm` when there is one.
