@@ -589,5 +589,11 @@ fn built(dir: PathBuf, record: BuildRecord, cached: bool) -> BuiltKernel {
     }
 }
 
+/// A minimal ELF with a PVH entry note (tests of code that checks a guest kernel).
+#[cfg(test)]
+pub(crate) fn pvh_elf_fixture() -> Vec<u8> {
+    elf::tests::pvh_elf()
+}
+
 #[cfg(test)]
 mod tests;

@@ -24,10 +24,11 @@ pub fn check_pvh_vmlinux(path: &Path) -> Result<(), String> {
             .map_err(|_| "it is truncated".to_owned())?;
         Ok(buf)
     };
-    let header = read(0, 64)?;
-    if &header[..4] != b"\x7fELF" {
+    let mut magic = [0u8; 4];
+    if file.read_exact_at(&mut magic, 0).is_err() || &magic != b"\x7fELF" {
         return Err("it is not an ELF file (a bzImage? use the vmlinux)".into());
     }
+    let header = read(0, 64)?;
     if header[4] != 2 || header[5] != 1 {
         return Err("it is not a 64-bit little-endian ELF file".into());
     }
@@ -83,8 +84,13 @@ fn le(bytes: &[u8]) -> u64 {
 }
 
 #[cfg(test)]
-mod tests {
+pub(super) mod tests {
     use super::*;
+
+    /// The smallest file [`check_pvh_vmlinux`] accepts: for tests elsewhere that need a kernel.
+    pub(crate) fn pvh_elf() -> Vec<u8> {
+        elf_with_notes(&note(b"Xen\0", 18, &[0, 0, 0, 1]))
+    }
 
     fn note(name: &[u8], kind: u32, desc: &[u8]) -> Vec<u8> {
         let mut out = Vec::new();
@@ -146,6 +152,13 @@ mod tests {
         bz[0x202..0x206].copy_from_slice(b"HdrS");
 
         let err = check(&bz).unwrap_err();
+
+        assert!(err.contains("not an ELF file"), "{err}");
+    }
+
+    #[test]
+    fn a_file_shorter_than_an_elf_header_is_not_elf() {
+        let err = check(b"MZ").unwrap_err();
 
         assert!(err.contains("not an ELF file"), "{err}");
     }

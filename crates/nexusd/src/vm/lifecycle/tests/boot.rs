@@ -164,3 +164,43 @@ async fn attaching_a_drive_while_the_vm_starts_waits_for_the_spawn_and_is_refuse
     assert_eq!(host.drives.get("loose").await.unwrap().vm_id, None);
     assert_eq!(start.await.unwrap().unwrap().state, VmState::Running);
 }
+
+#[tokio::test]
+async fn a_vm_boots_the_configured_guest_kernel_without_an_initramfs() {
+    let dir = tempfile::tempdir().unwrap();
+    let vmlinux = dir.path().join("vmlinux");
+    std::fs::write(&vmlinux, crate::assets::kernel_build::pvh_elf_fixture()).unwrap();
+    let host = FakeHost::with_guest_kernel(Guest::Healthy, &vmlinux);
+    host.vm("a").await;
+
+    host.lifecycle.start("a").await.unwrap();
+
+    let spec = host.vmm.specs().pop().unwrap();
+    assert_eq!(spec.kernel, vmlinux);
+    assert_eq!(spec.initrd, None);
+    assert!(
+        spec.cmdline.ends_with(" init=/sbin/nexus-agent"),
+        "{}",
+        spec.cmdline
+    );
+}
+
+#[tokio::test]
+async fn a_guest_kernel_that_qemu_cannot_enter_fails_the_start_before_any_spawn() {
+    let dir = tempfile::tempdir().unwrap();
+    let bzimage = dir.path().join("bzImage");
+    std::fs::write(&bzimage, b"MZ not an ELF").unwrap();
+    let host = FakeHost::with_guest_kernel(Guest::Healthy, &bzimage);
+    let vm = host.vm("a").await;
+
+    let err = host.lifecycle.start("a").await.unwrap_err();
+
+    assert!(matches!(err, VmError::Assets(_)), "{err:?}");
+    let text = nexus_lib::error::error_chain(&err);
+    assert!(text.contains("not an ELF file"), "{text}");
+    assert!(host.vmm.specs().is_empty());
+    assert_eq!(
+        host.vms.get(&vm.name).await.unwrap().state,
+        VmState::Created
+    );
+}

@@ -72,6 +72,15 @@ impl FakeHost {
     }
 
     fn with(vmm: FakeVmm, timing: Timing) -> Self {
+        Self::booting(vmm, timing, None)
+    }
+
+    /// A host booting `guest_kernel` (a built kernel: no initramfs) instead of Debian's.
+    fn with_guest_kernel(guest: Guest, guest_kernel: &std::path::Path) -> Self {
+        Self::booting(FakeVmm::new(guest), Timing::default(), Some(guest_kernel))
+    }
+
+    fn booting(vmm: FakeVmm, timing: Timing, guest_kernel: Option<&std::path::Path>) -> Self {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("nexus.db")).unwrap();
         let pool = Arc::new(PoolManager::opened_unchecked(&dir.path().join("pool")));
@@ -89,7 +98,7 @@ impl FakeHost {
             .call_blocking(|c| image_rows::insert(c, &image))
             .unwrap();
         let vmm = Arc::new(vmm);
-        let lifecycle = life_cycle(dir.path(), &store, &vms, &vmm, timing);
+        let lifecycle = life_cycle(dir.path(), &store, &vms, &vmm, timing, guest_kernel);
         Self {
             dir,
             store,
@@ -119,6 +128,7 @@ impl FakeHost {
             &self.vms,
             &self.vmm,
             self.timing,
+            None,
         )
     }
 
@@ -208,6 +218,7 @@ fn life_cycle(
     vms: &VmService,
     vmm: &Arc<FakeVmm>,
     timing: Timing,
+    guest_kernel: Option<&std::path::Path>,
 ) -> Lifecycle {
     let cfg = LifecycleConfig {
         vmm: VmmChoice::Qemu,
@@ -217,7 +228,7 @@ fn life_cycle(
         vhost_vsock: "/nonexistent/vhost-device-vsock".into(),
         firecracker: None,
         firecracker_kernel: None,
-        guest_kernel: None,
+        guest_kernel: guest_kernel.map(std::path::Path::to_path_buf),
         jailer: None,
         jailer_chroot_base: dir.join("jailer"),
         console_max_bytes: 1 << 20,
