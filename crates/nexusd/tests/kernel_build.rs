@@ -9,13 +9,8 @@
 
 mod common;
 
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
-
 use common::kernel::{built_kernel, fragment};
-use common::{TestDaemon, rt, stderr, stdout};
-use nexus_lib::api::CreateVm;
+use common::{TestDaemon, stderr, stdout};
 use nexusd::assets::kernel_build::{check_pvh_vmlinux, parse_fragment, unmet, verify_build};
 
 /// A daemon booting the built kernel, with VM `name` running from the default image.
@@ -104,102 +99,6 @@ fn on_the_built_kernel_the_agent_is_init_on_the_root_drive_the_kernel_mounted() 
         assert!(mounts.contains(fs), "{fs} missing: {mounts}");
     }
     assert_eq!(init.trim(), "/sbin/nexus-agent");
-}
-
-/// A CPU hog for the length of a test, killed on drop.
-struct Hog(Child);
-
-impl Drop for Hog {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// How many boots the reliability loop makes (`NEXUS_RELIABILITY_BOOTS`, default 200).
-fn reliability_boots() -> usize {
-    std::env::var("NEXUS_RELIABILITY_BOOTS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(200)
-}
-
-#[test]
-#[ignore = "long: 200 boots of the built kernel, two at a time, while a CPU hog runs (~15 min); run with --run-ignored only"]
-fn boots_of_the_built_kernel_under_load_never_hang() {
-    common::require_boot_prerequisites();
-    let kernel = built_kernel();
-    let vmlinux = kernel.vmlinux.to_str().unwrap().to_owned();
-    let d = TestDaemon::start_logged(
-        tempfile::tempdir().unwrap(),
-        &[
-            "--pool-size",
-            "2G",
-            "--guest-kernel",
-            &vmlinux,
-            "--boot-timeout-secs",
-            "60",
-        ],
-    );
-    let _hog = Hog(Command::new("sh")
-        .args(["-c", "while :; do :; done"])
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("sh"));
-    let total = reliability_boots();
-    let (ok, hung, failed) = (
-        AtomicUsize::new(0),
-        AtomicUsize::new(0),
-        AtomicUsize::new(0),
-    );
-    let times = std::sync::Mutex::new(Vec::new());
-    std::thread::scope(|s| {
-        for lane in 0..2 {
-            let (d, ok, hung, failed, times) = (&d, &ok, &hung, &failed, &times);
-            s.spawn(move || {
-                let rt = rt();
-                let name = format!("loop{lane}");
-                rt.block_on(d.client.create_vm(&CreateVm {
-                    name: name.clone(),
-                    image: Some("default".into()),
-                    ..CreateVm::default()
-                }))
-                .expect("create");
-                for i in (lane..total).step_by(2) {
-                    let t = Instant::now();
-                    match rt.block_on(d.client.vm_action(&name, "start")) {
-                        Ok(_) => {
-                            times.lock().unwrap().push(t.elapsed());
-                            ok.fetch_add(1, Ordering::SeqCst);
-                            rt.block_on(d.client.vm_action(&name, "stop"))
-                                .expect("stop");
-                        }
-                        Err(e) => {
-                            let text = nexus_lib::error::error_chain(&e);
-                            let counter = if text.contains("did not answer") {
-                                hung
-                            } else {
-                                failed
-                            };
-                            counter.fetch_add(1, Ordering::SeqCst);
-                            eprintln!("boot {i} of {name} failed: {text}");
-                        }
-                    }
-                }
-            });
-        }
-    });
-    let mut times = times.into_inner().unwrap();
-    times.sort();
-    let pct = |p: f64| times[((times.len() as f64 - 1.0) * p).round() as usize].as_secs_f64();
-    let (ok, hung, failed) = (ok.into_inner(), hung.into_inner(), failed.into_inner());
-    println!(
-        "built kernel under load: {total} boots, {ok} reached the agent, {hung} hung, {failed} failed otherwise; POST /start p50 {:.2} s, p95 {:.2} s, max {:.2} s",
-        pct(0.5),
-        pct(0.95),
-        pct(1.0)
-    );
-    assert_eq!((hung, failed), (0, 0), "{}", d.log());
 }
 
 #[test]

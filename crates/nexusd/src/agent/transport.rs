@@ -2,6 +2,13 @@
 //! socket, send `CONNECT <port>\n`, read `OK <hostport>\n` one byte at a time so no stream byte is
 //! consumed, and the socket is then a stream to the guest's listener.
 //!
+//! A `CONNECT` is never abandoned before its answer: vhost-device-vsock (0.3.0) writes the `OK`
+//! line with an `unwrap()`, so when the guest's answer finds the host end already closed (a
+//! caller that timed out, a dropped request), the write fails with `EPIPE` and its vring worker
+//! panics, and that VM's vsock is dead for good (every later `CONNECT` goes unanswered). So the
+//! exchange runs on a task of its own: a caller that gives up leaves the task to read the answer
+//! (for at most [`ABANDONED_ANSWER_WAIT`]) before the stream is closed.
+//!
 //! The socket lives in the VM's socket directory, which belongs to the VM's jailed (untrusted)
 //! uid: it could plant a symlink there to steer nexusd, as root, into another socket of the host.
 //! So the socket is opened with `O_PATH | O_NOFOLLOW`, checked to be a socket, and connected to
@@ -11,6 +18,8 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 
+use std::time::Duration;
+
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
 
@@ -18,8 +27,35 @@ use super::AgentError;
 
 /// Longest acknowledgement line accepted.
 const MAX_ACK_BYTES: usize = 64;
+/// How long a `CONNECT` whose caller gave up still waits for its answer before closing.
+const ABANDONED_ANSWER_WAIT: Duration = Duration::from_secs(120);
 
+/// Connects to the guest's vsock `port` through the hybrid-vsock socket `uds`. Cancelling this
+/// future does not close a `CONNECT` still waiting for its answer (see the module comment).
 pub async fn dial_hybrid_vsock(uds: &Path, port: u32) -> Result<UnixStream, AgentError> {
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let path = uds.to_path_buf();
+    tokio::spawn(async move {
+        let dialled = tokio::time::timeout(ABANDONED_ANSWER_WAIT, connect(&path, port)).await;
+        let result = dialled.unwrap_or_else(|_| {
+            Err(AgentError::VsockHandshake {
+                path,
+                reason: format!("no answer to CONNECT within {ABANDONED_ANSWER_WAIT:?}"),
+            })
+        });
+        // A caller that went away leaves the stream to be dropped here, after the answer.
+        let _ = tx.send(result);
+    });
+    rx.await.unwrap_or_else(|_| {
+        Err(AgentError::VsockHandshake {
+            path: uds.to_path_buf(),
+            reason: "the dialling task ended without an answer".into(),
+        })
+    })
+}
+
+/// `CONNECT <port>`, then the `OK` line.
+async fn connect(uds: &Path, port: u32) -> Result<UnixStream, AgentError> {
     let connect_err = |source| AgentError::Connect {
         path: uds.to_path_buf(),
         source,
@@ -147,6 +183,31 @@ mod tests {
         let file = dir.path().join("file.sock");
         std::fs::write(&file, b"").unwrap();
         assert!(dial_hybrid_vsock(&file, 1024).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_leaves_the_connect_open_until_the_answer() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("v.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut connect = [0u8; 13];
+            stream.read_exact(&mut connect).await.unwrap();
+            // The guest answers late, after the caller below has given up.
+            tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+            stream.write_all(b"OK 1073741824\n").await
+        });
+
+        let gave_up =
+            tokio::time::timeout(Duration::from_millis(50), dial_hybrid_vsock(&path, 1024)).await;
+
+        assert!(gave_up.is_err(), "the dial should still be waiting");
+        let answer = server.await.unwrap();
+        assert!(
+            answer.is_ok(),
+            "the answer found the stream closed: {answer:?}"
+        );
     }
 
     #[tokio::test]
