@@ -3,6 +3,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod assets;
 pub mod boot;
 pub mod daemon;
 pub mod drives;

@@ -87,6 +87,13 @@ mod tests {
             jail: crate::jail::JailConfig::with_defaults(dir),
         };
         let policy = crate::hostpath::ImportPolicy::new(None, Vec::new());
+        let asset_service = crate::assets::AssetService::new(
+            store.clone(),
+            crate::assets::AssetDirs::under(dir),
+            Default::default(),
+            Arc::new(policy.clone()),
+        )
+        .unwrap();
         AppState::new(
             store,
             pool,
@@ -94,6 +101,7 @@ mod tests {
             cfg,
             policy,
             crate::network::NetworkSettings::loopback_only(),
+            asset_service,
         )
     }
 

@@ -16,7 +16,7 @@
 //! daemon uses in [`Storage`].
 
 pub mod btrfs;
-mod cmd;
+pub(crate) mod cmd;
 pub mod ext4;
 mod manager;
 pub mod pool;
