@@ -292,6 +292,57 @@ fn a_download_cut_halfway_is_resumed_with_range_by_the_next_run() {
 }
 
 #[test]
+fn a_client_that_goes_away_cancels_the_run_and_the_next_run_resumes() {
+    let env = env();
+    let data = payload(1 << 20);
+    let sha = sha256_hex(&data);
+    env.server.put_bytes(
+        "/gone.bin",
+        data.clone(),
+        Behaviour::StallAfter { bytes: 300_000 },
+    );
+    env.add(
+        "gone",
+        json!({"base_url": env.server.url(), "no_signature": true}),
+        json!([
+            {"stage": "fetch", "source": {"url": "{base_url}/gone.bin"}, "into": "file", "idle_timeout_secs": 60},
+            {"stage": "checksum", "artifact": "file", "expected": {"sha256": "{sha256}"}},
+            {"stage": "install", "artifact": "file", "kind": "file", "name": "gone", "version": "1"}
+        ]),
+    );
+    let req = DownloadRequest {
+        provider: "gone".into(),
+        vars: [("sha256".to_string(), sha.clone())].into(),
+    };
+    rt().block_on(async {
+        let mut stream = env.d.client.download(&req).await.unwrap();
+        while let Some(event) = stream.next().await.unwrap() {
+            if matches!(event, DownloadEvent::Progress { .. }) {
+                break;
+            }
+        }
+        // Let the first bytes land in the part, then go away mid-download.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    });
+
+    // The run's staging directory goes once the run is cancelled.
+    let tmp = env.assets_dir().join("tmp");
+    let staging = || std::fs::read_dir(&tmp).map_or(0, |d| d.count());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while staging() > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(staging(), 0, "the run went on after its client left");
+    env.assert_nothing_installed();
+    env.server.put_bytes("/gone.bin", data, Behaviour::Serve);
+    let second = env.download("gone", &[("sha256", &sha)]);
+
+    assert_eq!(second.assets()[0].sha256, sha);
+    let requests = env.server.requests("/gone.bin");
+    assert!(requests[1].range.is_some(), "{requests:?}");
+}
+
+#[test]
 fn a_wrong_checksum_is_refused_and_nothing_is_installed() {
     let env = env();
     let kernel = payload(10_000);

@@ -343,6 +343,65 @@ pub struct KernelBuildStage {
     pub options: BTreeMap<String, String>,
 }
 
+impl Stage {
+    /// Every template string of the stage.
+    pub fn templates(&self) -> Vec<&str> {
+        fn opt(o: &Option<String>) -> Vec<&str> {
+            o.as_deref().into_iter().collect()
+        }
+        match self {
+            Self::Fetch(f) => match &f.source {
+                FetchSource::Url(u) => vec![u.as_str()],
+                FetchSource::Apt(a) => [vec![a.package.as_str()], opt(&a.follow_depends)].concat(),
+            },
+            Self::Checksum(c) => match &c.expected {
+                Expected::Sha256(v) => vec![v.as_str()],
+                Expected::File(f) => vec![f.entry.as_str()],
+            },
+            Self::Signature(_) => Vec::new(),
+            Self::Decompress(d) => opt(&d.member),
+            Self::Extract(x) => [
+                opt(&x.member),
+                x.members.iter().map(String::as_str).collect(),
+            ]
+            .concat(),
+            Self::Convert(c) => opt(&c.member),
+            Self::Install(i) => {
+                [opt(&i.member), vec![i.kind.as_str(), &i.name, &i.version]].concat()
+            }
+            Self::KernelBuild(b) => b.options.values().map(String::as_str).collect(),
+        }
+    }
+
+    /// The variables the stage sets for the stages after it.
+    pub fn sets_vars(&self) -> &'static [&'static str] {
+        match self {
+            Self::Fetch(FetchStage {
+                source: FetchSource::Apt(_),
+                ..
+            }) => &["apt_package", "apt_version"],
+            _ => &[],
+        }
+    }
+}
+
+/// The variables `stages` use that neither `vars` nor an earlier stage provides, in order.
+pub fn missing_vars<'a>(stages: &'a [Stage], vars: &BTreeMap<String, String>) -> Vec<&'a str> {
+    let mut set: Vec<&str> = Vec::new();
+    let mut missing = Vec::new();
+    for stage in stages {
+        for t in stage.templates() {
+            for var in template_vars(t).unwrap_or_default() {
+                if !vars.contains_key(var) && !set.contains(&var) && !missing.contains(&var) {
+                    missing.push(var);
+                }
+            }
+        }
+        set.extend(stage.sets_vars());
+    }
+    missing
+}
+
 /// A stored pipeline that fails the checks: which stage and why.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{}{message}", .stage.map(|i| format!("stage {i}: ")).unwrap_or_default())]

@@ -239,3 +239,24 @@ fn variable_values_cannot_add_path_components_or_queries() {
     assert!(validate_var("sha256", "abc").is_err());
     assert!(validate_var("url", "http://127.0.0.1/x y").is_err());
 }
+
+#[test]
+fn missing_vars_are_named_and_stage_made_ones_are_not() {
+    let apt = Stage::Fetch(FetchStage {
+        source: FetchSource::Apt(AptSource {
+            package: "{package}".into(),
+            follow_depends: None,
+        }),
+        into: "deb".into(),
+        max_bytes: None,
+        idle_timeout_secs: None,
+        timeout_secs: None,
+    });
+    let mut inst = install("deb");
+    if let Stage::Install(i) = &mut inst {
+        i.name = "{apt_package}".into();
+        i.version = "{apt_version}-{flavour}".into();
+    }
+    let vars = BTreeMap::from([("package".to_string(), "x1".to_string())]);
+    assert_eq!(missing_vars(&[apt, inst], &vars), ["flavour"]);
+}

@@ -276,6 +276,19 @@ impl Engine {
             validate_var(k, v)?;
             vars.insert(k.clone(), v.clone());
         }
+        let missing = pipeline::missing_vars(&provider.stages, &vars);
+        if !missing.is_empty() {
+            return Err(format!(
+                "provider {} needs {} (give {})",
+                provider.name,
+                missing.join(", "),
+                missing
+                    .iter()
+                    .map(|v| format!("--set {v}=…"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            ));
+        }
         Ok(vars)
     }
 

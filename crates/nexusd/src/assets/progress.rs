@@ -66,12 +66,14 @@ impl Progress {
         }
     }
 
-    /// `bytes` of `total` done; sent at most every 100 ms, and always when done.
+    /// `bytes` of `total` done; sent the first time, then at most every 100 ms, and always
+    /// when done.
     pub fn bytes(&self, bytes: u64, total: Option<u64>) {
-        let now = self.started.elapsed().as_millis() as u64;
+        // Milliseconds since the run started, plus one: 0 means "never sent".
+        let now = self.started.elapsed().as_millis() as u64 + 1;
         let last = self.last_tick_ms.load(Ordering::Relaxed);
         let finished = total.is_some_and(|t| bytes >= t);
-        if !finished && now < last + TICK_MS {
+        if !finished && last != 0 && now < last + TICK_MS {
             return;
         }
         self.last_tick_ms.store(now, Ordering::Relaxed);

@@ -18,7 +18,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::{CancellationToken, DropGuard};
 use uuid::Uuid;
 
-use super::engine::{Engine, RunError};
+use super::engine::Engine;
 use super::install::{Cas, InstallError};
 use super::progress::{EVENT_BUFFER, Progress};
 use super::{AssetDirs, AssetSettings, builtin};
@@ -58,6 +58,13 @@ fn invalid(field: &'static str, message: impl Into<String>) -> AssetError {
         field,
         message: message.into(),
     }
+}
+
+/// How a run failed, as its `error` event says.
+struct RunFailure {
+    code: &'static str,
+    stage: Option<usize>,
+    message: String,
 }
 
 /// A started download: its events, and the guard that cancels it when dropped.
@@ -264,6 +271,13 @@ impl AssetService {
         caller: &Caller,
     ) -> Result<Download, AssetError> {
         let provider = self.get_provider(&req.provider).await?;
+        // Stored pipelines were checked when added; checked again, in case the rules grew since.
+        validate_pipeline(provider.kind, &provider.settings, &provider.stages).map_err(|e| {
+            invalid(
+                "provider",
+                format!("provider {}'s pipeline does not pass: {e}", provider.name),
+            )
+        })?;
         let vars = self
             .engine
             .vars(&provider, &req.vars)
@@ -282,7 +296,7 @@ impl AssetService {
             let outcome = this
                 .run(&provider, vars, &caller, &progress, &run_cancel)
                 .await;
-            let error = outcome.as_ref().err().map(|(_, m)| m.clone());
+            let error = outcome.as_ref().err().map(|f| f.message.clone());
             let ended = this
                 .store
                 .call(move |c| rows::end_run(c, id, error.as_deref(), now_ms()))
@@ -292,10 +306,10 @@ impl AssetService {
             }
             let event = match outcome {
                 Ok(assets) => DownloadEvent::Done { assets },
-                Err((e, message)) => DownloadEvent::Error {
-                    code: e.map_or("install", |e| e.code()).to_owned(),
-                    stage: None,
-                    message,
+                Err(f) => DownloadEvent::Error {
+                    code: f.code.to_owned(),
+                    stage: f.stage,
+                    message: f.message,
                 },
             };
             let _ = tx.send(event).await;
@@ -306,8 +320,7 @@ impl AssetService {
         })
     }
 
-    /// Runs the pipeline and commits; an error comes with its message (and the run error, when
-    /// a stage failed rather than the commit).
+    /// Runs the pipeline and commits.
     async fn run(
         &self,
         provider: &Provider,
@@ -315,7 +328,7 @@ impl AssetService {
         caller: &Caller,
         progress: &Progress,
         cancel: &CancellationToken,
-    ) -> Result<Vec<Asset>, (Option<RunError>, String)> {
+    ) -> Result<Vec<Asset>, RunFailure> {
         let prepared = match self
             .engine
             .prepare(provider, vars, caller, progress, cancel)
@@ -325,7 +338,11 @@ impl AssetService {
             Err(e) => {
                 let message = nexus_lib::error::error_chain(&e);
                 tracing::warn!(provider = %provider.name, code = e.code(), error = %Escaped(&message), "asset download failed");
-                return Err((Some(e), message));
+                return Err(RunFailure {
+                    code: e.code(),
+                    stage: e.stage(),
+                    message,
+                });
             }
         };
         let committed = self
@@ -343,7 +360,15 @@ impl AssetService {
             Err(e) => {
                 let message = nexus_lib::error::error_chain(&e);
                 tracing::warn!(provider = %provider.name, error = %Escaped(&message), "asset install failed");
-                Err((None, message))
+                let code = match e {
+                    InstallError::Conflict { .. } => "conflict",
+                    _ => "install",
+                };
+                Err(RunFailure {
+                    code,
+                    stage: None,
+                    message,
+                })
             }
         }
     }
