@@ -12,6 +12,19 @@ fn fetch(url: &str, into: &str) -> Stage {
     })
 }
 
+fn apt_fetch() -> Stage {
+    Stage::Fetch(FetchStage {
+        source: FetchSource::Apt(AptSource {
+            package: "{package}".into(),
+            follow_depends: None,
+        }),
+        into: "deb".into(),
+        max_bytes: None,
+        idle_timeout_secs: None,
+        timeout_secs: None,
+    })
+}
+
 fn checksum_file(artifact: &str, sums: &str) -> Stage {
     Stage::Checksum(ChecksumStage {
         artifact: artifact.into(),
@@ -165,16 +178,7 @@ fn a_url_that_is_not_http_https_file_or_a_variable_is_refused() {
 
 #[test]
 fn apt_sources_belong_to_debian_package_providers_only() {
-    let apt = Stage::Fetch(FetchStage {
-        source: FetchSource::Apt(AptSource {
-            package: "{package}".into(),
-            follow_depends: None,
-        }),
-        into: "deb".into(),
-        max_bytes: None,
-        idle_timeout_secs: None,
-        timeout_secs: None,
-    });
+    let apt = apt_fetch();
     let stages = vec![apt, install("deb")];
     let settings = ProviderSettings::default();
     assert!(check(&settings, &stages).is_err());
@@ -242,16 +246,7 @@ fn variable_values_cannot_add_path_components_or_queries() {
 
 #[test]
 fn missing_vars_are_named_and_stage_made_ones_are_not() {
-    let apt = Stage::Fetch(FetchStage {
-        source: FetchSource::Apt(AptSource {
-            package: "{package}".into(),
-            follow_depends: None,
-        }),
-        into: "deb".into(),
-        max_bytes: None,
-        idle_timeout_secs: None,
-        timeout_secs: None,
-    });
+    let apt = apt_fetch();
     let mut inst = install("deb");
     if let Stage::Install(i) = &mut inst {
         i.name = "{apt_package}".into();

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use tokio_util::sync::CancellationToken;
 
-use super::hashio::{self, HashWriter};
+use super::hashio::{self, FileError, HashWriter, file_err};
 use super::progress::Progress;
 use crate::storage::{StorageError, cmd};
 
@@ -56,13 +56,8 @@ pub enum AptError {
     TooLarge { package: String, limit: u64 },
     #[error("cancelled")]
     Cancelled,
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 /// A package's index entry.
@@ -225,19 +220,15 @@ pub fn download(
             limit: max_bytes,
         });
     }
-    let io = |op, path: &Path| {
-        let path = path.to_owned();
-        move |source| AptError::Io { op, path, source }
-    };
     let scratch = std::env::temp_dir();
     let dir = tempfile::Builder::new()
         .prefix("nexus-apt-")
         .tempdir_in(&scratch)
-        .map_err(io("create a directory in", &scratch))?;
+        .map_err(file_err("create a directory in", &scratch))?;
     let as_root = rustix::process::geteuid().is_root();
     if as_root {
         std::os::unix::fs::chown(dir.path(), Some(NOBODY), Some(NOBODY))
-            .map_err(io("chown", dir.path()))?;
+            .map_err(file_err("chown", dir.path()))?;
     }
     let mut command = cmd::tool("apt-get");
     command
@@ -268,8 +259,8 @@ pub fn download(
     let deb = single_deb(dir.path()).ok_or_else(|| AptError::NoDeb {
         package: pkg.name.clone(),
     })?;
-    let mut input = open_nofollow(&deb).map_err(io("open", &deb))?;
-    let out = hashio::create_new(dest).map_err(io("create", dest))?;
+    let mut input = open_nofollow(&deb).map_err(file_err("open", &deb))?;
+    let out = hashio::create_new(dest).map_err(file_err("create", dest))?;
     let mut out = HashWriter::new(std::io::BufWriter::new(out), max_bytes);
     hashio::copy_with(&mut input, &mut out, cancel, |n| {
         progress.bytes(n, Some(pkg.size))
@@ -283,14 +274,14 @@ pub fn download(
                 limit: max_bytes,
             }
         } else {
-            io("copy", &deb)(e)
+            file_err("copy", &deb)(e).into()
         }
     })?;
     let (buffered, sha256, size) = out.finish();
     let file = buffered
         .into_inner()
-        .map_err(|e| io("write", dest)(e.into_error()))?;
-    file.sync_all().map_err(io("sync", dest))?;
+        .map_err(|e| file_err("write", dest)(e.into_error()))?;
+    file.sync_all().map_err(file_err("sync", dest))?;
     if sha256 != pkg.sha256 || size != pkg.size {
         return Err(AptError::Mismatch {
             package: pkg.name.clone(),

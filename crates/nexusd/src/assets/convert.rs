@@ -15,7 +15,7 @@ use std::path::Path;
 use tokio_util::sync::CancellationToken;
 
 use super::decompress::{self, DecompressError, Format};
-use super::hashio::{self, HashWriter};
+use super::hashio::{self, FileError, HashWriter, file_err};
 use super::progress::Progress;
 
 /// Why a bzImage could not be converted.
@@ -39,13 +39,8 @@ pub enum ConvertError {
     NotElf { what: String, reason: String },
     #[error(transparent)]
     Decompress(#[from] DecompressError),
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: std::path::PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 /// Where the compressed kernel sits in a bzImage.
@@ -98,16 +93,12 @@ pub fn bzimage_to_vmlinux(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<(String, u64), ConvertError> {
-    let io_err = |op, path: &Path| {
-        let path = path.to_owned();
-        move |source| ConvertError::Io { op, path, source }
-    };
-    let mut file = File::open(src).map_err(io_err("open", src))?;
-    let len = file.metadata().map_err(io_err("stat", src))?.len();
+    let mut file = File::open(src).map_err(file_err("open", src))?;
+    let len = file.metadata().map_err(file_err("stat", src))?.len();
     let payload = locate_payload(&file, len, what)?;
     let mut head = [0u8; 8];
     file.read_exact_at(&mut head, payload.offset)
-        .map_err(io_err("read", src))?;
+        .map_err(file_err("read", src))?;
     let format = decompress::sniff(&head).ok_or_else(|| ConvertError::Unsupported {
         what: what.into(),
         format: describe_magic(&head),
@@ -118,17 +109,17 @@ pub fn bzimage_to_vmlinux(
     } else {
         let mut trailer = [0u8; 4];
         file.read_exact_at(&mut trailer, payload.offset + payload.length - 4)
-            .map_err(io_err("read", src))?;
+            .map_err(file_err("read", src))?;
         (
             payload.length - 4,
             Some(u64::from(u32::from_le_bytes(trailer))),
         )
     };
     file.seek(SeekFrom::Start(payload.offset))
-        .map_err(io_err("seek", src))?;
+        .map_err(file_err("seek", src))?;
     let input = BufReader::with_capacity(hashio::BUF, file.take(compressed));
     let mut reader = decompress::decoder(format, input, what)?;
-    let out = hashio::create_new(dest).map_err(io_err("create", dest))?;
+    let out = hashio::create_new(dest).map_err(file_err("create", dest))?;
     let mut out = HashWriter::new(io::BufWriter::new(out), limit);
     hashio::copy_with(&mut reader, &mut out, cancel, |n| {
         progress.bytes(n, recorded)
@@ -137,8 +128,8 @@ pub fn bzimage_to_vmlinux(
     let (buffered, sha256, size) = out.finish();
     let file = buffered
         .into_inner()
-        .map_err(|e| io_err("write", dest)(e.into_error()))?;
-    file.sync_all().map_err(io_err("sync", dest))?;
+        .map_err(|e| file_err("write", dest)(e.into_error()))?;
+    file.sync_all().map_err(file_err("sync", dest))?;
     if let Some(recorded) = recorded.filter(|r| *r != size) {
         return Err(ConvertError::SizeMismatch {
             what: what.into(),
@@ -147,7 +138,7 @@ pub fn bzimage_to_vmlinux(
         });
     }
     drop(file);
-    let written = File::open(dest).map_err(io_err("open", dest))?;
+    let written = File::open(dest).map_err(file_err("open", dest))?;
     check_elf(&written, what)?;
     Ok((sha256, size))
 }

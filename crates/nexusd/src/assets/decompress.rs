@@ -11,7 +11,7 @@ use std::path::Path;
 use nexus_lib::api::pipeline::Compression;
 use tokio_util::sync::CancellationToken;
 
-use super::hashio::{self, HashWriter};
+use super::hashio::{self, FileError, HashWriter, file_err};
 use super::progress::Progress;
 
 /// Memory an xz stream's dictionary may ask for.
@@ -39,13 +39,8 @@ pub enum DecompressError {
     Unknown { what: String, head: String },
     #[error("cancelled")]
     Cancelled,
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: std::path::PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
 }
 
 /// A concrete format (what `auto` resolves to).
@@ -272,11 +267,7 @@ pub fn decompress_file(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<(String, u64), DecompressError> {
-    let io = |op, path: &Path| {
-        let path = path.to_owned();
-        move |source| DecompressError::Io { op, path, source }
-    };
-    let file = File::open(src).map_err(io("open", src))?;
+    let file = File::open(src).map_err(file_err("open", src))?;
     let total_in = file.metadata().ok().map(|m| m.len());
     let mut input = BufReader::with_capacity(hashio::BUF, file);
     let format = resolve(wanted, &mut input, what)?;
@@ -295,7 +286,7 @@ pub fn decompress_file(
     let counted = CountingReader::new(input);
     let read_so_far = counted.count.clone();
     let mut reader = decoder(format, BufReader::new(counted), what)?;
-    let out = hashio::create_new(dest).map_err(io("create", dest))?;
+    let out = hashio::create_new(dest).map_err(file_err("create", dest))?;
     let mut out = HashWriter::new(io::BufWriter::new(out), limit);
     hashio::copy_with(&mut reader, &mut out, cancel, |_| {
         progress.bytes(
@@ -307,8 +298,8 @@ pub fn decompress_file(
     let (buffered, sha256, size) = out.finish();
     let file = buffered
         .into_inner()
-        .map_err(|e| io("write", dest)(e.into_error()))?;
-    file.sync_all().map_err(io("sync", dest))?;
+        .map_err(|e| file_err("write", dest)(e.into_error()))?;
+    file.sync_all().map_err(file_err("sync", dest))?;
     Ok((sha256, size))
 }
 

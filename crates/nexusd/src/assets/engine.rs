@@ -225,6 +225,11 @@ fn bound(stage: Option<u64>, daemon: u64) -> u64 {
     stage.map_or(daemon, |s| s.min(daemon))
 }
 
+/// The shorter of a stage's own time bound and the daemon's.
+fn time_bound(stage_secs: Option<u64>, daemon: Duration) -> Duration {
+    stage_secs.map_or(daemon, |s| Duration::from_secs(s).min(daemon))
+}
+
 /// Whether `name` can name an asset: `[a-z0-9][a-z0-9.+_-]{0,127}`.
 fn valid_asset_name(name: &str) -> bool {
     name.len() <= 128
@@ -647,12 +652,8 @@ impl Run<'_> {
                     "http" | "https" => {
                         let bounds = FetchBounds {
                             max_bytes,
-                            idle: f
-                                .idle_timeout_secs
-                                .map_or(limits.fetch_idle_timeout, Duration::from_secs),
-                            total: f
-                                .timeout_secs
-                                .map_or(limits.fetch_timeout, Duration::from_secs),
+                            idle: time_bound(f.idle_timeout_secs, limits.fetch_idle_timeout),
+                            total: time_bound(f.timeout_secs, limits.fetch_timeout),
                         };
                         self.engine
                             .fetcher

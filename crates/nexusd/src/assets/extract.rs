@@ -20,7 +20,7 @@ use nexus_lib::api::pipeline::{ArchiveFormat, Compression};
 use tokio_util::sync::CancellationToken;
 
 use super::decompress::{self, CountingReader, DecompressError, Format};
-use super::hashio::{self, HashWriter};
+use super::hashio::{self, FileError, HashWriter, file_err};
 use super::progress::Progress;
 
 /// Longest path inside an archive.
@@ -53,13 +53,8 @@ pub enum ExtractError {
     },
     #[error(transparent)]
     Decompress(#[from] DecompressError),
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error("cancelled")]
     Cancelled,
 }
@@ -146,10 +141,6 @@ pub fn extract(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<Tree, ExtractError> {
-    let io_err = |op, path: &Path| {
-        let path = path.to_owned();
-        move |source| ExtractError::Io { op, path, source }
-    };
     let members = members
         .iter()
         .map(|m| glob::Pattern::new(m))
@@ -159,8 +150,8 @@ pub fn extract(
             entry: String::new(),
             reason: format!("has a bad member pattern: {e}"),
         })?;
-    fs::create_dir(root).map_err(io_err("create", root))?;
-    let file = File::open(src).map_err(io_err("open", src))?;
+    fs::create_dir(root).map_err(file_err("create", root))?;
+    let file = File::open(src).map_err(file_err("open", src))?;
     let total_in = file.metadata().ok().map(|m| m.len());
     let counted = CountingReader::new(file);
     let read = counted.count.clone();
@@ -314,11 +305,6 @@ impl Unpacker<'_> {
         }
     }
 
-    fn io(&self, op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> ExtractError + use<> {
-        let path = path.to_owned();
-        move |source| ExtractError::Io { op, path, source }
-    }
-
     fn wanted(&self, path: &str) -> bool {
         let options = glob::MatchOptions {
             require_literal_separator: true,
@@ -448,7 +434,7 @@ impl Unpacker<'_> {
         match kind {
             T::Directory => {
                 if self.members.is_empty() {
-                    fs::create_dir_all(&dest).map_err(self.io("create", &dest))?;
+                    fs::create_dir_all(&dest).map_err(file_err("create", &dest))?;
                 }
                 Ok(())
             }
@@ -462,7 +448,8 @@ impl Unpacker<'_> {
                 self.symlinks.push(path.clone());
                 if self.wanted(&path) {
                     self.parent_dirs(&dest)?;
-                    std::os::unix::fs::symlink(&target, &dest).map_err(self.io("create", &dest))?;
+                    std::os::unix::fs::symlink(&target, &dest)
+                        .map_err(file_err("create", &dest))?;
                 }
                 Ok(())
             }
@@ -473,7 +460,7 @@ impl Unpacker<'_> {
 
     fn parent_dirs(&self, dest: &Path) -> Result<(), ExtractError> {
         match dest.parent() {
-            Some(parent) => fs::create_dir_all(parent).map_err(self.io("create", parent)),
+            Some(parent) => Ok(fs::create_dir_all(parent).map_err(file_err("create", parent))?),
             None => Ok(()),
         }
     }
@@ -512,7 +499,7 @@ impl Unpacker<'_> {
         })?;
         self.parent_dirs(dest)?;
         let src = self.root.join(&target);
-        fs::hard_link(&src, dest).map_err(self.io("link", dest))?;
+        fs::hard_link(&src, dest).map_err(file_err("link", dest))?;
         self.tree.files.insert(path.to_owned(), file);
         Ok(())
     }
@@ -540,14 +527,14 @@ impl Unpacker<'_> {
             return Ok(());
         }
         self.parent_dirs(dest)?;
-        let out = hashio::create_new(dest).map_err(self.io("create", dest))?;
+        let out = hashio::create_new(dest).map_err(file_err("create", dest))?;
         let mut out = HashWriter::new(io::BufWriter::new(out), size);
         hashio::copy_with(entry, &mut out, cancel, |_| {})
             .map_err(|e| self.stream_error(e, format))?;
         let (buffered, sha256, written) = out.finish();
         let file = buffered
             .into_inner()
-            .map_err(|e| self.io("write", dest)(e.into_error()))?;
+            .map_err(|e| file_err("write", dest)(e.into_error()))?;
         if written != size {
             return Err(ExtractError::Corrupt {
                 archive: self.archive.into(),
@@ -560,7 +547,7 @@ impl Unpacker<'_> {
         let executable = mode & 0o111 != 0;
         let perms = if executable { 0o700 } else { 0o600 };
         file.set_permissions(fs::Permissions::from_mode(perms))
-            .map_err(self.io("chmod", dest))?;
+            .map_err(file_err("chmod", dest))?;
         self.tree.files.insert(
             path.to_owned(),
             TreeFile {
@@ -581,7 +568,7 @@ impl Unpacker<'_> {
             OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
             Mode::empty(),
         )
-        .map_err(|e| self.io("open", self.root)(e.into()))?;
+        .map_err(|e| file_err("open", self.root)(e.into()))?;
         for link in &self.symlinks {
             if !self.wanted(link) {
                 continue;
@@ -604,7 +591,7 @@ impl Unpacker<'_> {
                 Err(rustix::io::Errno::LOOP) => {
                     return Err(self.unsafe_entry(link, "is a symlink loop"));
                 }
-                Err(e) => return Err(self.io("resolve", &self.root.join(link))(e.into())),
+                Err(e) => return Err(file_err("resolve", &self.root.join(link))(e.into()).into()),
             }
         }
         Ok(())

@@ -24,7 +24,7 @@ use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
-use super::hashio::{self, HashWriter};
+use super::hashio::{self, FileError, HashWriter, file_err};
 use super::progress::Progress;
 
 /// Chunks buffered between the network and the writer thread.
@@ -63,20 +63,10 @@ pub enum FetchError {
     BadRange { url: String, detail: String },
     #[error("{url} is being downloaded by another run")]
     Busy { url: String },
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error("cancelled; the part received is kept for the next run")]
     Cancelled,
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(std::io::Error) -> FetchError + use<> {
-    let path = path.to_owned();
-    move |source| FetchError::Io { op, path, source }
 }
 
 /// The bounds of one fetch.
@@ -123,14 +113,14 @@ impl PartLock {
             .truncate(false)
             .write(true)
             .open(path)
-            .map_err(io_err("open", path))?;
+            .map_err(file_err("open", path))?;
         match rustix::fs::flock(
             file.as_fd(),
             rustix::fs::FlockOperation::NonBlockingLockExclusive,
         ) {
             Ok(()) => Ok(Self { _file: file }),
             Err(rustix::io::Errno::WOULDBLOCK) => Err(FetchError::Busy { url: url.into() }),
-            Err(e) => Err(io_err("lock", path)(e.into())),
+            Err(e) => Err(file_err("lock", path)(e.into()).into()),
         }
     }
 }
@@ -170,7 +160,7 @@ impl Fetcher {
         cancel: &CancellationToken,
     ) -> Result<Fetched, FetchError> {
         let shown = url.as_str().to_owned();
-        fs::create_dir_all(&self.partial_dir).map_err(io_err("create", &self.partial_dir))?;
+        fs::create_dir_all(&self.partial_dir).map_err(file_err("create", &self.partial_dir))?;
         let (part, meta_path, lock_path) = self.part_paths(&shown);
         let _lock = PartLock::acquire(&lock_path, &shown)?;
         let deadline = Instant::now() + bounds.total;
@@ -248,7 +238,9 @@ impl Fetcher {
         )
         .await;
         drop(tx);
-        let written = writer.await.map_err(|e| io_err("write", &part)(e.into()))?;
+        let written = writer
+            .await
+            .map_err(|e| file_err("write", &part)(e.into()))?;
         let received = streamed?;
         let (sha256, size) = match written {
             Ok(done) => done,
@@ -260,7 +252,7 @@ impl Fetcher {
                 });
             }
             Err(e) if hashio::is_cancelled(&e) => return Err(FetchError::Cancelled),
-            Err(e) => return Err(io_err("write", &part)(e)),
+            Err(e) => return Err(file_err("write", &part)(e).into()),
         };
         if let Some(expected) = expected.filter(|e| received < *e) {
             return Err(FetchError::Truncated {
@@ -269,7 +261,7 @@ impl Fetcher {
                 expected,
             });
         }
-        fs::rename(&part, dest).map_err(io_err("move the download to", dest))?;
+        fs::rename(&part, dest).map_err(file_err("move the download to", dest))?;
         let _ = fs::remove_file(&meta_path);
         Ok(Fetched {
             sha256,
@@ -434,14 +426,12 @@ async fn finish(
     let (sha256, len) =
         tokio::task::spawn_blocking(move || hashio::hash_file(&part_owned, &cancel))
             .await
-            .map_err(|e| io_err("read", part)(e.into()))?
-            .map_err(io_err("read", part))?;
+            .map_err(|e| file_err("read", part)(e.into()))?
+            .map_err(file_err("read", part))?;
     if len != size {
-        return Err(io_err("read", part)(std::io::Error::other(
-            "the part changed",
-        )));
+        return Err(file_err("read", part)(std::io::Error::other("the part changed")).into());
     }
-    fs::rename(part, dest).map_err(io_err("move the download to", dest))?;
+    fs::rename(part, dest).map_err(file_err("move the download to", dest))?;
     let _ = fs::remove_file(meta);
     Ok(Fetched {
         sha256,
@@ -493,7 +483,7 @@ fn read_meta(path: &Path) -> Option<PartMeta> {
 
 fn write_meta(path: &Path, meta: &PartMeta) -> Result<(), FetchError> {
     let text = serde_json::to_vec(meta).unwrap_or_default();
-    fs::write(path, text).map_err(io_err("write", path))
+    Ok(fs::write(path, text).map_err(file_err("write", path))?)
 }
 
 fn remove_part(part: &Path, meta: &Path) {
@@ -511,7 +501,7 @@ pub fn copy_local(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<Fetched, FetchError> {
-    let mut input = File::open(src).map_err(io_err("open", Path::new(shown)))?;
+    let mut input = File::open(src).map_err(file_err("open", Path::new(shown)))?;
     let total = input.metadata().ok().map(|m| m.len());
     if total.is_some_and(|t| t > max_bytes) {
         return Err(FetchError::TooLarge {
@@ -519,7 +509,7 @@ pub fn copy_local(
             limit: max_bytes,
         });
     }
-    let out = hashio::create_new(dest).map_err(io_err("create", dest))?;
+    let out = hashio::create_new(dest).map_err(file_err("create", dest))?;
     let mut out = HashWriter::new(std::io::BufWriter::new(out), max_bytes);
     let copied = hashio::copy_with(&mut input, &mut out, cancel, |n| progress.bytes(n, total));
     match copied {
@@ -531,13 +521,13 @@ pub fn copy_local(
             });
         }
         Err(e) if hashio::is_cancelled(&e) => return Err(FetchError::Cancelled),
-        Err(e) => return Err(io_err("copy", Path::new(shown))(e)),
+        Err(e) => return Err(file_err("copy", Path::new(shown))(e).into()),
     }
     let (buffered, sha256, size) = out.finish();
     let file = buffered
         .into_inner()
-        .map_err(|e| io_err("write", dest)(e.into_error()))?;
-    file.sync_all().map_err(io_err("sync", dest))?;
+        .map_err(|e| file_err("write", dest)(e.into_error()))?;
+    file.sync_all().map_err(file_err("sync", dest))?;
     Ok(Fetched {
         sha256,
         size,

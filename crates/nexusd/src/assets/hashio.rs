@@ -4,13 +4,29 @@
 
 use std::fs::File;
 use std::io::{self, Read, Write};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 use tokio_util::sync::CancellationToken;
 
 /// Size of the buffers used to copy and hash.
 pub const BUF: usize = 1 << 20;
+
+/// A file operation that failed, naming the file: the I/O variant of every stage's error.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot {op} {path}")]
+pub struct FileError {
+    pub op: &'static str,
+    pub path: PathBuf,
+    #[source]
+    pub source: io::Error,
+}
+
+/// `map_err` adapter naming the operation and the file: `.map_err(file_err("open", path))?`.
+pub fn file_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> FileError + use<> {
+    let path = path.to_owned();
+    move |source| FileError { op, path, source }
+}
 
 /// The error a [`HashWriter`] returns when more than its limit is written.
 #[derive(Debug, thiserror::Error)]

@@ -16,7 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use super::engine::Staged;
-use super::hashio;
+use super::hashio::{self, FileError, file_err};
 use crate::store::assets::{self as rows, AssetRow, AssetsInserted};
 use crate::store::{Store, StoreError, now_ms};
 
@@ -33,13 +33,8 @@ pub enum InstallError {
         installed: String,
         new: String,
     },
-    #[error("cannot {op} {path}")]
-    Io {
-        op: &'static str,
-        path: PathBuf,
-        #[source]
-        source: io::Error,
-    },
+    #[error(transparent)]
+    Io(#[from] FileError),
     #[error(transparent)]
     Store(#[from] StoreError),
     #[error("install worker failed")]
@@ -52,11 +47,6 @@ pub struct Cas {
     dir: PathBuf,
     /// Held by commits and removals.
     lock: Arc<tokio::sync::Mutex<()>>,
-}
-
-fn io_err(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> InstallError + use<> {
-    let path = path.to_owned();
-    move |source| InstallError::Io { op, path, source }
 }
 
 impl Cas {
@@ -75,7 +65,7 @@ impl Cas {
     /// Moves a staged file into the store (read-only, executable if asked); `Ok(true)` when it
     /// was not there yet. Blocking.
     fn place(&self, staged: &Staged) -> Result<bool, InstallError> {
-        fs::create_dir_all(&self.dir).map_err(io_err("create", &self.dir))?;
+        fs::create_dir_all(&self.dir).map_err(file_err("create", &self.dir))?;
         let target = self.path(&staged.sha256);
         if let Ok(meta) = fs::symlink_metadata(&target)
             && meta.is_file()
@@ -84,14 +74,14 @@ impl Cas {
             return Ok(false);
         }
         let mode = if staged.executable { 0o555 } else { 0o444 };
-        let file = fs::File::open(&staged.path).map_err(io_err("open", &staged.path))?;
-        file.sync_all().map_err(io_err("sync", &staged.path))?;
+        let file = fs::File::open(&staged.path).map_err(file_err("open", &staged.path))?;
+        file.sync_all().map_err(file_err("sync", &staged.path))?;
         file.set_permissions(fs::Permissions::from_mode(mode))
-            .map_err(io_err("chmod", &staged.path))?;
-        fs::rename(&staged.path, &target).map_err(io_err("move into the store", &target))?;
+            .map_err(file_err("chmod", &staged.path))?;
+        fs::rename(&staged.path, &target).map_err(file_err("move into the store", &target))?;
         fs::File::open(&self.dir)
             .and_then(|d| d.sync_all())
-            .map_err(io_err("sync", &self.dir))?;
+            .map_err(file_err("sync", &self.dir))?;
         Ok(true)
     }
 
@@ -126,17 +116,20 @@ impl Cas {
         let now = now_ms();
         let new_rows: Vec<AssetRow> = staged
             .iter()
-            .map(|s| AssetRow {
-                id: Uuid::now_v7(),
-                kind: s.kind,
-                name: s.name.clone(),
-                version: s.version.clone(),
-                sha256: s.sha256.clone(),
-                size_bytes: s.size,
-                path: self.path(&s.sha256).display().to_string(),
-                provider: provider.to_owned(),
-                inputs: s.inputs.clone(),
-                created_at_ms: now,
+            .map(|s| {
+                let asset = Asset {
+                    id: Uuid::now_v7(),
+                    kind: s.kind,
+                    name: s.name.clone(),
+                    version: s.version.clone(),
+                    sha256: s.sha256.clone(),
+                    size_bytes: s.size,
+                    path: self.path(&s.sha256).display().to_string(),
+                    provider: provider.to_owned(),
+                    inputs: s.inputs.clone(),
+                    created_at: String::new(),
+                };
+                AssetRow::new(asset, now)
             })
             .collect();
         let inserted = store
@@ -153,9 +146,9 @@ impl Cas {
                     .unwrap_or_default();
                 Err(InstallError::Conflict {
                     kind: old.kind.to_string(),
-                    name: old.name,
-                    version: old.version,
-                    installed: old.sha256,
+                    name: old.name.clone(),
+                    version: old.version.clone(),
+                    installed: old.sha256.clone(),
                     new,
                 })
             }
@@ -186,7 +179,7 @@ impl Cas {
             match fs::remove_file(&path) {
                 Ok(()) => {}
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                Err(e) => return Err(io_err("remove", &path)(e)),
+                Err(e) => return Err(file_err("remove", &path)(e).into()),
             }
         }
         Ok(())
@@ -218,7 +211,7 @@ impl Cas {
         match hashio::hash_file(path, cancel) {
             Ok(found) => Ok(Some(found)),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_err("read", path)(e)),
+            Err(e) => Err(file_err("read", path)(e).into()),
         }
     }
 }

@@ -9,35 +9,32 @@ use nexus_lib::api::{Asset, AssetKind, Provider, ProviderKind, ProviderSettings}
 use super::images::uuid_col;
 use super::{StoreError, rfc3339_ms};
 
-/// An asset row as stored.
+/// An asset row as stored: the API's view of it, and its creation time in ms.
 #[derive(Debug, Clone, PartialEq)]
 pub struct AssetRow {
-    pub id: Uuid,
-    pub kind: AssetKind,
-    pub name: String,
-    pub version: String,
-    pub sha256: String,
-    pub size_bytes: u64,
-    pub path: String,
-    pub provider: String,
-    pub inputs: serde_json::Value,
+    pub asset: Asset,
     pub created_at_ms: i64,
 }
 
+impl std::ops::Deref for AssetRow {
+    type Target = Asset;
+    fn deref(&self) -> &Asset {
+        &self.asset
+    }
+}
+
 impl AssetRow {
-    pub fn to_api(&self) -> Asset {
-        Asset {
-            id: self.id,
-            kind: self.kind,
-            name: self.name.clone(),
-            version: self.version.clone(),
-            sha256: self.sha256.clone(),
-            size_bytes: self.size_bytes,
-            path: self.path.clone(),
-            provider: self.provider.clone(),
-            inputs: self.inputs.clone(),
-            created_at: rfc3339_ms(self.created_at_ms),
+    /// A new row created at `created_at_ms` (its `created_at` follows from it).
+    pub fn new(mut asset: Asset, created_at_ms: i64) -> Self {
+        asset.created_at = rfc3339_ms(created_at_ms);
+        Self {
+            asset,
+            created_at_ms,
         }
+    }
+
+    pub fn to_api(&self) -> Asset {
+        self.asset.clone()
     }
 }
 
@@ -106,23 +103,36 @@ fn provider_from_row(row: &Row<'_>) -> rusqlite::Result<Provider> {
     })
 }
 
-/// Writes a built-in provider, replacing what an older nexusd wrote under that name.
-pub fn upsert_builtin(conn: &Connection, p: &Provider, now_ms: i64) -> Result<(), StoreError> {
-    conn.execute(
+/// Inserts provider `p`; `on_conflict` is the `ON CONFLICT(name)` action. Returns the rows
+/// changed.
+fn write_provider(
+    conn: &Connection,
+    p: &Provider,
+    builtin: bool,
+    on_conflict: &str,
+    now_ms: i64,
+) -> Result<usize, StoreError> {
+    Ok(conn.execute(
         &format!(
-            "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 1, ?5)
-             ON CONFLICT(name) DO UPDATE SET kind = excluded.kind, settings = excluded.settings,
-                 stages = excluded.stages, builtin = 1"
+            "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+             ON CONFLICT(name) {on_conflict}"
         ),
         params![
             p.name,
             p.kind.as_str(),
             to_json(&p.settings),
             to_json(&p.stages),
+            builtin,
             now_ms
         ],
-    )?;
-    Ok(())
+    )?)
+}
+
+/// Writes a built-in provider, replacing what an older nexusd wrote under that name.
+pub fn upsert_builtin(conn: &Connection, p: &Provider, now_ms: i64) -> Result<(), StoreError> {
+    let update = "DO UPDATE SET kind = excluded.kind, settings = excluded.settings,
+                  stages = excluded.stages, builtin = 1";
+    write_provider(conn, p, true, update, now_ms).map(drop)
 }
 
 /// Inserts a provider; a name clash writes nothing.
@@ -131,24 +141,12 @@ pub fn insert_provider(
     p: &Provider,
     now_ms: i64,
 ) -> Result<Inserted, StoreError> {
-    let n = conn.execute(
-        &format!(
-            "INSERT INTO providers ({PROVIDER_COLUMNS}) VALUES (?1, ?2, ?3, ?4, 0, ?5)
-             ON CONFLICT(name) DO NOTHING"
-        ),
-        params![
-            p.name,
-            p.kind.as_str(),
-            to_json(&p.settings),
-            to_json(&p.stages),
-            now_ms
-        ],
-    )?;
-    Ok(if n == 1 {
-        Inserted::Ok
-    } else {
-        Inserted::NameTaken
-    })
+    Ok(
+        match write_provider(conn, p, false, "DO NOTHING", now_ms)? {
+            1 => Inserted::Ok,
+            _ => Inserted::NameTaken,
+        },
+    )
 }
 
 pub fn get_provider(conn: &Connection, name: &str) -> Result<Option<Provider>, StoreError> {
@@ -195,7 +193,7 @@ const ASSET_COLUMNS: &str =
     "id, kind, name, version, sha256, size_bytes, path, provider, inputs, created_at_ms";
 
 fn asset_from_row(row: &Row<'_>) -> rusqlite::Result<AssetRow> {
-    Ok(AssetRow {
+    let asset = Asset {
         id: uuid_col(row, 0)?,
         kind: text_col(row, 1)?,
         name: row.get(2)?,
@@ -205,8 +203,9 @@ fn asset_from_row(row: &Row<'_>) -> rusqlite::Result<AssetRow> {
         path: row.get(6)?,
         provider: row.get(7)?,
         inputs: json_col(row, 8)?,
-        created_at_ms: row.get(9)?,
-    })
+        created_at: String::new(),
+    };
+    Ok(AssetRow::new(asset, row.get(9)?))
 }
 
 fn existing(
@@ -402,7 +401,7 @@ mod tests {
     use crate::store::Store;
 
     fn row(name: &str, sha: char) -> AssetRow {
-        AssetRow {
+        let asset = Asset {
             id: Uuid::now_v7(),
             kind: AssetKind::Kernel,
             name: name.into(),
@@ -412,8 +411,9 @@ mod tests {
             path: "/x".into(),
             provider: "url".into(),
             inputs: serde_json::json!({}),
-            created_at_ms: 1,
-        }
+            created_at: String::new(),
+        };
+        AssetRow::new(asset, 1)
     }
 
     fn store() -> (tempfile::TempDir, Store) {
@@ -438,7 +438,7 @@ mod tests {
             .call_blocking(|c| list_assets(c, None))
             .unwrap()
             .into_iter()
-            .map(|r| r.name)
+            .map(|r| r.name.clone())
             .collect();
         assert_eq!(names, ["k"]);
     }
@@ -463,7 +463,7 @@ mod tests {
     fn a_name_shared_by_two_versions_is_ambiguous_until_the_version_is_given() {
         let (_d, store) = store();
         let mut v2 = row("k", 'b');
-        v2.version = "2".into();
+        v2.asset.version = "2".into();
         store
             .call_blocking(move |c| insert_assets(c, &[row("k", 'a'), v2]).map(drop))
             .unwrap();
@@ -477,7 +477,7 @@ mod tests {
     fn deleting_one_of_two_assets_sharing_a_file_reports_the_file_still_used() {
         let (_d, store) = store();
         let (a, mut b) = (row("k", 'a'), row("k2", 'a'));
-        b.kind = AssetKind::File;
+        b.asset.kind = AssetKind::File;
         let id = a.id;
         store
             .call_blocking(move |c| insert_assets(c, &[a, b]).map(drop))
