@@ -7,9 +7,12 @@ use uuid::Uuid;
 
 use crate::size::ByteSize;
 
+mod assets;
 mod integer;
 mod network;
+pub mod pipeline;
 mod storage;
+pub use assets::*;
 pub use integer::integral as integral_json_number;
 pub use network::*;
 pub use storage::*;

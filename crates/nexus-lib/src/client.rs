@@ -16,8 +16,9 @@ use serde::de::DeserializeOwned;
 
 use crate::agent::{ExecEvent, ExecRequest, FileStat, MAX_EVENT_LINE_BYTES};
 use crate::api::{
-    AttachDrive, BootRecord, CreateDrive, CreateImage, CreateVm, Drive, ErrorBody, Health, Image,
-    NetworkCleanup, NetworkInfo, Transition, UpdateVmNetwork, Vm, VmState,
+    Asset, AssetKind, AssetVerification, AttachDrive, BootRecord, CreateDrive, CreateImage,
+    CreateProvider, CreateVm, DownloadEvent, DownloadRequest, Drive, ErrorBody, Health, Image,
+    NetworkCleanup, NetworkInfo, Provider, Transition, UpdateVmNetwork, Vm, VmState,
 };
 
 /// A request body: bytes in memory or a stream.
@@ -374,11 +375,7 @@ impl Client {
             )
             .await?;
         let resp = check(resp).await?;
-        Ok(ExecEvents {
-            body: resp.into_body(),
-            buf: bytes::BytesMut::new(),
-            done: false,
-        })
+        Ok(Events::new(resp.into_body()))
     }
 
     /// `GET /v1/vms/{vm}/files?path=`: the file's content as a stream of chunks.
@@ -433,6 +430,88 @@ impl Client {
     }
 }
 
+impl Client {
+    /// `GET /v1/providers`.
+    pub async fn list_providers(&self) -> Result<Vec<Provider>, ClientError> {
+        self.request(Method::GET, "/v1/providers", None::<&()>)
+            .await
+    }
+
+    /// `GET /v1/providers/{name}`.
+    pub async fn get_provider(&self, name: &str) -> Result<Provider, ClientError> {
+        let path = format!("/v1/providers/{}", segment(name));
+        self.request(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `POST /v1/providers`.
+    pub async fn add_provider(&self, req: &CreateProvider) -> Result<Provider, ClientError> {
+        self.request(Method::POST, "/v1/providers", Some(req)).await
+    }
+
+    /// `DELETE /v1/providers/{name}`.
+    pub async fn remove_provider(&self, name: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/providers/{}", segment(name)))
+            .await
+    }
+
+    /// `GET /v1/assets`, optionally of one kind.
+    pub async fn list_assets(&self, kind: Option<AssetKind>) -> Result<Vec<Asset>, ClientError> {
+        let path = match kind {
+            Some(k) => format!("/v1/assets?kind={k}"),
+            None => "/v1/assets".to_owned(),
+        };
+        self.request(Method::GET, &path, None::<&()>).await
+    }
+
+    fn asset_path(asset: &str, action: &str, kind: Option<AssetKind>) -> String {
+        let query = kind.map(|k| format!("?kind={k}")).unwrap_or_default();
+        format!("/v1/assets/{}{action}{query}", segment(asset))
+    }
+
+    /// `GET /v1/assets/{asset}` (id, name or NAME@VERSION).
+    pub async fn get_asset(
+        &self,
+        asset: &str,
+        kind: Option<AssetKind>,
+    ) -> Result<Asset, ClientError> {
+        let path = Self::asset_path(asset, "", kind);
+        self.request(Method::GET, &path, None::<&()>).await
+    }
+
+    /// `DELETE /v1/assets/{asset}`.
+    pub async fn remove_asset(
+        &self,
+        asset: &str,
+        kind: Option<AssetKind>,
+    ) -> Result<(), ClientError> {
+        self.delete(&Self::asset_path(asset, "", kind)).await
+    }
+
+    /// `POST /v1/assets/{asset}/verify`.
+    pub async fn verify_asset(
+        &self,
+        asset: &str,
+        kind: Option<AssetKind>,
+    ) -> Result<AssetVerification, ClientError> {
+        let path = Self::asset_path(asset, "/verify", kind);
+        self.request(Method::POST, &path, None::<&()>).await
+    }
+
+    /// `POST /v1/assets/download`: the run's events as they arrive.
+    pub async fn download(&self, req: &DownloadRequest) -> Result<DownloadEvents, ClientError> {
+        let body = serde_json::to_vec(req).map_err(|e| ClientError::Decode(e.to_string()))?;
+        let resp = self
+            .send_raw(
+                Method::POST,
+                "/v1/assets/download",
+                Some(body.into()),
+                Some("application/json"),
+            )
+            .await?;
+        Ok(Events::new(check(resp).await?.into_body()))
+    }
+}
+
 /// Turns an error status into [`ClientError::Api`], passing success through.
 async fn check(resp: http::Response<Incoming>) -> Result<http::Response<Incoming>, ClientError> {
     if resp.status().is_success() {
@@ -443,34 +522,49 @@ async fn check(resp: http::Response<Incoming>) -> Result<http::Response<Incoming
     Err(api_error(status, &bytes))
 }
 
-/// The events of a running exec, read line by line with a bound on each line.
+/// A stream of newline-delimited JSON events (an exec's output, a download's progress), read
+/// line by line with a bound on each line.
 #[derive(Debug)]
-pub struct ExecEvents {
+pub struct Events<T> {
     body: Incoming,
     buf: bytes::BytesMut,
     done: bool,
+    _event: std::marker::PhantomData<fn() -> T>,
 }
 
-impl ExecEvents {
+/// The events of a running exec.
+pub type ExecEvents = Events<ExecEvent>;
+
+/// The events of a running download.
+pub type DownloadEvents = Events<DownloadEvent>;
+
+impl<T: DeserializeOwned> Events<T> {
+    fn new(body: Incoming) -> Self {
+        Self {
+            body,
+            buf: bytes::BytesMut::new(),
+            done: false,
+            _event: std::marker::PhantomData,
+        }
+    }
+
     /// The next event; `None` at the end of the stream.
-    pub async fn next(&mut self) -> Result<Option<ExecEvent>, ClientError> {
+    pub async fn next(&mut self) -> Result<Option<T>, ClientError> {
         loop {
             if let Some(pos) = self.buf.iter().position(|b| *b == b'\n') {
                 let line = self.buf.split_to(pos + 1);
                 let event = serde_json::from_slice(&line[..pos])
-                    .map_err(|e| ClientError::Decode(format!("exec event: {e}")))?;
+                    .map_err(|e| ClientError::Decode(format!("event: {e}")))?;
                 return Ok(Some(event));
             }
             if self.buf.len() > MAX_EVENT_LINE_BYTES {
-                return Err(ClientError::Decode("exec event line too long".into()));
+                return Err(ClientError::Decode("event line too long".into()));
             }
             if self.done {
                 return if self.buf.is_empty() {
                     Ok(None)
                 } else {
-                    Err(ClientError::Decode(
-                        "exec stream ended inside a line".into(),
-                    ))
+                    Err(ClientError::Decode("stream ended inside a line".into()))
                 };
             }
             match self.body.frame().await {

@@ -136,6 +136,24 @@ pub struct Config {
     pub network_dns: Option<Vec<String>>,
     /// Egress policy of new VMs that do not give one (default `{ mode = "allow-all" }`).
     pub network_egress: Option<crate::api::EgressPolicy>,
+    /// OpenPGP keys that asset pipelines may trust, pinned by fingerprint:
+    /// `{ "<40 or 64 hex digits>" = "/path/to/key.asc" }`. A signature stage names fingerprints;
+    /// a key file whose fingerprint differs from its pin is refused.
+    pub asset_keys: Option<std::collections::BTreeMap<String, PathBuf>>,
+    /// Base URLs replacing providers' own: `{ "<provider>" = "https://mirror/..." }`, or a
+    /// `file:///dir` for an air-gapped directory.
+    pub asset_mirrors: Option<std::collections::BTreeMap<String, String>>,
+    /// Largest file a pipeline downloads (`"8G"` or bytes; default 8 GiB, at least 1M).
+    pub asset_max_download_bytes: Option<ByteSize>,
+    /// Most bytes a pipeline decompresses, unpacks or converts one input into (default 16 GiB,
+    /// at least 1M): past it the stage fails as a decompression bomb.
+    pub asset_max_unpacked_bytes: Option<ByteSize>,
+    /// Most entries of an archive a pipeline unpacks (1..=10,000,000; default 200,000).
+    pub asset_max_entries: Option<u64>,
+    /// Seconds a download may go without receiving a byte (1..=3600, default 60).
+    pub asset_fetch_idle_timeout_secs: Option<u64>,
+    /// Seconds one download may take in all (1..=604800, default 21600).
+    pub asset_fetch_timeout_secs: Option<u64>,
 }
 
 /// Parses an upstream DNS server: `ADDR` (port 53) or `ADDR:PORT`.
@@ -247,6 +265,69 @@ impl Config {
                 .clone()
                 .normalized()
                 .map_err(|e| ("network_egress", e))?;
+        }
+        Ok(())
+    }
+
+    /// Checks the `asset_*` keys; the error names the key.
+    fn validate_assets(&self) -> Result<(), (&'static str, String)> {
+        for (fpr, file) in self.asset_keys.iter().flatten() {
+            if !crate::api::pipeline::valid_fingerprint(fpr) {
+                return Err((
+                    "asset_keys",
+                    format!("{fpr:?} is not a fingerprint (40 or 64 hex digits)"),
+                ));
+            }
+            if !file.is_absolute() {
+                return Err((
+                    "asset_keys",
+                    format!("{} is not an absolute path", file.display()),
+                ));
+            }
+        }
+        for (provider, url) in self.asset_mirrors.iter().flatten() {
+            crate::names::validate_name(provider)
+                .map_err(|e| ("asset_mirrors", format!("{provider:?}: {e}")))?;
+            crate::api::pipeline::validate_var("base_url", url)
+                .map_err(|e| ("asset_mirrors", e))?;
+            if !["http://", "https://", "file:///"]
+                .iter()
+                .any(|p| url.starts_with(p))
+            {
+                return Err((
+                    "asset_mirrors",
+                    format!("{url:?} is not an http://, https:// or file:/// URL"),
+                ));
+            }
+        }
+        for (key, size) in [
+            ("asset_max_download_bytes", self.asset_max_download_bytes),
+            ("asset_max_unpacked_bytes", self.asset_max_unpacked_bytes),
+        ] {
+            if let Some(size) = size
+                && size.bytes() < 1 << 20
+            {
+                return Err((key, format!("{} bytes is less than 1M", size.bytes())));
+            }
+        }
+        for (key, value, max) in [
+            ("asset_max_entries", self.asset_max_entries, 10_000_000),
+            (
+                "asset_fetch_idle_timeout_secs",
+                self.asset_fetch_idle_timeout_secs,
+                3600,
+            ),
+            (
+                "asset_fetch_timeout_secs",
+                self.asset_fetch_timeout_secs,
+                604_800,
+            ),
+        ] {
+            if let Some(v) = value
+                && !(1..=max).contains(&v)
+            {
+                return Err((key, format!("{v} is outside 1..={max}")));
+            }
         }
         Ok(())
     }
@@ -425,6 +506,7 @@ impl Config {
         }
         self.validate_network()
             .map_err(|(key, msg)| bad(key, msg))?;
+        self.validate_assets().map_err(|(key, msg)| bad(key, msg))?;
         if let Some(level) = &self.log_level
             && level.trim().is_empty()
         {
@@ -571,6 +653,37 @@ mod tests {
         assert!(err.contains("import_roots"), "{err}");
         let cfg = parse("import_roots = [\"/srv/images\"]").unwrap();
         assert_eq!(cfg.import_roots, Some(vec![PathBuf::from("/srv/images")]));
+    }
+
+    #[test]
+    fn asset_keys_are_checked_and_named() {
+        let fpr = "A".repeat(40);
+        assert!(parse(&format!("[asset_keys]\n\"{fpr}\" = \"/etc/nexus/k.asc\"\n")).is_ok());
+        let bad_fpr = parse("[asset_keys]\n\"xyz\" = \"/k.asc\"\n").unwrap_err();
+        let relative = parse(&format!("[asset_keys]\n\"{fpr}\" = \"k.asc\"\n")).unwrap_err();
+        assert!(bad_fpr.to_string().contains("asset_keys"), "{bad_fpr}");
+        assert!(relative.to_string().contains("asset_keys"), "{relative}");
+    }
+
+    #[test]
+    fn asset_mirrors_must_be_urls_of_named_providers() {
+        assert!(parse("[asset_mirrors]\nfirecracker-release = \"file:///srv/fc\"\n").is_ok());
+        let err = parse("[asset_mirrors]\nfirecracker-release = \"ftp://x\"\n").unwrap_err();
+        assert!(err.to_string().contains("asset_mirrors"), "{err}");
+    }
+
+    #[test]
+    fn asset_bounds_are_checked_and_named() {
+        let err = parse("asset_fetch_idle_timeout_secs = 0\n").unwrap_err();
+        assert!(
+            err.to_string().contains("asset_fetch_idle_timeout_secs"),
+            "{err}"
+        );
+        let err = parse("asset_max_unpacked_bytes = \"1K\"\n").unwrap_err();
+        assert!(
+            err.to_string().contains("asset_max_unpacked_bytes"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -4,7 +4,9 @@
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
-use nexus_lib::api::{DomainPattern, EgressPolicy, Ipv4Cidr, NetworkMode, Publish, VmState};
+use nexus_lib::api::{
+    AssetKind, DomainPattern, EgressPolicy, Ipv4Cidr, NetworkMode, ProviderKind, Publish, VmState,
+};
 use nexus_lib::paths::HOME_ENV;
 use nexus_lib::size::ByteSize;
 
@@ -44,6 +46,155 @@ pub enum Command {
     /// The host network of the VMs (bridge, subnet, NAT, resolver).
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// Guest kernels in the asset store.
+    #[command(subcommand)]
+    Kernel(KernelCommand),
+    /// Firecracker and jailer binaries in the asset store.
+    #[command(subcommand)]
+    Firecracker(FirecrackerCommand),
+    /// Everything in the asset store (kernels, VMM binaries, packages, files).
+    #[command(subcommand)]
+    Asset(AssetCommand),
+    /// Providers: where assets come from, and the pipeline that downloads them.
+    #[command(subcommand)]
+    Provider(ProviderCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum KernelCommand {
+    /// List installed kernels.
+    #[command(alias = "ls")]
+    List,
+    /// Download a kernel through a provider (default: Debian's cloud kernel through apt).
+    Download(KernelDownloadArgs),
+    /// Hash an installed kernel again and compare it with its record.
+    Verify(AssetRef),
+    /// Remove an installed kernel.
+    #[command(alias = "rm")]
+    Remove(AssetRef),
+}
+
+#[derive(Debug, Args)]
+pub struct KernelDownloadArgs {
+    /// The provider whose pipeline runs.
+    #[arg(long, default_value = "debian-package")]
+    pub provider: String,
+    /// The package (debian-package providers), e.g. linux-image-cloud-amd64.
+    #[arg(long)]
+    pub package: Option<String>,
+    /// The version, for providers that take one.
+    #[arg(long)]
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+/// `--set KEY=VALUE` template variables of a download.
+#[derive(Debug, Clone, Default, Args)]
+pub struct VarArgs {
+    /// A variable of the provider's pipeline (repeatable), e.g. `--set url=https://…`.
+    #[arg(long = "set", value_name = "KEY=VALUE", value_parser = parse_var)]
+    pub set: Vec<(String, String)>,
+}
+
+fn parse_var(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FirecrackerCommand {
+    /// List installed Firecracker and jailer binaries.
+    #[command(alias = "ls")]
+    List,
+    /// Download a Firecracker release (the firecracker and jailer binaries).
+    Download(FirecrackerDownloadArgs),
+    /// Hash the firecracker and jailer of a release again and compare them with their records.
+    Verify(FirecrackerRef),
+    /// Remove the firecracker and jailer of a release.
+    #[command(alias = "rm")]
+    Remove(FirecrackerRef),
+}
+
+#[derive(Debug, Args)]
+pub struct FirecrackerDownloadArgs {
+    /// The provider whose pipeline runs.
+    #[arg(long, default_value = "firecracker-release")]
+    pub provider: String,
+    /// The release, e.g. 1.16.1 (default: the provider's).
+    #[arg(long)]
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct FirecrackerRef {
+    /// The release, e.g. 1.16.1.
+    pub version: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum AssetCommand {
+    /// List installed assets.
+    #[command(alias = "ls")]
+    List(AssetListArgs),
+    /// Show one asset and what it was made from.
+    Show(AssetRef),
+    /// Hash an asset again and compare it with its record.
+    Verify(AssetRef),
+    /// Remove an asset (its file goes when no other asset shares it).
+    #[command(alias = "rm")]
+    Remove(AssetRef),
+}
+
+#[derive(Debug, Args)]
+pub struct AssetListArgs {
+    /// Only this kind: kernel, rootfs, firecracker, jailer, initrd, package, file.
+    #[arg(long)]
+    pub kind: Option<AssetKind>,
+}
+
+#[derive(Debug, Args)]
+pub struct AssetRef {
+    /// Asset id, name, or NAME@VERSION.
+    pub asset: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ProviderCommand {
+    /// List providers.
+    #[command(alias = "ls")]
+    List,
+    /// Show a provider's settings and pipeline.
+    Show(ProviderRef),
+    /// Add a provider (its pipeline is checked before it is stored).
+    Add(ProviderAddArgs),
+    /// Remove a provider that is not built in.
+    #[command(alias = "rm")]
+    Remove(ProviderRef),
+}
+
+#[derive(Debug, Args)]
+pub struct ProviderRef {
+    /// Provider name.
+    pub provider: String,
+}
+
+#[derive(Debug, Args)]
+pub struct ProviderAddArgs {
+    /// Name: lowercase letters, digits and '-', at most 63.
+    pub name: String,
+    /// debian-package, firecracker-release, url or kernel-build.
+    #[arg(long)]
+    pub kind: ProviderKind,
+    /// Settings as JSON, or @FILE: {"base_url", "vars", "no_signature", "no_checksum"}.
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub settings: Option<String>,
+    /// The pipeline as a JSON array of stages, or @FILE (default: the kind's own).
+    #[arg(long, value_name = "JSON|@FILE")]
+    pub stages: Option<String>,
 }
 
 #[derive(Debug, Subcommand)]

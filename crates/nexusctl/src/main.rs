@@ -38,6 +38,10 @@ fn main() -> ExitCode {
             Command::Image(cmd) => commands::image::run(&client, out, cmd).await.map(|()| 0),
             Command::Drive(cmd) => commands::drive::run(&client, out, cmd).await.map(|()| 0),
             Command::Network(cmd) => commands::network::run(&client, out, cmd).await.map(|()| 0),
+            Command::Kernel(cmd) => commands::kernel::run(&client, out, cmd).await,
+            Command::Firecracker(cmd) => commands::firecracker::run(&client, out, cmd).await,
+            Command::Asset(cmd) => commands::asset::run(&client, out, cmd).await,
+            Command::Provider(cmd) => commands::provider::run(&client, out, cmd).await.map(|()| 0),
         }
     });
     match result {

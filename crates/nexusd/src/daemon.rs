@@ -61,6 +61,10 @@ pub enum DaemonError {
     Tls(#[source] crate::tcp::TlsError),
     #[error("cannot open the storage pool")]
     Pool(#[source] PoolError),
+    #[error("cannot build the asset download client")]
+    Assets(#[source] reqwest::Error),
+    #[error("cannot prepare the asset store")]
+    AssetStore(#[source] Box<crate::assets::AssetError>),
     #[error("cannot reconcile the storage pool with the database")]
     Reconcile(#[source] ReconcileError),
 }
@@ -165,13 +169,26 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         vms_dir: paths.data_dir.join("vms"),
         jail: settings.jail.clone(),
     };
+    let policy = import_policy(&settings);
+    let asset_service = crate::assets::AssetService::new(
+        store.clone(),
+        crate::assets::AssetDirs::under(&paths.data_dir),
+        settings.assets.clone(),
+        Arc::new(policy.clone()),
+    )
+    .map_err(DaemonError::Assets)?;
+    asset_service
+        .start()
+        .await
+        .map_err(|e| DaemonError::AssetStore(Box::new(e)))?;
     let mut state = AppState::new(
         store.clone(),
         pool.clone(),
         assets,
         lifecycle_cfg,
-        import_policy(&settings),
+        policy,
         settings.network.clone(),
+        asset_service,
     );
     state.images = state.images.with_limits(settings.import_limits);
     let lifecycle = state.lifecycle.clone();

@@ -164,6 +164,34 @@ pub struct Args {
     /// Egress policy of new VMs, as JSON (default {"mode":"allow-all"}).
     #[arg(long, value_name = "JSON", value_parser = parse_egress_json)]
     pub network_egress: Option<nexus_lib::api::EgressPolicy>,
+    /// OpenPGP keys asset pipelines may trust: FINGERPRINT=FILE, comma-separated.
+    #[arg(long, value_name = "FPR=FILE,...", value_delimiter = ',', value_parser = parse_pair)]
+    pub asset_keys: Option<Vec<(String, String)>>,
+    /// Base URLs replacing providers' own: PROVIDER=URL, comma-separated.
+    #[arg(long, value_name = "PROVIDER=URL,...", value_delimiter = ',', value_parser = parse_pair)]
+    pub asset_mirrors: Option<Vec<(String, String)>>,
+    /// Largest file a pipeline downloads, e.g. 8G (default 8G).
+    #[arg(long, value_name = "SIZE")]
+    pub asset_max_download_bytes: Option<ByteSize>,
+    /// Most bytes a pipeline unpacks one input into, e.g. 16G (default 16G).
+    #[arg(long, value_name = "SIZE")]
+    pub asset_max_unpacked_bytes: Option<ByteSize>,
+    /// Most entries of an archive a pipeline unpacks (default 200000).
+    #[arg(long, value_name = "N")]
+    pub asset_max_entries: Option<u64>,
+    /// Seconds a download may go without receiving a byte (default 60).
+    #[arg(long, value_name = "SECS")]
+    pub asset_fetch_idle_timeout_secs: Option<u64>,
+    /// Seconds one download may take in all (default 21600).
+    #[arg(long, value_name = "SECS")]
+    pub asset_fetch_timeout_secs: Option<u64>,
+}
+
+/// `KEY=VALUE`.
+fn parse_pair(s: &str) -> Result<(String, String), String> {
+    s.split_once('=')
+        .map(|(k, v)| (k.trim().to_owned(), v.trim().to_owned()))
+        .ok_or_else(|| format!("{s:?} is not KEY=VALUE"))
 }
 
 fn parse_egress_json(s: &str) -> Result<nexus_lib::api::EgressPolicy, String> {
@@ -213,6 +241,7 @@ pub struct Settings {
     pub pool: PoolConfig,
     pub jail: crate::jail::JailConfig,
     pub network: crate::network::NetworkSettings,
+    pub assets: crate::assets::AssetSettings,
 }
 
 impl Settings {
@@ -270,8 +299,32 @@ impl Settings {
             network_mtu: args.network_mtu.or(file.network_mtu),
             network_dns: args.network_dns.clone().or(file.network_dns),
             network_egress: args.network_egress.clone().or(file.network_egress),
+            asset_keys: args
+                .asset_keys
+                .as_ref()
+                .map(|pairs| pairs.iter().map(|(k, v)| (k.clone(), v.into())).collect())
+                .or(file.asset_keys),
+            asset_mirrors: args
+                .asset_mirrors
+                .as_ref()
+                .map(|pairs| pairs.iter().cloned().collect())
+                .or(file.asset_mirrors),
+            asset_max_download_bytes: args
+                .asset_max_download_bytes
+                .or(file.asset_max_download_bytes),
+            asset_max_unpacked_bytes: args
+                .asset_max_unpacked_bytes
+                .or(file.asset_max_unpacked_bytes),
+            asset_max_entries: args.asset_max_entries.or(file.asset_max_entries),
+            asset_fetch_idle_timeout_secs: args
+                .asset_fetch_idle_timeout_secs
+                .or(file.asset_fetch_idle_timeout_secs),
+            asset_fetch_timeout_secs: args
+                .asset_fetch_timeout_secs
+                .or(file.asset_fetch_timeout_secs),
         };
         cfg.validate(&config_path)?;
+        let assets = asset_settings(&cfg);
         paths.config_file = config_path;
         if let Some(socket) = cfg.socket {
             paths.socket = socket;
@@ -388,7 +441,32 @@ impl Settings {
                     .unwrap_or_default(),
                 tap_prefix,
             },
+            assets,
         })
+    }
+}
+
+/// The `asset_*` keys over their defaults.
+fn asset_settings(cfg: &Config) -> crate::assets::AssetSettings {
+    let d = crate::assets::AssetLimits::DEFAULT;
+    crate::assets::AssetSettings {
+        limits: crate::assets::AssetLimits {
+            max_download_bytes: cfg
+                .asset_max_download_bytes
+                .map_or(d.max_download_bytes, |b| b.bytes()),
+            max_unpacked_bytes: cfg
+                .asset_max_unpacked_bytes
+                .map_or(d.max_unpacked_bytes, |b| b.bytes()),
+            max_entries: cfg.asset_max_entries.unwrap_or(d.max_entries),
+            fetch_idle_timeout: cfg
+                .asset_fetch_idle_timeout_secs
+                .map_or(d.fetch_idle_timeout, Duration::from_secs),
+            fetch_timeout: cfg
+                .asset_fetch_timeout_secs
+                .map_or(d.fetch_timeout, Duration::from_secs),
+        },
+        keys: cfg.asset_keys.clone().unwrap_or_default(),
+        mirrors: cfg.asset_mirrors.clone().unwrap_or_default(),
     }
 }
 

@@ -3,7 +3,8 @@
 //! listener with a bearer token (so the security scheme is exercised), on a real btrfs pool.
 //!
 //! Excluded operations: start and restart (they boot a VM), exec and files (their success needs a
-//! running VM). One check is turned off for one operation, for a written reason: see
+//! running VM), asset downloads (they would fetch from whatever URL a generated body names: tests
+//! send traffic to loopback only; `tests/assets.rs` covers them against a local server). One check is turned off for one operation, for a written reason: see
 //! [`CONFIG`].
 
 mod common;
@@ -18,11 +19,15 @@ const TOKEN: &str = "schemathesis-t0ken";
 /// The pinned version `scripts/setup.sh` installs.
 const INSTALL: &str = "scripts/setup.sh (or: python3 -m venv /opt/nexus-venv && /opt/nexus-venv/bin/pip install schemathesis==4.32.5)";
 /// Operations whose success needs a VM that boots.
-const EXCLUDED_PATHS: &str = "/(start|restart|exec|files)$";
+const EXCLUDED_PATHS: &str = "/(start|restart|exec|files|download)$";
 /// `positive_data_acceptance` is off for `POST /v1/images` only: a schema-valid body without a
 /// `name` is refused (422) when no name can be derived from the path's last component (`/`,
 /// `/..`, a file name without a letter or digit), a rule about the content of another field
 /// that JSON Schema cannot state exactly. Every other check runs on it.
+/// `positive_data_acceptance` is off for `POST /v1/providers` too: a schema-valid pipeline is
+/// refused (422) when its stages read artifacts no earlier stage made, or install a file without
+/// the checksum and signature the provider's settings promise, rules across fields and array
+/// items that JSON Schema cannot state.
 /// Every check is on (`[checks] enabled = true`, the config-file form of `--checks all`: the
 /// command-line flag would override the per-operation exception).
 const CONFIG: &str = r#"
@@ -31,6 +36,11 @@ enabled = true
 
 [[operations]]
 include-path = "/v1/images"
+include-method = "POST"
+checks.positive_data_acceptance.enabled = false
+
+[[operations]]
+include-path = "/v1/providers"
 include-method = "POST"
 checks.positive_data_acceptance.enabled = false
 "#;

@@ -1,8 +1,13 @@
 //! What each command does. One module per noun; each verb is a function.
 
+pub mod asset;
+pub mod download;
 pub mod drive;
+pub mod firecracker;
 pub mod guest;
 pub mod image;
+pub mod kernel;
 pub mod network;
+pub mod provider;
 pub mod status;
 pub mod vm;

@@ -7,6 +7,7 @@ use axum::response::{IntoResponse, Response};
 use nexus_lib::api::{ErrorBody, ErrorDetail};
 
 use crate::agent::AgentError;
+use crate::assets::AssetError;
 use crate::drives::DriveError;
 use crate::hostpath::HostPathError;
 use crate::images::ImageError;
@@ -309,4 +310,19 @@ fn code_prefix(code: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || *c == '_')
         .take(64)
         .collect()
+}
+
+impl From<AssetError> for ApiError {
+    fn from(e: AssetError) -> Self {
+        let message = e.to_string();
+        match e {
+            AssetError::ProviderNotFound(_) | AssetError::NotFound(_) => Self::not_found(message),
+            AssetError::NameTaken(_) => Self::conflict(message).with_field("name"),
+            AssetError::Builtin(_) | AssetError::Ambiguous { .. } => Self::conflict(message),
+            AssetError::Invalid { field, .. } => Self::invalid(field, message),
+            AssetError::Install(e) => Self::internal(&e),
+            AssetError::Store(e) => Self::internal(&e),
+            AssetError::Worker(e) => Self::internal(&e),
+        }
+    }
 }

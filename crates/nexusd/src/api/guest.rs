@@ -212,7 +212,7 @@ async fn boots(
     Ok(Json(s.vms.boots(&vm).await?))
 }
 
-fn stream_response(body: Body, content_type: &'static str) -> Response {
+pub(super) fn stream_response(body: Body, content_type: &'static str) -> Response {
     let mut resp = Response::new(body);
     *resp.status_mut() = StatusCode::OK;
     resp.headers_mut()

@@ -88,6 +88,13 @@ mod tests {
             jail: crate::jail::JailConfig::with_defaults(dir),
         };
         let policy = crate::hostpath::ImportPolicy::new(None, Vec::new());
+        let asset_service = crate::assets::AssetService::new(
+            store.clone(),
+            crate::assets::AssetDirs::under(dir),
+            Default::default(),
+            Arc::new(policy.clone()),
+        )
+        .unwrap();
         AppState::new(
             store,
             pool,
@@ -95,6 +102,7 @@ mod tests {
             cfg,
             policy,
             crate::network::NetworkSettings::loopback_only(),
+            asset_service,
         )
     }
 

@@ -2,6 +2,7 @@
 //! them (request ids and spans, body limits, bearer auth on TCP). Handlers parse and validate,
 //! then call a domain service.
 
+mod assets;
 mod auth;
 mod caller;
 mod drives;
@@ -30,6 +31,7 @@ use tower_http::trace::TraceLayer;
 use utoipa::OpenApi;
 use utoipa_axum::router::OpenApiRouter;
 
+use crate::assets::AssetService;
 use crate::drives::DriveService;
 use crate::hostpath::ImportPolicy;
 use crate::images::ImageService;
@@ -56,6 +58,7 @@ pub struct AppState {
     pub pool: Arc<PoolManager>,
     pub images: ImageService,
     pub drives: DriveService,
+    pub assets: AssetService,
     pub started: Instant,
 }
 
@@ -67,6 +70,7 @@ impl AppState {
         lifecycle: LifecycleConfig,
         import_policy: ImportPolicy,
         network: crate::network::NetworkSettings,
+        asset_service: AssetService,
     ) -> Self {
         let drives = DriveService::new(store.clone(), pool.clone());
         let network = crate::network::NetworkService::new(network, store.clone());
@@ -78,6 +82,7 @@ impl AppState {
             vms,
             images,
             drives,
+            assets: asset_service,
             pool,
             store,
             started: Instant::now(),
@@ -91,7 +96,7 @@ impl AppState {
         title = "Nexus API",
         description = "The nexusd API: microVMs for AI agents. Every error, whatever its status, is the JSON body `{\"error\":{\"code\",\"message\",\"field\"}}` (`field` when one request field is at fault). Over TCP every operation needs `Authorization: Bearer <token>`; over the Unix socket none does."
     ),
-    tags((name = "system"), (name = "vms"), (name = "guest"), (name = "images"), (name = "drives"), (name = "network"))
+    tags((name = "system"), (name = "vms"), (name = "guest"), (name = "images"), (name = "drives"), (name = "network"), (name = "assets"))
 )]
 struct ApiDoc;
 
@@ -104,6 +109,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(images::routes())
         .merge(drives::routes())
         .merge(network::routes())
+        .merge(assets::routes())
 }
 
 /// The full application: API routes, `/v1/openapi.json`, JSON fallbacks and middleware.

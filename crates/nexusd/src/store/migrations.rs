@@ -4,7 +4,7 @@ use rusqlite_migration::{M, Migrations};
 
 /// The schema version after all migrations.
 #[cfg(test)]
-pub const LATEST: u32 = 4;
+pub const LATEST: u32 = 5;
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -139,6 +139,52 @@ pub fn migrations() -> Migrations<'static> {
             id                     INTEGER PRIMARY KEY CHECK (id = 1),
             subnet                 TEXT NOT NULL,
             forwarding_set_by_us   INTEGER NOT NULL DEFAULT 0
+        ) STRICT;
+        "#,
+        ),
+        // 5: assets and the providers whose pipelines download them.
+        M::up(
+            r#"
+        -- A provider: its kind, its settings and its pipeline, as JSON checked by nexusd.
+        -- Built-in providers are written by nexusd at every start.
+        CREATE TABLE providers (
+            name            TEXT PRIMARY KEY NOT NULL,
+            kind            TEXT NOT NULL CHECK (kind IN
+                              ('debian-package','firecracker-release','url','kernel-build')),
+            settings        TEXT NOT NULL CHECK (json_valid(settings)),
+            stages          TEXT NOT NULL CHECK (json_valid(stages)),
+            builtin         INTEGER NOT NULL DEFAULT 0 CHECK (builtin IN (0, 1)),
+            created_at_ms   INTEGER NOT NULL
+        ) STRICT;
+
+        -- An installed file of the content-addressed store (<data>/assets/sha256/<hex>). The
+        -- provider is a name, not a reference: assets outlive the provider that made them.
+        CREATE TABLE assets (
+            id              TEXT PRIMARY KEY NOT NULL,
+            kind            TEXT NOT NULL CHECK (kind IN
+                              ('kernel','rootfs','firecracker','jailer','initrd','package','file')),
+            name            TEXT NOT NULL,
+            version         TEXT NOT NULL,
+            sha256          TEXT NOT NULL CHECK (length(sha256) = 64),
+            size_bytes      INTEGER NOT NULL CHECK (size_bytes >= 0),
+            path            TEXT NOT NULL,
+            provider        TEXT NOT NULL,
+            inputs          TEXT NOT NULL CHECK (json_valid(inputs)),
+            created_at_ms   INTEGER NOT NULL,
+            UNIQUE (kind, name, version)
+        ) STRICT;
+        CREATE INDEX assets_sha256 ON assets(sha256);
+
+        -- Every pipeline run and how it ended; runs still `running` at start-up were cut short.
+        CREATE TABLE asset_runs (
+            id              TEXT PRIMARY KEY NOT NULL,
+            provider        TEXT NOT NULL,
+            vars            TEXT NOT NULL CHECK (json_valid(vars)),
+            state           TEXT NOT NULL CHECK (state IN
+                              ('running','succeeded','failed','interrupted')),
+            error           TEXT,
+            started_at_ms   INTEGER NOT NULL,
+            ended_at_ms     INTEGER
         ) STRICT;
         "#,
         ),

@@ -6,6 +6,7 @@
 //! Schema changes are forward migrations tracked in `user_version`; the database is never
 //! deleted to upgrade.
 
+pub mod assets;
 pub mod drives;
 pub mod images;
 mod migrations;

@@ -207,6 +207,13 @@ impl FakeHost {
                 Arc::new(policy),
             ),
             drives: self.drives.clone(),
+            assets: crate::assets::AssetService::new(
+                self.store.clone(),
+                crate::assets::AssetDirs::under(&self.dir.path().join("data")),
+                Default::default(),
+                Arc::new(crate::hostpath::ImportPolicy::new(None, Vec::new())),
+            )
+            .expect("asset service"),
             started: std::time::Instant::now(),
         }
     }

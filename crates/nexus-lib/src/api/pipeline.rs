@@ -1,0 +1,814 @@
+//! Download pipelines as data: the stages a provider runs (`fetch`, `checksum`, `signature`,
+//! `decompress`, `extract`, `convert`, `install`, and `kernel-build`), their JSON form, and the
+//! checks every stored pipeline passes (bounds, artifact references, and that every installed
+//! file is verified as strongly as its provider promises).
+//!
+//! Stages pass *artifacts* to each other by name: a `fetch` writes one (`into`), later stages
+//! read it (`artifact`). An `extract` makes a tree; stages reading a tree name one file of it
+//! with `member`, a pattern that must match exactly one file. Strings of stages are templates:
+//! `{var}` is replaced at run time from the download's variables (see [`render`]).
+
+use std::collections::{BTreeMap, HashMap};
+
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::assets::{AssetKind, ProviderKind, ProviderSettings};
+
+/// Most stages in one pipeline.
+pub const MAX_STAGES: usize = 32;
+/// Longest template (URL, name, pattern), in bytes.
+pub const MAX_TEMPLATE_LEN: usize = 2048;
+/// Most `members` of an `extract` and most `keys` of a `signature`.
+pub const MAX_LIST: usize = 16;
+/// Largest byte bound a stage may ask for (1 TiB); the daemon's own limits apply on top.
+pub const MAX_STAGE_BYTES: u64 = 1 << 40;
+/// Longest time bound a stage may ask for.
+pub const MAX_STAGE_SECS: u64 = 86_400;
+/// Most template variables in a download or a provider's settings.
+pub const MAX_VARS: usize = 32;
+/// Longest variable value, in bytes.
+pub const MAX_VAR_LEN: usize = 2048;
+
+/// One stage of a pipeline: `{"stage": "fetch", ...}`. Its OpenAPI schema is written below
+/// ([`stage_schema`]): utoipa would describe each variant as `allOf` of the stage's object (which
+/// forbids other properties) and the `stage` tag, which no value can satisfy.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "stage", rename_all = "kebab-case")]
+pub enum Stage {
+    Fetch(FetchStage),
+    Checksum(ChecksumStage),
+    Signature(SignatureStage),
+    Decompress(DecompressStage),
+    Extract(ExtractStage),
+    Convert(ConvertStage),
+    Install(InstallStage),
+    KernelBuild(KernelBuildStage),
+}
+
+impl Stage {
+    /// The stage's name as written in JSON.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Self::Fetch(_) => "fetch",
+            Self::Checksum(_) => "checksum",
+            Self::Signature(_) => "signature",
+            Self::Decompress(_) => "decompress",
+            Self::Extract(_) => "extract",
+            Self::Convert(_) => "convert",
+            Self::Install(_) => "install",
+            Self::KernelBuild(_) => "kernel-build",
+        }
+    }
+}
+
+/// The schema of [`Stage`]: one object per variant, each the stage's own object (no other
+/// properties) with the required `stage` tag added.
+fn stage_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+    use utoipa::PartialSchema;
+    use utoipa::openapi::RefOr;
+    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
+    let variants = [
+        ("fetch", FetchStage::schema()),
+        ("checksum", ChecksumStage::schema()),
+        ("signature", SignatureStage::schema()),
+        ("decompress", DecompressStage::schema()),
+        ("extract", ExtractStage::schema()),
+        ("convert", ConvertStage::schema()),
+        ("install", InstallStage::schema()),
+        ("kernel-build", KernelBuildStage::schema()),
+    ];
+    let mut one_of = OneOfBuilder::new().description(Some(
+        "One stage of a pipeline, told by its `stage` property",
+    ));
+    for (tag, schema) in variants {
+        let RefOr::T(Schema::Object(mut object)) = schema else {
+            unreachable!("stage structs derive object schemas");
+        };
+        let tag_schema = ObjectBuilder::new()
+            .schema_type(Type::String)
+            .enum_values(Some([tag]));
+        object.properties.insert("stage".into(), tag_schema.into());
+        object.required.insert(0, "stage".into());
+        one_of = one_of.item(object);
+    }
+    one_of.into()
+}
+
+impl utoipa::PartialSchema for Stage {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        stage_schema()
+    }
+}
+
+impl ToSchema for Stage {
+    fn schemas(
+        schemas: &mut Vec<(
+            String,
+            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
+        )>,
+    ) {
+        FetchStage::schemas(schemas);
+        ChecksumStage::schemas(schemas);
+        SignatureStage::schemas(schemas);
+        DecompressStage::schemas(schemas);
+        ExtractStage::schemas(schemas);
+        ConvertStage::schemas(schemas);
+        InstallStage::schemas(schemas);
+        KernelBuildStage::schemas(schemas);
+    }
+}
+
+/// Downloads a file into the artifact `into`, hashing it (sha256) while it streams. Over
+/// http(s) an interrupted download is kept and resumed with `Range` by the next run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct FetchStage {
+    pub source: FetchSource,
+    /// The artifact written.
+    pub into: String,
+    /// Refuse a file larger than this (default and ceiling: the daemon's
+    /// `asset_max_download_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+    /// Give up when no byte arrives for this long (default `asset_fetch_idle_timeout_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_timeout_secs: Option<u64>,
+    /// Give up when the whole fetch takes longer (default `asset_fetch_timeout_secs`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_secs: Option<u64>,
+}
+
+/// Where a `fetch` reads from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum FetchSource {
+    /// An `http://`, `https://` or `file://` URL template, e.g. `{base_url}/v{version}/x.tgz`.
+    Url(String),
+    /// A Debian package from the host's own apt configuration, verified by apt (signed
+    /// `Release`, package hash) and against the SHA256 of its index entry.
+    Apt(AptSource),
+}
+
+/// A package fetched with `apt-get download`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct AptSource {
+    /// Package name template, e.g. `{package}`.
+    pub package: String,
+    /// When set and the package depends on a package whose name starts with this, fetch that
+    /// dependency instead (a meta package: `linux-image-` turns `linux-image-cloud-amd64` into
+    /// `linux-image-6.1.0-56-cloud-amd64`); a package without such a dependency is fetched
+    /// itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub follow_depends: Option<String>,
+}
+
+/// Compares the sha256 of an artifact (computed when it was written) with an expected value.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksumStage {
+    /// The checked artifact (a file).
+    pub artifact: String,
+    pub expected: Expected,
+}
+
+/// Where the expected sha256 comes from.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum Expected {
+    /// The value itself (64 hex digits, or a template such as `{sha256}`).
+    Sha256(String),
+    /// A line of a checksum file (`SHA256SUMS`, `*.sha256.txt`: `<hex>  <name>`) fetched by the
+    /// pipeline.
+    File(ChecksumFile),
+}
+
+/// A checksum file and the entry to read from it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ChecksumFile {
+    /// The artifact holding the checksum file.
+    pub artifact: String,
+    /// File name template of the entry.
+    pub entry: String,
+}
+
+/// Verifies an OpenPGP detached signature over an artifact (usually a checksum file) with keys
+/// pinned in the daemon's config by fingerprint (`asset_keys`), never with a key from the source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct SignatureStage {
+    /// The signed artifact.
+    pub artifact: String,
+    /// The artifact holding the detached signature (armored or binary).
+    pub signature: String,
+    /// Fingerprints (40 or 64 hex digits) of the keys allowed to have signed it.
+    #[schema(max_items = 16)]
+    pub keys: Vec<String>,
+}
+
+/// A compression format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Compression {
+    /// Told by the file's first bytes.
+    Auto,
+    None,
+    Gz,
+    Xz,
+    Zstd,
+    /// LZ4 frames, or the legacy format of `lz4 -l` that kernels use.
+    Lz4,
+}
+
+impl Compression {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Auto => "auto",
+            Self::None => "none",
+            Self::Gz => "gz",
+            Self::Xz => "xz",
+            Self::Zstd => "zstd",
+            Self::Lz4 => "lz4",
+        }
+    }
+}
+
+/// Decompresses an artifact into a new one, streamed, with a bound on the output size.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct DecompressStage {
+    pub artifact: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    pub format: Compression,
+    pub into: String,
+    /// Most bytes of output (default and ceiling: `asset_max_unpacked_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+/// An archive format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ArchiveFormat {
+    Tar,
+    /// A Debian package: its `data.tar.*`.
+    Deb,
+}
+
+/// Unpacks a tar archive or a Debian package into a tree. Refused: `..` or absolute paths,
+/// absolute symlinks, symlinks or hard links leading out of the tree, device nodes and FIFOs,
+/// paths through a symlink of the archive, more entries or bytes than the bounds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractStage {
+    pub artifact: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    pub format: ArchiveFormat,
+    /// Compression of a tar archive (a `.deb` names its own).
+    #[serde(default = "compression_auto")]
+    pub compression: Compression,
+    pub into: String,
+    /// Only entries matching one of these patterns are written (every entry is still checked).
+    /// Empty: all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 16)]
+    pub members: Vec<String>,
+    /// Most entries (default and ceiling: `asset_max_entries`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_entries: Option<u64>,
+    /// Most bytes unpacked (default and ceiling: `asset_max_unpacked_bytes`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+fn compression_auto() -> Compression {
+    Compression::Auto
+}
+
+/// What a `convert` makes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum ConvertTarget {
+    /// The ELF `vmlinux` inside an x86 bzImage (its compressed payload, decompressed and checked
+    /// to be an x86-64 ELF executable).
+    Vmlinux,
+}
+
+/// Turns an artifact into another form.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ConvertStage {
+    pub artifact: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    pub to: ConvertTarget,
+    pub into: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_bytes: Option<u64>,
+}
+
+/// Puts a verified file into the content-addressed store and records it as an asset. All
+/// installs of a run happen together at its end, or none does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct InstallStage {
+    pub artifact: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
+    /// The asset kind (`kernel`, `rootfs`, `firecracker`, `jailer`, `initrd`, `package`,
+    /// `file`), or a template such as `{kind}`.
+    pub kind: String,
+    /// Name template of the asset.
+    pub name: String,
+    /// Version template of the asset.
+    pub version: String,
+    /// Install it executable (a VMM binary).
+    #[serde(default)]
+    pub executable: bool,
+}
+
+/// Builds a kernel from the distribution's source package (the `kernel-build` provider kind);
+/// the build itself lives in its own module of the daemon.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct KernelBuildStage {
+    /// The tree written (the kernel images and the build's record).
+    pub into: String,
+    /// Options of the build, passed through as templates.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+impl Stage {
+    /// Every template string of the stage.
+    pub fn templates(&self) -> Vec<&str> {
+        fn opt(o: &Option<String>) -> Vec<&str> {
+            o.as_deref().into_iter().collect()
+        }
+        match self {
+            Self::Fetch(f) => match &f.source {
+                FetchSource::Url(u) => vec![u.as_str()],
+                FetchSource::Apt(a) => [vec![a.package.as_str()], opt(&a.follow_depends)].concat(),
+            },
+            Self::Checksum(c) => match &c.expected {
+                Expected::Sha256(v) => vec![v.as_str()],
+                Expected::File(f) => vec![f.entry.as_str()],
+            },
+            Self::Signature(_) => Vec::new(),
+            Self::Decompress(d) => opt(&d.member),
+            Self::Extract(x) => [
+                opt(&x.member),
+                x.members.iter().map(String::as_str).collect(),
+            ]
+            .concat(),
+            Self::Convert(c) => opt(&c.member),
+            Self::Install(i) => {
+                [opt(&i.member), vec![i.kind.as_str(), &i.name, &i.version]].concat()
+            }
+            Self::KernelBuild(b) => b.options.values().map(String::as_str).collect(),
+        }
+    }
+
+    /// The variables the stage sets for the stages after it.
+    pub fn sets_vars(&self) -> &'static [&'static str] {
+        match self {
+            Self::Fetch(FetchStage {
+                source: FetchSource::Apt(_),
+                ..
+            }) => &["apt_package", "apt_version"],
+            _ => &[],
+        }
+    }
+}
+
+/// The variables `stages` use that neither `vars` nor an earlier stage provides, in order.
+pub fn missing_vars<'a>(stages: &'a [Stage], vars: &BTreeMap<String, String>) -> Vec<&'a str> {
+    let mut set: Vec<&str> = Vec::new();
+    let mut missing = Vec::new();
+    for stage in stages {
+        for t in stage.templates() {
+            for var in template_vars(t).unwrap_or_default() {
+                if !vars.contains_key(var) && !set.contains(&var) && !missing.contains(&var) {
+                    missing.push(var);
+                }
+            }
+        }
+        set.extend(stage.sets_vars());
+    }
+    missing
+}
+
+/// A stored pipeline that fails the checks: which stage and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{}{message}", .stage.map(|i| format!("stage {i}: ")).unwrap_or_default())]
+pub struct PipelineInvalid {
+    /// Index of the stage at fault (0-based), when one is.
+    pub stage: Option<usize>,
+    pub message: String,
+}
+
+fn invalid(stage: Option<usize>, message: impl Into<String>) -> PipelineInvalid {
+    PipelineInvalid {
+        stage,
+        message: message.into(),
+    }
+}
+
+/// How far an artifact's content is vouched for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Trust {
+    /// Nothing checked it.
+    None,
+    /// Its sha256 matched a value given inline or read from an unsigned checksum file.
+    Checksummed,
+    /// A pinned key's signature covers it (directly or through a signed checksum file), or apt
+    /// verified it.
+    Signed,
+}
+
+/// The trust an installed file needs under a provider's declarations.
+pub fn required_trust(settings: &ProviderSettings) -> Trust {
+    if !settings.no_signature {
+        Trust::Signed
+    } else if !settings.no_checksum {
+        Trust::Checksummed
+    } else {
+        Trust::None
+    }
+}
+
+/// Whether `name` is an artifact name: `[a-z][a-z0-9_]{0,31}`.
+pub fn valid_artifact_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars.next().is_some_and(|c| c.is_ascii_lowercase())
+        && name.len() <= 32
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_')
+}
+
+/// Whether `name` is a template variable name: `[a-z][a-z0-9_]{0,31}`.
+pub fn valid_var_name(name: &str) -> bool {
+    valid_artifact_name(name)
+}
+
+/// The variables a template uses, in order; an error for unbalanced braces or bad names.
+pub fn template_vars(template: &str) -> Result<Vec<&str>, String> {
+    if template.len() > MAX_TEMPLATE_LEN {
+        return Err(format!("longer than {MAX_TEMPLATE_LEN} bytes"));
+    }
+    if template.chars().any(char::is_control) {
+        return Err("contains a control character".into());
+    }
+    let mut vars = Vec::new();
+    let mut rest = template;
+    while let Some(open) = rest.find(['{', '}']) {
+        if rest.as_bytes()[open] == b'}' {
+            return Err(format!("{template:?} has a '}}' without '{{'"));
+        }
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("{template:?} has a '{{' without '}}'"))?;
+        let name = &after[..close];
+        if !valid_var_name(name) {
+            return Err(format!("{template:?} uses {{{name}}}, not a variable name"));
+        }
+        vars.push(name);
+        rest = &after[close + 1..];
+    }
+    Ok(vars)
+}
+
+/// Replaces every `{var}` of `template`; the error names a variable that has no value.
+pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String, String> {
+    let mut out = String::with_capacity(template.len());
+    let mut rest = template;
+    while let Some(open) = rest.find('{') {
+        out.push_str(&rest[..open]);
+        let after = &rest[open + 1..];
+        let close = after
+            .find('}')
+            .ok_or_else(|| format!("{template:?} has a '{{' without '}}'"))?;
+        let name = &after[..close];
+        let value = vars
+            .get(name)
+            .ok_or_else(|| format!("no value for {{{name}}}"))?;
+        out.push_str(value);
+        rest = &after[close + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// Checks a variable's value: URLs (`url`, `base_url`) are printable without spaces, `sha256` is
+/// 64 hex digits, anything else is a word of `[A-Za-z0-9.+~:_-]` (so it cannot add a path
+/// component or a query to a URL).
+pub fn validate_var(name: &str, value: &str) -> Result<(), String> {
+    if !valid_var_name(name) {
+        return Err(format!(
+            "{name:?} is not a variable name ([a-z][a-z0-9_]{{0,31}})"
+        ));
+    }
+    if value.is_empty() || value.len() > MAX_VAR_LEN {
+        return Err(format!("{name}: 1 to {MAX_VAR_LEN} bytes"));
+    }
+    let ok = match name {
+        "url" | "base_url" => value.chars().all(|c| c.is_ascii_graphic()),
+        "sha256" => value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()),
+        _ => {
+            value.len() <= 128
+                && !value.starts_with(['.', '-'])
+                && value
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || ".+~:_-".contains(c))
+        }
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(format!("{name}: {value:?} is not allowed here"))
+    }
+}
+
+/// Whether `fpr` is an OpenPGP v4 (40 hex digits) or v6 (64) fingerprint.
+pub fn valid_fingerprint(fpr: &str) -> bool {
+    matches!(fpr.len(), 40 | 64) && fpr.chars().all(|c| c.is_ascii_hexdigit())
+}
+
+/// Checks a member pattern: a relative path of the tree, `*`, `?` and `[...]` allowed.
+fn check_member(pattern: &str) -> Result<(), String> {
+    template_vars(pattern)?;
+    if pattern.is_empty() || pattern.len() > 1024 {
+        return Err("a member pattern has 1 to 1024 bytes".into());
+    }
+    if pattern.starts_with('/') || pattern.split('/').any(|c| c == ".." || c.is_empty()) {
+        return Err(format!(
+            "member {pattern:?} must be a relative path without '..' or empty components"
+        ));
+    }
+    Ok(())
+}
+
+/// What the checker knows of an artifact.
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    tree: bool,
+    trust: Trust,
+}
+
+/// Checks a provider's pipeline: bounds, templates, artifact flow, the kind's rules, and that
+/// every installed file is verified as the provider's declarations require.
+pub fn validate_pipeline(
+    kind: ProviderKind,
+    settings: &ProviderSettings,
+    stages: &[Stage],
+) -> Result<(), PipelineInvalid> {
+    if stages.is_empty() || stages.len() > MAX_STAGES {
+        return Err(invalid(None, format!("1 to {MAX_STAGES} stages")));
+    }
+    let need = required_trust(settings);
+    let mut known: HashMap<&str, Known> = HashMap::new();
+    let mut installs = 0;
+    for (i, stage) in stages.iter().enumerate() {
+        let at = Some(i);
+        let fail = |m: String| invalid(at, m);
+        let input = |name: &str, member: &Option<String>| -> Result<Known, PipelineInvalid> {
+            let k = *known.get(name).ok_or_else(|| {
+                invalid(
+                    at,
+                    format!("artifact {name:?} is not made by an earlier stage"),
+                )
+            })?;
+            match (k.tree, member) {
+                (true, None) => Err(invalid(at, format!("{name:?} is a tree: name a `member`"))),
+                (false, Some(_)) => Err(invalid(
+                    at,
+                    format!("{name:?} is a file: it has no `member`"),
+                )),
+                (_, Some(m)) => check_member(m).map(|()| k).map_err(|e| invalid(at, e)),
+                (_, None) => Ok(k),
+            }
+        };
+        let bytes = |b: Option<u64>| match b {
+            Some(0) => Err(invalid(at, "a byte bound must be at least 1")),
+            Some(b) if b > MAX_STAGE_BYTES => Err(invalid(
+                at,
+                format!("a byte bound is at most {MAX_STAGE_BYTES}"),
+            )),
+            _ => Ok(()),
+        };
+        let secs = |s: Option<u64>| match s {
+            Some(s) if s == 0 || s > MAX_STAGE_SECS => Err(invalid(
+                at,
+                format!("a time bound is 1 to {MAX_STAGE_SECS} seconds"),
+            )),
+            _ => Ok(()),
+        };
+        let (output, made) = match stage {
+            Stage::Fetch(f) => {
+                bytes(f.max_bytes)?;
+                secs(f.idle_timeout_secs)?;
+                secs(f.timeout_secs)?;
+                let trust = match &f.source {
+                    FetchSource::Url(url) => {
+                        template_vars(url).map_err(fail)?;
+                        if kind == ProviderKind::DebianPackage {
+                            return Err(invalid(
+                                at,
+                                "a debian-package provider fetches with apt only",
+                            ));
+                        }
+                        let scheme_ok = ["{base_url}", "{url}", "http://", "https://", "file://"]
+                            .iter()
+                            .any(|p| url.starts_with(p));
+                        if !scheme_ok {
+                            return Err(invalid(
+                                at,
+                                format!(
+                                    "{url:?} must start with http://, https://, file://, {{base_url}} or {{url}}"
+                                ),
+                            ));
+                        }
+                        Trust::None
+                    }
+                    FetchSource::Apt(apt) => {
+                        template_vars(&apt.package).map_err(fail)?;
+                        if let Some(prefix) = &apt.follow_depends {
+                            template_vars(prefix).map_err(fail)?;
+                        }
+                        if kind != ProviderKind::DebianPackage {
+                            return Err(invalid(
+                                at,
+                                "only a debian-package provider fetches with apt",
+                            ));
+                        }
+                        Trust::Signed
+                    }
+                };
+                (&f.into, Known { tree: false, trust })
+            }
+            Stage::Checksum(c) => {
+                input(&c.artifact, &None)?;
+                let vouched = match &c.expected {
+                    Expected::Sha256(v) => {
+                        let vars = template_vars(v).map_err(fail)?;
+                        if vars.is_empty() && validate_var("sha256", v).is_err() {
+                            return Err(invalid(at, format!("{v:?} is not 64 hex digits")));
+                        }
+                        Trust::Checksummed
+                    }
+                    Expected::File(file) => {
+                        template_vars(&file.entry).map_err(fail)?;
+                        let sums = input(&file.artifact, &None)?;
+                        if sums.trust == Trust::Signed {
+                            Trust::Signed
+                        } else {
+                            Trust::Checksummed
+                        }
+                    }
+                };
+                let entry = known
+                    .get_mut(c.artifact.as_str())
+                    .expect("checked by input()");
+                entry.trust = entry.trust.max(vouched);
+                continue;
+            }
+            Stage::Signature(s) => {
+                input(&s.artifact, &None)?;
+                input(&s.signature, &None)?;
+                if s.keys.is_empty() || s.keys.len() > MAX_LIST {
+                    return Err(invalid(at, format!("1 to {MAX_LIST} keys")));
+                }
+                if let Some(bad) = s.keys.iter().find(|k| !valid_fingerprint(k)) {
+                    return Err(invalid(
+                        at,
+                        format!("{bad:?} is not a fingerprint (40 or 64 hex digits)"),
+                    ));
+                }
+                if settings.no_signature {
+                    return Err(invalid(
+                        at,
+                        "the provider declares `no_signature` but has a signature stage",
+                    ));
+                }
+                known.get_mut(s.artifact.as_str()).expect("checked").trust = Trust::Signed;
+                continue;
+            }
+            Stage::Decompress(d) => {
+                bytes(d.max_bytes)?;
+                let k = input(&d.artifact, &d.member)?;
+                if d.format == Compression::None {
+                    return Err(invalid(at, "decompress needs a format other than `none`"));
+                }
+                (
+                    &d.into,
+                    Known {
+                        tree: false,
+                        trust: k.trust,
+                    },
+                )
+            }
+            Stage::Extract(x) => {
+                bytes(x.max_bytes)?;
+                if x.max_entries == Some(0) {
+                    return Err(invalid(at, "max_entries must be at least 1"));
+                }
+                let k = input(&x.artifact, &x.member)?;
+                if x.members.len() > MAX_LIST {
+                    return Err(invalid(at, format!("at most {MAX_LIST} members")));
+                }
+                for m in &x.members {
+                    check_member(m).map_err(fail)?;
+                }
+                (
+                    &x.into,
+                    Known {
+                        tree: true,
+                        trust: k.trust,
+                    },
+                )
+            }
+            Stage::Convert(c) => {
+                bytes(c.max_bytes)?;
+                let k = input(&c.artifact, &c.member)?;
+                (
+                    &c.into,
+                    Known {
+                        tree: false,
+                        trust: k.trust,
+                    },
+                )
+            }
+            Stage::Install(inst) => {
+                let k = input(&inst.artifact, &inst.member)?;
+                let kind_vars = template_vars(&inst.kind).map_err(fail)?;
+                if kind_vars.is_empty() && inst.kind.parse::<AssetKind>().is_err() {
+                    return Err(invalid(at, format!("{:?} is not an asset kind", inst.kind)));
+                }
+                template_vars(&inst.name).map_err(fail)?;
+                template_vars(&inst.version).map_err(fail)?;
+                if k.trust < need {
+                    return Err(invalid(at, missing_verification(&inst.artifact, need)));
+                }
+                installs += 1;
+                continue;
+            }
+            Stage::KernelBuild(b) => {
+                if kind != ProviderKind::KernelBuild {
+                    return Err(invalid(
+                        at,
+                        "only a kernel-build provider has a kernel-build stage",
+                    ));
+                }
+                if b.options.len() > MAX_VARS {
+                    return Err(invalid(at, format!("at most {MAX_VARS} options")));
+                }
+                for (key, value) in &b.options {
+                    if !valid_var_name(key) {
+                        return Err(invalid(at, format!("option {key:?} is not a name")));
+                    }
+                    template_vars(value).map_err(fail)?;
+                }
+                // The build signs its own SHA256SUMS with a key nexusd generated and pinned.
+                (
+                    &b.into,
+                    Known {
+                        tree: true,
+                        trust: Trust::Signed,
+                    },
+                )
+            }
+        };
+        if !valid_artifact_name(output) {
+            return Err(invalid(
+                at,
+                format!("{output:?} is not an artifact name ([a-z][a-z0-9_]{{0,31}})"),
+            ));
+        }
+        if known.insert(output, made).is_some() {
+            return Err(invalid(at, format!("artifact {output:?} is written twice")));
+        }
+    }
+    if installs == 0 {
+        return Err(invalid(None, "a pipeline installs at least one file"));
+    }
+    Ok(())
+}
+
+fn missing_verification(artifact: &str, need: Trust) -> String {
+    match need {
+        Trust::Signed => format!(
+            "{artifact:?} is installed without a signature check: add a signature stage (over it or over the checksum file it was checked against), or declare `no_signature` in the provider's settings"
+        ),
+        _ => format!(
+            "{artifact:?} is installed without a checksum: add a checksum stage, or declare `no_checksum` in the provider's settings"
+        ),
+    }
+}
+
+#[cfg(test)]
+#[path = "pipeline_tests.rs"]
+mod tests;
