@@ -94,6 +94,11 @@ pub struct Config {
     /// `/sbin/nexus-agent` of the image as PID 1); Firecracker too when `firecracker_kernel` is
     /// unset. Unset: Debian's cloud kernel with a generated initramfs.
     pub guest_kernel: Option<PathBuf>,
+    /// The kernel build cache of the `kernel-build` provider: one directory per set of build
+    /// inputs, so building the same inputs again is a cache hit. Default
+    /// `<data>/assets/kernel-build`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_build_dir: Option<PathBuf>,
     /// Firecracker's `jailer`. Unset: looked for next to the Firecracker binary, then in
     /// `/usr/local/bin` and `/usr/bin`; when one is found, Firecracker is started through it.
     pub jailer_binary: Option<PathBuf>,

@@ -109,6 +109,9 @@ pub struct Args {
     /// Nexus's built guest kernel (ELF vmlinux): booted without an initramfs.
     #[arg(long, env = "NEXUS_GUEST_KERNEL", value_name = "FILE")]
     pub guest_kernel: Option<PathBuf>,
+    /// The kernel build cache (default <data>/assets/kernel-build).
+    #[arg(long, env = "NEXUS_KERNEL_BUILD_DIR", value_name = "DIR")]
+    pub kernel_build_dir: Option<PathBuf>,
     /// Firecracker's jailer binary (default: next to firecracker, /usr/local/bin, /usr/bin).
     #[arg(long, value_name = "FILE")]
     pub jailer_binary: Option<PathBuf>,
@@ -281,6 +284,7 @@ impl Settings {
             firecracker_binary: args.firecracker_binary.clone().or(file.firecracker_binary),
             firecracker_kernel: args.firecracker_kernel.clone().or(file.firecracker_kernel),
             guest_kernel: args.guest_kernel.clone().or(file.guest_kernel),
+            kernel_build_dir: args.kernel_build_dir.clone().or(file.kernel_build_dir),
             jailer_binary: args.jailer_binary.clone().or(file.jailer_binary),
             jailer_chroot_base: args.jailer_chroot_base.clone().or(file.jailer_chroot_base),
             console_max_bytes: args.console_max_bytes.or(file.console_max_bytes),
@@ -467,6 +471,7 @@ fn asset_settings(cfg: &Config) -> crate::assets::AssetSettings {
         },
         keys: cfg.asset_keys.clone().unwrap_or_default(),
         mirrors: cfg.asset_mirrors.clone().unwrap_or_default(),
+        kernel_build_dir: cfg.kernel_build_dir.clone(),
     }
 }
 

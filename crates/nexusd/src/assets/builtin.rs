@@ -10,6 +10,10 @@ pub const FIRECRACKER_RELEASES: &str =
     "https://github.com/firecracker-microvm/firecracker/releases/download";
 /// The Firecracker release downloaded when no `version` is given.
 pub const FIRECRACKER_VERSION: &str = "1.16.1";
+/// The asset name of the built guest kernel's ELF `vmlinux`, which QEMU boots when present.
+pub const GUEST_KERNEL: &str = "nexus-guest";
+/// The asset name of the built guest kernel's bzImage.
+pub const GUEST_BZIMAGE: &str = "nexus-guest-bzimage";
 /// The package the `debian-package` provider fetches when no `package` is given.
 pub const DEBIAN_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 
@@ -47,11 +51,14 @@ pub fn default_stages(kind: ProviderKind) -> Vec<Stage> {
             {"stage": "checksum", "artifact": "file", "expected": {"sha256": "{sha256}"}},
             {"stage": "install", "artifact": "file", "kind": "{kind}", "name": "{name}", "version": "{version}"}
         ])),
-        // The build writes a tree holding `vmlinux` and `bzImage`, vouched for by its own signed
-        // SHA256SUMS.
+        // The kernel source package through apt, built with the fragment nexusd carries; the
+        // tree's `vmlinux` (QEMU through PVH, Firecracker) and `bzImage` are vouched for by the
+        // build's SHA256SUMS, signed with nexusd's pinned build key.
         ProviderKind::KernelBuild => stages(json!([
-            {"stage": "kernel-build", "into": "build"},
-            {"stage": "install", "artifact": "build", "member": "vmlinux", "kind": "kernel", "name": "{name}", "version": "{version}"}
+            {"stage": "fetch", "source": {"apt": {"package": "{package}"}}, "into": "source"},
+            {"stage": "kernel-build", "source": "source", "into": "build", "options": {"rebuild": "{rebuild}"}},
+            {"stage": "install", "artifact": "build", "member": "vmlinux", "kind": "kernel", "name": GUEST_KERNEL, "version": "{kernel_version}"},
+            {"stage": "install", "artifact": "build", "member": "bzImage", "kind": "kernel", "name": GUEST_BZIMAGE, "version": "{kernel_version}"}
         ])),
     }
 }
@@ -80,16 +87,23 @@ fn default_settings(kind: ProviderKind) -> ProviderSettings {
             no_signature: true,
             ..Default::default()
         },
-        ProviderKind::KernelBuild => ProviderSettings::default(),
+        ProviderKind::KernelBuild => ProviderSettings {
+            vars: vars(&[
+                ("package", super::kernel_build::DEFAULT_SOURCE_PACKAGE),
+                ("rebuild", "false"),
+            ]),
+            ..Default::default()
+        },
     }
 }
 
-/// The built-in providers: one per kind that downloads, named after the kind.
+/// The built-in providers: one per kind, named after the kind.
 pub fn providers() -> Vec<Provider> {
     [
         ProviderKind::DebianPackage,
         ProviderKind::FirecrackerRelease,
         ProviderKind::Url,
+        ProviderKind::KernelBuild,
     ]
     .into_iter()
     .map(|kind| Provider {

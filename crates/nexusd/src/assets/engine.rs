@@ -16,6 +16,8 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::apt::{self, AptError};
+use super::kernel_build::KernelBuildError;
+use super::kernel_stage::{self, KernelStageDirs, KernelStageError};
 use super::checksum::{self, ChecksumError};
 use super::convert::{self, ConvertError};
 use super::decompress::{self, DecompressError};
@@ -57,6 +59,8 @@ pub enum StageError {
     Unverified(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    KernelBuild(#[from] KernelStageError),
     #[error("worker failed")]
     Worker(#[source] tokio::task::JoinError),
 }
@@ -136,6 +140,13 @@ impl RunError {
             StageError::Invalid(_) => "invalid",
             StageError::Unverified(_) => "unverified",
             StageError::Unsupported(_) => "unsupported",
+            StageError::KernelBuild(KernelStageError::Build(KernelBuildError::Cancelled)) => {
+                "cancelled"
+            }
+            StageError::KernelBuild(KernelStageError::Signature(_) | KernelStageError::Mismatch { .. }) => {
+                "bad_signature"
+            }
+            StageError::KernelBuild(_) => "kernel_build",
             StageError::Worker(_) => "internal",
         }
     }
@@ -594,12 +605,57 @@ impl Run<'_> {
                 });
                 Ok(())
             }
-            Stage::KernelBuild(_) => {
-                progress.stage(index, count, "kernel-build", String::new());
-                // The kernel build module is called here once it is part of nexusd.
-                Err(StageError::Unsupported(
-                    "this nexusd cannot run kernel-build stages yet".into(),
-                ))
+            Stage::KernelBuild(b) => {
+                let source = self.file(&b.source, None)?;
+                let p = progress.stage(index, count, "kernel-build", source.shown.clone());
+                let mut options = BTreeMap::new();
+                for (key, value) in &b.options {
+                    let value = self.render(value)?;
+                    options.insert(key.clone(), value);
+                }
+                let into = self.out_path(&b.into)?;
+                let dirs = KernelStageDirs {
+                    out_root: (self.engine.settings.kernel_build_dir.clone())
+                        .unwrap_or_else(|| self.engine.dirs.kernel_build()),
+                    key_dir: self.engine.dirs.keys(),
+                };
+                let (reporter, cancel) = (p.clone(), self.cancel.clone());
+                let built = blocking(move || {
+                    Ok(kernel_stage::run(
+                        &dirs,
+                        &source.path,
+                        &options,
+                        &into,
+                        &reporter,
+                        &cancel,
+                    )?)
+                })
+                .await?;
+                let release = &built.record.kernel_release;
+                p.note(format!(
+                    "{} {release} ({}), signed by {}",
+                    if built.cached { "found built" } else { "built" },
+                    &built.record.key[..12],
+                    built.key
+                ));
+                let version = format!("{release}-{}", &built.record.key[..12]);
+                self.vars.insert("kernel_release".into(), release.clone());
+                self.vars.insert("kernel_version".into(), version);
+                self.steps.push(json!({"kernel-build": {
+                    "key": built.record.key,
+                    "inputs": built.record.inputs,
+                    "kernel_release": release,
+                    "cached": built.cached,
+                    "signed_by": built.key,
+                }}));
+                self.artifacts.insert(
+                    b.into.clone(),
+                    Artifact::Tree {
+                        tree: built.tree,
+                        trust: Trust::Signed,
+                    },
+                );
+                Ok(())
             }
         }
     }
