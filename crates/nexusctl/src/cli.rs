@@ -67,6 +67,9 @@ pub enum KernelCommand {
     List,
     /// Download a kernel through a provider (default: Debian's cloud kernel through apt).
     Download(KernelDownloadArgs),
+    /// Build Nexus's guest kernel from the distribution's kernel source package (minutes; a
+    /// cache hit when these inputs were built before). QEMU boots it when it is installed.
+    Build(KernelBuildArgs),
     /// Hash an installed kernel again and compare it with its record.
     Verify(AssetRef),
     /// Remove an installed kernel.
@@ -85,6 +88,24 @@ pub struct KernelDownloadArgs {
     /// The version, for providers that take one.
     #[arg(long)]
     pub version: Option<String>,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelBuildArgs {
+    /// The provider whose pipeline runs.
+    #[arg(long, default_value = "kernel-build")]
+    pub provider: String,
+    /// The kernel source package (default: the provider's, linux-source-6.1).
+    #[arg(long)]
+    pub package: Option<String>,
+    /// Build even when a build of the same inputs is cached.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Parallel make jobs (default: the host's CPUs).
+    #[arg(long)]
+    pub jobs: Option<u32>,
     #[command(flatten)]
     pub vars: VarArgs,
 }

@@ -161,7 +161,12 @@ fn provider_list_shows_the_builtin_providers() {
         .collect();
     assert_eq!(
         names,
-        ["debian-package", "firecracker-release", "kernel-build", "url"]
+        [
+            "debian-package",
+            "firecracker-release",
+            "kernel-build",
+            "url"
+        ]
     );
 }
 

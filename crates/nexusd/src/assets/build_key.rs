@@ -172,8 +172,18 @@ fn create(dir: &Path) -> Result<(), BuildKeyError> {
         .to_armored_string(ArmorOptions::default())
         .map_err(|e| BuildKeyError::Generate(e.to_string()))?;
     let fingerprint = fingerprint_of(&secret);
-    write_new(&dir.join(PINNED), format!("{fingerprint}\n").as_bytes(), 0o644, true)?;
-    write_new(&dir.join(PUBLIC), public_armored(&secret)?.as_bytes(), 0o644, true)?;
+    write_new(
+        &dir.join(PINNED),
+        format!("{fingerprint}\n").as_bytes(),
+        0o644,
+        true,
+    )?;
+    write_new(
+        &dir.join(PUBLIC),
+        public_armored(&secret)?.as_bytes(),
+        0o644,
+        true,
+    )?;
     write_new(&dir.join(SECRET), armored.as_bytes(), 0o600, false)?;
     tracing::info!(%fingerprint, dir = %dir.display(), "generated the build signing key");
     Ok(())
@@ -217,7 +227,9 @@ fn write_new(path: &Path, bytes: &[u8], mode: u32, replace: bool) -> Result<(), 
     tmp.write_all(bytes).map_err(io("write", tmp.path()))?;
     tmp.as_file().sync_all().map_err(io("sync", tmp.path()))?;
     if replace {
-        tmp.persist(path).map_err(|e| e.error).map_err(io("write", path))?;
+        tmp.persist(path)
+            .map_err(|e| e.error)
+            .map_err(io("write", path))?;
     } else {
         tmp.persist_noclobber(path)
             .map_err(|e| e.error)

@@ -56,7 +56,7 @@ pub fn default_stages(kind: ProviderKind) -> Vec<Stage> {
         // build's SHA256SUMS, signed with nexusd's pinned build key.
         ProviderKind::KernelBuild => stages(json!([
             {"stage": "fetch", "source": {"apt": {"package": "{package}"}}, "into": "source"},
-            {"stage": "kernel-build", "source": "source", "into": "build", "options": {"rebuild": "{rebuild}"}},
+            {"stage": "kernel-build", "source": "source", "into": "build", "options": {"rebuild": "{rebuild}", "jobs": "{jobs}"}},
             {"stage": "install", "artifact": "build", "member": "vmlinux", "kind": "kernel", "name": GUEST_KERNEL, "version": "{kernel_version}"},
             {"stage": "install", "artifact": "build", "member": "bzImage", "kind": "kernel", "name": GUEST_BZIMAGE, "version": "{kernel_version}"}
         ])),
@@ -91,6 +91,7 @@ fn default_settings(kind: ProviderKind) -> ProviderSettings {
             vars: vars(&[
                 ("package", super::kernel_build::DEFAULT_SOURCE_PACKAGE),
                 ("rebuild", "false"),
+                ("jobs", "auto"),
             ]),
             ..Default::default()
         },

@@ -16,13 +16,13 @@ use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
 use super::apt::{self, AptError};
-use super::kernel_build::KernelBuildError;
-use super::kernel_stage::{self, KernelStageDirs, KernelStageError};
 use super::checksum::{self, ChecksumError};
 use super::convert::{self, ConvertError};
 use super::decompress::{self, DecompressError};
 use super::extract::{self, ExtractBounds, ExtractError, Tree};
 use super::fetch::{self, FetchBounds, FetchError, Fetcher};
+use super::kernel_build::KernelBuildError;
+use super::kernel_stage::{self, KernelStageDirs, KernelStageError};
 use super::progress::Progress;
 use super::signature::{self, SignatureError};
 use super::{AssetDirs, AssetSettings};
@@ -143,9 +143,9 @@ impl RunError {
             StageError::KernelBuild(KernelStageError::Build(KernelBuildError::Cancelled)) => {
                 "cancelled"
             }
-            StageError::KernelBuild(KernelStageError::Signature(_) | KernelStageError::Mismatch { .. }) => {
-                "bad_signature"
-            }
+            StageError::KernelBuild(
+                KernelStageError::Signature(_) | KernelStageError::Mismatch { .. },
+            ) => "bad_signature",
             StageError::KernelBuild(_) => "kernel_build",
             StageError::Worker(_) => "internal",
         }

@@ -91,7 +91,7 @@ pub fn run(
     .rebuild(flag(options, "rebuild")?)
     .signer(Box::new(key))
     .cancel(cancel.clone());
-    if let Some(jobs) = options.get("jobs") {
+    if let Some(jobs) = options.get("jobs").filter(|j| *j != "auto") {
         let jobs = jobs
             .parse::<usize>()
             .ok()
@@ -99,7 +99,7 @@ pub fn run(
             .ok_or_else(|| KernelStageError::Option {
                 key: "jobs".into(),
                 value: jobs.clone(),
-                wanted: "a number from 1 to 256",
+                wanted: "auto or a number from 1 to 256",
             })?;
         build = build.jobs(jobs);
     }

@@ -72,13 +72,13 @@ impl Step<'_> {
         if self.cancel.is_cancelled() {
             return Err(KernelBuildError::Cancelled);
         }
-        let status = self
-            .log
-            .run(cmd, on_line, self.cancel)
-            .map_err(|source| KernelBuildError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
+        let status =
+            self.log
+                .run(cmd, on_line, self.cancel)
+                .map_err(|source| KernelBuildError::Spawn {
+                    command: command.clone(),
+                    source,
+                })?;
         if status.success() {
             return Ok(());
         }

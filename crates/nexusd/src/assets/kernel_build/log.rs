@@ -7,8 +7,8 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
-use std::path::{Path, PathBuf};
 use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -148,7 +148,8 @@ impl GroupKiller {
                     // until then the group id cannot name anyone else's processes.
                     if let Ok(pgid) = i32::try_from(pid) {
                         let _ = rustix::process::kill_process_group(
-                            rustix::process::Pid::from_raw(pgid).expect("a child's pid is positive"),
+                            rustix::process::Pid::from_raw(pgid)
+                                .expect("a child's pid is positive"),
                             rustix::process::Signal::KILL,
                         );
                     }
@@ -192,7 +193,11 @@ mod tests {
         let mut log = BoundedLog::create(&dir.path().join("build.log"), 1 << 20).unwrap();
 
         let status = log
-            .run(sh("echo out; echo err >&2; exit 3"), |_| {}, &CancellationToken::new())
+            .run(
+                sh("echo out; echo err >&2; exit 3"),
+                |_| {},
+                &CancellationToken::new(),
+            )
             .unwrap();
 
         let text = std::fs::read_to_string(log.path()).unwrap();
