@@ -149,11 +149,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         .await
         .map_err(StoreError::Worker)??;
     let pool = open_pool(&settings, &store).await?;
-    let assets = BootAssets::new(
-        settings.kernel_dir.clone(),
-        paths.data_dir.join("assets"),
-        settings.agent_binary.clone(),
-    );
     let lifecycle_cfg = LifecycleConfig {
         vmm: settings.vmm,
         boot_timeout: settings.boot_timeout,
@@ -181,6 +176,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         .start()
         .await
         .map_err(|e| DaemonError::AssetStore(Box::new(e)))?;
+    let assets = BootAssets::new(
+        settings.kernel_dir.clone(),
+        paths.data_dir.join("boot"),
+        settings.agent_binary.clone(),
+    )
+    .with_packages(asset_service.clone());
     let mut state = AppState::new(
         store.clone(),
         pool.clone(),

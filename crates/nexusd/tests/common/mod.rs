@@ -478,7 +478,7 @@ pub fn require_boot_prerequisites() {
         .unwrap_or(false);
     assert!(
         has_deb,
-        "VM tests need the guest kernel package in {} (scripts/setup.sh, or scripts/fetch-kernel.sh DIR with NEXUS_KERNEL_DIR=DIR)",
+        "VM tests need the guest kernel package in {} (scripts/test.sh fetches it, or scripts/fetch-kernel.sh DIR with NEXUS_KERNEL_DIR=DIR)",
         kernel_dir.display()
     );
     assert!(
