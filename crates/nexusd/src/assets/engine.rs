@@ -268,6 +268,12 @@ impl Engine {
         &self.settings
     }
 
+    /// Drops downloads nobody resumed for a week (see `fetch`). Blocking.
+    pub fn remove_stale_parts(&self) -> usize {
+        self.fetcher
+            .remove_stale_parts(super::fetch::PARTIAL_MAX_AGE)
+    }
+
     /// The variables of a run: the provider's defaults, `arch`, its base URL (a configured
     /// mirror wins), then the request's own.
     pub fn vars(
