@@ -6,8 +6,11 @@ mod exec;
 mod files;
 mod init;
 mod net;
+mod pty;
 mod server;
+mod session;
 mod sysinfo;
+mod terminal;
 mod vsock;
 
 use std::sync::Arc;
@@ -52,6 +55,7 @@ fn serve(mut boot: BootTimes) -> i32 {
         let state = Arc::new(server::State {
             boot,
             shutdown: tokio::sync::Notify::new(),
+            sessions: Arc::default(),
         });
         server::run(listener, state).await
     });

@@ -15,6 +15,7 @@ mod limits;
 mod network;
 mod openapi;
 mod parse_errors;
+mod terminal;
 mod vms;
 
 use std::sync::Arc;
@@ -106,6 +107,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(health::routes())
         .merge(vms::routes())
         .merge(guest::routes())
+        .merge(terminal::routes())
         .merge(images::routes())
         .merge(drives::routes())
         .merge(network::routes())
