@@ -1,6 +1,7 @@
 //! What each command does. One module per noun; each verb is a function.
 
 pub mod asset;
+pub mod detach;
 pub mod download;
 pub mod drive;
 pub mod firecracker;
@@ -10,4 +11,5 @@ pub mod kernel;
 pub mod network;
 pub mod provider;
 pub mod status;
+pub mod terminal;
 pub mod vm;
