@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 
 # The guest kernel build (crates/nexusd/src/assets/kernel_build.rs) needs a C toolchain and kbuild's
 # tools: build-essential bc flex bison libelf-dev libssl-dev (and lz4, for the bzImage).
-PACKAGES=(qemu-system-x86 btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd python3 python3-venv dnsmasq-base
+PACKAGES=(qemu-system-x86 tmux btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd python3 python3-venv dnsmasq-base
   build-essential bc flex bison libelf-dev libssl-dev)
 missing=()
 for p in "${PACKAGES[@]}"; do

@@ -104,9 +104,10 @@ impl Terminal {
         self.send(Message::Text(json.into())).await
     }
 
-    /// Closes the WebSocket: detaches, the session keeps running.
+    /// Closes the WebSocket: detaches, the session keeps running. The server's half of the
+    /// closing handshake is waited for at most a second.
     pub async fn detach(mut self) {
-        let _ = self.ws.close(None).await;
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(1), self.ws.close(None)).await;
     }
 
     async fn send(&mut self, msg: Message) -> Result<(), ClientError> {

@@ -32,6 +32,8 @@ const MAX_WS_WRITE_BUFFER: usize = 256 * 1024;
 /// Close codes: normal (the session ended or the server closed it), policy (bad input).
 const CLOSE_NORMAL: u16 = 1000;
 const CLOSE_POLICY: u16 = 1008;
+/// How long the answer to a client's close may take to leave.
+const CLOSE_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -112,8 +114,12 @@ async fn pump(mut socket: WebSocket, mut stream: TerminalStream, s: AppState, vm
                     Err(reason) => break Some((CLOSE_POLICY, TermControl::Closed { reason })),
                 },
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => {}
-                // The client closed or vanished: detach, the session keeps running.
-                Some(Ok(Message::Close(_)) | Err(_)) | None => return,
+                // The client closed: answer its close (bounded), detach; the session keeps running.
+                Some(Ok(Message::Close(_))) => {
+                    let _ = tokio::time::timeout(CLOSE_REPLY_WAIT, futures_util::SinkExt::close(&mut socket)).await;
+                    return;
+                }
+                Some(Err(_)) | None => return,
             },
             frame = stream.next() => match frame {
                 Some(Ok(TermFrame::Data(data))) => {
