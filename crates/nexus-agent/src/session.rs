@@ -324,3 +324,93 @@ fn new_id() -> io::Result<String> {
     std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
     Ok(bytes.iter().map(|b| format!("{b:02x}")).collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn open(argv: &[&str]) -> TermOpen {
+        TermOpen {
+            cols: 80,
+            rows: 24,
+            argv: argv.iter().map(|s| s.to_string()).collect(),
+            ..TermOpen::default()
+        }
+    }
+
+    async fn read_until(att: &mut Attachment, needle: &str) -> String {
+        let mut seen = String::from_utf8_lossy(&att.scrollback).into_owned();
+        let read = async {
+            while !seen.contains(needle) {
+                let chunk = att.output.recv().await.expect("output");
+                seen.push_str(&String::from_utf8_lossy(&chunk));
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), read)
+            .await
+            .unwrap_or_else(|_| panic!("no {needle:?} in {seen:?}"));
+        seen
+    }
+
+    #[tokio::test]
+    async fn shell_session_runs_input_and_reports_its_exit_code() {
+        let sessions = Arc::new(Sessions::default());
+        let mut att = sessions.open(&open(&["/bin/sh"])).unwrap();
+
+        att.session.write(b"echo $((6*7))\n").await.unwrap();
+        read_until(&mut att, "42").await;
+        att.session.write(b"exit 3\n").await.unwrap();
+        let exit = tokio::time::timeout(
+            Duration::from_secs(10),
+            att.exited.wait_for(Option::is_some),
+        )
+        .await
+        .expect("exit within 10 s")
+        .map(|e| *e)
+        .unwrap();
+
+        assert_eq!(
+            exit,
+            Some(ExitInfo {
+                code: Some(3),
+                signal: None
+            })
+        );
+    }
+
+    #[tokio::test]
+    async fn second_attach_replays_the_scrollback_and_sees_the_window_size() {
+        let sessions = Arc::new(Sessions::default());
+        let mut first = sessions.open(&open(&["/bin/sh"])).unwrap();
+        first.session.write(b"echo mark-$((1+1))\n").await.unwrap();
+        read_until(&mut first, "mark-2").await;
+        let again = TermOpen {
+            session: Some(first.session.id.clone()),
+            cols: 100,
+            rows: 30,
+            ..TermOpen::default()
+        };
+
+        let mut second = sessions.open(&again).unwrap();
+        second.session.write(b"stty size\n").await.unwrap();
+
+        assert!(String::from_utf8_lossy(&second.scrollback).contains("mark-2"));
+        read_until(&mut second, "30 100").await;
+        assert_eq!(sessions.list()[0].clients, 2);
+        assert!(sessions.kill(&first.session.id));
+    }
+
+    #[test]
+    fn unknown_session_is_not_found() {
+        let sessions = Arc::new(Sessions::default());
+        let attach = TermOpen {
+            session: Some("0123456789ab".into()),
+            ..open(&[])
+        };
+
+        assert!(matches!(
+            sessions.open(&attach),
+            Err(OpenError::NotFound(_))
+        ));
+    }
+}

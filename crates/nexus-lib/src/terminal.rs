@@ -142,10 +142,13 @@ pub fn validate_argv(argv: &[String]) -> Result<(), String> {
 #[into_params(parameter_in = Query)]
 pub struct TerminalQuery {
     /// Attach to this session (12 hex digits); a new session is started when absent.
+    #[param(pattern = "^[0-9a-f]{12}$")]
     pub session: Option<String>,
     /// Window width, 1 to 1000 (default 80).
+    #[param(minimum = 1, maximum = 1000)]
     pub cols: Option<u16>,
     /// Window height, 1 to 1000 (default 24).
+    #[param(minimum = 1, maximum = 1000)]
     pub rows: Option<u16>,
     /// `TERM` for a new session (default `xterm-256color`).
     pub term: Option<String>,

@@ -220,7 +220,7 @@ async fn sessions(
 #[utoipa::path(
     delete, path = "/v1/vms/{vm}/sessions/{id}", tag = "guest",
     params(("vm" = String, Path, description = "VM id or name"),
-           ("id" = String, Path, description = "Session id (12 hex digits)")),
+           ("id" = String, Path, description = "Session id (12 lowercase hex digits)", pattern = "^[0-9a-f]{12}$")),
     responses((status = 204, description = "Killed"),
                (status = 404, description = "No such VM or session", body = ErrorBody),
                (status = 409, description = "Not running", body = ErrorBody),
