@@ -12,7 +12,7 @@ mod support;
 use std::io::{Read, Write};
 use std::os::fd::AsFd;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nexus_lib::agent::{ExecEvent, ExecRequest};
@@ -29,13 +29,10 @@ const IDLE_SESSIONS: usize = 20;
 const WAIT: Duration = Duration::from_secs(10);
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime();
     let home = tempfile::tempdir().expect("tempdir");
-    let mut daemon = spawn(home.path());
+    let mut daemon =
+        support::spawn_nexusd(home.path(), &["--pool-size", "1G", "--network", "none"]);
     let client = Client::unix(home.path().join("run/nexusd.sock"));
     let deadline = Instant::now() + Duration::from_secs(20);
     while rt.block_on(client.health()).is_err() {
@@ -72,19 +69,6 @@ fn main() {
         .arg(home.path().join("data/pool"))
         .stderr(Stdio::null())
         .status();
-}
-
-fn spawn(home: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_nexusd"))
-        .arg("--home")
-        .arg(home)
-        .args(["--pool-size", "1G", "--network", "none"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn nexusd")
 }
 
 fn shell() -> TermOpen {

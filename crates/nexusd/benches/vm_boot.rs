@@ -24,11 +24,7 @@ const EXECS: usize = 200;
 const FILE_MIB: usize = 64;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime();
     // Two daemons side by side: the default (jailed) and one with `jail = false`, whose boots
     // alternate so that both see the same host load.
     let jailed = Daemon::start(&rt, &[]);
@@ -236,17 +232,8 @@ async fn run(jailed: &Daemon, unjailed: &Daemon) {
 }
 
 fn spawn(home: &Path, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_nexusd"))
-        .arg("--home")
-        .arg(home)
-        .args(["--pool-size", "2G", "--network", "none"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn nexusd")
+    let args = [&["--pool-size", "2G", "--network", "none"][..], extra].concat();
+    support::spawn_nexusd(home, &args)
 }
 
 fn find_vsock_socket(vm_id: &str) -> PathBuf {

@@ -11,6 +11,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 
 use super::detach::{Detach, Typed};
+use super::guest::usage;
 use crate::cli::{TerminalOpts, VmAttachArgs, VmShellArgs};
 use crate::output::{Printer, table};
 
@@ -224,14 +225,5 @@ impl RawMode {
 impl Drop for RawMode {
     fn drop(&mut self) {
         let _ = crossterm::terminal::disable_raw_mode();
-    }
-}
-
-fn usage(message: String) -> ClientError {
-    ClientError::Api {
-        status: 400,
-        code: "usage".into(),
-        message,
-        field: None,
     }
 }

@@ -22,3 +22,29 @@ pub fn report_unit(what: &str, unit: &str, samples: &[f64]) {
 pub fn report(what: &str, samples: &[f64]) {
     report_unit(what, "ms", samples)
 }
+
+/// Starts the nexusd under benchmark on `home` with `args` (warnings only, on stderr).
+#[allow(dead_code)] // each benchmark uses part of this module
+pub fn spawn_nexusd(home: &std::path::Path, args: &[&str]) -> std::process::Child {
+    use std::process::{Command, Stdio};
+    Command::new(env!("CARGO_BIN_EXE_nexusd"))
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn nexusd")
+}
+
+/// The runtime the VM benchmarks drive the client from: two workers, like the host's cores.
+#[allow(dead_code)] // each benchmark uses part of this module
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
