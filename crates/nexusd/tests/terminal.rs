@@ -295,3 +295,39 @@ fn terminal_refuses_bad_sizes_and_unknown_sessions_before_upgrading() {
         assert_eq!(err.status(), Some(404), "{err}");
     });
 }
+
+#[test]
+fn session_survives_a_daemon_restart_and_is_attached_again() {
+    let d = running_vm("ttyrestart");
+    let id = rt().block_on(async {
+        let mut t = open(
+            &d,
+            "ttyrestart",
+            TermOpen {
+                cols: 80,
+                rows: 24,
+                ..TermOpen::default()
+            },
+        )
+        .await;
+        let id = session_id(&mut t).await;
+        t.send_input(b"SURVIVED=yes-$((3*3))\r").await.unwrap();
+        t.send_input(b"echo set\r").await.unwrap();
+        read_until(&mut t, |s| s.contains("set\r\n")).await;
+        id
+    });
+
+    let d = d.restart();
+
+    rt().block_on(async {
+        let again = TermOpen {
+            session: Some(id),
+            cols: 80,
+            rows: 24,
+            ..TermOpen::default()
+        };
+        let mut t = open(&d, "ttyrestart", again).await;
+        t.send_input(b"echo $SURVIVED\r").await.unwrap();
+        read_until(&mut t, |s| s.contains("yes-9")).await;
+    });
+}
