@@ -331,3 +331,33 @@ fn session_survives_a_daemon_restart_and_is_attached_again() {
         read_until(&mut t, |s| s.contains("yes-9")).await;
     });
 }
+
+#[test]
+fn terminal_works_over_the_tcp_listener_with_the_token() {
+    common::require_boot_prerequisites();
+    let d = common::tcp_daemon(&["--pool-size", "1G"]);
+    d.start_default_vm("ttytcp", &[]);
+    let tcp = nexus_lib::client::Client::tcp(common::tcp_addr(&d), common::TCP_TOKEN);
+    rt().block_on(async {
+        let shell = TermOpen {
+            cols: 80,
+            rows: 24,
+            ..TermOpen::default()
+        };
+        let mut t = tcp
+            .open_terminal("ttytcp", &shell)
+            .await
+            .expect("terminal over TCP");
+        session_id(&mut t).await;
+        t.send_input(b"echo over-$((40+2))\r").await.unwrap();
+        read_until(&mut t, |s| s.contains("over-42")).await;
+
+        let wrong = nexus_lib::client::Client::tcp(common::tcp_addr(&d), "wrong-token");
+        let err = wrong
+            .open_terminal("ttytcp", &shell)
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(err.status(), Some(401), "{err}");
+    });
+}
