@@ -241,6 +241,13 @@ fn two_clients_share_a_session_that_is_listed_and_killed_by_id() {
             listed.iter().any(|s| s.id == id && s.clients == 2),
             "{listed:?}"
         );
+        let table = common::stdout(&d.ctl(&["vm", "sessions", "ttyws"]));
+        assert!(
+            table
+                .lines()
+                .any(|l| l.starts_with(&id) && l.contains("running")),
+            "{table}"
+        );
 
         d.client.kill_terminal_session("ttyws", &id).await.unwrap();
         let end = tokio::time::timeout(WAIT, async {
