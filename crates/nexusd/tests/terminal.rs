@@ -368,3 +368,18 @@ fn terminal_works_over_the_tcp_listener_with_the_token() {
         assert_eq!(err.status(), Some(401), "{err}");
     });
 }
+
+#[test]
+fn shell_with_a_command_runs_it_on_a_terminal_and_exits_with_its_code() {
+    let d = running_vm("ttycmd");
+    let tmux = Tmux::start("cmd", 80, 24);
+    let ctl = nexusctl(&d);
+
+    tmux.type_line(&format!(
+        "{ctl} vm shell ttycmd -- sh -c 'tty; echo cmd-$((2+2)); exit 5'; echo \"[exit=$?]\""
+    ));
+
+    let screen = tmux.wait_for("the command's exit", |s| has_line(s, "[exit=5]"));
+    assert!(has_line(&screen, "cmd-4"), "{screen}");
+    assert!(screen.contains("/dev/pts/"), "not on a terminal:\n{screen}");
+}
