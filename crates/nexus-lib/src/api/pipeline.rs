@@ -15,6 +15,10 @@ use utoipa::ToSchema;
 
 use super::assets::{AssetKind, ProviderKind, ProviderSettings};
 
+#[path = "pipeline_rootfs.rs"]
+mod rootfs;
+pub use rootfs::*;
+
 /// Most stages in one pipeline.
 pub const MAX_STAGES: usize = 32;
 /// Longest template (URL, name, pattern), in bytes.
@@ -44,6 +48,7 @@ pub enum Stage {
     Convert(ConvertStage),
     Install(InstallStage),
     KernelBuild(KernelBuildStage),
+    Mmdebstrap(MmdebstrapStage),
 }
 
 impl Stage {
@@ -58,6 +63,7 @@ impl Stage {
             Self::Convert(_) => "convert",
             Self::Install(_) => "install",
             Self::KernelBuild(_) => "kernel-build",
+            Self::Mmdebstrap(_) => "mmdebstrap",
         }
     }
 }
@@ -77,6 +83,7 @@ fn stage_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
         ("convert", ConvertStage::schema()),
         ("install", InstallStage::schema()),
         ("kernel-build", KernelBuildStage::schema()),
+        ("mmdebstrap", MmdebstrapStage::schema()),
     ];
     let mut one_of = OneOfBuilder::new().description(Some(
         "One stage of a pipeline, told by its `stage` property",
@@ -116,6 +123,7 @@ impl ToSchema for Stage {
         ConvertStage::schemas(schemas);
         InstallStage::schemas(schemas);
         KernelBuildStage::schemas(schemas);
+        MmdebstrapStage::schemas(schemas);
     }
 }
 
@@ -370,6 +378,7 @@ impl Stage {
                 [opt(&i.member), vec![i.kind.as_str(), &i.name, &i.version]].concat()
             }
             Self::KernelBuild(b) => b.options.values().map(String::as_str).collect(),
+            Self::Mmdebstrap(m) => m.templates(),
         }
     }
 
@@ -380,6 +389,7 @@ impl Stage {
                 source: FetchSource::Apt(_),
                 ..
             }) => &["apt_package", "apt_version"],
+            Self::Mmdebstrap(_) => &["rootfs_version"],
             _ => &[],
         }
     }
@@ -504,8 +514,9 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String,
 }
 
 /// Checks a variable's value: URLs (`url`, `base_url`) are printable without spaces, `sha256` is
-/// 64 hex digits, anything else is a word of `[A-Za-z0-9.+~:_-]` (so it cannot add a path
-/// component or a query to a URL).
+/// 64 hex digits, `suite`, `variant` and `packages` follow Debian's rules ([`check_suite`],
+/// [`check_variant`], [`parse_packages`]), anything else is a word of `[A-Za-z0-9.+~:_-]` (so it
+/// cannot add a path component or a query to a URL).
 pub fn validate_var(name: &str, value: &str) -> Result<(), String> {
     if !valid_var_name(name) {
         return Err(format!(
@@ -518,6 +529,9 @@ pub fn validate_var(name: &str, value: &str) -> Result<(), String> {
     let ok = match name {
         "url" | "base_url" => value.chars().all(|c| c.is_ascii_graphic()),
         "sha256" => value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()),
+        "suite" => return check_suite(value),
+        "variant" => return check_variant(value),
+        "packages" => return parse_packages(value).map(drop),
         _ => {
             value.len() <= 128
                 && !value.starts_with(['.', '-'])
@@ -777,6 +791,26 @@ pub fn validate_pipeline(
                     &b.into,
                     Known {
                         tree: true,
+                        trust: Trust::Signed,
+                    },
+                )
+            }
+            Stage::Mmdebstrap(m) => {
+                if kind != ProviderKind::DebianRootfs {
+                    return Err(invalid(
+                        at,
+                        "only a debian-rootfs provider has an mmdebstrap stage",
+                    ));
+                }
+                secs(m.timeout_secs)?;
+                for t in m.templates() {
+                    template_vars(t).map_err(fail)?;
+                }
+                // apt checks the archive's signed Release files with the host's keyring.
+                (
+                    &m.into,
+                    Known {
+                        tree: false,
                         trust: Trust::Signed,
                     },
                 )

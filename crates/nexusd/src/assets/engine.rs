@@ -21,6 +21,7 @@ use super::convert::{self, ConvertError};
 use super::decompress::{self, DecompressError};
 use super::extract::{self, ExtractBounds, ExtractError, Tree};
 use super::fetch::{self, FetchBounds, FetchError, Fetcher};
+use super::mmdebstrap::MmdebstrapError;
 use super::progress::Progress;
 use super::signature::{self, SignatureError};
 use super::{AssetDirs, AssetSettings};
@@ -43,6 +44,8 @@ pub enum StageError {
     Extract(#[from] ExtractError),
     #[error(transparent)]
     Convert(#[from] ConvertError),
+    #[error(transparent)]
+    Mmdebstrap(#[from] MmdebstrapError),
     #[error("{path}: not allowed")]
     HostPath {
         path: String,
@@ -132,6 +135,12 @@ impl RunError {
             StageError::Decompress(_) | StageError::Extract(_) | StageError::Convert(_) => {
                 "corrupt"
             }
+            StageError::Mmdebstrap(e) => match e {
+                MmdebstrapError::Invalid(_) => "invalid",
+                MmdebstrapError::TimedOut { .. } => "timeout",
+                MmdebstrapError::Cancelled => "cancelled",
+                _ => "mmdebstrap",
+            },
             StageError::HostPath { .. } => "forbidden",
             StageError::Invalid(_) => "invalid",
             StageError::Unverified(_) => "unverified",
@@ -333,6 +342,7 @@ impl Engine {
                     | StageError::Apt(AptError::Cancelled)
                     | StageError::Decompress(DecompressError::Cancelled)
                     | StageError::Extract(ExtractError::Cancelled)
+                    | StageError::Mmdebstrap(MmdebstrapError::Cancelled)
                         if cancel.is_cancelled() =>
                     {
                         RunError::Cancelled
@@ -594,6 +604,7 @@ impl Run<'_> {
                 });
                 Ok(())
             }
+            Stage::Mmdebstrap(m) => self.mmdebstrap(index, count, m, progress).await,
             Stage::KernelBuild(_) => {
                 progress.stage(index, count, "kernel-build", String::new());
                 // The kernel build module is called here once it is part of nexusd.
@@ -697,6 +708,48 @@ impl Run<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// A root filesystem built by mmdebstrap ([`super::mmdebstrap`]); sets `{rootfs_version}`.
+    async fn mmdebstrap(
+        &mut self,
+        index: usize,
+        count: usize,
+        m: &pipeline::MmdebstrapStage,
+        progress: &Progress,
+    ) -> Result<(), StageError> {
+        let req = super::mmdebstrap::Request {
+            suite: self.render(&m.suite)?,
+            variant: self.render(&m.variant)?,
+            packages: self.render(&m.packages)?,
+            mirror: self.vars.get("base_url").cloned(),
+            source_date_epoch: match self.vars.get("source_date_epoch") {
+                Some(v) => Some(v.parse().map_err(|_| {
+                    StageError::Invalid(format!("source_date_epoch {v:?} is not a number"))
+                })?),
+                None => None,
+            },
+            timeout: m.timeout_secs.map_or(
+                super::mmdebstrap::DEFAULT_TIMEOUT,
+                std::time::Duration::from_secs,
+            ),
+        };
+        self.out_path(&m.into)?;
+        let detail = format!("{} {} +{}", req.suite, req.variant, req.packages);
+        let p = progress.stage(index, count, "mmdebstrap", detail);
+        let (staging, into, cancel) = (self.staging.clone(), m.into.clone(), self.cancel.clone());
+        let built = blocking(move || {
+            let apt = super::apt_sources::AptConfig::default();
+            Ok(super::mmdebstrap::build(
+                &req, &apt, &staging, &into, &p, &cancel,
+            )?)
+        })
+        .await?;
+        self.vars
+            .insert("rootfs_version".into(), built.version.clone());
+        self.steps.push(json!({"mmdebstrap": built.record}));
+        self.file_artifact(&m.into, built.path, built.sha256, built.size, Trust::Signed);
+        Ok(())
     }
 
     /// A `file://` source: the host-path policy decides whether the caller may name it.

@@ -21,6 +21,8 @@ use crate::storage::{ImportBounds, ImportError, PoolError, PoolManager, ext4};
 use crate::store::images::{self, Deleted, ImageRow, Inserted};
 use crate::store::{Store, StoreError};
 
+mod rootfs;
+
 /// Longest import path accepted (Linux's `PATH_MAX`).
 const MAX_PATH_LEN: usize = 4096;
 /// Longest component of an import path (Linux's `NAME_MAX`).
@@ -179,6 +181,7 @@ impl ImageService {
                 CreateImage {
                     path: dir.path().display().to_string(),
                     name: Some(DEFAULT_IMAGE.into()),
+                    asset: None,
                 },
                 &Caller::Daemon,
             )
@@ -197,14 +200,16 @@ impl ImageService {
         let (this, caller) = (self.clone(), caller.clone());
         let cancel = tokio_util::sync::CancellationToken::new();
         let _cancel_on_drop = cancel.clone().drop_guard();
-        detached(async move { this.import_now(req, &caller, cancel).await }).await
+        detached(async move { this.import_now(req, &caller, cancel, None).await }).await
     }
 
+    /// The import; `source` replaces the recorded `dir:`/`ext4:` origin (an asset's).
     async fn import_now(
         &self,
         req: CreateImage,
         caller: &Caller,
         cancel: tokio_util::sync::CancellationToken,
+        source: Option<String>,
     ) -> Result<Image, ImageError> {
         check_path_text(&req.path)?;
         let path = PathBuf::from(&req.path);
@@ -274,7 +279,8 @@ impl ImageService {
             state: StorageState::Ready,
             size_bytes: info.size_bytes,
             sha256: info.sha256,
-            source: format!("{}:{}", if is_dir { "dir" } else { "ext4" }, req.path),
+            source: source
+                .unwrap_or_else(|| format!("{}:{}", if is_dir { "dir" } else { "ext4" }, req.path)),
             created_at_ms: i64::try_from(info.created_at_ms).unwrap_or(i64::MAX),
         };
         let insert = row.clone();
