@@ -52,6 +52,9 @@ pub enum Command {
     /// Firecracker and jailer binaries in the asset store.
     #[command(subcommand)]
     Firecracker(FirecrackerCommand),
+    /// Root filesystems in the asset store (tarballs images are made from).
+    #[command(subcommand)]
+    Rootfs(RootfsCommand),
     /// Everything in the asset store (kernels, VMM binaries, packages, files).
     #[command(subcommand)]
     Asset(AssetCommand),
@@ -136,6 +139,76 @@ pub struct FirecrackerRef {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RootfsCommand {
+    /// List installed root filesystems.
+    #[command(alias = "ls")]
+    List,
+    /// Download a root filesystem tarball through a provider (default: `url`, pinned by sha256).
+    Download(RootfsDownloadArgs),
+    /// Build a root filesystem and import it as an image (`debian`: mmdebstrap from the host's
+    /// apt configuration, with python3, git, curl and ca-certificates by default).
+    Build(RootfsBuildArgs),
+    /// Hash an installed root filesystem again and compare it with its record.
+    Verify(AssetRef),
+    /// Remove an installed root filesystem (images made from it stay).
+    #[command(alias = "rm")]
+    Remove(AssetRef),
+}
+
+#[derive(Debug, Args)]
+pub struct RootfsDownloadArgs {
+    /// The provider whose pipeline runs.
+    #[arg(long, default_value = "url")]
+    pub provider: String,
+    /// The tarball's URL (url providers).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Its sha256 (url providers).
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// The asset's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The asset's version.
+    #[arg(long)]
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+/// Distributions `rootfs build` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distro {
+    Debian,
+}
+
+#[derive(Debug, Args)]
+pub struct RootfsBuildArgs {
+    /// What to build.
+    pub distro: Distro,
+    /// The provider whose pipeline runs.
+    #[arg(long, default_value = "debian-rootfs")]
+    pub provider: String,
+    /// Suite or codename (default: the host's, e.g. bookworm).
+    #[arg(long)]
+    pub suite: Option<String>,
+    /// mmdebstrap variant (default: apt, the smallest with apt and dpkg).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Extra packages, comma-separated (default: python3,git,curl,ca-certificates).
+    #[arg(long)]
+    pub packages: Option<String>,
+    /// Name of the image (default: debian-SUITE).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Only build the asset; do not import it as an image.
+    #[arg(long)]
+    pub no_import: bool,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AssetCommand {
     /// List installed assets.
     #[command(alias = "ls")]
@@ -186,7 +259,7 @@ pub struct ProviderRef {
 pub struct ProviderAddArgs {
     /// Name: lowercase letters, digits and '-', at most 63.
     pub name: String,
-    /// debian-package, firecracker-release, url or kernel-build.
+    /// debian-package, firecracker-release, url, kernel-build or debian-rootfs.
     #[arg(long)]
     pub kind: ProviderKind,
     /// Settings as JSON, or @FILE: {"base_url", "vars", "no_signature", "no_checksum"}.
@@ -375,7 +448,12 @@ pub enum ImageCommand {
 #[derive(Debug, Args)]
 pub struct ImageImportArgs {
     /// An ext4 image file or a directory.
-    pub path: PathBuf,
+    #[arg(required_unless_present = "asset", conflicts_with = "asset")]
+    pub path: Option<PathBuf>,
+    /// Instead of a path: a rootfs asset (id, name or NAME@VERSION), unpacked into ext4 with
+    /// the guest agent added.
+    #[arg(long)]
+    pub asset: Option<String>,
     /// Name (default: from the file name).
     #[arg(long)]
     pub name: Option<String>,

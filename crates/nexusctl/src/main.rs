@@ -40,6 +40,7 @@ fn main() -> ExitCode {
             Command::Network(cmd) => commands::network::run(&client, out, cmd).await.map(|()| 0),
             Command::Kernel(cmd) => commands::kernel::run(&client, out, cmd).await,
             Command::Firecracker(cmd) => commands::firecracker::run(&client, out, cmd).await,
+            Command::Rootfs(cmd) => commands::rootfs::run(&client, out, cmd).await,
             Command::Asset(cmd) => commands::asset::run(&client, out, cmd).await,
             Command::Provider(cmd) => commands::provider::run(&client, out, cmd).await.map(|()| 0),
         }

@@ -9,5 +9,6 @@ pub mod image;
 pub mod kernel;
 pub mod network;
 pub mod provider;
+pub mod rootfs;
 pub mod status;
 pub mod vm;

@@ -188,5 +188,25 @@ pub fn migrations() -> Migrations<'static> {
         ) STRICT;
         "#,
         ),
+        // 6: the `debian-rootfs` provider kind. SQLite cannot change a CHECK: the table is
+        // rebuilt (nothing references it; assets name their provider as text).
+        M::up(
+            r#"
+        CREATE TABLE providers_new (
+            name            TEXT PRIMARY KEY NOT NULL,
+            kind            TEXT NOT NULL CHECK (kind IN
+                              ('debian-package','firecracker-release','url','kernel-build',
+                               'debian-rootfs')),
+            settings        TEXT NOT NULL CHECK (json_valid(settings)),
+            stages          TEXT NOT NULL CHECK (json_valid(stages)),
+            builtin         INTEGER NOT NULL DEFAULT 0 CHECK (builtin IN (0, 1)),
+            created_at_ms   INTEGER NOT NULL
+        ) STRICT;
+        INSERT INTO providers_new SELECT name, kind, settings, stages, builtin, created_at_ms
+            FROM providers;
+        DROP TABLE providers;
+        ALTER TABLE providers_new RENAME TO providers;
+        "#,
+        ),
     ])
 }
