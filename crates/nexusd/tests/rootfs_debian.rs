@@ -40,13 +40,19 @@ fn assert_nothing_left(d: &TestDaemon) {
             .unwrap_or_default();
         let procs: Vec<u32> = common::pids_mentioning(&home, "mmdebstrap");
         let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-        let mounted = mounts.lines().any(|l| l.contains(&format!("{home}/data/assets")));
+        let mounted = mounts
+            .lines()
+            .any(|l| l.contains(&format!("{home}/data/assets")));
         if (tmp.is_empty() && procs.is_empty() && !mounted) || Instant::now() > deadline {
             break (tmp, procs, mounted);
         }
         std::thread::sleep(Duration::from_millis(200));
     };
-    assert_eq!(left, (vec![], vec![], false), "left behind: staging, processes, mounts");
+    assert_eq!(
+        left,
+        (vec![], vec![], false),
+        "left behind: staging, processes, mounts"
+    );
 }
 
 fn vm_exec_python(d: &TestDaemon, vm: &str) {
@@ -58,7 +64,14 @@ fn vm_exec_python(d: &TestDaemon, vm: &str) {
 /// Starts `vm` from `image` and returns start → agent ready (ms) of its boot.
 fn boot(d: &TestDaemon, vm: &str, image: &str) -> u64 {
     let out = d.ctl(&[
-        "vm", "create", vm, "--image", image, "--network", "none", "--start",
+        "vm",
+        "create",
+        vm,
+        "--image",
+        image,
+        "--network",
+        "none",
+        "--start",
     ]);
     assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
     let boots = rt().block_on(d.client.vm_boots(vm)).unwrap();
@@ -89,7 +102,10 @@ fn rootfs_build_debian_makes_an_image_whose_vm_runs_python_also_on_the_built_ker
     assert!(step["installed"]["python3"].is_string(), "{step}");
     assert!(step["source_date_epoch"].is_u64());
     assert!(
-        image["source"].as_str().unwrap().contains(asset["sha256"].as_str().unwrap()),
+        image["source"]
+            .as_str()
+            .unwrap()
+            .contains(asset["sha256"].as_str().unwrap()),
         "{image}"
     );
     eprintln!(
@@ -102,7 +118,15 @@ fn rootfs_build_debian_makes_an_image_whose_vm_runs_python_also_on_the_built_ker
 
     let ready = boot(&d, "deb", name);
     vm_exec_python(&d, "deb");
-    let curl = d.ctl(&["vm", "exec", "deb", "--", "sh", "-c", "git --version && curl --version | head -1 && ls /etc/ssl/certs | wc -l"]);
+    let curl = d.ctl(&[
+        "vm",
+        "exec",
+        "deb",
+        "--",
+        "sh",
+        "-c",
+        "git --version && curl --version | head -1 && ls /etc/ssl/certs | wc -l",
+    ]);
     assert!(curl.status.success(), "{}", stderr(&curl));
     eprintln!("FIGURES debian image, Debian kernel + initramfs: start -> agent ready {ready} ms");
 
@@ -123,7 +147,10 @@ fn bad_rootfs_inputs_are_refused_before_mmdebstrap_runs_and_install_nothing() {
     let many = vec!["ab"; 65].join(",");
     for (args, expect) in [
         (vec!["--packages", "python3,Bad_Name"], "Bad_Name"),
-        (vec!["--packages", "python3,,git"], "not a Debian package name"),
+        (
+            vec!["--packages", "python3,,git"],
+            "not a Debian package name",
+        ),
         (vec!["--packages", many.as_str()], "at most 64"),
         (vec!["--suite", "../etc"], "suite"),
         (vec!["--suite", "Bookworm"], "not a Debian suite name"),
@@ -137,7 +164,10 @@ fn bad_rootfs_inputs_are_refused_before_mmdebstrap_runs_and_install_nothing() {
 
         assert_eq!(out.status.code(), Some(2), "{cmd:?}: {}", stderr(&out));
         assert!(stderr(&out).contains(expect), "{cmd:?}: {}", stderr(&out));
-        assert!(started.elapsed() < Duration::from_secs(10), "{cmd:?} ran something");
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{cmd:?} ran something"
+        );
     }
     assert_nothing_left(&d);
 }
