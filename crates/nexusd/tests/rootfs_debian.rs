@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use common::{TestDaemon, rt, stderr, stdout};
 use nexus_lib::api::{AssetKind, DownloadEvent, DownloadRequest};
+use sha2::{Digest, Sha256};
 
 /// A daemon with room for a Debian image in its pool, and mmdebstrap on the host.
 fn daemon(extra: &[&str]) -> TestDaemon {
@@ -116,6 +117,16 @@ fn rootfs_build_debian_makes_an_image_whose_vm_runs_python_also_on_the_built_ker
         image["size_bytes"]
     );
 
+    // The import alone, timed: the same asset as a second image.
+    let started = Instant::now();
+    let id = asset["id"].as_str().unwrap();
+    let again = d.ctl(&["image", "import", "--asset", id, "--name", "debian-again"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    eprintln!(
+        "FIGURES image import of the rootfs asset {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+
     let ready = boot(&d, "deb", name);
     vm_exec_python(&d, "deb");
     let curl = d.ctl(&[
@@ -213,4 +224,117 @@ fn a_client_that_goes_away_cancels_the_build_and_leaves_nothing() {
         .block_on(d.client.list_assets(Some(AssetKind::Rootfs)))
         .unwrap();
     assert!(rootfs.is_empty());
+}
+
+/// A `rootfs` asset from a tarball file (through the `url` provider and `file://`).
+fn rootfs_asset(d: &TestDaemon, name: &str, tarball: &[u8]) {
+    let file = d.home().join(format!("{name}.tar"));
+    std::fs::write(&file, tarball).unwrap();
+    let sha = format!("{:x}", Sha256::digest(tarball));
+    let url = format!("file://{}", file.display());
+    let out = d.ctl(&[
+        "rootfs",
+        "download",
+        "--url",
+        &url,
+        "--sha256",
+        &sha,
+        "--name",
+        name,
+        "--version",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+}
+
+/// A tar archive of (type, path, link target, data), names written raw (so `..` is possible).
+fn tarball(entries: &[(tar::EntryType, &str, &str, &[u8])]) -> Vec<u8> {
+    let mut b = tar::Builder::new(Vec::new());
+    for (kind, path, link, data) in entries {
+        let mut h = tar::Header::new_gnu();
+        h.set_entry_type(*kind);
+        h.set_mode(if *kind == tar::EntryType::Directory {
+            0o755
+        } else {
+            0o644
+        });
+        h.set_size(data.len() as u64);
+        h.as_old_mut().name[..path.len()].copy_from_slice(path.as_bytes());
+        h.as_old_mut().linkname[..link.len()].copy_from_slice(link.as_bytes());
+        h.set_cksum();
+        b.append(&h, *data).unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+#[test]
+fn image_import_of_a_hostile_rootfs_asset_is_refused_and_makes_no_image() {
+    use tar::EntryType as E;
+    let d = daemon(&[]);
+    let outside = tempfile::tempdir().unwrap();
+    let target = outside.path().display().to_string();
+    let cases = [
+        ("dotdot", tarball(&[(E::Regular, "../escape", "", b"x")])),
+        (
+            "through-link",
+            tarball(&[
+                (E::Symlink, "./etc", &target, b""),
+                (E::Regular, "./etc/owned", "", b"x"),
+            ]),
+        ),
+        (
+            "hard-link",
+            tarball(&[(E::Link, "./passwd", "/etc/passwd", b"")]),
+        ),
+    ];
+    for (name, bytes) in &cases {
+        rootfs_asset(&d, name, bytes);
+
+        let out = d.ctl(&["image", "import", "--asset", name]);
+
+        assert_eq!(out.status.code(), Some(2), "{name}: {}", stderr(&out));
+        assert!(
+            stderr(&out).contains("unsafe archive"),
+            "{name}: {}",
+            stderr(&out)
+        );
+    }
+    assert_eq!(std::fs::read_dir(outside.path()).unwrap().count(), 0);
+    let images = rt().block_on(d.client.list_images()).unwrap();
+    assert!(images.is_empty(), "{images:?}");
+}
+
+#[test]
+fn a_rootfs_assets_absolute_symlinks_reach_the_image_as_links() {
+    use tar::EntryType as E;
+    common::require_boot_prerequisites();
+    let d = daemon(&[]);
+    let bytes = tarball(&[
+        (E::Directory, "./usr/", "", b""),
+        (E::Directory, "./usr/sbin/", "", b""),
+        (E::Symlink, "./sbin", "/usr/sbin", b""),
+        (E::Directory, "./etc/", "", b""),
+        (E::Symlink, "./etc/shadow-link", "/etc/shadow", b""),
+    ]);
+    rootfs_asset(&d, "links", &bytes);
+
+    let out = d.ctl(&["--json", "image", "import", "--asset", "links"]);
+
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    let image: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let ext4 = d
+        .pool_root()
+        .join("images")
+        .join(image["id"].as_str().unwrap())
+        .join("rootfs.ext4");
+    let debugfs = |req: &str| {
+        let o = std::process::Command::new("debugfs")
+            .args(["-R", req])
+            .arg(&ext4)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(debugfs("stat /etc/shadow-link").contains("Fast link dest: \"/etc/shadow\""));
+    assert!(debugfs("stat /usr/sbin/nexus-agent").contains("Mode:  0755"));
 }
