@@ -18,6 +18,8 @@ use super::assets::{AssetKind, ProviderKind, ProviderSettings};
 #[path = "pipeline_rootfs.rs"]
 mod rootfs;
 pub use rootfs::*;
+#[path = "pipeline_schema.rs"]
+mod schema;
 
 /// Most stages in one pipeline.
 pub const MAX_STAGES: usize = 32;
@@ -34,8 +36,8 @@ pub const MAX_VARS: usize = 32;
 /// Longest variable value, in bytes.
 pub const MAX_VAR_LEN: usize = 2048;
 
-/// One stage of a pipeline: `{"stage": "fetch", ...}`. Its OpenAPI schema is written below
-/// ([`stage_schema`]): utoipa would describe each variant as `allOf` of the stage's object (which
+/// One stage of a pipeline: `{"stage": "fetch", ...}`. Its OpenAPI schema is written by hand
+/// (`pipeline_schema.rs`): utoipa would describe each variant as `allOf` of the stage's object (which
 /// forbids other properties) and the `stage` tag, which no value can satisfy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "stage", rename_all = "kebab-case")]
@@ -65,65 +67,6 @@ impl Stage {
             Self::KernelBuild(_) => "kernel-build",
             Self::Mmdebstrap(_) => "mmdebstrap",
         }
-    }
-}
-
-/// The schema of [`Stage`]: one object per variant, each the stage's own object (no other
-/// properties) with the required `stage` tag added.
-fn stage_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    use utoipa::PartialSchema;
-    use utoipa::openapi::RefOr;
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-    let variants = [
-        ("fetch", FetchStage::schema()),
-        ("checksum", ChecksumStage::schema()),
-        ("signature", SignatureStage::schema()),
-        ("decompress", DecompressStage::schema()),
-        ("extract", ExtractStage::schema()),
-        ("convert", ConvertStage::schema()),
-        ("install", InstallStage::schema()),
-        ("kernel-build", KernelBuildStage::schema()),
-        ("mmdebstrap", MmdebstrapStage::schema()),
-    ];
-    let mut one_of = OneOfBuilder::new().description(Some(
-        "One stage of a pipeline, told by its `stage` property",
-    ));
-    for (tag, schema) in variants {
-        let RefOr::T(Schema::Object(mut object)) = schema else {
-            unreachable!("stage structs derive object schemas");
-        };
-        let tag_schema = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some([tag]));
-        object.properties.insert("stage".into(), tag_schema.into());
-        object.required.insert(0, "stage".into());
-        one_of = one_of.item(object);
-    }
-    one_of.into()
-}
-
-impl utoipa::PartialSchema for Stage {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        stage_schema()
-    }
-}
-
-impl ToSchema for Stage {
-    fn schemas(
-        schemas: &mut Vec<(
-            String,
-            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
-        )>,
-    ) {
-        FetchStage::schemas(schemas);
-        ChecksumStage::schemas(schemas);
-        SignatureStage::schemas(schemas);
-        DecompressStage::schemas(schemas);
-        ExtractStage::schemas(schemas);
-        ConvertStage::schemas(schemas);
-        InstallStage::schemas(schemas);
-        KernelBuildStage::schemas(schemas);
-        MmdebstrapStage::schemas(schemas);
     }
 }
 
@@ -796,24 +739,9 @@ pub fn validate_pipeline(
                 )
             }
             Stage::Mmdebstrap(m) => {
-                if kind != ProviderKind::DebianRootfs {
-                    return Err(invalid(
-                        at,
-                        "only a debian-rootfs provider has an mmdebstrap stage",
-                    ));
-                }
                 secs(m.timeout_secs)?;
-                for t in m.templates() {
-                    template_vars(t).map_err(fail)?;
-                }
-                // apt checks the archive's signed Release files with the host's keyring.
-                (
-                    &m.into,
-                    Known {
-                        tree: false,
-                        trust: Trust::Signed,
-                    },
-                )
+                let trust = m.check(kind).map_err(fail)?;
+                (&m.into, Known { tree: false, trust })
             }
         };
         if !valid_artifact_name(output) {

@@ -6,6 +6,8 @@
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::{ProviderKind, Trust, template_vars};
+
 /// Most extra packages of one build.
 pub const MAX_PACKAGES: usize = 64;
 /// Longest suite name.
@@ -51,6 +53,18 @@ impl MmdebstrapStage {
             self.variant.as_str(),
             self.packages.as_str(),
         ]
+    }
+
+    /// The stage's own rules in a pipeline of a `kind` provider; the trust of its tarball.
+    pub(super) fn check(&self, kind: ProviderKind) -> Result<Trust, String> {
+        if kind != ProviderKind::DebianRootfs {
+            return Err("only a debian-rootfs provider has an mmdebstrap stage".into());
+        }
+        for t in self.templates() {
+            template_vars(t)?;
+        }
+        // apt checks the archive's signed Release files with the host's keyrings.
+        Ok(Trust::Signed)
     }
 }
 

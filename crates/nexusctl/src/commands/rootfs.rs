@@ -64,7 +64,9 @@ async fn build(client: &Client, out: Printer, args: RootfsBuildArgs) -> Result<(
         .ok_or_else(|| ClientError::Decode("the build installed no rootfs asset".into()))?;
     if args.no_import {
         let built = Built { asset, image: None };
-        out.print(&built, || asset::assets_table(std::slice::from_ref(&built.asset)));
+        out.print(&built, || {
+            asset::assets_table(std::slice::from_ref(&built.asset))
+        });
         return Ok(());
     }
     let image = import(client, &asset, args.image, out.json).await?;
@@ -74,7 +76,10 @@ async fn build(client: &Client, out: Printer, args: RootfsBuildArgs) -> Result<(
     };
     out.print(&built, || {
         let image = built.image.as_ref().map(image::show).unwrap_or_default();
-        format!("{}\n{image}", asset::assets_table(std::slice::from_ref(&built.asset)))
+        format!(
+            "{}\n{image}",
+            asset::assets_table(std::slice::from_ref(&built.asset))
+        )
     });
     Ok(())
 }

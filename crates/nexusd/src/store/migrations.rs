@@ -4,7 +4,7 @@ use rusqlite_migration::{M, Migrations};
 
 /// The schema version after all migrations.
 #[cfg(test)]
-pub const LATEST: u32 = 5;
+pub const LATEST: u32 = 6;
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
