@@ -10,7 +10,7 @@
 
 use std::env;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 /// How much of a tool's stderr is kept in an error: enough for the message, bounded for the log.
 const STDERR_KEEP: usize = 2048;
@@ -82,26 +82,44 @@ pub(crate) fn run_bounded<E: From<CommandError>>(
         }
         buf
     });
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(source) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(spawn_failed(&line)(source).into());
-            }
-        }
-        if let Err(e) = stop() {
-            let _ = child.kill();
-            let _ = child.wait();
+    let kill = |child: &mut Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let status = match wait_or_stop(&mut child, &line, stop, &kill) {
+        Ok(status) => status,
+        Err(e) => {
             let _ = reader.join();
             return Err(e);
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let stderr = reader.join().unwrap_or_default();
     Ok(check(line, status, &stderr, ok_codes)?)
+}
+
+/// Waits for `child`, asking `stop` every 50 ms whether to give up; when it answers an error (or
+/// waiting fails), `kill` ends and reaps the child and the error is returned.
+fn wait_or_stop<E: From<CommandError>>(
+    child: &mut Child,
+    line: &str,
+    stop: &dyn Fn() -> Result<(), E>,
+    kill: &dyn Fn(&mut Child),
+) -> Result<ExitStatus, E> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) => {}
+            Err(source) => {
+                kill(child);
+                return Err(spawn_failed(line)(source).into());
+            }
+        }
+        if let Err(e) = stop() {
+            kill(child);
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 /// Runs `cmd` like [`run_bounded`], with two differences for long builds that start tools of
@@ -123,7 +141,7 @@ pub(crate) fn run_streaming<E: From<CommandError>>(
         .spawn()
         .map_err(spawn_failed(&line))?;
     let group = rustix::process::Pid::from_child(&child);
-    let kill_group = |child: &mut std::process::Child| {
+    let kill_group = |child: &mut Child| {
         let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         let _ = child.kill();
         let _ = child.wait();
@@ -147,21 +165,7 @@ pub(crate) fn run_streaming<E: From<CommandError>>(
             }
             kept
         });
-        let status = loop {
-            match child.try_wait() {
-                Ok(Some(status)) => break status,
-                Ok(None) => {}
-                Err(source) => {
-                    kill_group(&mut child);
-                    return Err(spawn_failed(&line)(source).into());
-                }
-            }
-            if let Err(e) = stop() {
-                kill_group(&mut child);
-                return Err(e);
-            }
-            std::thread::sleep(std::time::Duration::from_millis(50));
-        };
+        let status = wait_or_stop(&mut child, &line, stop, &kill_group)?;
         // The leader is gone; whatever of its group is left goes with it.
         let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
         let stderr = reader.join().unwrap_or_default();

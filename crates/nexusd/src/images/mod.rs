@@ -402,6 +402,11 @@ fn name_from_path(path: &Path) -> Option<String> {
         .iter()
         .find_map(|ext| stem.strip_suffix(ext))
         .unwrap_or(&stem);
+    name_from_text(stem)
+}
+
+/// A name from any text: lowercase, every other character a '-', at most 63, trimmed of '-'.
+fn name_from_text(stem: &str) -> Option<String> {
     let mut name: String = stem
         .chars()
         .map(|c| {

@@ -16,7 +16,7 @@ use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
 use nexus_lib::api::{Asset, CreateImage, Image};
-use nexus_lib::names::{MAX_NAME_LEN, validate_name};
+use nexus_lib::names::validate_name;
 use rustix::fs::{AtFlags, Mode, OFlags, ResolveFlags};
 use tokio_util::sync::CancellationToken;
 
@@ -119,20 +119,7 @@ impl ImageService {
 
 /// An image name from an asset name: `debian-bookworm` stays, `Foo_1.2` → `foo-1-2`.
 fn image_name(asset: &str) -> Option<String> {
-    let mut name: String = asset
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_lowercase() || c.is_ascii_digit() {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    name.truncate(MAX_NAME_LEN);
-    let name = name.trim_matches('-').to_owned();
-    validate_name(&name).ok().map(|()| name)
+    super::name_from_text(asset)
 }
 
 /// Unpacks `tarball` into `<scratch>/rootfs` (the scratch directory is private to root), adds
