@@ -159,7 +159,15 @@ fn provider_list_shows_the_builtin_providers() {
         .iter()
         .map(|p| p["name"].as_str().unwrap())
         .collect();
-    assert_eq!(names, ["debian-package", "firecracker-release", "url"]);
+    assert_eq!(
+        names,
+        [
+            "debian-package",
+            "debian-rootfs",
+            "firecracker-release",
+            "url"
+        ]
+    );
 }
 
 #[test]
