@@ -718,35 +718,17 @@ impl Run<'_> {
         m: &pipeline::MmdebstrapStage,
         progress: &Progress,
     ) -> Result<(), StageError> {
-        let req = super::mmdebstrap::Request {
-            suite: self.render(&m.suite)?,
-            variant: self.render(&m.variant)?,
-            packages: self.render(&m.packages)?,
-            mirror: self.vars.get("base_url").cloned(),
-            source_date_epoch: match self.vars.get("source_date_epoch") {
-                Some(v) => Some(v.parse().map_err(|_| {
-                    StageError::Invalid(format!("source_date_epoch {v:?} is not a number"))
-                })?),
-                None => None,
-            },
-            timeout: m.timeout_secs.map_or(
-                super::mmdebstrap::DEFAULT_TIMEOUT,
-                std::time::Duration::from_secs,
-            ),
-        };
+        use super::mmdebstrap::{self, Request};
         self.out_path(&m.into)?;
-        let detail = format!("{} {} +{}", req.suite, req.variant, req.packages);
-        let p = progress.stage(index, count, "mmdebstrap", detail);
+        let req = Request::from_stage(m, &self.vars).map_err(StageError::Invalid)?;
+        let p = progress.stage(index, count, "mmdebstrap", req.describe());
         let (staging, into, cancel) = (self.staging.clone(), m.into.clone(), self.cancel.clone());
         let built = blocking(move || {
             let apt = super::apt_sources::AptConfig::default();
-            Ok(super::mmdebstrap::build(
-                &req, &apt, &staging, &into, &p, &cancel,
-            )?)
+            Ok(mmdebstrap::build(&req, &apt, &staging, &into, &p, &cancel)?)
         })
         .await?;
-        self.vars
-            .insert("rootfs_version".into(), built.version.clone());
+        self.vars.insert("rootfs_version".into(), built.version);
         self.steps.push(json!({"mmdebstrap": built.record}));
         self.file_artifact(&m.into, built.path, built.sha256, built.size, Trust::Signed);
         Ok(())

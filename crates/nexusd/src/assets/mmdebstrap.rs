@@ -17,7 +17,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nexus_lib::api::pipeline::{check_suite, check_variant, parse_packages};
+use nexus_lib::api::pipeline::{
+    MmdebstrapStage, check_suite, check_variant, parse_packages, render,
+};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
@@ -62,6 +64,36 @@ pub struct Request {
     /// `SOURCE_DATE_EPOCH`; default: the date of the host's newest apt index.
     pub source_date_epoch: Option<u64>,
     pub timeout: Duration,
+}
+
+impl Request {
+    /// The request of stage `m`, its templates rendered with the run's `vars` (`base_url` is
+    /// the mirror, `source_date_epoch` the epoch).
+    pub fn from_stage(
+        m: &MmdebstrapStage,
+        vars: &BTreeMap<String, String>,
+    ) -> Result<Self, String> {
+        let epoch = vars
+            .get("source_date_epoch")
+            .map(|v| {
+                v.parse()
+                    .map_err(|_| format!("source_date_epoch {v:?} is not a number"))
+            })
+            .transpose()?;
+        Ok(Self {
+            suite: render(&m.suite, vars)?,
+            variant: render(&m.variant, vars)?,
+            packages: render(&m.packages, vars)?,
+            mirror: vars.get("base_url").cloned(),
+            source_date_epoch: epoch,
+            timeout: m.timeout_secs.map_or(DEFAULT_TIMEOUT, Duration::from_secs),
+        })
+    }
+
+    /// What the progress line shows.
+    pub fn describe(&self) -> String {
+        format!("{} {} +{}", self.suite, self.variant, self.packages)
+    }
 }
 
 /// A built tarball.
