@@ -201,6 +201,9 @@ pub struct RootfsBuildArgs {
     /// Name of the image (default: debian-SUITE).
     #[arg(long)]
     pub image: Option<String>,
+    /// Size of the image's filesystem, e.g. 2G (default: the content plus a quarter).
+    #[arg(long)]
+    pub size: Option<ByteSize>,
     /// Only build the asset; do not import it as an image.
     #[arg(long)]
     pub no_import: bool,
@@ -454,6 +457,9 @@ pub struct ImageImportArgs {
     /// the guest agent added.
     #[arg(long)]
     pub asset: Option<String>,
+    /// Make the filesystem at least this big, e.g. 2G (directories and assets).
+    #[arg(long)]
+    pub size: Option<ByteSize>,
     /// Name (default: from the file name).
     #[arg(long)]
     pub name: Option<String>,

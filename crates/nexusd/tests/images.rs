@@ -293,6 +293,7 @@ fn importing_into_a_full_pool_is_insufficient_storage_and_leaves_nothing() {
             path: file.to_string_lossy().into_owned(),
             name: None,
             asset: None,
+            size: None,
         }))
         .unwrap_err();
 

@@ -44,6 +44,7 @@ fn import(tree: &Path, name: &str) -> CreateImage {
         path: tree.display().to_string(),
         name: Some(name.into()),
         asset: None,
+        size: None,
     }
 }
 

@@ -120,8 +120,20 @@ fn rootfs_build_debian_makes_an_image_whose_vm_runs_python_also_on_the_built_ker
     // The import alone, timed: the same asset as a second image.
     let started = Instant::now();
     let id = asset["id"].as_str().unwrap();
-    let again = d.ctl(&["image", "import", "--asset", id, "--name", "debian-again"]);
+    let again = d.ctl(&[
+        "--json",
+        "image",
+        "import",
+        "--asset",
+        id,
+        "--name",
+        "debian-1g",
+        "--size",
+        "1G",
+    ]);
     assert!(again.status.success(), "{}", stderr(&again));
+    let sized: serde_json::Value = serde_json::from_str(&stdout(&again)).unwrap();
+    assert_eq!(sized["size_bytes"], 1u64 << 30);
     eprintln!(
         "FIGURES image import of the rootfs asset {:.1} s",
         started.elapsed().as_secs_f64()

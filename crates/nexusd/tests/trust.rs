@@ -68,6 +68,7 @@ fn unix_import(
             path: path.to_string_lossy().into_owned(),
             name: Some(name.into()),
             asset: None,
+            size: None,
         }))
         .map(drop)
 }

@@ -77,6 +77,10 @@ pub struct CreateImage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(max_length = 200)]
     pub asset: Option<String>,
+    /// Make the ext4 filesystem at least this big (directory and asset imports; more when the
+    /// content needs it). An ext4 file keeps its own size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ByteSize>,
     /// `[a-z0-9][a-z0-9-]{0,62}`, unique, not of the form of a UUID; default: derived from the
     /// path's file name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

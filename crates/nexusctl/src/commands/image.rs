@@ -21,6 +21,7 @@ pub async fn run(client: &Client, out: Printer, cmd: ImageCommand) -> Result<(),
                     path,
                     name: args.name,
                     asset: args.asset,
+                    size: args.size,
                 })
                 .await?;
             out.print(&image, || show(&image));

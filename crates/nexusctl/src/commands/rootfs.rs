@@ -6,6 +6,7 @@ use std::time::Duration;
 use indicatif::{ProgressBar, ProgressStyle};
 use nexus_lib::api::{Asset, AssetKind, CreateImage, Image};
 use nexus_lib::client::{Client, ClientError};
+use nexus_lib::size::ByteSize;
 use serde::Serialize;
 
 use super::{asset, download, image};
@@ -69,7 +70,7 @@ async fn build(client: &Client, out: Printer, args: RootfsBuildArgs) -> Result<(
         });
         return Ok(());
     }
-    let image = import(client, &asset, args.image, out.json).await?;
+    let image = import(client, &asset, args.image, args.size, out.json).await?;
     let built = Built {
         asset,
         image: Some(image),
@@ -91,6 +92,7 @@ async fn import(
     client: &Client,
     asset: &Asset,
     name: Option<String>,
+    size: Option<ByteSize>,
     quiet: bool,
 ) -> Result<Image, ClientError> {
     let name = match name {
@@ -120,6 +122,7 @@ async fn import(
             path: String::new(),
             name: Some(name),
             asset: Some(asset.id.to_string()),
+            size,
         })
         .await;
     if let Some(b) = bar {

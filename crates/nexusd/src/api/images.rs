@@ -48,7 +48,12 @@ async fn import_image(
         let asset = state.assets.get(key, Some(AssetKind::Rootfs)).await?;
         return Ok((
             StatusCode::CREATED,
-            Json(state.images.import_rootfs(&asset, req.name).await?),
+            Json(
+                state
+                    .images
+                    .import_rootfs(&asset, req.name, req.size)
+                    .await?,
+            ),
         ));
     }
     // The wire schema's bounds (`^/`, at most 1024 characters), checked as the document says.

@@ -182,6 +182,7 @@ impl ImageService {
                     path: dir.path().display().to_string(),
                     name: Some(DEFAULT_IMAGE.into()),
                     asset: None,
+                    size: None,
                 },
                 &Caller::Daemon,
             )
@@ -243,6 +244,7 @@ impl ImageService {
         let caller = caller.clone();
         let id = Uuid::now_v7();
         let limits = self.limits;
+        let min_size = req.size.map_or(0, |s| s.bytes());
         let info = tokio::task::spawn_blocking(move || -> Result<_, ImageError> {
             let bounds =
                 ImportBounds::new(limits.max_entries, limits.max_bytes, limits.timeout, cancel);
@@ -256,10 +258,24 @@ impl ImageService {
             let is_dir = src.is_dir;
             if !is_dir {
                 check_ext4(&open, &path)?;
+                if min_size > 0 {
+                    return Err(ImageError::Invalid {
+                        field: "size",
+                        message:
+                            "an ext4 file keeps its own size; grow a drive made from it instead"
+                                .into(),
+                    });
+                }
             }
             let storage = pool.get_or_create()?;
             let info = if is_dir {
-                storage.import_image_from_dir(&open, &path, &id.to_string(), &bounds)
+                storage.import_image_from_dir_sized(
+                    &open,
+                    &path,
+                    &id.to_string(),
+                    &bounds,
+                    min_size,
+                )
             } else {
                 storage.import_image_from_ext4(&open, &path, &id.to_string(), &bounds)
             }

@@ -47,12 +47,13 @@ pub enum RootfsError {
 
 impl ImageService {
     /// Imports the `rootfs` asset `asset` as a new image named `name` (default: the asset's
-    /// name). Runs on its own task like [`ImageService::import`]; dropping this future stops
+    /// name), of at least `size` bytes. Runs on its own task like [`ImageService::import`]; dropping this future stops
     /// the unpacking and the build, never the step from published subvolume to row.
     pub async fn import_rootfs(
         &self,
         asset: &Asset,
         name: Option<String>,
+        size: Option<nexus_lib::size::ByteSize>,
     ) -> Result<Image, ImageError> {
         let name = match name {
             Some(n) => n,
@@ -101,6 +102,7 @@ impl ImageService {
                 path: scratch.path().join("rootfs").display().to_string(),
                 name: Some(name),
                 asset: None,
+                size,
             };
             let source = format!(
                 "asset:{}/{}@{} (sha256 {})",
