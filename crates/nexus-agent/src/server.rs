@@ -251,6 +251,17 @@ impl Query {
         Ok(path.to_string())
     }
 
+    /// An optional unsigned integer parameter.
+    pub fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("{name}={v} is not an unsigned integer"))
+                })
+            })
+            .transpose()
+    }
+
     pub fn flag(&self, name: &str) -> Result<bool, ApiError> {
         match self.get(name) {
             None | Some("false" | "0") => Ok(false),

@@ -35,6 +35,11 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Most argv elements plus env entries of one exec request.
 pub const MAX_EXEC_ARGS: usize = 4096;
+/// Reply header of `GET /v1/files`: the byte offset the content starts at. An agent that
+/// predates ranged reads ignores `offset`/`length` and sends no such header, so the host can tell.
+pub const FILE_OFFSET_HEADER: &str = "x-nexus-offset";
+/// Reply header of `GET /v1/files`: the file's whole size when the read started.
+pub const FILE_SIZE_HEADER: &str = "x-nexus-file-size";
 
 /// Picks the highest protocol version both sides support.
 pub fn negotiate(host: &[u32], agent: &[u32]) -> Option<u32> {
