@@ -44,6 +44,18 @@ pub enum Command {
     /// The host network of the VMs (bridge, subnet, NAT, resolver).
     #[command(subcommand)]
     Network(NetworkCommand),
+    /// The MCP server of nexusd (Streamable HTTP at /mcp).
+    #[command(subcommand)]
+    Mcp(McpCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Serve MCP on stdin/stdout, forwarding every message to nexusd's /mcp: for MCP clients
+    /// that start a server as a command (Claude Code, Cursor, ...).
+    Serve,
+    /// List the tools an MCP client sees.
+    Tools,
 }
 
 #[derive(Debug, Subcommand)]
@@ -73,16 +85,11 @@ pub struct EgressArgs {
 impl EgressArgs {
     /// The policy the flags ask for; `None` when no flag was given.
     pub fn policy(&self) -> Option<EgressPolicy> {
-        if self.deny_egress {
-            Some(EgressPolicy::DenyAll)
-        } else if self.allow_domain.is_empty() && self.allow_cidr.is_empty() {
-            None
-        } else {
-            Some(EgressPolicy::Allow {
-                cidrs: self.allow_cidr.clone(),
-                domains: self.allow_domain.clone(),
-            })
-        }
+        EgressPolicy::from_choices(
+            self.deny_egress,
+            self.allow_cidr.clone(),
+            self.allow_domain.clone(),
+        )
     }
 }
 

@@ -173,6 +173,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         settings.network.clone(),
     );
     state.images = state.images.with_limits(settings.import_limits);
+    state.mcp = settings.mcp;
+    state.shutdown = shutdown.clone();
     let lifecycle = state.lifecycle.clone();
     let network = state.vms.network().clone();
     lifecycle.recover().await.map_err(DaemonError::Recover)?;

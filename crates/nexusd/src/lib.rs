@@ -10,6 +10,7 @@ pub mod drives;
 pub mod hostpath;
 pub mod images;
 pub mod jail;
+pub mod mcp;
 pub mod network;
 pub mod sanitize;
 pub mod settings;

@@ -39,6 +39,7 @@ use crate::vm::VmService;
 use crate::vm::assets::BootAssets;
 use crate::vm::lifecycle::{Lifecycle, LifecycleConfig};
 use error::ApiError;
+use nexus_lib::api::{CreateVm, Vm};
 
 pub use auth::BearerToken;
 pub use caller::UnixPeer;
@@ -57,6 +58,10 @@ pub struct AppState {
     pub images: ImageService,
     pub drives: DriveService,
     pub started: Instant,
+    /// The MCP server's settings (`/mcp`).
+    pub mcp: crate::mcp::McpSettings,
+    /// Cancelled when the daemon stops: ends MCP sessions and their open streams.
+    pub shutdown: tokio_util::sync::CancellationToken,
 }
 
 impl AppState {
@@ -79,7 +84,25 @@ impl AppState {
             pool,
             store,
             started: Instant::now(),
+            mcp: crate::mcp::McpSettings::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
+    }
+}
+
+impl AppState {
+    /// Records a VM (building the built-in `default` image first when it is asked for and does
+    /// not exist yet) and boots it when `start` says so: `POST /v1/vms` and the MCP tool
+    /// `vm_create`.
+    pub async fn create_vm(&self, req: CreateVm) -> Result<Vm, ApiError> {
+        let start = req.start;
+        self.images.ensure_default(req.image.as_deref()).await?;
+        let vm = self.vms.create(req).await?;
+        Ok(if start {
+            self.lifecycle.start(&vm.id.to_string()).await?
+        } else {
+            vm
+        })
     }
 }
 
@@ -104,12 +127,15 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(network::routes())
 }
 
-/// The full application: API routes, `/v1/openapi.json`, JSON fallbacks and middleware.
+/// The full application: API routes, `/v1/openapi.json`, the MCP endpoint `/mcp`, JSON
+/// fallbacks and middleware.
 pub fn router(state: AppState) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     utoipa::Modify::modify(&openapi::Common, &mut doc);
     let doc = Arc::new(doc);
+    let mcp = crate::mcp::service(state.clone(), state.mcp, state.shutdown.child_token());
     router
+        .route_service("/mcp", mcp)
         .route(
             "/v1/openapi.json",
             axum::routing::get(move || {

@@ -35,15 +35,7 @@ async fn create_vm(
     State(state): State<AppState>,
     ApiJson(req): ApiJson<CreateVm>,
 ) -> Result<(StatusCode, Json<Vm>), ApiError> {
-    let start = req.start;
-    state.images.ensure_default(req.image.as_deref()).await?;
-    let vm = state.vms.create(req).await?;
-    let vm = if start {
-        state.lifecycle.start(&vm.id.to_string()).await?
-    } else {
-        vm
-    };
-    Ok((StatusCode::CREATED, Json(vm)))
+    Ok((StatusCode::CREATED, Json(state.create_vm(req).await?)))
 }
 
 /// Lists VMs, oldest first.

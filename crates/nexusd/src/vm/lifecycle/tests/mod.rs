@@ -198,6 +198,8 @@ impl FakeHost {
             ),
             drives: self.drives.clone(),
             started: std::time::Instant::now(),
+            mcp: crate::mcp::McpSettings::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
         }
     }
 }
