@@ -36,6 +36,12 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+# The official Python MCP SDK (PyPI `mcp`, pinned): the MCP client tests/mcp.rs drives nexusd with.
+MCP_VERSION=2.3.0
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP_VERSION')" 2>/dev/null; then
+  echo "setup: pip install mcp==$MCP_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "mcp==$MCP_VERSION"
+fi
 # The guest kernel package, where nexusd looks for it by default (`kernel_dir`).
 KERNEL_DIR=${NEXUS_KERNEL_DIR:-/var/cache/nexus/kernel}
 if ! ls "$KERNEL_DIR"/linux-image-*-cloud-amd64_*.deb >/dev/null 2>&1; then

@@ -18,7 +18,7 @@ use output::Printer;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(|| resolve_socket(&cli));
-    let client = Client::unix(socket);
+    let client = Client::unix(socket.clone());
     let out = Printer { json: cli.json };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -38,6 +38,9 @@ fn main() -> ExitCode {
             Command::Image(cmd) => commands::image::run(&client, out, cmd).await.map(|()| 0),
             Command::Drive(cmd) => commands::drive::run(&client, out, cmd).await.map(|()| 0),
             Command::Network(cmd) => commands::network::run(&client, out, cmd).await.map(|()| 0),
+            Command::Mcp(cmd) => commands::mcp::run(&client, &socket, out, cmd)
+                .await
+                .map(|()| 0),
         }
     });
     match result {

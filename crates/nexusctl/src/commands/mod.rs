@@ -3,6 +3,7 @@
 pub mod drive;
 pub mod guest;
 pub mod image;
+pub mod mcp;
 pub mod network;
 pub mod status;
 pub mod vm;

@@ -1,0 +1,288 @@
+"""Drives nexusd's MCP server with the official Python MCP SDK (PyPI `mcp` 2.x), as an MCP client
+written by others would. Run by crates/nexusd/tests/mcp.rs; fails with an exception and a message
+naming what was expected.
+
+    check.py --transport http|tcp|stdio --mode legacy|2026-07-28 --socket SOCK --nexusctl BIN
+             --home HOME [--url URL --token TOKEN] SCENARIO [--vm NAME]
+
+`http` talks Streamable HTTP to /mcp on the daemon's Unix socket, `tcp` to URL with the bearer
+TOKEN; `stdio` spawns `nexusctl mcp serve`. `legacy` is the 2025-11-25 initialize handshake, `2026-07-28` the stateless
+revision.
+"""
+
+import argparse
+import base64
+import hashlib
+import json
+import sys
+import time
+
+import anyio
+import httpx2
+from mcp import Client
+from mcp.client.stdio import StdioServerParameters
+from mcp.client.streamable_http import streamable_http_client
+from mcp.shared.exceptions import MCPError
+
+TOOLS = {
+    "vm_create", "vm_list", "vm_show", "vm_start", "vm_stop", "vm_delete", "image_list",
+    "run_command", "read_file", "write_file", "list_dir", "stat", "remove",
+}
+
+
+def check(condition, message, *details):
+    if not condition:
+        extra = "".join(f"\n  {d!r}"[:4000] for d in details)
+        raise AssertionError(f"{message}{extra}")
+
+
+def log(text):
+    print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+
+def connect(args):
+    if args.transport == "stdio":
+        server = StdioServerParameters(
+            command=args.nexusctl, args=["--home", args.home, "mcp", "serve"]
+        )
+    elif args.transport == "tcp":
+        http = httpx2.AsyncClient(
+            headers={"Authorization": f"Bearer {args.token}"},
+            timeout=httpx2.Timeout(30.0, read=300.0),
+        )
+        server = streamable_http_client(args.url, http_client=http)
+    else:
+        http = httpx2.AsyncClient(
+            transport=httpx2.AsyncHTTPTransport(uds=args.socket),
+            timeout=httpx2.Timeout(30.0, read=300.0),
+        )
+        server = streamable_http_client("http://localhost/mcp", http_client=http)
+    return Client(server, mode=args.mode, raise_exceptions=True)
+
+
+async def call(client, tool, arguments, **kw):
+    """Calls a tool that must succeed; returns its structured result."""
+    result = await client.call_tool(tool, arguments, **kw)
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    check(not result.is_error, f"{tool} failed", arguments, text)
+    check(isinstance(result.structured_content, dict), f"{tool}: no structured content", result)
+    return result.structured_content
+
+
+async def call_error(client, tool, arguments):
+    """Calls a tool that must fail as a tool result (isError); returns its text."""
+    result = await client.call_tool(tool, arguments)
+    text = " ".join(getattr(c, "text", "") for c in result.content)
+    check(result.is_error, f"{tool} should have failed with isError", arguments, result)
+    return text
+
+
+async def run(client, vm, command, **extra):
+    return await call(client, "run_command", {"vm": vm, "command": command, **extra})
+
+
+async def scenario_tools(client, args):
+    listed = await client.list_tools()
+    names = {t.name for t in listed.tools}
+    check(names == TOOLS, "tools/list does not list exactly the expected tools", sorted(names))
+    for tool in listed.tools:
+        check(tool.description and len(tool.description) > 40, f"{tool.name}: no useful description")
+        check(tool.input_schema.get("type") == "object", f"{tool.name}: input schema is not an object")
+    run_command = next(t for t in listed.tools if t.name == "run_command")
+    props = run_command.input_schema["properties"]
+    for arg in ["vm", "command", "argv", "cwd", "env", "stdin", "timeout_secs"]:
+        check(arg in props, f"run_command takes no {arg}", sorted(props))
+    check(run_command.input_schema.get("additionalProperties") is False,
+          "run_command accepts unknown arguments")
+    text = await call_error(client, "vm_show", {"vm": "no-such-vm"})
+    check("not_found" in text and "vm_list" in text, "a missing VM's error is not actionable", text)
+    text = await call_error(client, "run_command", {"vm": "x", "command": "true", "bogus": 1})
+    check("unknown field `bogus`" in text, "an unknown argument is not named", text)
+    text = await call_error(client, "run_command", {"vm": "x"})
+    check("command" in text and "argv" in text, "a missing command is not explained", text)
+    try:
+        await client.call_tool("no_such_tool", {})
+    except MCPError as e:
+        check(e.error.code == -32602, "an unknown tool is not -32602 (invalid params)", e.error)
+    else:
+        raise AssertionError("calling an unknown tool did not raise a JSON-RPC error")
+    log(f"tools ok: {len(names)} tools")
+
+
+async def scenario_vm(client, args):
+    vm = args.vm
+    created = await call(client, "vm_create", {"name": vm, "network": "none", "memory_mib": 256})
+    check(created["state"] == "running", "vm_create did not boot the VM", created)
+    listed = await call(client, "vm_list", {})
+    check(vm in [v["name"] for v in listed["vms"]], "vm_list misses the new VM", listed)
+    shown = await call(client, "vm_show", {"vm": vm})
+    check(shown["last_boot"] and "ready after" in shown["last_boot"], "vm_show has no boot", shown)
+
+    out = await run(client, vm, "uname -n; echo err >&2; exit 3")
+    check(out["stdout"] == f"{vm}\n", "stdout is not the guest's hostname", out)
+    check(out["stderr"] == "err\n" and out["exit_code"] == 3, "stderr or exit code wrong", out)
+    out = await call(client, "run_command", {
+        "vm": vm, "argv": ["sh", "-c", 'cat; echo "$GREETING"; pwd'],
+        "stdin": "from stdin\n", "env": {"GREETING": "hello"}, "cwd": "/tmp",
+    })
+    check(out["stdout"] == "from stdin\nhello\n/tmp\n", "argv, stdin, env or cwd not applied", out)
+    out = await run(client, vm, "sleep 5", timeout_secs=1)
+    check(out["timed_out"] and out["exit_code"] is None, "the timeout did not kill it", out)
+
+    ticks = []
+
+    async def progress(value, total, message):
+        ticks.append((value, total, message))
+
+    out = await call(client, "run_command", {"vm": vm, "command": "sleep 2.5; echo done"},
+                     progress_callback=progress)
+    check(out["stdout"] == "done\n", "the slow command's output is wrong", out)
+    check(len(ticks) >= 2, "no progress notifications during a 2.5 s command", ticks)
+    check(all(a[0] < b[0] for a, b in zip(ticks, ticks[1:])), "progress does not increase", ticks)
+
+    text = "héllo wörld\nline 2\n"
+    written = await call(client, "write_file", {"vm": vm, "path": "/root/note.txt",
+                                                "content": text, "mode": "600"})
+    check(written["size"] == len(text.encode()) and written["mode"] == "0600",
+          "write_file metadata wrong", written)
+    read = await call(client, "read_file", {"vm": vm, "path": "/root/note.txt"})
+    check(read["content"] == text and read["eof"], "text did not round-trip", read)
+    part = await call(client, "read_file", {"vm": vm, "path": "/root/note.txt", "offset": 1,
+                                            "length": 2})
+    check(part["content"] == "é" and part["next_offset"] == 3, "a text range is wrong", part)
+
+    blob = bytes(range(256)) * 64 + b"\x00\xff"
+    await call(client, "write_file", {"vm": vm, "path": "/root/blob.bin", "encoding": "base64",
+                                      "content": base64.b64encode(blob).decode()})
+    read = await call(client, "read_file", {"vm": vm, "path": "/root/blob.bin",
+                                            "encoding": "base64", "length": 256 * 1024})
+    check(base64.b64decode(read["content"]) == blob and read["size"] == len(blob),
+          "binary content did not round-trip", read["size"])
+    digest = await run(client, vm, "sha256sum /root/blob.bin")
+    check(digest["stdout"].split()[0] == hashlib.sha256(blob).hexdigest(),
+          "the guest holds other bytes than written", digest)
+    text_error = await call_error(client, "read_file", {"vm": vm, "path": "/root/blob.bin"})
+    check("base64" in text_error, "reading binary as text does not point to base64", text_error)
+
+    listing = await call(client, "list_dir", {"vm": vm, "path": "/root"})
+    names = {e["name"]: e for e in listing["entries"]}
+    check("note.txt" in names and names["blob.bin"]["size"] == len(blob), "list_dir", listing)
+    stat = await call(client, "stat", {"vm": vm, "path": "/root"})
+    check(stat["kind"] == "dir", "stat of a directory", stat)
+    await call(client, "remove", {"vm": vm, "path": "/root/note.txt"})
+    missing = await call_error(client, "stat", {"vm": vm, "path": "/root/note.txt"})
+    check("guest_not_found" in missing, "a removed file still answers stat", missing)
+
+    stopped = await call(client, "vm_stop", {"vm": vm})
+    check(stopped["state"] == "stopped", "vm_stop", stopped)
+    not_running = await call_error(client, "run_command", {"vm": vm, "command": "true"})
+    check("conflict" in not_running and "vm_start" in not_running,
+          "a stopped VM's error does not say to start it", not_running)
+    await call(client, "vm_delete", {"vm": vm})
+    listed = await call(client, "vm_list", {})
+    check(vm not in [v["name"] for v in listed["vms"]], "vm_delete left the VM", listed)
+    log("vm ok")
+
+
+def sleepers(ps_output):
+    return [line for line in ps_output.splitlines() if "sleep 600" in line]
+
+
+async def scenario_cancel(client, args):
+    vm = args.vm
+    started = anyio.Event()
+    outcome = {}
+
+    async def progress(value, total, message):
+        started.set()
+
+    async def long_call():
+        try:
+            outcome["result"] = await client.call_tool(
+                "run_command", {"vm": vm, "command": "sleep 600"}, progress_callback=progress)
+        except anyio.get_cancelled_exc_class():
+            outcome["cancelled"] = True
+            raise
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(long_call)
+        with anyio.fail_after(30):
+            await started.wait()
+        before = await run(client, vm, "ps")
+        check(sleepers(before["stdout"]), "sleep 600 is not running in the VM", before["stdout"])
+        tg.cancel_scope.cancel()
+    check(outcome.get("cancelled") and "result" not in outcome,
+          "the call was not cancelled on the client", outcome)
+    deadline = time.monotonic() + 15
+    while True:
+        after = await call(client, "run_command", {"vm": vm, "argv": ["ps"]})
+        left = sleepers(after["stdout"])
+        if not left:
+            break
+        check(time.monotonic() < deadline, "sleep 600 still runs in the VM 15 s after the cancel",
+              left)
+        await anyio.sleep(0.2)
+    log("cancel ok")
+
+
+def expected_output(size):
+    line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n"
+    return (line * (size // len(line) + 1))[:size]
+
+
+async def scenario_truncate(client, args):
+    vm, size = args.vm, 5_000_000
+    out = await run(client, vm, f"yes 0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ"
+                                f" | head -c {size}; echo tail-of-stderr >&2")
+    check(out["exit_code"] == 0 and out["stdout_bytes"] == size, "wrong size or exit", out["exit_code"],
+          out["stdout_bytes"])
+    check(len(out["stdout"]) < 21_000, "stdout was not cut to the limit", len(out["stdout"]))
+    check("not shown" in out["stdout"] and out["stdout_file"] in out["stdout"],
+          "the cut has no marker naming the file", out["stdout"][9_000:11_000])
+    expected = expected_output(size)
+    check(out["stdout"].startswith(expected[:9000].decode()), "the start of stdout is wrong")
+    check(out["stdout"].endswith(expected[-9000:].decode()), "the end of stdout is wrong")
+    check(out["stderr"] == "tail-of-stderr\n" and out.get("stderr_file") is None,
+          "stderr should be whole", out["stderr"])
+    path, offset, whole = out["stdout_file"], 0, bytearray()
+    while True:
+        part = await call(client, "read_file", {"vm": vm, "path": path, "offset": offset,
+                                                "length": 256 * 1024, "encoding": "base64"})
+        whole += base64.b64decode(part["content"])
+        if part["eof"]:
+            break
+        offset = part["next_offset"]
+    check(len(whole) == size, "the saved file has the wrong size", len(whole))
+    check(hashlib.sha256(whole).digest() == hashlib.sha256(expected).digest(),
+          "the saved file is not the whole output")
+    log(f"truncate ok: {len(out['stdout'])} characters returned, {path} holds {len(whole)} bytes")
+
+
+SCENARIOS = {
+    "tools": scenario_tools,
+    "vm": scenario_vm,
+    "cancel": scenario_cancel,
+    "truncate": scenario_truncate,
+}
+
+
+async def main():
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--transport", choices=["http", "tcp", "stdio"], required=True)
+    parser.add_argument("--mode", choices=["legacy", "2026-07-28"], required=True)
+    parser.add_argument("--socket", required=True)
+    parser.add_argument("--nexusctl", required=True)
+    parser.add_argument("--home", required=True)
+    parser.add_argument("--url")
+    parser.add_argument("--token")
+    parser.add_argument("--vm", default="mcp-vm")
+    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    args = parser.parse_args()
+    log(f"{args.scenario} over {args.transport} ({args.mode})")
+    async with connect(args) as client:
+        await SCENARIOS[args.scenario](client, args)
+
+
+if __name__ == "__main__":
+    anyio.run(main)
+    sys.exit(0)
