@@ -6,6 +6,7 @@ mod exec;
 mod files;
 mod init;
 mod net;
+mod processes;
 mod server;
 mod sysinfo;
 mod vsock;
@@ -52,6 +53,7 @@ fn serve(mut boot: BootTimes) -> i32 {
         let state = Arc::new(server::State {
             boot,
             shutdown: tokio::sync::Notify::new(),
+            processes: Arc::new(processes::Registry::new(processes::DIR)),
         });
         server::run(listener, state).await
     });

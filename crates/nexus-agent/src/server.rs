@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::vsock::VsockListener;
-use crate::{exec, files, init, sysinfo};
+use crate::{exec, files, init, processes, sysinfo};
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 pub type ApiResult = Result<Response<Body>, ApiError>;
@@ -39,6 +39,7 @@ const MAX_SEND_BUF_BYTES: usize = 1024 * 1024;
 pub struct State {
     pub boot: BootTimes,
     pub shutdown: Notify,
+    pub processes: Arc<processes::Registry>,
 }
 
 /// Accepts vsock connections until a shutdown is requested; returns the process exit code.
@@ -102,6 +103,14 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
         (Method::GET, "/v1/stat") => files::stat(&req).await,
         (Method::GET, "/v1/list") => files::list(&req).await,
         (Method::GET, "/v1/info") => info().await,
+        (Method::POST, "/v1/processes") => processes::handle_start(req, &state.processes).await,
+        (Method::GET, "/v1/processes") => json(StatusCode::OK, &state.processes.list()),
+        (Method::GET, "/v1/processes/output") => {
+            processes::handle_output(&req, &state.processes).await
+        }
+        (Method::POST, "/v1/processes/signal") => {
+            processes::handle_signal(req, &state.processes).await
+        }
         (Method::POST, "/v1/shutdown") => {
             state.shutdown.notify_one();
             json(

@@ -41,6 +41,14 @@ pub const FILE_OFFSET_HEADER: &str = "x-nexus-offset";
 /// Reply header of `GET /v1/files`: the file's whole size when the read started.
 pub const FILE_SIZE_HEADER: &str = "x-nexus-file-size";
 
+/// Most background processes an agent keeps track of (running or finished); finished ones are
+/// forgotten, oldest first, to make room.
+pub const MAX_PROCESSES: usize = 64;
+/// The newest bytes of each background process's stdout and stderr the agent keeps.
+pub const MAX_PROCESS_LOG_BYTES: u64 = 16 * 1024 * 1024;
+/// Most bytes one `GET /v1/processes/output` returns.
+pub const MAX_PROCESS_READ_BYTES: u64 = 1024 * 1024;
+
 /// Picks the highest protocol version both sides support.
 pub fn negotiate(host: &[u32], agent: &[u32]) -> Option<u32> {
     host.iter().filter(|v| agent.contains(v)).max().copied()
@@ -205,6 +213,109 @@ pub struct DirListing {
     pub entries: Vec<DirEntry>,
     /// True when the directory held more than [`MAX_LIST_ENTRIES`] entries.
     pub truncated: bool,
+}
+
+/// Which output stream of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+impl std::str::FromStr for OutputStream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "stderr" => Ok(Self::Stderr),
+            other => Err(format!("unknown stream {other:?} (stdout or stderr)")),
+        }
+    }
+}
+
+/// A background process (reply to `POST /v1/processes`, items of `GET /v1/processes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// The agent's id of the process (unique until the agent restarts).
+    pub id: u64,
+    pub pid: u32,
+    /// The command line, shortened when long.
+    pub command: String,
+    /// When it started, milliseconds since the Unix epoch.
+    pub started_ms: i64,
+    pub running: bool,
+    /// How it ended: its exit code, or the signal that killed it.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Bytes written to each stream so far.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+}
+
+/// Reply to `GET /v1/processes/output?id=&stream=&offset=&length=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessOutput {
+    pub id: u64,
+    pub stream: OutputStream,
+    /// Where `data` starts: the offset asked for, or later when the bytes there were dropped.
+    pub offset: u64,
+    #[serde(with = "b64")]
+    pub data: Vec<u8>,
+    /// Bytes written to the stream so far (the offset after the last one).
+    pub size: u64,
+    /// Bytes between the offset asked for and `offset` that are gone (only the newest
+    /// [`MAX_PROCESS_LOG_BYTES`] are kept).
+    pub skipped: u64,
+    pub running: bool,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// Signals a background process's group can be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ProcessSignal {
+    Term,
+    Kill,
+    Int,
+    Hup,
+    Quit,
+    Usr1,
+    Usr2,
+    Stop,
+    Cont,
+}
+
+impl ProcessSignal {
+    /// The names accepted, as on the wire.
+    pub const NAMES: &'static str = "TERM, KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT";
+}
+
+impl std::str::FromStr for ProcessSignal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let name = s.trim_start_matches("SIG");
+        serde_json::from_value(serde_json::Value::String(name.to_string()))
+            .map_err(|_| format!("unknown signal {s:?} (one of {})", Self::NAMES))
+    }
+}
+
+/// Body of `POST /v1/processes/signal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    pub id: u64,
+    pub signal: ProcessSignal,
 }
 
 /// Reply to `GET /v1/info`.
@@ -396,6 +507,13 @@ mod tests {
     #[test]
     fn exec_request_without_argv_is_invalid() {
         assert!(ExecRequest::default().validate().is_err());
+    }
+
+    #[test]
+    fn signals_parse_with_or_without_the_sig_prefix() {
+        assert_eq!("SIGKILL".parse(), Ok(ProcessSignal::Kill));
+        assert_eq!("TERM".parse(), Ok(ProcessSignal::Term));
+        assert!("kill".parse::<ProcessSignal>().is_err());
     }
 
     #[test]

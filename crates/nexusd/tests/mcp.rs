@@ -172,6 +172,13 @@ fn cancelling_a_call_kills_its_command_in_the_vm_over_every_transport() {
 }
 
 #[test]
+fn background_process_output_is_read_after_the_client_reconnects_and_signals_reach_its_group() {
+    let d = daemon_with_vm("bg");
+    scenario(&d, ("http", "legacy"), "processes", "bg");
+    scenario(&d, ("stdio", "2026-07-28"), "processes", "bg");
+}
+
+#[test]
 fn five_megabytes_of_output_are_cut_for_the_client_and_saved_whole_in_the_vm() {
     let d = daemon_with_vm("big");
     scenario(&d, ("http", "2026-07-28"), "truncate", "big");

@@ -734,6 +734,9 @@ fn event_lines(
     })
 }
 
+#[path = "client_processes.rs"]
+mod processes;
+
 #[cfg(test)]
 #[path = "client_tests.rs"]
 mod tests;

@@ -289,19 +289,7 @@ pub struct RunCommandArgs {
 impl RunCommandArgs {
     /// The agent request this asks for; the error names the argument at fault.
     pub fn exec_request(&self) -> Result<nexus_lib::agent::ExecRequest, String> {
-        let argv = match (&self.command, &self.argv) {
-            (Some(command), None) => {
-                if command.len() > MAX_COMMAND_BYTES {
-                    return Err(format!("command is longer than {MAX_COMMAND_BYTES} bytes"));
-                }
-                vec!["/bin/sh".to_string(), "-c".to_string(), command.clone()]
-            }
-            (None, Some(argv)) => argv.clone(),
-            (Some(_), Some(_)) => return Err("give either command or argv, not both".into()),
-            (None, None) => {
-                return Err("give command (a shell command line) or argv (a list)".into());
-            }
-        };
+        let argv = program(self.command.as_deref(), self.argv.as_deref())?;
         let timeout = self.timeout_secs.unwrap_or(DEFAULT_TIMEOUT_SECS);
         if !(1..=MAX_TIMEOUT_SECS).contains(&timeout) {
             return Err(format!("timeout_secs must be 1 to {MAX_TIMEOUT_SECS}"));
@@ -315,6 +303,21 @@ impl RunCommandArgs {
         };
         req.validate()?;
         Ok(req)
+    }
+}
+
+/// The argv a `command` (run by the shell) or an `argv` asks for; exactly one must be given.
+pub fn program(command: Option<&str>, argv: Option<&[String]>) -> Result<Vec<String>, String> {
+    match (command, argv) {
+        (Some(command), None) => {
+            if command.len() > MAX_COMMAND_BYTES {
+                return Err(format!("command is longer than {MAX_COMMAND_BYTES} bytes"));
+            }
+            Ok(vec!["/bin/sh".into(), "-c".into(), command.into()])
+        }
+        (None, Some(argv)) => Ok(argv.to_vec()),
+        (Some(_), Some(_)) => Err("give either command or argv, not both".into()),
+        (None, None) => Err("give command (a shell command line) or argv (a list)".into()),
     }
 }
 

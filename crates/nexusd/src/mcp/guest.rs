@@ -212,7 +212,7 @@ impl NexusMcp {
 
 impl NexusMcp {
     /// The agent of a running VM.
-    async fn agent(&self, vm: &str) -> Result<AgentClient, ToolError> {
+    pub(super) async fn agent(&self, vm: &str) -> Result<AgentClient, ToolError> {
         Ok(self.state.lifecycle.agent(vm).await?.1)
     }
 }

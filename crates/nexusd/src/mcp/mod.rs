@@ -10,7 +10,8 @@
 //! (`Mcp-Session-Id`, see `sessions.rs`) in which `notifications/cancelled` cancels a request.
 //!
 //! - `args.rs`: every tool's input and output types (the schemas clients see);
-//! - `vms.rs`: life-cycle tools; `guest.rs`: command and file tools; `run.rs`: running a
+//! - `vms.rs`: life-cycle tools; `guest.rs`: command and file tools; `processes.rs`: background
+//!   processes (their types too); `run.rs`: running a
 //!   command (progress, cancellation, output cut and saved in the VM); `capture.rs`: what is
 //!   kept of an output stream;
 //! - `error.rs`: tool failures (`isError: true`) worded from the API's one error mapping (rmcp
@@ -22,6 +23,7 @@ mod args;
 mod capture;
 mod error;
 mod guest;
+mod processes;
 mod run;
 mod sessions;
 mod vms;
@@ -58,7 +60,8 @@ impl Default for McpSettings {
 
 const INSTRUCTIONS: &str = "Nexus gives you Linux microVMs. Create one with vm_create (it boots \
 by default), then use run_command to run shell commands in it and read_file, write_file, \
-list_dir, stat and remove for its files; every guest tool names the VM in `vm`. vm_stop and \
+list_dir, stat and remove for its files, and start_process / process_output / process_signal for \
+long-running work; every guest tool names the VM in `vm`. vm_stop and \
 vm_delete end it. Long command output is cut and saved whole in a file in the VM whose path the \
 result gives.";
 
@@ -76,7 +79,7 @@ impl NexusMcp {
         Self {
             state,
             settings,
-            tools: Arc::new(Self::vm_tools() + Self::guest_tools()),
+            tools: Arc::new(Self::vm_tools() + Self::guest_tools() + Self::process_tools()),
         }
     }
 }

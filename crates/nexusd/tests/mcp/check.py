@@ -27,6 +27,7 @@ from mcp.shared.exceptions import MCPError
 TOOLS = {
     "vm_create", "vm_list", "vm_show", "vm_start", "vm_stop", "vm_delete", "image_list",
     "run_command", "read_file", "write_file", "list_dir", "stat", "remove",
+    "start_process", "process_output", "process_signal", "process_list",
 }
 
 
@@ -225,6 +226,66 @@ async def scenario_cancel(client, args):
     log("cancel ok")
 
 
+async def read_on(client, vm, pid, offsets):
+    """One process_output call from `offsets`; returns (new stdout, new stderr, result)."""
+    out = await call(client, "process_output", {"vm": vm, "id": pid,
+                                                "stdout_offset": offsets[0],
+                                                "stderr_offset": offsets[1]})
+    check(out["stdout_skipped"] == 0 and out["stderr_skipped"] == 0, "output was dropped", out)
+    offsets[0], offsets[1] = out["stdout_next_offset"], out["stderr_next_offset"]
+    return out["stdout"], out["stderr"], out
+
+
+async def scenario_processes(args):
+    vm = args.vm
+    script = "for i in 1 2 3 4 5 6; do echo line$i; sleep 0.5; done; echo bye >&2; exit 7"
+    offsets, stdout, stderr = [0, 0], "", ""
+    async with connect(args) as first:
+        started = await call(first, "start_process", {"vm": vm, "command": script})
+        pid = started["id"]
+        check(started["running"], "start_process did not leave it running", started)
+        while "line1" not in stdout:
+            new_out, new_err, _ = await read_on(first, vm, pid, offsets)
+            stdout, stderr = stdout + new_out, stderr + new_err
+            await anyio.sleep(0.2)
+    log(f"first client read {offsets[0]} bytes of process {pid}, then left")
+    async with connect(args) as second:
+        deadline = time.monotonic() + 30
+        while True:
+            new_out, new_err, out = await read_on(second, vm, pid, offsets)
+            stdout, stderr = stdout + new_out, stderr + new_err
+            if not out["running"] and offsets[0] == out["stdout_size"]:
+                break
+            check(time.monotonic() < deadline, "the process did not end within 30 s", out)
+            await anyio.sleep(0.3)
+        expected = "".join(f"line{i}\n" for i in range(1, 7))
+        check(stdout == expected and stderr == "bye\n", "output lost or repeated across clients",
+              stdout, stderr)
+        check(out["exit_code"] == 7, "exit code of the background process", out)
+        listed = await call(second, "process_list", {"vm": vm})
+        mine = [p for p in listed["processes"] if p["id"] == pid]
+        check(mine and not mine[0]["running"] and mine[0]["exit_code"] == 7, "process_list", listed)
+
+        group = await call(second, "start_process", {"vm": vm,
+                                                     "command": "sleep 600 & sleep 601 & wait"})
+        await anyio.sleep(1)
+        before = await call(second, "run_command", {"vm": vm, "argv": ["ps"]})
+        check(sleepers(before["stdout"]) and "sleep 601" in before["stdout"],
+              "the group's sleeps do not run", before["stdout"])
+        await call(second, "process_signal", {"vm": vm, "id": group["id"], "signal": "KILL"})
+        deadline = time.monotonic() + 15
+        while True:
+            after = await call(second, "run_command", {"vm": vm, "argv": ["ps"]})
+            if not sleepers(after["stdout"]) and "sleep 601" not in after["stdout"]:
+                break
+            check(time.monotonic() < deadline, "a process of the group survived KILL",
+                  after["stdout"])
+            await anyio.sleep(0.2)
+        ended = await call(second, "process_output", {"vm": vm, "id": group["id"]})
+        check(ended["signal"] == 9 and not ended["running"], "the leader was not killed", ended)
+    log("processes ok")
+
+
 def expected_output(size):
     line = b"0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ\n"
     return (line * (size // len(line) + 1))[:size]
@@ -265,6 +326,11 @@ SCENARIOS = {
     "truncate": scenario_truncate,
 }
 
+# Scenarios that open their own clients (to disconnect and reconnect).
+OWN_CLIENTS = {
+    "processes": scenario_processes,
+}
+
 
 async def main():
     parser = argparse.ArgumentParser()
@@ -276,9 +342,12 @@ async def main():
     parser.add_argument("--url")
     parser.add_argument("--token")
     parser.add_argument("--vm", default="mcp-vm")
-    parser.add_argument("scenario", choices=sorted(SCENARIOS))
+    parser.add_argument("scenario", choices=sorted([*SCENARIOS, *OWN_CLIENTS]))
     args = parser.parse_args()
     log(f"{args.scenario} over {args.transport} ({args.mode})")
+    if args.scenario in OWN_CLIENTS:
+        await OWN_CLIENTS[args.scenario](args)
+        return
     async with connect(args) as client:
         await SCENARIOS[args.scenario](client, args)
 
