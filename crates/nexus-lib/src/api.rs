@@ -10,9 +10,11 @@ use crate::size::ByteSize;
 mod integer;
 mod network;
 mod storage;
+mod tokens;
 pub use integer::integral as integral_json_number;
 pub use network::*;
 pub use storage::*;
+pub use tokens::*;
 
 /// Default number of vCPUs of a new VM.
 pub const DEFAULT_VCPUS: u32 = 1;

@@ -47,6 +47,40 @@ pub enum Command {
     /// The MCP server of nexusd (Streamable HTTP at /mcp).
     #[command(subcommand)]
     Mcp(McpCommand),
+    /// API tokens for the TCP listener, each limited to some VMs.
+    #[command(subcommand)]
+    Token(TokenCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once (`token` with --json).
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    #[command(alias = "ls")]
+    List,
+    /// Revoke a token: it is refused from its next request on.
+    #[command(alias = "rm")]
+    Revoke(TokenRef),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// A VM the token may see and use (repeatable; name or id; must exist).
+    #[arg(long = "vm", value_name = "VM")]
+    pub vms: Vec<String>,
+    /// Also let the token create VMs (they join its scope) and delete its VMs.
+    #[arg(long)]
+    pub lifecycle: bool,
+    /// A label to recognise it by.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRef {
+    /// The token's id (from `token list`).
+    pub id: String,
 }
 
 #[derive(Debug, Subcommand)]

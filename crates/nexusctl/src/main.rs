@@ -38,6 +38,7 @@ fn main() -> ExitCode {
             Command::Image(cmd) => commands::image::run(&client, out, cmd).await.map(|()| 0),
             Command::Drive(cmd) => commands::drive::run(&client, out, cmd).await.map(|()| 0),
             Command::Network(cmd) => commands::network::run(&client, out, cmd).await.map(|()| 0),
+            Command::Token(cmd) => commands::token::run(&client, out, cmd).await.map(|()| 0),
             Command::Mcp(cmd) => commands::mcp::run(&client, &socket, out, cmd)
                 .await
                 .map(|()| 0),

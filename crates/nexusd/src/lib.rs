@@ -17,5 +17,6 @@ pub mod settings;
 pub mod storage;
 pub mod store;
 pub mod tcp;
+pub mod tokens;
 pub mod vm;
 pub mod vmm;

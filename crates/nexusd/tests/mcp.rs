@@ -43,6 +43,11 @@ fn python() -> PathBuf {
 /// Runs one client scenario against `d`; panics with its output (and the daemon's log) when it
 /// fails.
 fn scenario(d: &TestDaemon, transport: (&str, &str), name: &str, vm: &str) {
+    scenario_with_token(d, transport, name, vm, common::TCP_TOKEN);
+}
+
+/// [`scenario`] presenting `token` on the TCP listener.
+fn scenario_with_token(d: &TestDaemon, transport: (&str, &str), name: &str, vm: &str, token: &str) {
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/check.py");
     let started = Instant::now();
     let url = match d.home().join("run/tcp.addr").exists() {
@@ -59,7 +64,7 @@ fn scenario(d: &TestDaemon, transport: (&str, &str), name: &str, vm: &str) {
         .arg("--home")
         .arg(d.home())
         .args(["--url", &url])
-        .args(["--token", common::TCP_TOKEN])
+        .args(["--token", token])
         .args(["--vm", vm, name])
         .env_remove("NEXUS_HOME")
         .env_remove("NEXUS_SOCKET")
@@ -124,6 +129,21 @@ fn mcp_over_tcp_without_the_token_is_refused() {
     tcp.read_to_string(&mut answer).unwrap();
 
     assert!(answer.starts_with("HTTP/1.1 401"), "{answer}");
+}
+
+#[test]
+fn a_scoped_token_sees_and_touches_only_its_vms_over_mcp() {
+    let d = common::tcp_daemon(&[]);
+    for vm in ["mine", "theirs"] {
+        let out = d.ctl(&["vm", "create", vm]);
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let created = common::ctl_json(&d, &["token", "create", "--vm", "mine"]);
+    let token = created["token"].as_str().expect("token field");
+
+    for transport in [("tcp", "legacy"), ("tcp", "2026-07-28")] {
+        scenario_with_token(&d, transport, "scoped", "mine", token);
+    }
 }
 
 #[test]

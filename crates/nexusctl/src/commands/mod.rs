@@ -6,4 +6,5 @@ pub mod image;
 pub mod mcp;
 pub mod network;
 pub mod status;
+pub mod token;
 pub mod vm;

@@ -10,6 +10,7 @@ use rmcp::service::RequestContext;
 use rmcp::{RoleServer, tool, tool_router};
 
 use super::NexusMcp;
+use super::access::Access;
 use super::args::{
     CommandResult, DirEntryView, DirView, Encoding, FileContent, FileInfo, ListDirArgs,
     MAX_READ_BYTES, MAX_WRITE_BYTES, PathArgs, ReadFileArgs, RemoveArgs, Removed, RunCommandArgs,
@@ -32,10 +33,11 @@ impl NexusMcp {
     async fn run_command(
         &self,
         Parameters(args): Parameters<RunCommandArgs>,
+        access: Access,
         ctx: RequestContext<RoleServer>,
     ) -> Result<Json<CommandResult>, ToolError> {
         let req = args.exec_request().map_err(ToolError::invalid)?;
-        let agent = self.agent(&args.vm).await?;
+        let agent = self.agent(&access, &args.vm).await?;
         let result = run::run(&agent, &req, self.settings.output_max_chars, &ctx).await?;
         Ok(Json(result))
     }
@@ -47,6 +49,7 @@ impl NexusMcp {
     async fn read_file(
         &self,
         Parameters(args): Parameters<ReadFileArgs>,
+        access: Access,
     ) -> Result<Json<FileContent>, ToolError> {
         let default_length = self.settings.output_max_chars as u64;
         let length = args.length.unwrap_or(default_length);
@@ -55,7 +58,7 @@ impl NexusMcp {
                 "length must be 1 to {MAX_READ_BYTES}"
             )));
         }
-        let agent = self.agent(&args.vm).await?;
+        let agent = self.agent(&access, &args.vm).await?;
         let range = agent.read_range(&args.path, args.offset, length).await?;
         let mut content = range.content;
         let mut bytes = Vec::new();
@@ -112,6 +115,7 @@ impl NexusMcp {
     async fn write_file(
         &self,
         Parameters(args): Parameters<WriteFileArgs>,
+        access: Access,
     ) -> Result<Json<FileInfo>, ToolError> {
         let mode = match args.mode.as_deref() {
             None => 0o644,
@@ -134,7 +138,7 @@ impl NexusMcp {
             )));
         }
         nexus_lib::agent::validate_path(&args.path).map_err(ToolError::invalid)?;
-        let agent = self.agent(&args.vm).await?;
+        let agent = self.agent(&access, &args.vm).await?;
         let body = futures_util::stream::once(async move {
             Ok::<_, std::io::Error>(bytes::Bytes::from(content))
         });
@@ -152,6 +156,7 @@ impl NexusMcp {
     async fn list_dir(
         &self,
         Parameters(args): Parameters<ListDirArgs>,
+        access: Access,
     ) -> Result<Json<DirView>, ToolError> {
         let limit = args.limit.unwrap_or(super::args::DEFAULT_LIST_LIMIT);
         if !(1..=super::args::MAX_LIST_LIMIT).contains(&limit) {
@@ -160,7 +165,11 @@ impl NexusMcp {
                 super::args::MAX_LIST_LIMIT
             )));
         }
-        let listing = self.agent(&args.vm).await?.list(&args.path).await?;
+        let listing = self
+            .agent(&access, &args.vm)
+            .await?
+            .list(&args.path)
+            .await?;
         let truncated = listing.truncated || listing.entries.len() > limit;
         Ok(Json(DirView {
             path: listing.path,
@@ -186,9 +195,14 @@ impl NexusMcp {
     async fn stat(
         &self,
         Parameters(args): Parameters<PathArgs>,
+        access: Access,
     ) -> Result<Json<FileInfo>, ToolError> {
         Ok(Json(
-            self.agent(&args.vm).await?.stat(&args.path).await?.into(),
+            self.agent(&access, &args.vm)
+                .await?
+                .stat(&args.path)
+                .await?
+                .into(),
         ))
     }
 
@@ -203,17 +217,19 @@ impl NexusMcp {
     async fn remove(
         &self,
         Parameters(args): Parameters<RemoveArgs>,
+        access: Access,
     ) -> Result<Json<Removed>, ToolError> {
-        let agent = self.agent(&args.vm).await?;
+        let agent = self.agent(&access, &args.vm).await?;
         agent.remove(&args.path, args.recursive).await?;
         Ok(Json(Removed { removed: args.path }))
     }
 }
 
 impl NexusMcp {
-    /// The agent of a running VM.
-    pub(super) async fn agent(&self, vm: &str) -> Result<AgentClient, ToolError> {
-        Ok(self.state.lifecycle.agent(vm).await?.1)
+    /// The agent of a running VM the caller may see.
+    pub(super) async fn agent(&self, access: &Access, vm: &str) -> Result<AgentClient, ToolError> {
+        let id = self.visible_vm(access, vm).await?;
+        Ok(self.state.lifecycle.agent(&id.to_string()).await?.1)
     }
 }
 

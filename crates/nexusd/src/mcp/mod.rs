@@ -14,11 +14,13 @@
 //!   processes (their types too); `run.rs`: running a
 //!   command (progress, cancellation, output cut and saved in the VM); `capture.rs`: what is
 //!   kept of an output stream;
+//! - `access.rs`: the caller's scope (a managed token sees only its VMs; others look missing);
 //! - `error.rs`: tool failures (`isError: true`) worded from the API's one error mapping (rmcp
 //!   itself answers arguments that do not deserialize as a tool error naming the field, and an
 //!   unknown tool as the JSON-RPC error -32602);
 //! - `sessions.rs`: the bounded session manager.
 
+mod access;
 mod args;
 mod capture;
 mod error;

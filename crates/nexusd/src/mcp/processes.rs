@@ -12,6 +12,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::NexusMcp;
+use super::access::Access;
 use super::args::{MAX_TIMEOUT_SECS, VmArgs, program};
 use super::error::ToolError;
 
@@ -161,6 +162,7 @@ impl NexusMcp {
     async fn start_process(
         &self,
         Parameters(args): Parameters<StartProcessArgs>,
+        access: Access,
     ) -> Result<Json<ProcessView>, ToolError> {
         let argv =
             program(args.command.as_deref(), args.argv.as_deref()).map_err(ToolError::invalid)?;
@@ -180,7 +182,7 @@ impl NexusMcp {
             timeout_ms: args.timeout_secs.map(|t| t * 1000),
         };
         req.validate().map_err(ToolError::invalid)?;
-        let agent = self.agent(&args.vm).await?;
+        let agent = self.agent(&access, &args.vm).await?;
         Ok(Json(agent.start_process(&req).await?.into()))
     }
 
@@ -195,6 +197,7 @@ impl NexusMcp {
     async fn process_output(
         &self,
         Parameters(args): Parameters<ProcessOutputArgs>,
+        access: Access,
     ) -> Result<Json<ProcessOutputView>, ToolError> {
         let length = args.max_bytes.unwrap_or(DEFAULT_OUTPUT_BYTES);
         if !(1..=MAX_OUTPUT_BYTES).contains(&length) {
@@ -202,7 +205,7 @@ impl NexusMcp {
                 "max_bytes must be 1 to {MAX_OUTPUT_BYTES}"
             )));
         }
-        let agent = self.agent(&args.vm).await?;
+        let agent = self.agent(&access, &args.vm).await?;
         let out = agent
             .process_output(args.id, OutputStream::Stdout, args.stdout_offset, length)
             .await?;
@@ -238,6 +241,7 @@ impl NexusMcp {
     async fn process_signal(
         &self,
         Parameters(args): Parameters<ProcessSignalArgs>,
+        access: Access,
     ) -> Result<Json<ProcessView>, ToolError> {
         let signal: ProcessSignal = args
             .signal
@@ -245,7 +249,7 @@ impl NexusMcp {
             .unwrap_or("TERM")
             .parse()
             .map_err(ToolError::invalid)?;
-        let agent = self.agent(&args.vm).await?;
+        let agent = self.agent(&access, &args.vm).await?;
         Ok(Json(agent.signal_process(args.id, signal).await?.into()))
     }
 
@@ -260,8 +264,9 @@ impl NexusMcp {
     async fn process_list(
         &self,
         Parameters(args): Parameters<VmArgs>,
+        access: Access,
     ) -> Result<Json<ProcessList>, ToolError> {
-        let processes = self.agent(&args.vm).await?.processes().await?;
+        let processes = self.agent(&access, &args.vm).await?.processes().await?;
         Ok(Json(ProcessList {
             processes: processes
                 .into_iter()

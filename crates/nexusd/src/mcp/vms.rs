@@ -5,6 +5,7 @@ use rmcp::handler::server::wrapper::{Json, Parameters};
 use rmcp::{tool, tool_router};
 
 use super::NexusMcp;
+use super::access::Access;
 use super::args::{
     Deleted, ImageList, ImageView, VmArgs, VmCreateArgs, VmDeleteArgs, VmDetail, VmList,
     VmListArgs, VmView, parse_state,
@@ -27,9 +28,15 @@ impl NexusMcp {
     async fn vm_create(
         &self,
         Parameters(args): Parameters<VmCreateArgs>,
+        access: Access,
     ) -> Result<Json<VmView>, ToolError> {
+        access.lifecycle("create")?;
         let req = args.into_request().map_err(ToolError::invalid)?;
-        let vm = self.state.create_vm(req).await.map_err(ToolError::from)?;
+        let vm = self
+            .state
+            .create_vm(req, &access.0)
+            .await
+            .map_err(ToolError::from)?;
         Ok(Json(vm.into()))
     }
 
@@ -40,11 +47,16 @@ impl NexusMcp {
     async fn vm_list(
         &self,
         Parameters(args): Parameters<VmListArgs>,
+        access: Access,
     ) -> Result<Json<VmList>, ToolError> {
         let state = parse_state(args.state.as_deref()).map_err(ToolError::invalid)?;
         let vms = self.state.vms.list(state).await?;
         Ok(Json(VmList {
-            vms: vms.into_iter().map(VmView::from).collect(),
+            vms: vms
+                .into_iter()
+                .filter(|v| access.0.sees(v.id))
+                .map(VmView::from)
+                .collect(),
         }))
     }
 
@@ -55,10 +67,12 @@ impl NexusMcp {
     async fn vm_show(
         &self,
         Parameters(args): Parameters<VmArgs>,
+        access: Access,
     ) -> Result<Json<VmDetail>, ToolError> {
-        let vm = self.state.vms.get(&args.vm).await?;
-        let history = self.state.vms.history(&args.vm).await?;
-        let boots = self.state.vms.boots(&args.vm).await?;
+        let id = self.visible_vm(&access, &args.vm).await?.to_string();
+        let vm = self.state.vms.get(&id).await?;
+        let history = self.state.vms.history(&id).await?;
+        let boots = self.state.vms.boots(&id).await?;
         let skip = history.len().saturating_sub(SHOWN_TRANSITIONS);
         let recent_history = history
             .into_iter()
@@ -93,8 +107,10 @@ impl NexusMcp {
     async fn vm_start(
         &self,
         Parameters(args): Parameters<VmArgs>,
+        access: Access,
     ) -> Result<Json<VmView>, ToolError> {
-        Ok(Json(self.state.lifecycle.start(&args.vm).await?.into()))
+        let id = self.visible_vm(&access, &args.vm).await?.to_string();
+        Ok(Json(self.state.lifecycle.start(&id).await?.into()))
     }
 
     #[tool(
@@ -104,8 +120,10 @@ impl NexusMcp {
     async fn vm_stop(
         &self,
         Parameters(args): Parameters<VmArgs>,
+        access: Access,
     ) -> Result<Json<VmView>, ToolError> {
-        Ok(Json(self.state.lifecycle.stop(&args.vm).await?.into()))
+        let id = self.visible_vm(&access, &args.vm).await?.to_string();
+        Ok(Json(self.state.lifecycle.stop(&id).await?.into()))
     }
 
     #[tool(
@@ -119,11 +137,11 @@ impl NexusMcp {
     async fn vm_delete(
         &self,
         Parameters(args): Parameters<VmDeleteArgs>,
+        access: Access,
     ) -> Result<Json<Deleted>, ToolError> {
-        self.state
-            .lifecycle
-            .delete(&args.vm, args.keep_drives)
-            .await?;
+        access.lifecycle("delete")?;
+        let id = self.visible_vm(&access, &args.vm).await?.to_string();
+        self.state.lifecycle.delete(&id, args.keep_drives).await?;
         Ok(Json(Deleted { deleted: args.vm }))
     }
 

@@ -11,6 +11,7 @@ pub mod images;
 mod migrations;
 pub mod network;
 pub mod runtime;
+pub mod tokens;
 pub mod vms;
 
 use std::path::{Path, PathBuf};

@@ -319,11 +319,35 @@ async def scenario_truncate(client, args):
     log(f"truncate ok: {len(out['stdout'])} characters returned, {path} holds {len(whole)} bytes")
 
 
+async def scenario_scoped(client, args):
+    """Run with a token scoped to the VM `mine` (not running) while `theirs` exists too."""
+    listed = await call(client, "vm_list", {})
+    check([v["name"] for v in listed["vms"]] == ["mine"], "a scoped token sees other VMs", listed)
+    shown = await call(client, "vm_show", {"vm": "mine"})
+    check(shown["name"] == "mine", "vm_show of the token's own VM", shown)
+    for tool, arguments in [
+        ("vm_show", {"vm": "theirs"}),
+        ("vm_start", {"vm": "theirs"}),
+        ("run_command", {"vm": "theirs", "command": "true"}),
+        ("read_file", {"vm": "theirs", "path": "/etc/hostname"}),
+        ("process_list", {"vm": "theirs"}),
+    ]:
+        text = await call_error(client, tool, arguments)
+        check(text.startswith("not_found:") and "theirs" in text,
+              f"{tool} on another VM does not answer as if it did not exist", text)
+    for tool, arguments in [("vm_create", {"name": "sneaky"}), ("vm_delete", {"vm": "mine"})]:
+        text = await call_error(client, tool, arguments)
+        check(text.startswith("forbidden:") and "--lifecycle" in text,
+              f"{tool} without lifecycle is not refused", text)
+    log("scoped ok")
+
+
 SCENARIOS = {
     "tools": scenario_tools,
     "vm": scenario_vm,
     "cancel": scenario_cancel,
     "truncate": scenario_truncate,
+    "scoped": scenario_scoped,
 }
 
 # Scenarios that open their own clients (to disconnect and reconnect).

@@ -200,6 +200,7 @@ impl FakeHost {
             started: std::time::Instant::now(),
             mcp: crate::mcp::McpSettings::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
+            tokens: crate::tokens::TokenService::new(self.store.clone()),
         }
     }
 }
