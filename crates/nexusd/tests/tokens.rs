@@ -97,6 +97,13 @@ fn a_scoped_token_reaches_nothing_but_vms_and_images() {
     assert!(rt.block_on(client.health()).is_ok());
     assert_eq!(status(rt.block_on(client.list_drives())), 403);
     assert_eq!(status(rt.block_on(client.network())), 403);
+    let open_up = nexus_lib::api::UpdateVmNetwork {
+        egress: nexus_lib::api::EgressPolicy::AllowAll,
+    };
+    assert_eq!(
+        status(rt.block_on(client.update_vm_network("mine", &open_up))),
+        403
+    );
     assert_eq!(status(rt.block_on(client.list_tokens())), 403);
     let drive = CreateDrive {
         image: "x".into(),

@@ -6,8 +6,8 @@
 //! the raw path). For a managed token: a VM route whose VM is outside its scope answers 404, as
 //! if the VM did not exist; creating and deleting VMs needs `lifecycle`; the VM list is filtered
 //! by its handler; reading images, health and the OpenAPI document is allowed; `/mcp` applies
-//! the scope in each tool; anything else (drives, network, image import and delete, tokens) is
-//! 403.
+//! the scope in each tool; anything else (a VM's egress policy, drives, the host network, image
+//! import and delete, tokens) is 403.
 
 use std::convert::Infallible;
 
@@ -60,6 +60,10 @@ pub(super) async fn guard(
         (&Method::POST, "/v1/vms", _) => Err(forbidden(
             "this token may not create VMs (it was made without --lifecycle)",
         )),
+        // A VM's egress policy is the operator's to set, not its token holder's to lift.
+        (_, "/v1/vms/{vm}/network", _) => {
+            Err(forbidden("this token may not change a VM's network policy"))
+        }
         (_, t, Some(vm)) if t.starts_with("/v1/vms/{vm}") => match state.vms.get(&vm).await {
             Ok(found) if scope.sees(found.id) => {
                 if method == Method::DELETE && t == "/v1/vms/{vm}" && !token.lifecycle {
