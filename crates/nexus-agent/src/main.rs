@@ -5,6 +5,7 @@ mod cmdline;
 mod exec;
 mod files;
 mod init;
+mod mcp_servers;
 mod net;
 mod processes;
 mod server;
@@ -54,6 +55,7 @@ fn serve(mut boot: BootTimes) -> i32 {
             boot,
             shutdown: tokio::sync::Notify::new(),
             processes: Arc::new(processes::Registry::new(processes::DIR)),
+            mcp_servers: mcp_servers::Servers::default(),
         });
         server::run(listener, state).await
     });

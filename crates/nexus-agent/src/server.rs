@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::vsock::VsockListener;
-use crate::{exec, files, init, processes, sysinfo};
+use crate::{exec, files, init, mcp_servers, processes, sysinfo};
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 pub type ApiResult = Result<Response<Body>, ApiError>;
@@ -40,6 +40,7 @@ pub struct State {
     pub boot: BootTimes,
     pub shutdown: Notify,
     pub processes: Arc<processes::Registry>,
+    pub mcp_servers: mcp_servers::Servers,
 }
 
 /// Accepts vsock connections until a shutdown is requested; returns the process exit code.
@@ -107,6 +108,11 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
         (Method::GET, "/v1/processes") => json(StatusCode::OK, &state.processes.list()),
         (Method::GET, "/v1/processes/output") => {
             processes::handle_output(&req, &state.processes).await
+        }
+        (Method::GET, "/v1/mcp-servers") => json(StatusCode::OK, &state.mcp_servers.statuses()),
+        (Method::PUT, "/v1/mcp-servers") => mcp_servers::handle_set(req, &state.mcp_servers).await,
+        (Method::POST, "/v1/mcp-servers/connect") => {
+            mcp_servers::handle_connect(req, &state.mcp_servers).await
         }
         (Method::POST, "/v1/processes/signal") => {
             processes::handle_signal(req, &state.processes).await

@@ -49,6 +49,15 @@ pub const MAX_PROCESS_LOG_BYTES: u64 = 16 * 1024 * 1024;
 /// Most bytes one `GET /v1/processes/output` returns.
 pub const MAX_PROCESS_READ_BYTES: u64 = 1024 * 1024;
 
+/// Most MCP servers one VM runs.
+pub const MAX_MCP_SERVERS: usize = 8;
+/// Most `argv` entries of one MCP server.
+pub const MAX_MCP_SERVER_ARGS: usize = 256;
+/// Most `env` entries of one MCP server.
+pub const MAX_MCP_SERVER_ENV: usize = 64;
+/// Most bytes of one MCP server's `argv` and `env` together.
+pub const MAX_MCP_SERVER_SPEC_BYTES: usize = 64 * 1024;
+
 /// Picks the highest protocol version both sides support.
 pub fn negotiate(host: &[u32], agent: &[u32]) -> Option<u32> {
     host.iter().filter(|v| agent.contains(v)).max().copied()
@@ -318,6 +327,101 @@ pub struct SignalRequest {
     pub signal: ProcessSignal,
 }
 
+/// A stdio MCP server the agent runs and supervises in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerSpec {
+    /// `[a-z0-9][a-z0-9-]{0,31}`, unique in the VM; its tools are `<vm>__<name>__<tool>`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,31}$")]
+    pub name: String,
+    /// The program and its arguments; it speaks MCP on its stdin and stdout.
+    #[schema(min_items = 1, max_items = 256)]
+    pub argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+impl McpServerSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = (1..=32).contains(&self.name.len())
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !self.name.starts_with('-');
+        if !name_ok {
+            return Err(format!(
+                "MCP server name {:?} must match [a-z0-9][a-z0-9-]{{0,31}}",
+                self.name
+            ));
+        }
+        if self.argv.len() > MAX_MCP_SERVER_ARGS {
+            return Err(format!(
+                "MCP server {}: at most {MAX_MCP_SERVER_ARGS} arguments",
+                self.name
+            ));
+        }
+        if self.env.len() > MAX_MCP_SERVER_ENV {
+            return Err(format!(
+                "MCP server {}: at most {MAX_MCP_SERVER_ENV} environment variables",
+                self.name
+            ));
+        }
+        let bytes: usize = self.argv.iter().map(String::len).sum::<usize>()
+            + self
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if bytes > MAX_MCP_SERVER_SPEC_BYTES {
+            return Err(format!(
+                "MCP server {}: argv and env hold {bytes} bytes; at most {MAX_MCP_SERVER_SPEC_BYTES}",
+                self.name
+            ));
+        }
+        let exec = ExecRequest {
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            ..ExecRequest::default()
+        };
+        exec.validate()
+            .map_err(|e| format!("MCP server {}: {e}", self.name))
+    }
+
+    /// Checks a VM's whole list: each server, their number, distinct names.
+    pub fn validate_all(servers: &[Self]) -> Result<(), String> {
+        if servers.len() > MAX_MCP_SERVERS {
+            return Err(format!("at most {MAX_MCP_SERVERS} MCP servers per VM"));
+        }
+        for (i, server) in servers.iter().enumerate() {
+            server.validate()?;
+            if servers[..i].iter().any(|s| s.name == server.name) {
+                return Err(format!("two MCP servers are named {:?}", server.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Body of `PUT /v1/mcp-servers`: the servers the agent must run (others are stopped).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerSet {
+    pub servers: Vec<McpServerSpec>,
+}
+
+/// One MCP server as the agent reports it (`GET`/`PUT /v1/mcp-servers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpServerStatus {
+    pub name: String,
+    pub running: bool,
+    pub pid: Option<u32>,
+    /// How many times it was started.
+    pub starts: u64,
+    /// How its last run ended, if it did.
+    pub last_exit: Option<String>,
+}
+
 /// Reply to `GET /v1/info`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct AgentInfo {
@@ -514,6 +618,23 @@ mod tests {
         assert_eq!("SIGKILL".parse(), Ok(ProcessSignal::Kill));
         assert_eq!("TERM".parse(), Ok(ProcessSignal::Term));
         assert!("kill".parse::<ProcessSignal>().is_err());
+    }
+
+    #[test]
+    fn mcp_server_names_are_checked_and_unique() {
+        let server = |name: &str| McpServerSpec {
+            name: name.into(),
+            argv: vec!["srv".into()],
+            env: BTreeMap::new(),
+        };
+        assert!(McpServerSpec::validate_all(&[server("a"), server("b-2")]).is_ok());
+        assert!(McpServerSpec::validate_all(&[server("a"), server("a")]).is_err());
+        assert!(server("A").validate().is_err());
+        assert!(server("a__b").validate().is_err());
+        assert!(server(&"a".repeat(33)).validate().is_err());
+        let mut big = server("big");
+        big.argv.push("x".repeat(MAX_MCP_SERVER_SPEC_BYTES));
+        assert!(big.validate().is_err());
     }
 
     #[test]

@@ -237,6 +237,29 @@ pub struct VmCreateArgs {
     pub publish: Vec<Publish>,
     #[command(flatten)]
     pub egress: EgressArgs,
+    /// Run an MCP server inside the VM: NAME=COMMAND, COMMAND run with `/bin/sh -c` in the
+    /// guest and speaking MCP on stdio (repeatable, at most 8). Its tools appear on nexusd's
+    /// /mcp as <vm>__<NAME>__<tool> while the VM runs.
+    #[arg(long = "mcp-server", value_name = "NAME=COMMAND", value_parser = parse_mcp_server)]
+    pub mcp_servers: Vec<(String, String)>,
+    /// An environment variable of one of those servers: NAME:KEY=VALUE (repeatable).
+    #[arg(long = "mcp-env", value_name = "NAME:KEY=VALUE", value_parser = parse_mcp_env)]
+    pub mcp_env: Vec<(String, String, String)>,
+}
+
+fn parse_mcp_server(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, command)) if !name.is_empty() && !command.trim().is_empty() => {
+            Ok((name.to_owned(), command.to_owned()))
+        }
+        _ => Err("expected NAME=COMMAND".into()),
+    }
+}
+
+fn parse_mcp_env(s: &str) -> Result<(String, String, String), String> {
+    let (name, pair) = s.split_once(':').ok_or("expected NAME:KEY=VALUE")?;
+    let (key, value) = pair.split_once('=').ok_or("expected NAME:KEY=VALUE")?;
+    Ok((name.to_owned(), key.to_owned(), value.to_owned()))
 }
 
 #[derive(Debug, Args)]

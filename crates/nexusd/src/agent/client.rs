@@ -734,6 +734,8 @@ fn event_lines(
     })
 }
 
+#[path = "client_mcp.rs"]
+mod mcp;
 #[path = "client_processes.rs"]
 mod processes;
 

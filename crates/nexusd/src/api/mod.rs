@@ -66,6 +66,8 @@ pub struct AppState {
     /// Cancelled when the daemon stops: ends MCP sessions and their open streams.
     pub shutdown: tokio_util::sync::CancellationToken,
     pub tokens: crate::tokens::TokenService,
+    /// Per-VM MCP servers connected through their agents (their tools are on `/mcp`).
+    pub guest_mcp: crate::mcp::GuestServers,
 }
 
 impl AppState {
@@ -91,6 +93,7 @@ impl AppState {
             mcp: crate::mcp::McpSettings::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
             tokens: crate::tokens::TokenService::new(store.clone()),
+            guest_mcp: crate::mcp::GuestServers::default(),
         }
     }
 }

@@ -83,6 +83,28 @@ pub struct VmCreateArgs {
     /// Allow no outgoing connection at all, not even DNS. Cannot be combined with the allow lists.
     #[serde(default)]
     pub deny_egress: bool,
+    /// MCP servers to run inside the VM (stdio programs in the image), at most 8. While the VM
+    /// runs, their tools appear in this server's tool list as `<vm>__<server>__<tool>`; a server
+    /// that exits is restarted with back-off.
+    #[serde(default)]
+    #[schemars(length(max = 8))]
+    pub mcp_servers: Vec<McpServerArg>,
+}
+
+/// An MCP server a VM runs.
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerArg {
+    /// Its name: lowercase letters, digits and '-', at most 32 characters, unique in the VM.
+    #[schemars(regex(pattern = r"^[a-z0-9][a-z0-9-]{0,31}$"))]
+    pub name: String,
+    /// The program and its arguments, e.g. ["/usr/bin/my-mcp-server", "--stdio"]; it speaks MCP
+    /// on its stdin and stdout. At most 256 entries, 64 KiB with `env`.
+    #[schemars(length(min = 1, max = 256))]
+    pub argv: Vec<String>,
+    /// Environment variables it gets (at most 64).
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
 }
 
 /// Parses every item of the argument `field`; the error names the argument.
@@ -134,6 +156,15 @@ impl VmCreateArgs {
             }),
             publish,
             egress: EgressPolicy::from_choices(self.deny_egress, cidrs, domains),
+            mcp_servers: self
+                .mcp_servers
+                .into_iter()
+                .map(|s| nexus_lib::agent::McpServerSpec {
+                    name: s.name,
+                    argv: s.argv,
+                    env: s.env,
+                })
+                .collect(),
         })
     }
 }

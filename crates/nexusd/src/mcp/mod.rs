@@ -18,13 +18,20 @@
 //! - `error.rs`: tool failures (`isError: true`) worded from the API's one error mapping (rmcp
 //!   itself answers arguments that do not deserialize as a tool error naming the field, and an
 //!   unknown tool as the JSON-RPC error -32602);
-//! - `sessions.rs`: the bounded session manager.
+//! - `sessions.rs`: the bounded session manager;
+//! - per-VM MCP servers: `guest_servers.rs` connects to the servers running VMs declare (through
+//!   their agents) and keeps their tools; `guest_names.rs` decides which reported tools are
+//!   exposed and names them `<vm>__<server>__<tool>`; `guest_tools.rs` mixes them into
+//!   `tools/list` and forwards their calls.
 
 mod access;
 mod args;
 mod capture;
 mod error;
 mod guest;
+mod guest_names;
+mod guest_servers;
+mod guest_tools;
 mod processes;
 mod run;
 mod sessions;
@@ -32,13 +39,19 @@ mod vms;
 
 use std::sync::Arc;
 
+use rmcp::ErrorData;
 use rmcp::handler::server::router::tool::ToolRouter;
-use rmcp::model::{Implementation, ServerCapabilities, ServerConfig};
+use rmcp::model::{
+    CallToolRequestParams, CallToolResponse, Implementation, ListToolsResult,
+    PaginatedRequestParams, ServerCapabilities, ServerConfig, Tool,
+};
+use rmcp::service::{NotificationContext, RequestContext, RoleServer};
 use rmcp::transport::{StreamableHttpServerConfig, StreamableHttpService};
 use rmcp::{ServerHandler, tool_handler};
 use tokio_util::sync::CancellationToken;
 
 use crate::api::AppState;
+pub use guest_servers::GuestServers;
 pub use sessions::{BoundedSessions, MAX_SESSIONS};
 
 /// Largest MCP request body (a `write_file` of 8 MiB is about 11 MiB of base64 in JSON).
@@ -65,7 +78,8 @@ by default), then use run_command to run shell commands in it and read_file, wri
 list_dir, stat and remove for its files, and start_process / process_output / process_signal for \
 long-running work; every guest tool names the VM in `vm`. vm_stop and \
 vm_delete end it. Long command output is cut and saved whole in a file in the VM whose path the \
-result gives.";
+result gives. Tools named <vm>__<server>__<tool> belong to MCP servers running inside a VM; they \
+come and go with their VM.";
 
 /// The server rmcp runs for each session or stateless request: cheap to clone (shared state
 /// and one tool router built once).
@@ -89,9 +103,39 @@ impl NexusMcp {
 #[tool_handler(router = self.tools)]
 impl ServerHandler for NexusMcp {
     fn get_info(&self) -> ServerConfig {
-        ServerConfig::new(ServerCapabilities::builder().enable_tools().build())
-            .with_server_info(Implementation::new("nexus", nexus_lib::VERSION))
-            .with_instructions(INSTRUCTIONS.to_string())
+        ServerConfig::new(
+            ServerCapabilities::builder()
+                .enable_tools()
+                .enable_tool_list_changed()
+                .build(),
+        )
+        .with_server_info(Implementation::new("nexus", nexus_lib::VERSION))
+        .with_instructions(INSTRUCTIONS.to_string())
+    }
+
+    async fn list_tools(
+        &self,
+        _request: Option<PaginatedRequestParams>,
+        context: RequestContext<RoleServer>,
+    ) -> Result<ListToolsResult, ErrorData> {
+        Ok(self.list_all_tools(&context))
+    }
+
+    async fn call_tool(
+        &self,
+        request: CallToolRequestParams,
+        context: RequestContext<RoleServer>,
+    ) -> Result<CallToolResponse, ErrorData> {
+        self.call_any_tool(request, context).await
+    }
+
+    fn get_tool(&self, name: &str) -> Option<Tool> {
+        self.find_tool(name)
+    }
+
+    async fn on_initialized(&self, context: NotificationContext<RoleServer>) {
+        // A session: tell it when the per-VM tools change.
+        self.state.guest_mcp.add_session(context.peer);
     }
 }
 

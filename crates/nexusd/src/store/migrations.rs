@@ -4,7 +4,7 @@ use rusqlite_migration::{M, Migrations};
 
 /// The schema version after all migrations.
 #[cfg(test)]
-pub const LATEST: u32 = 5;
+pub const LATEST: u32 = 6;
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -160,6 +160,17 @@ pub fn migrations() -> Migrations<'static> {
             PRIMARY KEY (token_id, vm_id)
         ) STRICT;
         CREATE INDEX api_token_vms_vm ON api_token_vms(vm_id);
+        "#,
+        ),
+        // 6: MCP servers a VM runs (the agent supervises them; nexusd exposes their tools).
+        M::up(
+            r#"
+        CREATE TABLE vm_mcp_servers (
+            vm_id   TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+            name    TEXT NOT NULL,
+            spec    TEXT NOT NULL,
+            PRIMARY KEY (vm_id, name)
+        ) STRICT;
         "#,
         ),
     ])

@@ -8,6 +8,7 @@
 
 pub mod drives;
 pub mod images;
+pub mod mcp_servers;
 mod migrations;
 pub mod network;
 pub mod runtime;
