@@ -204,3 +204,64 @@ fn five_megabytes_of_output_are_cut_for_the_client_and_saved_whole_in_the_vm() {
     scenario(&d, ("http", "2026-07-28"), "truncate", "big");
     scenario(&d, ("stdio", "legacy"), "truncate", "big");
 }
+
+/// The test per-VM MCP server (a busybox shell script).
+fn echo_server() -> String {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/echo-server.sh");
+    std::fs::read_to_string(path).unwrap()
+}
+
+#[test]
+fn a_per_vm_server_is_called_through_the_host_restarted_after_a_crash_and_gone_when_its_vm_stops() {
+    common::require_boot_prerequisites();
+    let d = TestDaemon::start_with_storage();
+    scenario(&d, ("http", "legacy"), "guest_servers", "guest");
+}
+
+#[test]
+fn a_scoped_token_sees_and_calls_only_its_vms_per_vm_tools() {
+    common::require_boot_prerequisites();
+    let d = common::tcp_daemon(&["--pool-size", "1G"]);
+    let server = format!("echo={}", echo_server());
+    for vm in ["mine", "theirs"] {
+        let out = d.ctl(&[
+            "vm",
+            "create",
+            vm,
+            "--image",
+            "default",
+            "--network",
+            "none",
+            "--start",
+            "--mcp-server",
+            &server,
+        ]);
+        assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    }
+    let created = common::ctl_json(&d, &["token", "create", "--vm", "mine"]);
+    let token = created["token"].as_str().expect("token field");
+
+    scenario_with_token(&d, ("tcp", "legacy"), "guest_scoped", "mine", token);
+}
+
+#[test]
+fn mcp_servers_with_bad_names_or_too_many_are_refused_at_create() {
+    let d = TestDaemon::start();
+    let many: Vec<String> = (0..=nexus_lib::agent::MAX_MCP_SERVERS)
+        .map(|i| format!("s{i}=true"))
+        .collect();
+    let mut too_many = vec!["vm", "create", "many"];
+    for server in &many {
+        too_many.extend(["--mcp-server", server.as_str()]);
+    }
+
+    let bad_name = d.ctl(&["vm", "create", "bad", "--mcp-server", "Bad_Name=true"]);
+    let many_out = d.ctl(&too_many);
+    let stray_env = d.ctl(&["vm", "create", "env", "--mcp-env", "nope:A=1"]);
+
+    assert!(!bad_name.status.success() && stderr(&bad_name).contains("MCP server name"));
+    assert!(!many_out.status.success() && stderr(&many_out).contains("at most 8"));
+    assert!(!stray_env.status.success() && stderr(&stray_env).contains("--mcp-env"));
+    let listed = common::ctl_json(&d, &["vm", "list"]);
+    assert_eq!(listed.as_array().map(Vec::len), Some(0), "{listed}");
+}

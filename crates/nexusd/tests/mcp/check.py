@@ -14,6 +14,7 @@ import argparse
 import base64
 import hashlib
 import json
+import pathlib
 import sys
 import time
 
@@ -41,12 +42,13 @@ def log(text):
     print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
 
 
-def connect(args):
-    if args.transport == "stdio":
+def connect(args, transport=None, **options):
+    transport = transport or args.transport
+    if transport == "stdio":
         server = StdioServerParameters(
             command=args.nexusctl, args=["--home", args.home, "mcp", "serve"]
         )
-    elif args.transport == "tcp":
+    elif transport == "tcp":
         http = httpx2.AsyncClient(
             headers={"Authorization": f"Bearer {args.token}"},
             timeout=httpx2.Timeout(30.0, read=300.0),
@@ -58,7 +60,7 @@ def connect(args):
             timeout=httpx2.Timeout(30.0, read=300.0),
         )
         server = streamable_http_client("http://localhost/mcp", http_client=http)
-    return Client(server, mode=args.mode, raise_exceptions=True)
+    return Client(server, mode=args.mode, raise_exceptions=True, **options)
 
 
 async def call(client, tool, arguments, **kw):
@@ -342,17 +344,121 @@ async def scenario_scoped(client, args):
     log("scoped ok")
 
 
+# A per-VM MCP server: a busybox shell script (tools `echo` and `crash`, and one invalid name).
+ECHO_SERVER = (pathlib.Path(__file__).parent / "echo-server.sh").read_text()
+
+
+async def tool_names(client):
+    return {t.name for t in (await client.list_tools()).tools}
+
+
+async def wait_for_tools(client, wanted, timeout=60):
+    deadline = time.monotonic() + timeout
+    while True:
+        names = await tool_names(client)
+        if wanted <= names:
+            return names
+        check(time.monotonic() < deadline, f"{sorted(wanted)} did not appear in tools/list",
+              sorted(names))
+        await anyio.sleep(0.3)
+
+
+async def echo(client, tool, text):
+    """Calls a per-VM `echo` tool; returns the pid of the server that answered, or None when
+    the tool is not there (yet)."""
+    try:
+        result = await client.call_tool(tool, {"text": text})
+    except MCPError as e:
+        check(e.error.code == -32602, "calling a missing per-VM tool is not -32602", e.error)
+        return None
+    said = " ".join(getattr(c, "text", "") for c in result.content)
+    if result.is_error:
+        return None
+    check(said.startswith(f"echo: {text} from pid "), "the per-VM tool answered wrongly", said)
+    return said.rsplit(" ", 1)[1]
+
+
+async def scenario_guest_servers(args):
+    """A VM declaring a per-VM server: its tools through the host, a crash and the restart, and
+    `tools/list_changed` when the VM stops."""
+    vm, changes = args.vm, []
+
+    async def on_message(message):
+        inner = getattr(message, "root", message)
+        if getattr(inner, "method", None) == "notifications/tools/list_changed":
+            changes.append(time.monotonic())
+
+    async with connect(args, message_handler=on_message) as client:
+        server = {"name": "echo", "argv": ["/bin/sh", "-c", ECHO_SERVER]}
+        created = await call(client, "vm_create", {"name": vm, "network": "none",
+                                                   "mcp_servers": [server]})
+        check(created["state"] == "running", "vm_create did not boot the VM", created)
+        tool, crash = f"{vm}__echo__echo", f"{vm}__echo__crash"
+        names = await wait_for_tools(client, {tool, crash})
+        check(not [n for n in names if "bad" in n], "an invalid tool name was exposed", sorted(names))
+        listed = {t.name: t for t in (await client.list_tools()).tools}
+        check(f"VM {vm}" in listed[tool].description, "the description does not name the VM",
+              listed[tool].description)
+        check(changes, "no tools/list_changed when the server's tools appeared")
+        first = await echo(client, tool, "hello")
+        check(first, "the per-VM tool failed")
+        log(f"{tool} answered from pid {first}")
+
+        crashed = await client.call_tool(crash, {})
+        check(crashed.is_error, "a call that crashes the server is not an error", crashed)
+        deadline, second = time.monotonic() + 60, None
+        while not second:
+            check(time.monotonic() < deadline, "the crashed server did not come back in 60 s")
+            await anyio.sleep(0.5)
+            second = await echo(client, tool, "again")
+        check(second != first, "the server was not restarted", first, second)
+        log(f"restarted: pid {first} then {second}")
+
+        seen = len(changes)
+        await call(client, "vm_stop", {"vm": vm})
+        with anyio.fail_after(15):
+            while len(changes) == seen:
+                await anyio.sleep(0.1)
+        names = await tool_names(client)
+        check(not [n for n in names if n.startswith(f"{vm}__")],
+              "the stopped VM's tools are still listed", sorted(names))
+        await call(client, "vm_delete", {"vm": vm})
+    log(f"guest servers ok: {len(changes)} tools/list_changed notifications")
+
+
+async def scenario_guest_scoped(client, args):
+    """Run with a token scoped to `mine`; `mine` and `theirs` both run the echo server."""
+    async with connect(args, transport="http") as everything:
+        await wait_for_tools(everything, {"mine__echo__echo", "theirs__echo__echo"})
+    names = await tool_names(client)
+    check("mine__echo__echo" in names, "the token does not see its VM's per-VM tools",
+          sorted(names))
+    check(not [n for n in names if n.startswith("theirs__")],
+          "a scoped token sees another VM's per-VM tools", sorted(names))
+    check(await echo(client, "mine__echo__echo", "mine"), "the token cannot call its own")
+    try:
+        await client.call_tool("theirs__echo__echo", {"text": "x"})
+    except MCPError as e:
+        check(e.error.code == -32602, "another VM's per-VM tool is not answered as unknown",
+              e.error)
+    else:
+        raise AssertionError("a scoped token called another VM's per-VM tool")
+    log("guest scoped ok")
+
+
 SCENARIOS = {
     "tools": scenario_tools,
     "vm": scenario_vm,
     "cancel": scenario_cancel,
     "truncate": scenario_truncate,
     "scoped": scenario_scoped,
+    "guest_scoped": scenario_guest_scoped,
 }
 
 # Scenarios that open their own clients (to disconnect and reconnect).
 OWN_CLIENTS = {
     "processes": scenario_processes,
+    "guest_servers": scenario_guest_servers,
 }
 
 
