@@ -3,7 +3,9 @@
 //! minute resets it), and lends its stdin and stdout to one host connection at a time
 //! (`POST /v1/mcp-servers/connect?name=`, a request body flowing to the server's stdin and a
 //! response body from its stdout). When that connection ends, the server is restarted at once,
-//! so every connection starts a fresh MCP session.
+//! so every connection starts a fresh MCP session. A server's stderr goes to
+//! `/run/nexus-agent/mcp/<name>.log`, bounded: past [`LOG_MAX_BYTES`] the file becomes
+//! `<name>.log.1` (replacing the older one) and a new one is started.
 
 use std::collections::HashMap;
 use std::io;
@@ -33,6 +35,10 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 const HEALTHY_RUN: Duration = Duration::from_secs(60);
 /// How long a connection waits for its server to be up.
 const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// Where the servers' stderr logs are.
+pub const LOG_DIR: &str = "/run/nexus-agent/mcp";
+/// Size at which a server's log is rotated (so at most twice this is kept).
+const LOG_MAX_BYTES: u64 = 512 * 1024;
 
 /// The MCP servers of this guest.
 #[derive(Default)]
@@ -166,7 +172,7 @@ async fn supervise(server: Arc<Server>, mut restarts: mpsc::UnboundedReceiver<u6
         };
         let spawned = exec::command(&exec).and_then(|mut cmd| {
             cmd.stdin(Stdio::piped())
-                .stderr(Stdio::null())
+                .stderr(Stdio::piped())
                 .kill_on_drop(true)
                 .spawn()
         });
@@ -182,6 +188,9 @@ async fn supervise(server: Arc<Server>, mut restarts: mpsc::UnboundedReceiver<u6
             }
         };
         let pid = child.id();
+        if let Some(stderr) = child.stderr.take() {
+            tokio::spawn(keep_log(server.spec.name.clone(), stderr));
+        }
         server.update(|s| {
             s.running = true;
             s.pid = pid;
@@ -232,6 +241,44 @@ async fn supervise(server: Arc<Server>, mut restarts: mpsc::UnboundedReceiver<u6
             return;
         }
         backoff = (backoff * 2).min(MAX_BACKOFF);
+    }
+}
+
+/// Appends a server's stderr to its log file, rotating it at [`LOG_MAX_BYTES`]; a log that
+/// cannot be written is dropped (the server must not block on a full pipe).
+async fn keep_log(name: String, mut stderr: tokio::process::ChildStderr) {
+    use tokio::io::AsyncReadExt;
+    let path = std::path::Path::new(LOG_DIR).join(format!("{name}.log"));
+    let _ = tokio::fs::create_dir_all(LOG_DIR).await;
+    let open = |path: std::path::PathBuf| async move {
+        tokio::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .await
+            .ok()
+    };
+    let mut file = open(path.clone()).await;
+    let mut size = match &file {
+        Some(f) => f.metadata().await.map_or(0, |m| m.len()),
+        None => 0,
+    };
+    let mut buf = vec![0u8; 16 * 1024];
+    loop {
+        let n = match stderr.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if size + n as u64 > LOG_MAX_BYTES {
+            let _ = tokio::fs::rename(&path, path.with_extension("log.1")).await;
+            file = open(path.clone()).await;
+            size = 0;
+        }
+        if let Some(f) = file.as_mut()
+            && f.write_all(&buf[..n]).await.is_ok()
+        {
+            size += n as u64;
+        }
     }
 }
 

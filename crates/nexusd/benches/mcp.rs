@@ -1,7 +1,8 @@
 //! MCP round trips on the real stack (nexusd + btrfs pool + QEMU + guest agent): `run_command`
 //! of `true` through MCP over Streamable HTTP on the Unix socket and through `nexusctl mcp serve`
 //! on stdio, next to the same exec through the REST API, interleaved so all three see the same
-//! load. The MCP client is rmcp's (the Rust SDK), so the figures are the server's and the
+//! load; then the round trip of a per-VM MCP server's tool called through `/mcp` (the busybox
+//! shell server of the MCP tests, `tests/mcp/echo-server.sh`, whose every answer forks `sed`). The MCP client is rmcp's (the Rust SDK), so the figures are the server's and the
 //! bridge's, not a Python client's. Needs what the VM tests need (root, scripts/setup.sh,
 //! NEXUS_AGENT_BIN) and a nexusctl built with the same profile:
 //! `cargo build --release -p nexusctl && cargo bench -p nexusd --bench mcp`.
@@ -12,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use nexus_lib::agent::{ExecEvent, ExecRequest};
+use nexus_lib::agent::{ExecEvent, ExecRequest, McpServerSpec};
 use nexus_lib::api::{CreateVm, NetworkMode};
 use nexus_lib::client::Client;
 use rmcp::ServiceExt;
@@ -62,6 +63,7 @@ async fn run(home: &Path, socket: &Path) -> Result<(), String> {
         image: Some("default".into()),
         start: true,
         network: Some(NetworkMode::None),
+        mcp_servers: vec![echo_server()],
         ..CreateVm::default()
     })
     .await
@@ -126,9 +128,63 @@ async fn run(home: &Path, socket: &Path) -> Result<(), String> {
         pct(&via_http, 0.5) - pct(&via_rest, 0.5),
         pct(&via_stdio, 0.5) - pct(&via_rest, 0.5)
     );
+
+    let tool = "bench__echo__echo";
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !http
+        .list_all_tools()
+        .await
+        .map_err(|e| format!("tools/list: {e}"))?
+        .iter()
+        .any(|t| t.name == tool)
+    {
+        if Instant::now() > deadline {
+            return Err(format!("{tool} did not appear within 60 s"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut via_guest = Vec::new();
+    for round in 0..WARMUP + ROUNDS {
+        let t = Instant::now();
+        guest_echo(&http, tool).await?;
+        if round >= WARMUP {
+            via_guest.push(ms(t));
+        }
+    }
+    report(
+        "per-VM MCP server tool call through /mcp (Streamable HTTP, Unix socket)",
+        &via_guest,
+    );
     let _ = http.cancel().await;
     let _ = stdio.cancel().await;
     Ok(())
+}
+
+fn echo_server() -> McpServerSpec {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/mcp/echo-server.sh");
+    McpServerSpec {
+        name: "echo".into(),
+        argv: vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            std::fs::read_to_string(&script).expect("read tests/mcp/echo-server.sh"),
+        ],
+        env: Default::default(),
+    }
+}
+
+async fn guest_echo(client: &Mcp, tool: &str) -> Result<(), String> {
+    let args = serde_json::json!({"text": "ping"});
+    let params = CallToolRequestParams::new(tool.to_owned())
+        .with_arguments(args.as_object().cloned().unwrap_or_default());
+    let result = client
+        .call_tool(params)
+        .await
+        .map_err(|e| format!("{tool}: {e}"))?;
+    match result.is_error {
+        Some(true) => Err(format!("{tool} failed: {result:?}")),
+        _ => Ok(()),
+    }
 }
 
 fn ms(t: Instant) -> f64 {

@@ -413,6 +413,10 @@ async def scenario_guest_servers(args):
             second = await echo(client, tool, "again")
         check(second != first, "the server was not restarted", first, second)
         log(f"restarted: pid {first} then {second}")
+        logged = await call(client, "read_file", {"vm": vm, "path": "/run/nexus-agent/mcp/echo.log"})
+        check(f"echo server {first} started" in logged["content"]
+              and f"echo server {second} started" in logged["content"],
+              "the server's stderr is not in its log", logged["content"])
 
         seen = len(changes)
         await call(client, "vm_stop", {"vm": vm})

@@ -1,7 +1,9 @@
 # A tiny stdio MCP server for busybox sh, run inside test VMs as a per-VM MCP server. It reads
 # one JSON-RPC message per line (as rmcp writes them: compact, "id" right after "jsonrpc") and
 # answers initialize, ping, tools/list and tools/call. Tools: `echo` returns its `text` argument
-# with this process's pid (so a restart is visible); `crash` exits without answering.
+# with this process's pid (so a restart is visible); `crash` exits without answering. It says
+# on stderr that it started, which the agent keeps in /run/nexus-agent/mcp/<name>.log.
+echo "echo server $$ started" >&2
 reply() { printf '{"jsonrpc":"2.0","id":%s,"result":%s}\n' "$1" "$2"; }
 while IFS= read -r line; do
   id=$(printf '%s\n' "$line" | sed -n 's/^{"jsonrpc":"2.0","id":\([0-9][0-9]*\),.*/\1/p')
