@@ -10,7 +10,7 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nexus_lib::agent::{ExecEvent, ExecRequest, McpServerSpec};
@@ -26,13 +26,10 @@ const ROUNDS: usize = 200;
 const WARMUP: usize = 10;
 
 fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let rt = support::runtime();
     let home = tempfile::tempdir().expect("tempdir");
-    let mut daemon = spawn(home.path());
+    let mut daemon =
+        support::spawn_nexusd(home.path(), &["--pool-size", "2G", "--network", "none"]);
     let socket = home.path().join("run/nexusd.sock");
     let result = rt.block_on(run(home.path(), &socket));
     let _ = nix::sys::signal::kill(
@@ -235,17 +232,4 @@ fn nexusctl() -> PathBuf {
         path.display()
     );
     path
-}
-
-fn spawn(home: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_nexusd"))
-        .arg("--home")
-        .arg(home)
-        .args(["--pool-size", "2G", "--network", "none"])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn nexusd")
 }

@@ -91,8 +91,7 @@ fn scenario_with_token(d: &TestDaemon, transport: (&str, &str), name: &str, vm: 
 
 /// A daemon with storage and a running VM `name`, booted through the CLI.
 fn daemon_with_vm(name: &str) -> TestDaemon {
-    common::require_boot_prerequisites();
-    let d = TestDaemon::start_with_storage();
+    let d = daemon_for_vms();
     let out = d.ctl(&["vm", "create", name, "--image", "default", "--start"]);
     assert!(
         out.status.success(),
@@ -169,17 +168,21 @@ fn nexusctl_mcp_serve_without_a_daemon_says_how_to_start_it() {
     assert!(stderr(&out).contains("nexusd"), "{}", stderr(&out));
 }
 
+/// A daemon with storage that can boot VMs (none yet).
+fn daemon_for_vms() -> TestDaemon {
+    common::require_boot_prerequisites();
+    TestDaemon::start_with_storage()
+}
+
 #[test]
 fn a_vm_is_created_driven_and_deleted_over_http_with_the_initialize_handshake() {
-    common::require_boot_prerequisites();
-    let d = TestDaemon::start_with_storage();
+    let d = daemon_for_vms();
     scenario(&d, ("http", "legacy"), "vm", "mcp-http");
 }
 
 #[test]
 fn a_vm_is_created_driven_and_deleted_over_stdio_with_the_stateless_revision() {
-    common::require_boot_prerequisites();
-    let d = TestDaemon::start_with_storage();
+    let d = daemon_for_vms();
     scenario(&d, ("stdio", "2026-07-28"), "vm", "mcp-stdio");
 }
 

@@ -137,30 +137,27 @@ impl GuestServers {
             .map_err(CallError::from)
     }
 
-    /// Remembers an MCP session (one that sent `initialize`) to tell it when tools change.
-    pub fn add_session(&self, peer: Peer<RoleServer>) {
+    /// The MCP sessions still open (closed ones are forgotten).
+    fn open_sessions(&self) -> std::sync::MutexGuard<'_, Vec<Peer<RoleServer>>> {
         let mut sessions = self
             .inner
             .sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner());
         sessions.retain(|p| !p.is_transport_closed());
-        sessions.push(peer);
+        sessions
+    }
+
+    /// Remembers an MCP session (one that sent `initialize`) to tell it when tools change.
+    pub fn add_session(&self, peer: Peer<RoleServer>) {
+        self.open_sessions().push(peer);
     }
 
     /// Sends `notifications/tools/list_changed` to every open session. Every session is told,
     /// whatever its scope: the notification carries nothing but the fact, and a token's scope can
     /// grow during its session (a VM it creates).
     fn announce(&self) {
-        let sessions: Vec<Peer<RoleServer>> = {
-            let mut sessions = self
-                .inner
-                .sessions
-                .lock()
-                .unwrap_or_else(|e| e.into_inner());
-            sessions.retain(|p| !p.is_transport_closed());
-            sessions.clone()
-        };
+        let sessions: Vec<Peer<RoleServer>> = self.open_sessions().clone();
         for peer in sessions {
             tokio::spawn(async move {
                 let _ = tokio::time::timeout(SETUP_TIMEOUT, peer.notify_tool_list_changed()).await;
