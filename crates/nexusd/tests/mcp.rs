@@ -221,25 +221,41 @@ fn a_per_vm_server_is_called_through_the_host_restarted_after_a_crash_and_gone_w
     scenario(&d, ("http", "legacy"), "guest_servers", "guest");
 }
 
+/// Creates and boots `vm` running the echo server, through `nexusctl vm create --mcp-server`.
+fn create_vm_with_echo_server(d: &TestDaemon, vm: &str) {
+    let server = format!("echo={}", echo_server());
+    let out = d.ctl(&[
+        "vm",
+        "create",
+        vm,
+        "--image",
+        "default",
+        "--network",
+        "none",
+        "--start",
+        "--mcp-server",
+        &server,
+    ]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+}
+
+#[test]
+fn a_per_vm_servers_tools_come_back_after_a_daemon_restart() {
+    let d = daemon_for_vms();
+    create_vm_with_echo_server(&d, "kept");
+    scenario(&d, ("http", "legacy"), "guest_tool", "kept");
+
+    let d = d.restart();
+
+    scenario(&d, ("http", "2026-07-28"), "guest_tool", "kept");
+}
+
 #[test]
 fn a_scoped_token_sees_and_calls_only_its_vms_per_vm_tools() {
     common::require_boot_prerequisites();
     let d = common::tcp_daemon(&["--pool-size", "1G"]);
-    let server = format!("echo={}", echo_server());
     for vm in ["mine", "theirs"] {
-        let out = d.ctl(&[
-            "vm",
-            "create",
-            vm,
-            "--image",
-            "default",
-            "--network",
-            "none",
-            "--start",
-            "--mcp-server",
-            &server,
-        ]);
-        assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+        create_vm_with_echo_server(&d, vm);
     }
     let created = common::ctl_json(&d, &["token", "create", "--vm", "mine"]);
     let token = created["token"].as_str().expect("token field");

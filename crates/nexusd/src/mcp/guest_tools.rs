@@ -61,7 +61,12 @@ impl NexusMcp {
             .filter(|r| scope.sees(r.vm))
             .ok_or_else(unknown)?;
         let result = match GuestServers::call(route, request.arguments).await {
-            Ok(result) => result,
+            // The guest's server may speak an older revision, without the result type that
+            // 2026-07-28 clients require.
+            Ok(mut result) => {
+                result.result_type = Some(ResultType::COMPLETE);
+                result
+            }
             Err(e) => CallToolResult::error(vec![ContentBlock::text(format!(
                 "{e}. The server may have crashed (it is restarted, and its tools come back when it is up: tools/list shows them)."
             ))]),

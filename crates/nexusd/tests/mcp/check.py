@@ -430,6 +430,15 @@ async def scenario_guest_servers(args):
     log(f"guest servers ok: {len(changes)} tools/list_changed notifications")
 
 
+async def scenario_guest_tool(client, args):
+    """The running VM `--vm` declares the echo server: its tool appears and answers."""
+    tool = f"{args.vm}__echo__echo"
+    await wait_for_tools(client, {tool})
+    pid = await echo(client, tool, "still here")
+    check(pid, f"{tool} does not answer")
+    log(f"guest tool ok: {tool} answered from pid {pid}")
+
+
 async def scenario_guest_scoped(client, args):
     """Run with a token scoped to `mine`; `mine` and `theirs` both run the echo server."""
     async with connect(args, transport="http") as everything:
@@ -457,6 +466,7 @@ SCENARIOS = {
     "truncate": scenario_truncate,
     "scoped": scenario_scoped,
     "guest_scoped": scenario_guest_scoped,
+    "guest_tool": scenario_guest_tool,
 }
 
 # Scenarios that open their own clients (to disconnect and reconnect).
