@@ -91,15 +91,7 @@ fn scenario_with_token(d: &TestDaemon, transport: (&str, &str), name: &str, vm: 
 
 /// A daemon with storage and a running VM `name`, booted through the CLI.
 fn daemon_with_vm(name: &str) -> TestDaemon {
-    let d = daemon_for_vms();
-    let out = d.ctl(&["vm", "create", name, "--image", "default", "--start"]);
-    assert!(
-        out.status.success(),
-        "vm create --start failed: {}\n{}",
-        stderr(&out),
-        d.log()
-    );
-    d
+    common::daemon_with_running_vm(name)
 }
 
 #[test]

@@ -17,16 +17,7 @@ use sha2::{Digest, Sha256};
 
 /// A daemon with a pool and a running VM booted from the built-in default image.
 fn running_vm(name: &str) -> TestDaemon {
-    common::require_boot_prerequisites();
-    let d = TestDaemon::start_with_storage();
-    let out = d.ctl(&["vm", "create", name, "--image", "default", "--start"]);
-    assert!(
-        out.status.success(),
-        "vm create --start failed: {}\n{}",
-        stderr(&out),
-        d.log()
-    );
-    d
+    common::daemon_with_running_vm(name)
 }
 
 /// Runs a command through the typed client; returns (stdout, stderr, exit code).
