@@ -40,6 +40,12 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
+# The official Python MCP SDK (PyPI `mcp`, pinned): the MCP client tests/mcp.rs drives nexusd with.
+MCP_VERSION=2.3.0
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP_VERSION')" 2>/dev/null; then
+  echo "setup: pip install mcp==$MCP_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "mcp==$MCP_VERSION"
+fi
 # The guest kernel package is not fetched here: nexusd installs Debian's cloud kernel through its
 # built-in `debian-package` provider (the host's apt) when a VM first needs it, or on
 # `nexusctl kernel download`. (The test suite shares one copy instead: scripts/test.sh.)
