@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Downloads Debian's cloud kernel packages (the meta package and the versioned one holding
-# boot/vmlinuz-* and the modules) into DIR, for nexusd's boot assets and the QEMU tests.
+# boot/vmlinuz-* and the modules) into DIR: the copy the test suite's daemons share (`kernel_dir`).
+# nexusd itself needs none: it installs the package through its debian-package provider.
 set -euo pipefail
 dir="${1:?usage: fetch-kernel.sh DIR}"
 mkdir -p "$dir"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what Nexus needs on a Debian/Ubuntu host: packages (with what the guest kernel build
-# needs), vhost-device-vsock, and the guest kernel package. Idempotent; needs root for apt (skipped
+# needs), vhost-device-vsock, cargo-nextest and schemathesis. Idempotent; needs root for apt (skipped
 # with a note when not root).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -42,12 +42,12 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
 fi
-# The guest kernel package, where nexusd looks for it by default (`kernel_dir`).
-KERNEL_DIR=${NEXUS_KERNEL_DIR:-/var/cache/nexus/kernel}
-if ! ls "$KERNEL_DIR"/linux-image-*-cloud-amd64_*.deb >/dev/null 2>&1; then
-  echo "setup: fetching the guest kernel package into $KERNEL_DIR"
-  scripts/fetch-kernel.sh "$KERNEL_DIR" >/dev/null 2>&1 || {
-    apt-get update -qq
-    scripts/fetch-kernel.sh "$KERNEL_DIR" >/dev/null
-  }
+# The official Python MCP SDK (PyPI `mcp`, pinned): the MCP client tests/mcp.rs drives nexusd with.
+MCP_VERSION=2.3.0
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP_VERSION')" 2>/dev/null; then
+  echo "setup: pip install mcp==$MCP_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "mcp==$MCP_VERSION"
 fi
+# The guest kernel package is not fetched here: nexusd installs Debian's cloud kernel through its
+# built-in `debian-package` provider (the host's apt) when a VM first needs it, or on
+# `nexusctl kernel download`. (The test suite shares one copy instead: scripts/test.sh.)

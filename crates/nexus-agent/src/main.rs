@@ -5,7 +5,9 @@ mod cmdline;
 mod exec;
 mod files;
 mod init;
+mod mcp_servers;
 mod net;
+mod processes;
 mod server;
 mod sysinfo;
 mod vsock;
@@ -52,6 +54,8 @@ fn serve(mut boot: BootTimes) -> i32 {
         let state = Arc::new(server::State {
             boot,
             shutdown: tokio::sync::Notify::new(),
+            processes: Arc::new(processes::Registry::new(processes::DIR)),
+            mcp_servers: mcp_servers::Servers::default(),
         });
         server::run(listener, state).await
     });

@@ -23,7 +23,7 @@ use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
 use crate::vsock::VsockListener;
-use crate::{exec, files, init, sysinfo};
+use crate::{exec, files, init, mcp_servers, processes, sysinfo};
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 pub type ApiResult = Result<Response<Body>, ApiError>;
@@ -39,6 +39,8 @@ const MAX_SEND_BUF_BYTES: usize = 1024 * 1024;
 pub struct State {
     pub boot: BootTimes,
     pub shutdown: Notify,
+    pub processes: Arc<processes::Registry>,
+    pub mcp_servers: mcp_servers::Servers,
 }
 
 /// Accepts vsock connections until a shutdown is requested; returns the process exit code.
@@ -102,6 +104,19 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
         (Method::GET, "/v1/stat") => files::stat(&req).await,
         (Method::GET, "/v1/list") => files::list(&req).await,
         (Method::GET, "/v1/info") => info().await,
+        (Method::POST, "/v1/processes") => processes::handle_start(req, &state.processes).await,
+        (Method::GET, "/v1/processes") => json(StatusCode::OK, &state.processes.list()),
+        (Method::GET, "/v1/processes/output") => {
+            processes::handle_output(&req, &state.processes).await
+        }
+        (Method::GET, "/v1/mcp-servers") => json(StatusCode::OK, &state.mcp_servers.statuses()),
+        (Method::PUT, "/v1/mcp-servers") => mcp_servers::handle_set(req, &state.mcp_servers).await,
+        (Method::POST, "/v1/mcp-servers/connect") => {
+            mcp_servers::handle_connect(req, &state.mcp_servers).await
+        }
+        (Method::POST, "/v1/processes/signal") => {
+            processes::handle_signal(req, &state.processes).await
+        }
         (Method::POST, "/v1/shutdown") => {
             state.shutdown.notify_one();
             json(
@@ -249,6 +264,17 @@ impl Query {
             .ok_or_else(|| ApiError::bad_request("missing path parameter"))?;
         proto::validate_path(path).map_err(ApiError::bad_request)?;
         Ok(path.to_string())
+    }
+
+    /// An optional unsigned integer parameter.
+    pub fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("{name}={v} is not an unsigned integer"))
+                })
+            })
+            .transpose()
     }
 
     pub fn flag(&self, name: &str) -> Result<bool, ApiError> {

@@ -61,6 +61,12 @@ pub enum Command {
     /// Providers: where assets come from, and the pipeline that downloads them.
     #[command(subcommand)]
     Provider(ProviderCommand),
+    /// The MCP server of nexusd (Streamable HTTP at /mcp).
+    #[command(subcommand)]
+    Mcp(McpCommand),
+    /// API tokens for the TCP listener, each limited to some VMs.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -70,6 +76,9 @@ pub enum KernelCommand {
     List,
     /// Download a kernel through a provider (default: Debian's cloud kernel through apt).
     Download(KernelDownloadArgs),
+    /// Build Nexus's guest kernel from the distribution's kernel source package (minutes; a
+    /// cache hit when these inputs were built before). QEMU boots it when it is installed.
+    Build(KernelBuildArgs),
     /// Hash an installed kernel again and compare it with its record.
     Verify(AssetRef),
     /// Remove an installed kernel.
@@ -88,6 +97,24 @@ pub struct KernelDownloadArgs {
     /// The version, for providers that take one.
     #[arg(long)]
     pub version: Option<String>,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct KernelBuildArgs {
+    /// The provider whose pipeline runs.
+    #[arg(long, default_value = "kernel-build")]
+    pub provider: String,
+    /// The kernel source package (default: the provider's, linux-source-6.1).
+    #[arg(long)]
+    pub package: Option<String>,
+    /// Build even when a build of the same inputs is cached.
+    #[arg(long)]
+    pub rebuild: bool,
+    /// Parallel make jobs (default: the host's CPUs).
+    #[arg(long)]
+    pub jobs: Option<u32>,
     #[command(flatten)]
     pub vars: VarArgs,
 }
@@ -274,6 +301,46 @@ pub struct ProviderAddArgs {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once (`token` with --json).
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    #[command(alias = "ls")]
+    List,
+    /// Revoke a token: it is refused from its next request on.
+    #[command(alias = "rm")]
+    Revoke(TokenRef),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// A VM the token may see and use (repeatable; name or id; must exist).
+    #[arg(long = "vm", value_name = "VM")]
+    pub vms: Vec<String>,
+    /// Also let the token create VMs (they join its scope) and delete its VMs.
+    #[arg(long)]
+    pub lifecycle: bool,
+    /// A label to recognise it by.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRef {
+    /// The token's id (from `token list`).
+    pub id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Serve MCP on stdin/stdout, forwarding every message to nexusd's /mcp: for MCP clients
+    /// that start a server as a command (Claude Code, Cursor, ...).
+    Serve,
+    /// List the tools an MCP client sees.
+    Tools,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum NetworkCommand {
     /// Show the bridge, subnet, uplink and the VMs on it.
     Show,
@@ -300,16 +367,11 @@ pub struct EgressArgs {
 impl EgressArgs {
     /// The policy the flags ask for; `None` when no flag was given.
     pub fn policy(&self) -> Option<EgressPolicy> {
-        if self.deny_egress {
-            Some(EgressPolicy::DenyAll)
-        } else if self.allow_domain.is_empty() && self.allow_cidr.is_empty() {
-            None
-        } else {
-            Some(EgressPolicy::Allow {
-                cidrs: self.allow_cidr.clone(),
-                domains: self.allow_domain.clone(),
-            })
-        }
+        EgressPolicy::from_choices(
+            self.deny_egress,
+            self.allow_cidr.clone(),
+            self.allow_domain.clone(),
+        )
     }
 }
 
@@ -423,6 +485,29 @@ pub struct VmCreateArgs {
     pub publish: Vec<Publish>,
     #[command(flatten)]
     pub egress: EgressArgs,
+    /// Run an MCP server inside the VM: NAME=COMMAND, COMMAND run with `/bin/sh -c` in the
+    /// guest and speaking MCP on stdio (repeatable, at most 8). Its tools appear on nexusd's
+    /// /mcp as <vm>__<NAME>__<tool> while the VM runs.
+    #[arg(long = "mcp-server", value_name = "NAME=COMMAND", value_parser = parse_mcp_server)]
+    pub mcp_servers: Vec<(String, String)>,
+    /// An environment variable of one of those servers: NAME:KEY=VALUE (repeatable).
+    #[arg(long = "mcp-env", value_name = "NAME:KEY=VALUE", value_parser = parse_mcp_env)]
+    pub mcp_env: Vec<(String, String, String)>,
+}
+
+fn parse_mcp_server(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, command)) if !name.is_empty() && !command.trim().is_empty() => {
+            Ok((name.to_owned(), command.to_owned()))
+        }
+        _ => Err("expected NAME=COMMAND".into()),
+    }
+}
+
+fn parse_mcp_env(s: &str) -> Result<(String, String, String), String> {
+    let (name, pair) = s.split_once(':').ok_or("expected NAME:KEY=VALUE")?;
+    let (key, value) = pair.split_once('=').ok_or("expected NAME:KEY=VALUE")?;
+    Ok((name.to_owned(), key.to_owned(), value.to_owned()))
 }
 
 #[derive(Debug, Args)]

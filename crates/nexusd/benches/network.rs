@@ -294,20 +294,25 @@ fn host_fetch(ip: &str, bytes: usize) -> f64 {
 }
 
 fn spawn(home: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_nexusd"))
-        .arg("--home")
-        .arg(home)
-        .args(["--pool-size", "2G", "--network", "nat"])
-        .args(["--network-bridge", &format!("nxb{K}")])
-        .args(["--network-subnet", &format!("10.240.{K}.0/24")])
-        .args(["--network-uplink", &format!("nxu{K}")])
-        .args(["--network-dns", &format!("198.18.{K}.1")])
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn nexusd")
+    let (bridge, subnet) = (format!("nxb{K}"), format!("10.240.{K}.0/24"));
+    let (uplink, dns) = (format!("nxu{K}"), format!("198.18.{K}.1"));
+    support::spawn_nexusd(
+        home,
+        &[
+            "--pool-size",
+            "2G",
+            "--network",
+            "nat",
+            "--network-bridge",
+            &bridge,
+            "--network-subnet",
+            &subnet,
+            "--network-uplink",
+            &uplink,
+            "--network-dns",
+            &dns,
+        ],
+    )
 }
 
 /// The benchmark's "internet": removed on drop.

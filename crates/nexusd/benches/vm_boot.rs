@@ -236,17 +236,9 @@ async fn run(jailed: &Daemon, unjailed: &Daemon) {
 }
 
 fn spawn(home: &Path, extra: &[&str]) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_nexusd"))
-        .arg("--home")
-        .arg(home)
-        .args(["--pool-size", "2G", "--network", "none"])
-        .args(extra)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn nexusd")
+    let mut args = vec!["--pool-size", "2G", "--network", "none"];
+    args.extend_from_slice(extra);
+    support::spawn_nexusd(home, &args)
 }
 
 fn find_vsock_socket(vm_id: &str) -> PathBuf {

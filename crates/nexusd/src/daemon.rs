@@ -149,11 +149,6 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         .await
         .map_err(StoreError::Worker)??;
     let pool = open_pool(&settings, &store).await?;
-    let assets = BootAssets::new(
-        settings.kernel_dir.clone(),
-        paths.data_dir.join("assets"),
-        settings.agent_binary.clone(),
-    );
     let lifecycle_cfg = LifecycleConfig {
         vmm: settings.vmm,
         boot_timeout: settings.boot_timeout,
@@ -181,6 +176,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         .start()
         .await
         .map_err(|e| DaemonError::AssetStore(Box::new(e)))?;
+    let assets = BootAssets::new(
+        settings.kernel_dir.clone(),
+        paths.data_dir.join("boot"),
+        settings.agent_binary.clone(),
+    )
+    .with_packages(asset_service.clone());
     let mut state = AppState::new(
         store.clone(),
         pool.clone(),
@@ -191,10 +192,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         asset_service,
     );
     state.images = state.images.with_limits(settings.import_limits);
+    state.mcp = settings.mcp;
+    state.shutdown = shutdown.clone();
     let lifecycle = state.lifecycle.clone();
     let network = state.vms.network().clone();
     lifecycle.recover().await.map_err(DaemonError::Recover)?;
     reconcile_network(&state).await;
+    tokio::spawn(state.guest_mcp.clone().run(
+        state.store.clone(),
+        state.lifecycle.clone(),
+        shutdown.clone(),
+    ));
 
     // We hold the home lock, so a socket file left here belongs to a daemon that died.
     let _ = std::fs::remove_file(&paths.socket);

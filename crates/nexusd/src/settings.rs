@@ -109,6 +109,9 @@ pub struct Args {
     /// Nexus's built guest kernel (ELF vmlinux): booted without an initramfs.
     #[arg(long, env = "NEXUS_GUEST_KERNEL", value_name = "FILE")]
     pub guest_kernel: Option<PathBuf>,
+    /// The kernel build cache (default <data>/assets/kernel-build).
+    #[arg(long, env = "NEXUS_KERNEL_BUILD_DIR", value_name = "DIR")]
+    pub kernel_build_dir: Option<PathBuf>,
     /// Firecracker's jailer binary (default: next to firecracker, /usr/local/bin, /usr/bin).
     #[arg(long, value_name = "FILE")]
     pub jailer_binary: Option<PathBuf>,
@@ -118,6 +121,9 @@ pub struct Args {
     /// Console log size (bytes) past which it is rotated.
     #[arg(long, value_name = "BYTES")]
     pub console_max_bytes: Option<u64>,
+    /// Characters of command output an MCP result carries before it is cut (default 20000).
+    #[arg(long, value_name = "CHARS")]
+    pub mcp_output_max_chars: Option<usize>,
     /// Storage pool: an existing directory on btrfs (default: an embedded loop-mounted image).
     #[arg(long, value_name = "DIR")]
     pub pool: Option<PathBuf>,
@@ -242,6 +248,7 @@ pub struct Settings {
     pub jail: crate::jail::JailConfig,
     pub network: crate::network::NetworkSettings,
     pub assets: crate::assets::AssetSettings,
+    pub mcp: crate::mcp::McpSettings,
 }
 
 impl Settings {
@@ -281,6 +288,7 @@ impl Settings {
             firecracker_binary: args.firecracker_binary.clone().or(file.firecracker_binary),
             firecracker_kernel: args.firecracker_kernel.clone().or(file.firecracker_kernel),
             guest_kernel: args.guest_kernel.clone().or(file.guest_kernel),
+            kernel_build_dir: args.kernel_build_dir.clone().or(file.kernel_build_dir),
             jailer_binary: args.jailer_binary.clone().or(file.jailer_binary),
             jailer_chroot_base: args.jailer_chroot_base.clone().or(file.jailer_chroot_base),
             console_max_bytes: args.console_max_bytes.or(file.console_max_bytes),
@@ -322,6 +330,7 @@ impl Settings {
             asset_fetch_timeout_secs: args
                 .asset_fetch_timeout_secs
                 .or(file.asset_fetch_timeout_secs),
+            mcp_output_max_chars: args.mcp_output_max_chars.or(file.mcp_output_max_chars),
         };
         cfg.validate(&config_path)?;
         let assets = asset_settings(&cfg);
@@ -421,6 +430,11 @@ impl Settings {
                 .jailer_chroot_base
                 .unwrap_or_else(|| DEFAULT_JAILER_CHROOT_BASE.into()),
             console_max_bytes: cfg.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
+            mcp: crate::mcp::McpSettings {
+                output_max_chars: cfg
+                    .mcp_output_max_chars
+                    .unwrap_or(nexus_lib::config::DEFAULT_MCP_OUTPUT_MAX_CHARS),
+            },
             pool,
             jail,
             network: crate::network::NetworkSettings {
@@ -467,6 +481,7 @@ fn asset_settings(cfg: &Config) -> crate::assets::AssetSettings {
         },
         keys: cfg.asset_keys.clone().unwrap_or_default(),
         mirrors: cfg.asset_mirrors.clone().unwrap_or_default(),
+        kernel_build_dir: cfg.kernel_build_dir.clone(),
     }
 }
 

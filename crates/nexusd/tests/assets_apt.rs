@@ -103,3 +103,39 @@ fn the_cloud_kernels_bzimage_converts_to_an_x86_64_elf_vmlinux() {
         "e_machine is not x86-64"
     );
 }
+
+#[test]
+fn a_daemon_without_a_kernel_package_installs_one_through_its_provider_when_a_vm_boots() {
+    require_apt();
+    common::require_boot_prerequisites();
+    let empty = tempfile::tempdir().unwrap();
+    let d = TestDaemon::start_logged(
+        tempfile::tempdir().unwrap(),
+        &[
+            "--pool-size",
+            "1G",
+            "--kernel-dir",
+            empty.path().to_str().unwrap(),
+        ],
+    );
+
+    d.start_default_vm("fromapt", &[]);
+
+    let packages = ctl_json(&d, &["asset", "list"]);
+    let deb = packages
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["kind"] == "package")
+        .unwrap_or_else(|| panic!("no package asset installed: {packages}"));
+    let name = deb["name"].as_str().unwrap();
+    assert!(name.ends_with("-cloud-amd64"), "{name}");
+    let out = d.ctl(&["vm", "exec", "fromapt", "--", "uname", "-r"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out).trim(),
+        name.strip_prefix("linux-image-").unwrap()
+    );
+    let stop = d.ctl(&["vm", "stop", "fromapt"]);
+    assert!(stop.status.success(), "{}", stderr(&stop));
+}

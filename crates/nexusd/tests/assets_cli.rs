@@ -165,6 +165,7 @@ fn provider_list_shows_the_builtin_providers() {
             "debian-package",
             "debian-rootfs",
             "firecracker-release",
+            "kernel-build",
             "url"
         ]
     );

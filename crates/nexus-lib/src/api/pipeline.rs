@@ -287,9 +287,14 @@ pub struct InstallStage {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KernelBuildStage {
-    /// The tree written (the kernel images and the build's record).
+    /// The artifact holding the kernel source: a `linux-source-*` `.deb` (or its
+    /// `linux-source-*.tar.xz`), verified (apt, or a signature).
+    pub source: String,
+    /// The tree written: `vmlinux`, `bzImage`, `config`, `SHA256SUMS` and its signature by
+    /// nexusd's build key, `inputs.json`, `build.log`.
     pub into: String,
-    /// Options of the build, passed through as templates.
+    /// Options of the build, as templates: `jobs` (parallel `make` jobs), `rebuild`
+    /// (`true` builds even when the outputs of these inputs exist).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub options: BTreeMap<String, String>,
 }
@@ -333,6 +338,7 @@ impl Stage {
                 ..
             }) => &["apt_package", "apt_version"],
             Self::Mmdebstrap(_) => &["rootfs_version"],
+            Self::KernelBuild(_) => &["kernel_release", "kernel_version"],
             _ => &[],
         }
     }
@@ -516,6 +522,9 @@ struct Known {
     trust: Trust,
 }
 
+/// The options a `kernel-build` stage takes.
+pub const KERNEL_BUILD_OPTIONS: &[&str] = &["jobs", "rebuild"];
+
 /// Checks a provider's pipeline: bounds, templates, artifact flow, the kind's rules, and that
 /// every installed file is verified as the provider's declarations require.
 pub fn validate_pipeline(
@@ -596,10 +605,13 @@ pub fn validate_pipeline(
                         if let Some(prefix) = &apt.follow_depends {
                             template_vars(prefix).map_err(fail)?;
                         }
-                        if kind != ProviderKind::DebianPackage {
+                        if !matches!(
+                            kind,
+                            ProviderKind::DebianPackage | ProviderKind::KernelBuild
+                        ) {
                             return Err(invalid(
                                 at,
-                                "only a debian-package provider fetches with apt",
+                                "only debian-package and kernel-build providers fetch with apt",
                             ));
                         }
                         Trust::Signed
@@ -720,12 +732,25 @@ pub fn validate_pipeline(
                         "only a kernel-build provider has a kernel-build stage",
                     ));
                 }
-                if b.options.len() > MAX_VARS {
-                    return Err(invalid(at, format!("at most {MAX_VARS} options")));
+                let source = input(&b.source, &None)?;
+                if source.trust != Trust::Signed {
+                    return Err(invalid(
+                        at,
+                        format!(
+                            "the kernel source {:?} must be verified (fetched with apt, or signed) before it is built",
+                            b.source
+                        ),
+                    ));
                 }
                 for (key, value) in &b.options {
-                    if !valid_var_name(key) {
-                        return Err(invalid(at, format!("option {key:?} is not a name")));
+                    if !KERNEL_BUILD_OPTIONS.contains(&key.as_str()) {
+                        return Err(invalid(
+                            at,
+                            format!(
+                                "option {key:?} is not one of {}",
+                                KERNEL_BUILD_OPTIONS.join(", ")
+                            ),
+                        ));
                     }
                     template_vars(value).map_err(fail)?;
                 }

@@ -34,6 +34,12 @@ fn bytes_style() -> ProgressStyle {
     .progress_chars("=> ")
 }
 
+/// A kernel build counts the objects it compiled (kbuild's `CC`, `LD`, … lines).
+fn count_style() -> ProgressStyle {
+    ProgressStyle::with_template("{prefix:>16} {spinner} {pos} objects built, {elapsed} {msg}")
+        .unwrap_or_else(|_| ProgressStyle::default_spinner())
+}
+
 fn spinner_style() -> ProgressStyle {
     ProgressStyle::with_template("{prefix:>16} {spinner} {msg}")
         .unwrap_or_else(|_| ProgressStyle::default_spinner())
@@ -57,6 +63,7 @@ pub async fn run(
 ) -> Result<Vec<Asset>, ClientError> {
     let mut events = client.download(req).await?;
     let mut bar: Option<ProgressBar> = None;
+    let mut counting = false;
     let finish = |bar: &mut Option<ProgressBar>| {
         if let Some(b) = bar.take() {
             b.finish();
@@ -71,6 +78,7 @@ pub async fn run(
                 detail,
             } => {
                 finish(&mut bar);
+                counting = stage == "kernel-build";
                 if quiet {
                     continue;
                 }
@@ -82,7 +90,9 @@ pub async fn run(
             }
             DownloadEvent::Progress { bytes, total, .. } => {
                 if let Some(b) = &bar {
-                    if b.length().is_none() || total != b.length() {
+                    if counting {
+                        b.set_style(count_style());
+                    } else if b.length().is_none() || total != b.length() {
                         b.set_style(bytes_style());
                         if let Some(t) = total {
                             b.set_length(t);

@@ -128,7 +128,7 @@ pub async fn logs(client: &Client, args: VmLogsArgs) -> Result<(), ClientError> 
     }
 }
 
-fn usage(message: String) -> ClientError {
+pub(super) fn usage(message: String) -> ClientError {
     ClientError::Api {
         status: 400,
         code: "usage".into(),

@@ -17,6 +17,10 @@ pub const DEBIAN_ROOTFS_VARIANT: &str = "apt";
 /// Its suite when the host names none (no `VERSION_CODENAME` in os-release).
 pub const DEBIAN_ROOTFS_SUITE: &str = "stable";
 
+/// The asset name of the built guest kernel's ELF `vmlinux`, which QEMU boots when present.
+pub const GUEST_KERNEL: &str = "nexus-guest";
+/// The asset name of the built guest kernel's bzImage.
+pub const GUEST_BZIMAGE: &str = "nexus-guest-bzimage";
 /// The package the `debian-package` provider fetches when no `package` is given.
 pub const DEBIAN_KERNEL_PACKAGE: &str = "linux-image-cloud-amd64";
 
@@ -54,11 +58,14 @@ pub fn default_stages(kind: ProviderKind) -> Vec<Stage> {
             {"stage": "checksum", "artifact": "file", "expected": {"sha256": "{sha256}"}},
             {"stage": "install", "artifact": "file", "kind": "{kind}", "name": "{name}", "version": "{version}"}
         ])),
-        // The build writes a tree holding `vmlinux` and `bzImage`, vouched for by its own signed
-        // SHA256SUMS.
+        // The kernel source package through apt, built with the fragment nexusd carries; the
+        // tree's `vmlinux` (QEMU through PVH, Firecracker) and `bzImage` are vouched for by the
+        // build's SHA256SUMS, signed with nexusd's pinned build key.
         ProviderKind::KernelBuild => stages(json!([
-            {"stage": "kernel-build", "into": "build"},
-            {"stage": "install", "artifact": "build", "member": "vmlinux", "kind": "kernel", "name": "{name}", "version": "{version}"}
+            {"stage": "fetch", "source": {"apt": {"package": "{package}"}}, "into": "source"},
+            {"stage": "kernel-build", "source": "source", "into": "build", "options": {"rebuild": "{rebuild}", "jobs": "{jobs}"}},
+            {"stage": "install", "artifact": "build", "member": "vmlinux", "kind": "kernel", "name": GUEST_KERNEL, "version": "{kernel_version}"},
+            {"stage": "install", "artifact": "build", "member": "bzImage", "kind": "kernel", "name": GUEST_BZIMAGE, "version": "{kernel_version}"}
         ])),
         // A Debian root filesystem from the host's apt configuration, as a tarball named after
         // its suite, versioned by its date and content.
@@ -93,7 +100,6 @@ fn default_settings(kind: ProviderKind) -> ProviderSettings {
             no_signature: true,
             ..Default::default()
         },
-        ProviderKind::KernelBuild => ProviderSettings::default(),
         ProviderKind::DebianRootfs => {
             let suite = super::apt_sources::AptConfig::default().host_suite();
             ProviderSettings {
@@ -105,15 +111,24 @@ fn default_settings(kind: ProviderKind) -> ProviderSettings {
                 ..Default::default()
             }
         }
+        ProviderKind::KernelBuild => ProviderSettings {
+            vars: vars(&[
+                ("package", super::kernel_build::DEFAULT_SOURCE_PACKAGE),
+                ("rebuild", "false"),
+                ("jobs", "auto"),
+            ]),
+            ..Default::default()
+        },
     }
 }
 
-/// The built-in providers: one per kind that downloads, named after the kind.
+/// The built-in providers: one per kind, named after the kind.
 pub fn providers() -> Vec<Provider> {
     [
         ProviderKind::DebianPackage,
         ProviderKind::FirecrackerRelease,
         ProviderKind::Url,
+        ProviderKind::KernelBuild,
         ProviderKind::DebianRootfs,
     ]
     .into_iter()

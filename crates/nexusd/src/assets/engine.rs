@@ -3,6 +3,8 @@
 //! files to install. Installing them is [`super::install::commit`], done by the caller once every
 //! stage passed.
 
+mod kernel;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -21,6 +23,8 @@ use super::convert::{self, ConvertError};
 use super::decompress::{self, DecompressError};
 use super::extract::{self, ExtractBounds, ExtractError, Tree};
 use super::fetch::{self, FetchBounds, FetchError, Fetcher};
+use super::kernel_build::KernelBuildError;
+use super::kernel_stage::KernelStageError;
 use super::mmdebstrap::MmdebstrapError;
 use super::progress::Progress;
 use super::signature::{self, SignatureError};
@@ -60,6 +64,8 @@ pub enum StageError {
     Unverified(String),
     #[error("{0}")]
     Unsupported(String),
+    #[error(transparent)]
+    KernelBuild(#[from] KernelStageError),
     #[error("worker failed")]
     Worker(#[source] tokio::task::JoinError),
 }
@@ -145,6 +151,13 @@ impl RunError {
             StageError::Invalid(_) => "invalid",
             StageError::Unverified(_) => "unverified",
             StageError::Unsupported(_) => "unsupported",
+            StageError::KernelBuild(KernelStageError::Build(KernelBuildError::Cancelled)) => {
+                "cancelled"
+            }
+            StageError::KernelBuild(
+                KernelStageError::Signature(_) | KernelStageError::Mismatch { .. },
+            ) => "bad_signature",
+            StageError::KernelBuild(_) => "kernel_build",
             StageError::Worker(_) => "internal",
         }
     }
@@ -264,6 +277,12 @@ impl Engine {
 
     pub fn settings(&self) -> &AssetSettings {
         &self.settings
+    }
+
+    /// Drops downloads nobody resumed for a week (see `fetch`). Blocking.
+    pub fn remove_stale_parts(&self) -> usize {
+        self.fetcher
+            .remove_stale_parts(super::fetch::PARTIAL_MAX_AGE)
     }
 
     /// The variables of a run: the provider's defaults, `arch`, its base URL (a configured
@@ -605,13 +624,7 @@ impl Run<'_> {
                 Ok(())
             }
             Stage::Mmdebstrap(m) => self.mmdebstrap(index, count, m, progress).await,
-            Stage::KernelBuild(_) => {
-                progress.stage(index, count, "kernel-build", String::new());
-                // The kernel build module is called here once it is part of nexusd.
-                Err(StageError::Unsupported(
-                    "this nexusd cannot run kernel-build stages yet".into(),
-                ))
-            }
+            Stage::KernelBuild(b) => self.kernel_build(index, count, b, progress).await,
         }
     }
 

@@ -7,7 +7,8 @@
 //! part stays; the next run of the same URL hashes the part again and asks for the rest with
 //! `Range` (and `If-Range`, so a changed file is sent whole). Only a complete file leaves the
 //! partial directory, renamed into the run's staging directory. An exclusive `flock` per URL
-//! keeps two runs from writing one part.
+//! keeps two runs from writing one part. Parts nobody resumed for [`PARTIAL_MAX_AGE`] are
+//! removed when nexusd starts ([`remove_stale_parts`]), so abandoned downloads do not pile up.
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
@@ -16,6 +17,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use bytes::Bytes;
+
+/// Parts of downloads not resumed for this long are removed at start-up.
+pub const PARTIAL_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 use reqwest::StatusCode;
 use reqwest::header::{CONTENT_RANGE, ETAG, IF_RANGE, LAST_MODIFIED, RANGE};
 use serde::{Deserialize, Serialize};
@@ -138,6 +142,29 @@ impl Fetcher {
             client,
             partial_dir,
         })
+    }
+
+    /// Removes the parts (with their records and locks) untouched for longer than `max_age`;
+    /// returns how many downloads were dropped. Run at start-up, when no run holds a part.
+    pub fn remove_stale_parts(&self, max_age: Duration) -> usize {
+        let Ok(entries) = fs::read_dir(&self.partial_dir) else {
+            return 0;
+        };
+        let now = std::time::SystemTime::now();
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let stale = entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age > max_age);
+            if stale && fs::remove_file(&path).is_ok() {
+                removed += usize::from(path.extension().is_some_and(|e| e == "part"));
+            }
+        }
+        removed
     }
 
     fn part_paths(&self, url: &str) -> (PathBuf, PathBuf, PathBuf) {
@@ -533,4 +560,31 @@ pub fn copy_local(
         size,
         resumed_from: 0,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parts_untouched_past_the_age_are_removed_with_their_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let fetcher = Fetcher::new(dir.path().to_owned()).unwrap();
+        let week_ago = std::time::SystemTime::now() - Duration::from_secs(8 * 24 * 3600);
+        for name in ["old.part", "old.json", "old.lock"] {
+            let f = File::create(dir.path().join(name)).unwrap();
+            f.set_modified(week_ago).unwrap();
+        }
+        File::create(dir.path().join("new.part")).unwrap();
+
+        let removed = fetcher.remove_stale_parts(PARTIAL_MAX_AGE);
+
+        assert_eq!(removed, 1);
+        let mut left: Vec<String> = fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        left.sort();
+        assert_eq!(left, ["new.part"]);
+    }
 }

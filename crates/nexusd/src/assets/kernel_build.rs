@@ -28,13 +28,15 @@ use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 pub use elf::check_pvh_vmlinux;
 pub use fragment::{Requirement, Unmet, parse_fragment, unmet};
-pub use record::{BuildInputs, BuildRecord, RECIPE};
+pub use record::{BuildInputs, BuildRecord, RECIPE, parse_sums};
 pub use source::find_or_download_source;
+
+use tokio_util::sync::CancellationToken;
 
 use crate::command::CommandError;
 use host::{Step, TOOLS, check_headers, check_host, clean_command, lock, output};
 use log::BoundedLog;
-use record::{format_sums, parse_sums, sha256_file};
+use record::{format_sums, sha256_file};
 use source::{build_timestamp, find_tarball, single_dir};
 
 /// The Debian package holding the kernel source this fragment is written for.
@@ -180,6 +182,8 @@ pub enum KernelBuildError {
     BadVmlinux { path: PathBuf, reason: String },
     #[error("the build in {} does not verify: {reason}", dir.display())]
     BadOutputs { dir: PathBuf, reason: String },
+    #[error("the kernel build was cancelled")]
+    Cancelled,
     #[error("signing {} failed", path.display())]
     Sign {
         path: PathBuf,
@@ -204,6 +208,7 @@ pub struct KernelBuild {
     nice: i32,
     rebuild: bool,
     signer: Option<Box<dyn SumsSigner>>,
+    cancel: CancellationToken,
 }
 
 impl std::fmt::Debug for KernelBuild {
@@ -236,6 +241,7 @@ impl KernelBuild {
             nice: DEFAULT_NICE,
             rebuild: false,
             signer: None,
+            cancel: CancellationToken::new(),
         }
     }
 
@@ -260,6 +266,13 @@ impl KernelBuild {
     /// Sign `SHA256SUMS` with `signer` (a cached build lacking its signature is signed too).
     pub fn signer(mut self, signer: Box<dyn SumsSigner>) -> Self {
         self.signer = Some(signer);
+        self
+    }
+
+    /// Stop the build when `cancel` fires: the running command's process group is killed, the
+    /// scratch tree removed, nothing published.
+    pub fn cancel(mut self, cancel: CancellationToken) -> Self {
+        self.cancel = cancel;
         self
     }
 
@@ -300,6 +313,7 @@ impl KernelBuild {
             log: &mut log,
             nice: self.nice,
             stamp: &stamp,
+            cancel: &self.cancel,
         };
         let out = scratch.path().join("out");
         let release = self.build(step, &tarball, scratch.path(), &out, progress)?;

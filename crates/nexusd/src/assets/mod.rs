@@ -15,11 +15,13 @@
 //! store and the final commit), `builtin` (the providers shipped with nexusd and the default
 //! pipeline of each kind), `service` (what the API calls).
 //!
-//! The `kernel-build` provider kind and stage are recognised and stored; running one needs the
-//! kernel build module (`kernel_build`), which the engine calls at its `Stage::KernelBuild` arm.
+//! The `kernel-build` stage (`kernel_stage`) runs the kernel build (`kernel_build`) in its cache
+//! (`kernel-build/`, or `kernel_build_dir`) and signs it with the key nexusd generates on first
+//! use and pins (`build_key`, under `keys/`).
 
 pub mod apt;
 pub mod apt_sources;
+pub mod build_key;
 pub mod builtin;
 pub mod checksum;
 pub mod convert;
@@ -30,6 +32,7 @@ pub mod fetch;
 pub mod hashio;
 pub mod install;
 pub mod kernel_build;
+mod kernel_stage;
 pub mod mmdebstrap;
 pub mod progress;
 pub mod service;
@@ -69,6 +72,16 @@ impl AssetDirs {
     /// Staging directories of runs.
     pub fn tmp(&self) -> PathBuf {
         self.root.join("tmp")
+    }
+
+    /// The key nexusd signs its builds with (`build_key`).
+    pub fn keys(&self) -> PathBuf {
+        self.root.join("keys")
+    }
+
+    /// The kernel build cache, unless `kernel_build_dir` names another.
+    pub fn kernel_build(&self) -> PathBuf {
+        self.root.join("kernel-build")
     }
 }
 
@@ -111,4 +124,6 @@ pub struct AssetSettings {
     pub keys: BTreeMap<String, PathBuf>,
     /// `asset_mirrors`: provider name → base URL replacing its `base_url`.
     pub mirrors: BTreeMap<String, String>,
+    /// `kernel_build_dir`: the kernel build cache (default `<data>/assets/kernel-build`).
+    pub kernel_build_dir: Option<PathBuf>,
 }

@@ -97,7 +97,8 @@ impl AssetService {
     }
 
     /// At start-up: writes the built-in providers, marks runs cut short as interrupted, empties
-    /// the staging directory and removes store files no asset references.
+    /// the staging directory, removes store files no asset references and partial downloads
+    /// untouched for a week.
     pub async fn start(&self) -> Result<(), AssetError> {
         let now = now_ms();
         let interrupted = self
@@ -110,18 +111,23 @@ impl AssetService {
             })
             .await?;
         let referenced = self.store.call(|c| rows::referenced_hashes(c)).await?;
-        let (tmp, cas) = (self.engine.dirs.tmp(), self.cas.clone());
-        let removed = tokio::task::spawn_blocking(move || {
+        let (tmp, cas, engine) = (
+            self.engine.dirs.tmp(),
+            self.cas.clone(),
+            self.engine.clone(),
+        );
+        let (removed, stale) = tokio::task::spawn_blocking(move || {
             let _ = std::fs::remove_dir_all(&tmp);
-            cas.gc(&referenced)
+            (cas.gc(&referenced), engine.remove_stale_parts())
         })
         .await
         .map_err(AssetError::Worker)?;
-        if interrupted > 0 || removed > 0 {
+        if interrupted > 0 || removed > 0 || stale > 0 {
             tracing::info!(
                 interrupted,
                 removed,
-                "assets: runs cut short marked, unreferenced files removed"
+                stale,
+                "assets: runs cut short marked, unreferenced files and stale partial downloads removed"
             );
         }
         Ok(())

@@ -1,13 +1,21 @@
 //! The boot assets every VM of the embedded default uses: Debian's cloud kernel unpacked from
 //! its package, and the initramfs generated from its modules with the guest agent as `/init`.
 //! Prepared once on first start (a second or two) and reused; a failure is retried next time.
+//! The package is the newest in `kernel_dir` (an operator's, or an air-gapped host's), else the
+//! newest `linux-image-*` package asset installed; with neither, nexusd installs one through the
+//! built-in `debian-package` provider (the host's apt) on that first start.
 //! Or Nexus's built kernel (`guest_kernel`), which needs neither: it is checked once to be an
 //! ELF `vmlinux` QEMU can enter through PVH.
 
 use std::path::{Path, PathBuf};
 
+use nexus_lib::api::{Asset, AssetKind, DownloadEvent, DownloadRequest, ProviderKind};
+
+use crate::assets::AssetService;
+use crate::assets::builtin::DEBIAN_KERNEL_PACKAGE;
 use crate::assets::kernel_build::check_pvh_vmlinux;
 use crate::boot::{self, BootError, DEFAULT_MODULES};
+use crate::hostpath::Caller;
 
 /// Kernel and initramfs ready to boot.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -38,9 +46,9 @@ pub enum AssetError {
     )]
     NoAgent,
     #[error(
-        "no guest kernel package in {dir} (run scripts/fetch-kernel.sh {dir} or set `kernel_dir`)"
+        "no guest kernel package in {dir}, none installed, and the debian-package provider could not install one: {reason} (`nexusctl kernel download` retries it; or put the .deb in `kernel_dir`)"
     )]
-    NoKernel { dir: PathBuf },
+    NoKernel { dir: PathBuf, reason: String },
     #[error(
         "guest_kernel {} cannot boot under QEMU: {reason} (set it to the vmlinux of a kernel build, or unset it to boot Debian's kernel)",
         path.display()
@@ -59,6 +67,8 @@ pub struct BootAssets {
     assets_dir: PathBuf,
     agent: Option<PathBuf>,
     ready: tokio::sync::Mutex<Option<Prepared>>,
+    /// Where an installed kernel package is found, or installed from.
+    packages: Option<AssetService>,
 }
 
 impl BootAssets {
@@ -69,7 +79,14 @@ impl BootAssets {
             assets_dir,
             agent,
             ready: tokio::sync::Mutex::new(None),
+            packages: None,
         }
+    }
+
+    /// Looks for (and installs) the kernel package through `service` when `kernel_dir` has none.
+    pub fn with_packages(mut self, service: AssetService) -> Self {
+        self.packages = Some(service);
+        self
     }
 
     /// Assets already prepared (for unit tests: nothing is unpacked or built).
@@ -80,6 +97,7 @@ impl BootAssets {
             assets_dir: PathBuf::new(),
             agent: None,
             ready: tokio::sync::Mutex::new(Some(prepared)),
+            packages: None,
         }
     }
 
@@ -114,8 +132,12 @@ impl BootAssets {
             .clone()
             .filter(|p| p.is_file())
             .ok_or(AssetError::NoAgent)?;
-        let (kernel_dir, assets) = (self.kernel_dir.clone(), self.assets_dir.clone());
-        let prepared = tokio::task::spawn_blocking(move || prepare(&kernel_dir, &assets, &agent))
+        let deb = match boot::find_kernel_deb(&self.kernel_dir) {
+            Ok(deb) => deb,
+            Err(_) => self.kernel_package().await?,
+        };
+        let assets = self.assets_dir.clone();
+        let prepared = tokio::task::spawn_blocking(move || prepare(&deb, &assets, &agent))
             .await
             .map_err(AssetError::Worker)??;
         tracing::info!(kernel = %prepared.kernel.display(), initrd = ?prepared.initrd, "boot assets ready");
@@ -124,17 +146,76 @@ impl BootAssets {
     }
 }
 
-fn prepare(kernel_dir: &Path, assets: &Path, agent: &Path) -> Result<Prepared, AssetError> {
-    let deb = boot::find_kernel_deb(kernel_dir).map_err(|_| AssetError::NoKernel {
-        dir: kernel_dir.to_owned(),
-    })?;
-    let kernel = boot::unpack_kernel_deb(&deb, assets)?;
+fn prepare(deb: &Path, assets: &Path, agent: &Path) -> Result<Prepared, AssetError> {
+    let kernel = boot::unpack_kernel_deb(deb, assets)?;
     let initrd = boot::build_initramfs(&kernel, agent, DEFAULT_MODULES, &assets.join("initramfs"))?;
     Ok(Prepared {
         kernel: kernel.kernel,
         initrd: Some(initrd),
         release: kernel.release,
     })
+}
+
+impl BootAssets {
+    /// The newest installed cloud kernel package, installed now through the `debian-package`
+    /// provider when there is none.
+    async fn kernel_package(&self) -> Result<PathBuf, AssetError> {
+        let no_kernel = |reason: String| AssetError::NoKernel {
+            dir: self.kernel_dir.clone(),
+            reason,
+        };
+        let service = self
+            .packages
+            .as_ref()
+            .ok_or_else(|| no_kernel("no asset store".into()))?;
+        let newest = |assets: &[Asset]| {
+            assets
+                .iter()
+                .rev()
+                .find(|a| a.kind == AssetKind::Package && is_cloud_kernel(&a.name))
+                .map(|a| PathBuf::from(&a.path))
+        };
+        let installed = service.list(Some(AssetKind::Package)).await;
+        if let Some(deb) = installed.ok().as_deref().and_then(newest) {
+            return Ok(deb);
+        }
+        tracing::info!(
+            "no guest kernel package: installing {DEBIAN_KERNEL_PACKAGE} through the debian-package provider"
+        );
+        let request = DownloadRequest {
+            provider: ProviderKind::DebianPackage.as_str().to_owned(),
+            vars: Default::default(),
+        };
+        let mut run = service
+            .download(request, &Caller::Daemon)
+            .await
+            .map_err(|e| no_kernel(nexus_lib::error::error_chain(&e)))?;
+        while let Some(event) = run.events.recv().await {
+            match event {
+                DownloadEvent::Done { assets } => {
+                    return newest(&assets).ok_or_else(|| {
+                        no_kernel(
+                            "the provider installed no linux-image-*-cloud-amd64 package".into(),
+                        )
+                    });
+                }
+                DownloadEvent::Error { message, .. } => return Err(no_kernel(message)),
+                DownloadEvent::Stage { stage, detail, .. } => {
+                    tracing::info!(%stage, %detail, "guest kernel package");
+                }
+                _ => {}
+            }
+        }
+        Err(no_kernel("the download ended without a result".into()))
+    }
+}
+
+/// A versioned cloud kernel image package (`linux-image-6.1.0-41-cloud-amd64`), not the meta
+/// package nor debug symbols.
+fn is_cloud_kernel(name: &str) -> bool {
+    name.strip_prefix("linux-image-")
+        .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
+        && name.ends_with("-cloud-amd64")
 }
 
 /// Where to look for the agent when none is configured: next to the running nexusd, if the

@@ -478,7 +478,7 @@ pub fn require_boot_prerequisites() {
         .unwrap_or(false);
     assert!(
         has_deb,
-        "VM tests need the guest kernel package in {} (scripts/setup.sh, or scripts/fetch-kernel.sh DIR with NEXUS_KERNEL_DIR=DIR)",
+        "VM tests need the guest kernel package in {} (scripts/test.sh fetches it, or scripts/fetch-kernel.sh DIR with NEXUS_KERNEL_DIR=DIR)",
         kernel_dir.display()
     );
     assert!(
@@ -516,4 +516,19 @@ pub fn tcp_addr(d: &TestDaemon) -> String {
         .unwrap()
         .trim()
         .to_owned()
+}
+
+/// A daemon with a pool and a running VM `name` booted from the built-in default image through
+/// the CLI. Fails at once, naming it, when a boot prerequisite is missing.
+pub fn daemon_with_running_vm(name: &str) -> TestDaemon {
+    require_boot_prerequisites();
+    let d = TestDaemon::start_with_storage();
+    let out = d.ctl(&["vm", "create", name, "--image", "default", "--start"]);
+    assert!(
+        out.status.success(),
+        "vm create --start failed: {}\n{}",
+        stderr(&out),
+        d.log()
+    );
+    d
 }

@@ -7,6 +7,7 @@ use std::path::Path;
 use std::process::Command;
 
 use nix::fcntl::{Flock, FlockArg};
+use tokio_util::sync::CancellationToken;
 
 use super::KernelBuildError;
 use super::log::{BoundedLog, describe};
@@ -36,6 +37,8 @@ pub(super) struct Step<'a> {
     pub(super) nice: i32,
     /// `KBUILD_BUILD_TIMESTAMP`: the build does not embed the time it ran at.
     pub(super) stamp: &'a str,
+    /// Fired: the running command's process group is killed and the build stops.
+    pub(super) cancel: &'a CancellationToken,
 }
 
 impl Step<'_> {
@@ -66,15 +69,21 @@ impl Step<'_> {
         on_line: &mut dyn FnMut(&str),
     ) -> Result<(), KernelBuildError> {
         let command = describe(&cmd);
-        let status = self
-            .log
-            .run(cmd, on_line)
-            .map_err(|source| KernelBuildError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
+        if self.cancel.is_cancelled() {
+            return Err(KernelBuildError::Cancelled);
+        }
+        let status =
+            self.log
+                .run(cmd, on_line, self.cancel)
+                .map_err(|source| KernelBuildError::Spawn {
+                    command: command.clone(),
+                    source,
+                })?;
         if status.success() {
             return Ok(());
+        }
+        if self.cancel.is_cancelled() {
+            return Err(KernelBuildError::Cancelled);
         }
         Err(KernelBuildError::Step {
             command,

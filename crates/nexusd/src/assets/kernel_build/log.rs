@@ -7,8 +7,14 @@
 use std::collections::VecDeque;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use tokio_util::sync::CancellationToken;
 
 /// Lines kept in memory for an error message.
 const TAIL_LINES: usize = 30;
@@ -76,21 +82,27 @@ impl BoundedLog {
 
     /// Runs `cmd` with its stdout and stderr streamed into the log, line by line; `on_line` sees
     /// each line too. Returns the exit status; the caller decides by it.
+    ///
+    /// The command runs in a process group of its own; when `cancel` fires, the whole group
+    /// (`make` and every compiler it started) is killed and the status tells of the signal.
     pub fn run(
         &mut self,
         mut cmd: Command,
         mut on_line: impl FnMut(&str),
+        cancel: &CancellationToken,
     ) -> std::io::Result<ExitStatus> {
         self.line(&format!("$ {}", describe(&cmd)))?;
         let (reader, writer) = std::io::pipe()?;
         cmd.stdin(Stdio::null())
             .stdout(writer.try_clone()?)
-            .stderr(writer);
+            .stderr(writer)
+            .process_group(0);
         let spawned = cmd.spawn();
         // The Command holds the parent's copies of the write end: drop it, so the reader sees
         // end-of-file once the child and its descendants are done.
         drop(cmd);
         let mut child = spawned?;
+        let _killer = GroupKiller::watch(child.id(), cancel);
         let mut reader = BufReader::new(reader);
         let mut buf = Vec::new();
         let read = loop {
@@ -120,6 +132,42 @@ impl BoundedLog {
     }
 }
 
+/// Kills a process group when a token fires, until dropped (the group's command finished).
+struct GroupKiller {
+    done: Arc<AtomicBool>,
+}
+
+impl GroupKiller {
+    fn watch(pid: u32, cancel: &CancellationToken) -> Self {
+        let done = Arc::new(AtomicBool::new(false));
+        let (flag, cancel) = (done.clone(), cancel.clone());
+        std::thread::spawn(move || {
+            while !flag.load(Ordering::Acquire) {
+                if cancel.is_cancelled() {
+                    // The leader is our child and is reaped only after its output ends, so
+                    // until then the group id cannot name anyone else's processes.
+                    if let Ok(pgid) = i32::try_from(pid) {
+                        let _ = rustix::process::kill_process_group(
+                            rustix::process::Pid::from_raw(pgid)
+                                .expect("a child's pid is positive"),
+                            rustix::process::Signal::KILL,
+                        );
+                    }
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        });
+        Self { done }
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        self.done.store(true, Ordering::Release);
+    }
+}
+
 /// `program arg arg…` of a command, for the log and for errors.
 pub fn describe(cmd: &Command) -> String {
     std::iter::once(cmd.get_program())
@@ -145,7 +193,11 @@ mod tests {
         let mut log = BoundedLog::create(&dir.path().join("build.log"), 1 << 20).unwrap();
 
         let status = log
-            .run(sh("echo out; echo err >&2; exit 3"), |_| {})
+            .run(
+                sh("echo out; echo err >&2; exit 3"),
+                |_| {},
+                &CancellationToken::new(),
+            )
             .unwrap();
 
         let text = std::fs::read_to_string(log.path()).unwrap();

@@ -212,6 +212,7 @@ fn a_failing_step_quotes_the_end_of_its_log() {
         log: &mut log,
         nice: 19,
         stamp: "2025-01-01T00:00:00Z",
+        cancel: &tokio_util::sync::CancellationToken::new(),
     };
     let mut cmd = step.command("sh");
     cmd.args(["-c", "echo 'vmlinux.o: undefined reference'; exit 2"]);
@@ -231,6 +232,7 @@ fn the_build_environment_holds_only_path_locale_and_kbuild_stamps() {
         log: &mut log,
         nice: 19,
         stamp: "2025-01-01T00:00:00Z",
+        cancel: &tokio_util::sync::CancellationToken::new(),
     };
 
     let cmd = step.command("env");
@@ -279,4 +281,48 @@ fn the_newest_source_package_is_found() {
         found.ends_with("linux-source-6.1_6.1.192-2_all.deb"),
         "{found:?}"
     );
+}
+
+#[test]
+fn a_cancelled_step_kills_its_whole_process_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut log = BoundedLog::create(&dir.path().join("build.log"), LOG_LIMIT).unwrap();
+    let cancel = tokio_util::sync::CancellationToken::new();
+    let mut step = Step {
+        log: &mut log,
+        nice: 19,
+        stamp: "2025-01-01T00:00:00Z",
+        cancel: &cancel,
+    };
+    let pid_file = dir.path().join("grandchild");
+    let mut cmd = step.command("sh");
+    // A grandchild that would keep the output pipe open for a minute if it survived.
+    cmd.arg("-c")
+        .arg(format!("sleep 60 & echo $! > {}; wait", pid_file.display()));
+    let firing = cancel.clone();
+    std::thread::spawn(move || {
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        firing.cancel();
+    });
+
+    let started = std::time::Instant::now();
+    let err = step.run(cmd, &mut |_| {}).unwrap_err();
+
+    assert!(matches!(err, KernelBuildError::Cancelled), "{err}");
+    assert!(started.elapsed() < std::time::Duration::from_secs(10));
+    let pid: i32 = std::fs::read_to_string(&pid_file)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let pid = rustix::process::Pid::from_raw(pid).unwrap();
+    // Killed, it is a zombie until init reaps it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while rustix::process::test_kill_process(pid).is_ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the grandchild {pid:?} survived the cancel"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }

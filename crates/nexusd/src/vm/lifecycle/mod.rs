@@ -21,6 +21,7 @@ use tokio::sync::{mpsc, watch};
 use uuid::Uuid;
 
 mod jail;
+mod kernel;
 mod recover;
 mod supervisor;
 
@@ -328,23 +329,6 @@ impl Lifecycle {
             .await?;
         self.boot(vm, (root, extra), assets, backend, accel, guard)
             .await
-    }
-
-    /// What a VM on `kind` boots. A built kernel has everything built in: no initramfs of
-    /// Debian's modules, the kernel mounts the root drive itself (see `module_less_cmdline`).
-    /// Without one, QEMU boots Debian's kernel with the generated initramfs.
-    async fn boot_assets(&self, kind: VmmKind) -> Result<Prepared, VmError> {
-        let cfg = &self.inner.cfg;
-        let assets = &self.inner.assets;
-        let prepared = match (kind, &cfg.guest_kernel) {
-            (VmmKind::Firecracker, _) => match cfg.firecracker_kernel() {
-                Some(vmlinux) => Ok(Prepared::built(vmlinux.clone())),
-                None => return Err(VmError::NoFirecrackerKernel),
-            },
-            (VmmKind::Qemu, Some(vmlinux)) => assets.built_for_qemu(vmlinux).await,
-            (VmmKind::Qemu, None) => assets.get().await,
-        };
-        prepared.map_err(VmError::Assets)
     }
 
     async fn boot(
