@@ -7,8 +7,10 @@ cd "$(dirname "$0")/.."
 
 # The guest kernel build (crates/nexusd/src/assets/kernel_build.rs) needs a C toolchain and kbuild's
 # tools: build-essential bc flex bison libelf-dev libssl-dev (and lz4, for the bzImage).
+# The debian-rootfs provider (crates/nexusd/src/assets/mmdebstrap.rs) builds root filesystems with
+# mmdebstrap into zstd-compressed tarballs: mmdebstrap zstd.
 PACKAGES=(qemu-system-x86 tmux btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd python3 python3-venv dnsmasq-base
-  build-essential bc flex bison libelf-dev libssl-dev)
+  build-essential bc flex bison libelf-dev libssl-dev mmdebstrap zstd)
 missing=()
 for p in "${PACKAGES[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
@@ -39,6 +41,12 @@ if ! "$VENV/bin/schemathesis" --version 2>/dev/null | grep -q "$SCHEMATHESIS_VER
   echo "setup: pip install schemathesis==$SCHEMATHESIS_VERSION into $VENV"
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "schemathesis==$SCHEMATHESIS_VERSION"
+fi
+# The official Python MCP SDK (PyPI `mcp`, pinned): the MCP client tests/mcp.rs drives nexusd with.
+MCP_VERSION=2.3.0
+if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('mcp') != '$MCP_VERSION')" 2>/dev/null; then
+  echo "setup: pip install mcp==$MCP_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "mcp==$MCP_VERSION"
 fi
 # The guest kernel package is not fetched here: nexusd installs Debian's cloud kernel through its
 # built-in `debian-package` provider (the host's apt) when a VM first needs it, or on

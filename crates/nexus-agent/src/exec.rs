@@ -45,10 +45,15 @@ pub async fn handle(req: Request<Incoming>) -> ApiResult {
     Ok(server::streamed("application/x-ndjson", chunks))
 }
 
-/// Spawns the process. The program is resolved against `PATH` here and no working directory is
-/// set unless asked for, so std can use `posix_spawn` (a vfork) instead of forking the agent,
-/// which costs milliseconds under emulation.
+/// Spawns the process, killed if its `Child` is dropped.
 fn spawn(req: &ExecRequest) -> io::Result<Child> {
+    command(req)?.kill_on_drop(true).spawn()
+}
+
+/// The command for `req`, in its own process group, stdout and stderr piped. The program is
+/// resolved against `PATH` here and no working directory is set unless asked for, so std can use
+/// `posix_spawn` (a vfork) instead of forking the agent, which costs milliseconds under emulation.
+pub fn command(req: &ExecRequest) -> io::Result<Command> {
     let path_var = req.env.get("PATH").map_or(DEFAULT_PATH, String::as_str);
     let program = resolve_program(&req.argv[0], path_var).ok_or_else(|| {
         io::Error::new(
@@ -71,12 +76,11 @@ fn spawn(req: &ExecRequest) -> io::Result<Child> {
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
-        .kill_on_drop(true);
+        .process_group(0);
     if let Some(cwd) = &req.cwd {
         cmd.current_dir(cwd);
     }
-    cmd.spawn()
+    Ok(cmd)
 }
 
 /// `execvp`'s lookup: a name with a `/` is used as is, others are searched in `path_var`.
@@ -195,7 +199,7 @@ async fn sleep_until(deadline: Option<Instant>) {
     }
 }
 
-fn kill_group(pgid: Option<Pid>) {
+pub fn kill_group(pgid: Option<Pid>) {
     if let Some(pgid) = pgid {
         let _ = killpg(pgid, Signal::SIGKILL);
     }

@@ -10,8 +10,11 @@ use bytes::Bytes;
 use http::{Request, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Incoming};
-use nexus_lib::agent::{DirEntry, DirListing, FileKind, FileStat, MAX_LIST_ENTRIES};
-use tokio::io::AsyncWriteExt;
+use nexus_lib::agent::{
+    DirEntry, DirListing, FILE_OFFSET_HEADER, FILE_SIZE_HEADER, FileKind, FileStat,
+    MAX_LIST_ENTRIES,
+};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio_util::io::ReaderStream;
 
 use crate::server::{self, ApiError, ApiResult, Query};
@@ -19,11 +22,41 @@ use crate::server::{self, ApiError, ApiResult, Query};
 const READ_CHUNK_BYTES: usize = 64 * 1024;
 const DEFAULT_MODE: u32 = 0o644;
 
+/// Streams a file, or the part of it from `offset` (default 0) of at most `length` bytes
+/// (default: to the end). The reply says where it starts and how big the file is.
 pub async fn read(req: &Request<Incoming>) -> ApiResult {
-    let path = Query::of(req)?.path()?;
-    let file = open_regular(&path).await?;
-    let chunks = ReaderStream::with_capacity(file, READ_CHUNK_BYTES);
-    Ok(server::streamed("application/octet-stream", chunks))
+    let query = Query::of(req)?;
+    let path = query.path()?;
+    let offset = query.number("offset")?.unwrap_or(0);
+    let length = query.number("length")?;
+    let (size, reader) = open_range(&path, offset, length).await?;
+    let chunks = ReaderStream::with_capacity(reader, READ_CHUNK_BYTES);
+    let mut resp = server::streamed("application/octet-stream", chunks);
+    let headers = resp.headers_mut();
+    headers.insert(FILE_OFFSET_HEADER, http::HeaderValue::from(offset));
+    headers.insert(FILE_SIZE_HEADER, http::HeaderValue::from(size));
+    Ok(resp)
+}
+
+/// Opens the regular file `path` positioned at `offset`, limited to `length` bytes; also returns
+/// the file's size.
+async fn open_range(
+    path: &str,
+    offset: u64,
+    length: Option<u64>,
+) -> Result<(u64, tokio::io::Take<tokio::fs::File>), ApiError> {
+    let mut file = open_regular(path).await?;
+    let size = file
+        .metadata()
+        .await
+        .map_err(|e| ApiError::io(&e, path))?
+        .len();
+    if offset > 0 {
+        file.seek(std::io::SeekFrom::Start(offset))
+            .await
+            .map_err(|e| ApiError::io(&e, path))?;
+    }
+    Ok((size, file.take(length.unwrap_or(u64::MAX))))
 }
 
 /// Opens `path` for reading if it is a regular file. Opening a FIFO or some device nodes blocks
@@ -346,6 +379,21 @@ mod tests {
 
         assert!(cancelled.is_err());
         assert!(names_in(dir.path()).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_range_reads_only_its_bytes_and_reports_the_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("f");
+        std::fs::write(&file, b"0123456789").unwrap();
+
+        let (size, mut reader) = open_range(file.to_str().unwrap(), 3, Some(4))
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        reader.read_to_end(&mut got).await.unwrap();
+
+        assert_eq!((size, got.as_slice()), (10, &b"3456"[..]));
     }
 
     #[test]

@@ -5,7 +5,9 @@ mod cmdline;
 mod exec;
 mod files;
 mod init;
+mod mcp_servers;
 mod net;
+mod processes;
 mod pty;
 mod server;
 mod session;
@@ -56,6 +58,8 @@ fn serve(mut boot: BootTimes) -> i32 {
             boot,
             shutdown: tokio::sync::Notify::new(),
             sessions: Arc::default(),
+            processes: Arc::new(processes::Registry::new(processes::DIR)),
+            mcp_servers: mcp_servers::Servers::default(),
         });
         server::run(listener, state).await
     });

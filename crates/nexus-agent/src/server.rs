@@ -24,7 +24,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::session::Sessions;
 use crate::vsock::VsockListener;
-use crate::{exec, files, init, sysinfo, terminal};
+use crate::{exec, files, init, mcp_servers, processes, sysinfo, terminal};
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 pub type ApiResult = Result<Response<Body>, ApiError>;
@@ -41,6 +41,8 @@ pub struct State {
     pub boot: BootTimes,
     pub shutdown: Notify,
     pub sessions: Arc<Sessions>,
+    pub processes: Arc<processes::Registry>,
+    pub mcp_servers: mcp_servers::Servers,
 }
 
 /// Accepts vsock connections until a shutdown is requested; returns the process exit code.
@@ -107,6 +109,19 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
         (Method::POST, "/v1/terminal") => terminal::open(req, &state.sessions).await,
         (Method::GET, "/v1/sessions") => terminal::list(&state.sessions),
         (Method::DELETE, "/v1/sessions") => terminal::kill(&req, &state.sessions),
+        (Method::POST, "/v1/processes") => processes::handle_start(req, &state.processes).await,
+        (Method::GET, "/v1/processes") => json(StatusCode::OK, &state.processes.list()),
+        (Method::GET, "/v1/processes/output") => {
+            processes::handle_output(&req, &state.processes).await
+        }
+        (Method::GET, "/v1/mcp-servers") => json(StatusCode::OK, &state.mcp_servers.statuses()),
+        (Method::PUT, "/v1/mcp-servers") => mcp_servers::handle_set(req, &state.mcp_servers).await,
+        (Method::POST, "/v1/mcp-servers/connect") => {
+            mcp_servers::handle_connect(req, &state.mcp_servers).await
+        }
+        (Method::POST, "/v1/processes/signal") => {
+            processes::handle_signal(req, &state.processes).await
+        }
         (Method::POST, "/v1/shutdown") => {
             state.shutdown.notify_one();
             json(
@@ -254,6 +269,17 @@ impl Query {
             .ok_or_else(|| ApiError::bad_request("missing path parameter"))?;
         proto::validate_path(path).map_err(ApiError::bad_request)?;
         Ok(path.to_string())
+    }
+
+    /// An optional unsigned integer parameter.
+    pub fn number(&self, name: &str) -> Result<Option<u64>, ApiError> {
+        self.get(name)
+            .map(|v| {
+                v.parse().map_err(|_| {
+                    ApiError::bad_request(format!("{name}={v} is not an unsigned integer"))
+                })
+            })
+            .transpose()
     }
 
     pub fn flag(&self, name: &str) -> Result<bool, ApiError> {

@@ -35,6 +35,28 @@ pub const MAX_LIST_ENTRIES: usize = 10_000;
 pub const MAX_PATH_BYTES: usize = 4096;
 /// Most argv elements plus env entries of one exec request.
 pub const MAX_EXEC_ARGS: usize = 4096;
+/// Reply header of `GET /v1/files`: the byte offset the content starts at. An agent that
+/// predates ranged reads ignores `offset`/`length` and sends no such header, so the host can tell.
+pub const FILE_OFFSET_HEADER: &str = "x-nexus-offset";
+/// Reply header of `GET /v1/files`: the file's whole size when the read started.
+pub const FILE_SIZE_HEADER: &str = "x-nexus-file-size";
+
+/// Most background processes an agent keeps track of (running or finished); finished ones are
+/// forgotten, oldest first, to make room.
+pub const MAX_PROCESSES: usize = 64;
+/// The newest bytes of each background process's stdout and stderr the agent keeps.
+pub const MAX_PROCESS_LOG_BYTES: u64 = 16 * 1024 * 1024;
+/// Most bytes one `GET /v1/processes/output` returns.
+pub const MAX_PROCESS_READ_BYTES: u64 = 1024 * 1024;
+
+/// Most MCP servers one VM runs.
+pub const MAX_MCP_SERVERS: usize = 8;
+/// Most `argv` entries of one MCP server.
+pub const MAX_MCP_SERVER_ARGS: usize = 256;
+/// Most `env` entries of one MCP server.
+pub const MAX_MCP_SERVER_ENV: usize = 64;
+/// Most bytes of one MCP server's `argv` and `env` together.
+pub const MAX_MCP_SERVER_SPEC_BYTES: usize = 64 * 1024;
 
 /// Picks the highest protocol version both sides support.
 pub fn negotiate(host: &[u32], agent: &[u32]) -> Option<u32> {
@@ -200,6 +222,204 @@ pub struct DirListing {
     pub entries: Vec<DirEntry>,
     /// True when the directory held more than [`MAX_LIST_ENTRIES`] entries.
     pub truncated: bool,
+}
+
+/// Which output stream of a process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OutputStream {
+    Stdout,
+    Stderr,
+}
+
+impl OutputStream {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stdout => "stdout",
+            Self::Stderr => "stderr",
+        }
+    }
+}
+
+impl std::str::FromStr for OutputStream {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "stdout" => Ok(Self::Stdout),
+            "stderr" => Ok(Self::Stderr),
+            other => Err(format!("unknown stream {other:?} (stdout or stderr)")),
+        }
+    }
+}
+
+/// A background process (reply to `POST /v1/processes`, items of `GET /v1/processes`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessInfo {
+    /// The agent's id of the process (unique until the agent restarts).
+    pub id: u64,
+    pub pid: u32,
+    /// The command line, shortened when long.
+    pub command: String,
+    /// When it started, milliseconds since the Unix epoch.
+    pub started_ms: i64,
+    pub running: bool,
+    /// How it ended: its exit code, or the signal that killed it.
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+    /// Bytes written to each stream so far.
+    pub stdout_bytes: u64,
+    pub stderr_bytes: u64,
+}
+
+/// Reply to `GET /v1/processes/output?id=&stream=&offset=&length=`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProcessOutput {
+    pub id: u64,
+    pub stream: OutputStream,
+    /// Where `data` starts: the offset asked for, or later when the bytes there were dropped.
+    pub offset: u64,
+    #[serde(with = "b64")]
+    pub data: Vec<u8>,
+    /// Bytes written to the stream so far (the offset after the last one).
+    pub size: u64,
+    /// Bytes between the offset asked for and `offset` that are gone (only the newest
+    /// [`MAX_PROCESS_LOG_BYTES`] are kept).
+    pub skipped: u64,
+    pub running: bool,
+    pub exit_code: Option<i32>,
+    pub signal: Option<i32>,
+}
+
+/// Signals a background process's group can be sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum ProcessSignal {
+    Term,
+    Kill,
+    Int,
+    Hup,
+    Quit,
+    Usr1,
+    Usr2,
+    Stop,
+    Cont,
+}
+
+impl ProcessSignal {
+    /// The names accepted, as on the wire.
+    pub const NAMES: &'static str = "TERM, KILL, INT, HUP, QUIT, USR1, USR2, STOP, CONT";
+}
+
+impl std::str::FromStr for ProcessSignal {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let name = s.trim_start_matches("SIG");
+        serde_json::from_value(serde_json::Value::String(name.to_string()))
+            .map_err(|_| format!("unknown signal {s:?} (one of {})", Self::NAMES))
+    }
+}
+
+/// Body of `POST /v1/processes/signal`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SignalRequest {
+    pub id: u64,
+    pub signal: ProcessSignal,
+}
+
+/// A stdio MCP server the agent runs and supervises in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerSpec {
+    /// `[a-z0-9][a-z0-9-]{0,31}`, unique in the VM; its tools are `<vm>__<name>__<tool>`.
+    #[schema(pattern = "^[a-z0-9][a-z0-9-]{0,31}$")]
+    pub name: String,
+    /// The program and its arguments; it speaks MCP on its stdin and stdout.
+    #[schema(min_items = 1, max_items = 256)]
+    pub argv: Vec<String>,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub env: BTreeMap<String, String>,
+}
+
+impl McpServerSpec {
+    pub fn validate(&self) -> Result<(), String> {
+        let name_ok = (1..=32).contains(&self.name.len())
+            && self
+                .name
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            && !self.name.starts_with('-');
+        if !name_ok {
+            return Err(format!(
+                "MCP server name {:?} must match [a-z0-9][a-z0-9-]{{0,31}}",
+                self.name
+            ));
+        }
+        if self.argv.len() > MAX_MCP_SERVER_ARGS {
+            return Err(format!(
+                "MCP server {}: at most {MAX_MCP_SERVER_ARGS} arguments",
+                self.name
+            ));
+        }
+        if self.env.len() > MAX_MCP_SERVER_ENV {
+            return Err(format!(
+                "MCP server {}: at most {MAX_MCP_SERVER_ENV} environment variables",
+                self.name
+            ));
+        }
+        let bytes: usize = self.argv.iter().map(String::len).sum::<usize>()
+            + self
+                .env
+                .iter()
+                .map(|(k, v)| k.len() + v.len())
+                .sum::<usize>();
+        if bytes > MAX_MCP_SERVER_SPEC_BYTES {
+            return Err(format!(
+                "MCP server {}: argv and env hold {bytes} bytes; at most {MAX_MCP_SERVER_SPEC_BYTES}",
+                self.name
+            ));
+        }
+        let exec = ExecRequest {
+            argv: self.argv.clone(),
+            env: self.env.clone(),
+            ..ExecRequest::default()
+        };
+        exec.validate()
+            .map_err(|e| format!("MCP server {}: {e}", self.name))
+    }
+
+    /// Checks a VM's whole list: each server, their number, distinct names.
+    pub fn validate_all(servers: &[Self]) -> Result<(), String> {
+        if servers.len() > MAX_MCP_SERVERS {
+            return Err(format!("at most {MAX_MCP_SERVERS} MCP servers per VM"));
+        }
+        for (i, server) in servers.iter().enumerate() {
+            server.validate()?;
+            if servers[..i].iter().any(|s| s.name == server.name) {
+                return Err(format!("two MCP servers are named {:?}", server.name));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Body of `PUT /v1/mcp-servers`: the servers the agent must run (others are stopped).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpServerSet {
+    pub servers: Vec<McpServerSpec>,
+}
+
+/// One MCP server as the agent reports it (`GET`/`PUT /v1/mcp-servers`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct McpServerStatus {
+    pub name: String,
+    pub running: bool,
+    pub pid: Option<u32>,
+    /// How many times it was started.
+    pub starts: u64,
+    /// How its last run ended, if it did.
+    pub last_exit: Option<String>,
 }
 
 /// Reply to `GET /v1/info`.
@@ -391,6 +611,30 @@ mod tests {
     #[test]
     fn exec_request_without_argv_is_invalid() {
         assert!(ExecRequest::default().validate().is_err());
+    }
+
+    #[test]
+    fn signals_parse_with_or_without_the_sig_prefix() {
+        assert_eq!("SIGKILL".parse(), Ok(ProcessSignal::Kill));
+        assert_eq!("TERM".parse(), Ok(ProcessSignal::Term));
+        assert!("kill".parse::<ProcessSignal>().is_err());
+    }
+
+    #[test]
+    fn mcp_server_names_are_checked_and_unique() {
+        let server = |name: &str| McpServerSpec {
+            name: name.into(),
+            argv: vec!["srv".into()],
+            env: BTreeMap::new(),
+        };
+        assert!(McpServerSpec::validate_all(&[server("a"), server("b-2")]).is_ok());
+        assert!(McpServerSpec::validate_all(&[server("a"), server("a")]).is_err());
+        assert!(server("A").validate().is_err());
+        assert!(server("a__b").validate().is_err());
+        assert!(server(&"a".repeat(33)).validate().is_err());
+        let mut big = server("big");
+        big.argv.push("x".repeat(MAX_MCP_SERVER_SPEC_BYTES));
+        assert!(big.validate().is_err());
     }
 
     #[test]

@@ -13,9 +13,11 @@ mod network;
 pub mod pipeline;
 mod storage;
 pub use assets::*;
+mod tokens;
 pub use integer::integral as integral_json_number;
 pub use network::*;
 pub use storage::*;
+pub use tokens::*;
 
 /// Default number of vCPUs of a new VM.
 pub const DEFAULT_VCPUS: u32 = 1;
@@ -105,6 +107,9 @@ pub struct Vm {
     /// The VM's network: absent on records of VMs created before networking existed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<VmNetwork>,
+    /// Names of the MCP servers the VM runs (their tools are on nexusd's `/mcp`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<String>,
 }
 
 /// Body of `POST /v1/vms`.
@@ -149,6 +154,11 @@ pub struct CreateVm {
     /// Where the VM may connect (`nat` only); default from the daemon's config (`allow-all`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub egress: Option<EgressPolicy>,
+    /// Stdio MCP servers the guest agent runs and supervises while the VM runs; nexusd
+    /// exposes their tools on `/mcp` as `<vm>__<server>__<tool>`. At most 8.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schema(max_items = 8)]
+    pub mcp_servers: Vec<crate::agent::McpServerSpec>,
 }
 
 /// Query of `GET /v1/vms`.

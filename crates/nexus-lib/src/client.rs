@@ -17,8 +17,9 @@ use serde::de::DeserializeOwned;
 use crate::agent::{ExecEvent, ExecRequest, FileStat, MAX_EVENT_LINE_BYTES};
 use crate::api::{
     Asset, AssetKind, AssetVerification, AttachDrive, BootRecord, CreateDrive, CreateImage,
-    CreateProvider, CreateVm, DownloadEvent, DownloadRequest, Drive, ErrorBody, Health, Image,
-    NetworkCleanup, NetworkInfo, Provider, Transition, UpdateVmNetwork, Vm, VmState,
+    CreateProvider, CreateToken, CreateVm, CreatedToken, DownloadEvent, DownloadRequest, Drive,
+    ErrorBody, Health, Image, NetworkCleanup, NetworkInfo, Provider, Token, Transition,
+    UpdateVmNetwork, Vm, VmState,
 };
 
 /// A request body: bytes in memory or a stream.
@@ -305,6 +306,21 @@ impl Client {
     /// `DELETE /v1/images/{id-or-name}`.
     pub async fn delete_image(&self, image: &str) -> Result<(), ClientError> {
         self.delete(&format!("/v1/images/{}", segment(image))).await
+    }
+
+    /// `POST /v1/tokens`: the reply holds the secret, shown this once.
+    pub async fn create_token(&self, req: &CreateToken) -> Result<CreatedToken, ClientError> {
+        self.request(Method::POST, "/v1/tokens", Some(req)).await
+    }
+
+    /// `GET /v1/tokens`.
+    pub async fn list_tokens(&self) -> Result<Vec<Token>, ClientError> {
+        self.request(Method::GET, "/v1/tokens", None::<&()>).await
+    }
+
+    /// `DELETE /v1/tokens/{id}`.
+    pub async fn revoke_token(&self, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/tokens/{}", segment(id))).await
     }
 
     /// `POST /v1/drives`.

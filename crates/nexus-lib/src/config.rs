@@ -159,7 +159,17 @@ pub struct Config {
     pub asset_fetch_idle_timeout_secs: Option<u64>,
     /// Seconds one download may take in all (1..=604800, default 21600).
     pub asset_fetch_timeout_secs: Option<u64>,
+    /// Characters of command output an MCP `run_command` result carries (1000..=200000,
+    /// default 20000); longer output is cut in the middle and saved whole in a file in the VM.
+    /// The result carries it twice (text and structured content) and clients bound a message
+    /// (the Python SDK at 1 MiB), hence the upper bound.
+    pub mcp_output_max_chars: Option<usize>,
 }
+
+/// Default of `mcp_output_max_chars`.
+pub const DEFAULT_MCP_OUTPUT_MAX_CHARS: usize = 20_000;
+/// Accepted values of `mcp_output_max_chars`.
+pub const MCP_OUTPUT_MAX_CHARS_RANGE: std::ops::RangeInclusive<usize> = 1_000..=200_000;
 
 /// Parses an upstream DNS server: `ADDR` (port 53) or `ADDR:PORT`.
 pub fn parse_dns_server(s: &str) -> Result<SocketAddr, String> {
@@ -444,6 +454,14 @@ impl Config {
             {
                 return Err(bad(key, format!("{v} is outside 1..=600")));
             }
+        }
+        if let Some(v) = self.mcp_output_max_chars
+            && !MCP_OUTPUT_MAX_CHARS_RANGE.contains(&v)
+        {
+            return Err(bad(
+                "mcp_output_max_chars",
+                format!("{v} is outside 1000..=200000"),
+            ));
         }
         if let Some(v) = self.console_max_bytes
             && !(4096..=1 << 30).contains(&v)

@@ -52,12 +52,21 @@ pub enum Command {
     /// Firecracker and jailer binaries in the asset store.
     #[command(subcommand)]
     Firecracker(FirecrackerCommand),
+    /// Root filesystems in the asset store (tarballs images are made from).
+    #[command(subcommand)]
+    Rootfs(RootfsCommand),
     /// Everything in the asset store (kernels, VMM binaries, packages, files).
     #[command(subcommand)]
     Asset(AssetCommand),
     /// Providers: where assets come from, and the pipeline that downloads them.
     #[command(subcommand)]
     Provider(ProviderCommand),
+    /// The MCP server of nexusd (Streamable HTTP at /mcp).
+    #[command(subcommand)]
+    Mcp(McpCommand),
+    /// API tokens for the TCP listener, each limited to some VMs.
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(Debug, Subcommand)]
@@ -157,6 +166,79 @@ pub struct FirecrackerRef {
 }
 
 #[derive(Debug, Subcommand)]
+pub enum RootfsCommand {
+    /// List installed root filesystems.
+    #[command(alias = "ls")]
+    List,
+    /// Download a root filesystem tarball through a provider (default: `url`, pinned by sha256).
+    Download(RootfsDownloadArgs),
+    /// Build a root filesystem and import it as an image (`debian`: mmdebstrap from the host's
+    /// apt configuration, with python3, git, curl and ca-certificates by default).
+    Build(RootfsBuildArgs),
+    /// Hash an installed root filesystem again and compare it with its record.
+    Verify(AssetRef),
+    /// Remove an installed root filesystem (images made from it stay).
+    #[command(alias = "rm")]
+    Remove(AssetRef),
+}
+
+#[derive(Debug, Args)]
+pub struct RootfsDownloadArgs {
+    /// The provider whose pipeline runs.
+    #[arg(long, default_value = "url")]
+    pub provider: String,
+    /// The tarball's URL (url providers).
+    #[arg(long)]
+    pub url: Option<String>,
+    /// Its sha256 (url providers).
+    #[arg(long)]
+    pub sha256: Option<String>,
+    /// The asset's name.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// The asset's version.
+    #[arg(long)]
+    pub version: Option<String>,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+/// Distributions `rootfs build` knows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Distro {
+    Debian,
+}
+
+#[derive(Debug, Args)]
+pub struct RootfsBuildArgs {
+    /// What to build.
+    pub distro: Distro,
+    /// The provider whose pipeline runs.
+    #[arg(long, default_value = "debian-rootfs")]
+    pub provider: String,
+    /// Suite or codename (default: the host's, e.g. bookworm).
+    #[arg(long)]
+    pub suite: Option<String>,
+    /// mmdebstrap variant (default: apt, the smallest with apt and dpkg).
+    #[arg(long)]
+    pub variant: Option<String>,
+    /// Extra packages, comma-separated (default: python3,git,curl,ca-certificates).
+    #[arg(long)]
+    pub packages: Option<String>,
+    /// Name of the image (default: debian-SUITE).
+    #[arg(long)]
+    pub image: Option<String>,
+    /// Size of the image's filesystem, e.g. 2G (default: the content plus a quarter).
+    #[arg(long)]
+    pub size: Option<ByteSize>,
+    /// Only build the asset; do not import it as an image.
+    #[arg(long)]
+    pub no_import: bool,
+    #[command(flatten)]
+    pub vars: VarArgs,
+}
+
+#[derive(Debug, Subcommand)]
 pub enum AssetCommand {
     /// List installed assets.
     #[command(alias = "ls")]
@@ -207,7 +289,7 @@ pub struct ProviderRef {
 pub struct ProviderAddArgs {
     /// Name: lowercase letters, digits and '-', at most 63.
     pub name: String,
-    /// debian-package, firecracker-release, url or kernel-build.
+    /// debian-package, firecracker-release, url, kernel-build or debian-rootfs.
     #[arg(long)]
     pub kind: ProviderKind,
     /// Settings as JSON, or @FILE: {"base_url", "vars", "no_signature", "no_checksum"}.
@@ -216,6 +298,46 @@ pub struct ProviderAddArgs {
     /// The pipeline as a JSON array of stages, or @FILE (default: the kind's own).
     #[arg(long, value_name = "JSON|@FILE")]
     pub stages: Option<String>,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Create a token; its secret is printed once (`token` with --json).
+    Create(TokenCreateArgs),
+    /// List tokens (never their secrets).
+    #[command(alias = "ls")]
+    List,
+    /// Revoke a token: it is refused from its next request on.
+    #[command(alias = "rm")]
+    Revoke(TokenRef),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenCreateArgs {
+    /// A VM the token may see and use (repeatable; name or id; must exist).
+    #[arg(long = "vm", value_name = "VM")]
+    pub vms: Vec<String>,
+    /// Also let the token create VMs (they join its scope) and delete its VMs.
+    #[arg(long)]
+    pub lifecycle: bool,
+    /// A label to recognise it by.
+    #[arg(long)]
+    pub name: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TokenRef {
+    /// The token's id (from `token list`).
+    pub id: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum McpCommand {
+    /// Serve MCP on stdin/stdout, forwarding every message to nexusd's /mcp: for MCP clients
+    /// that start a server as a command (Claude Code, Cursor, ...).
+    Serve,
+    /// List the tools an MCP client sees.
+    Tools,
 }
 
 #[derive(Debug, Subcommand)]
@@ -245,16 +367,11 @@ pub struct EgressArgs {
 impl EgressArgs {
     /// The policy the flags ask for; `None` when no flag was given.
     pub fn policy(&self) -> Option<EgressPolicy> {
-        if self.deny_egress {
-            Some(EgressPolicy::DenyAll)
-        } else if self.allow_domain.is_empty() && self.allow_cidr.is_empty() {
-            None
-        } else {
-            Some(EgressPolicy::Allow {
-                cidrs: self.allow_cidr.clone(),
-                domains: self.allow_domain.clone(),
-            })
-        }
+        EgressPolicy::from_choices(
+            self.deny_egress,
+            self.allow_cidr.clone(),
+            self.allow_domain.clone(),
+        )
     }
 }
 
@@ -414,6 +531,29 @@ pub struct VmCreateArgs {
     pub publish: Vec<Publish>,
     #[command(flatten)]
     pub egress: EgressArgs,
+    /// Run an MCP server inside the VM: NAME=COMMAND, COMMAND run with `/bin/sh -c` in the
+    /// guest and speaking MCP on stdio (repeatable, at most 8). Its tools appear on nexusd's
+    /// /mcp as <vm>__<NAME>__<tool> while the VM runs.
+    #[arg(long = "mcp-server", value_name = "NAME=COMMAND", value_parser = parse_mcp_server)]
+    pub mcp_servers: Vec<(String, String)>,
+    /// An environment variable of one of those servers: NAME:KEY=VALUE (repeatable).
+    #[arg(long = "mcp-env", value_name = "NAME:KEY=VALUE", value_parser = parse_mcp_env)]
+    pub mcp_env: Vec<(String, String, String)>,
+}
+
+fn parse_mcp_server(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, command)) if !name.is_empty() && !command.trim().is_empty() => {
+            Ok((name.to_owned(), command.to_owned()))
+        }
+        _ => Err("expected NAME=COMMAND".into()),
+    }
+}
+
+fn parse_mcp_env(s: &str) -> Result<(String, String, String), String> {
+    let (name, pair) = s.split_once(':').ok_or("expected NAME:KEY=VALUE")?;
+    let (key, value) = pair.split_once('=').ok_or("expected NAME:KEY=VALUE")?;
+    Ok((name.to_owned(), key.to_owned(), value.to_owned()))
 }
 
 #[derive(Debug, Args)]
@@ -442,7 +582,15 @@ pub enum ImageCommand {
 #[derive(Debug, Args)]
 pub struct ImageImportArgs {
     /// An ext4 image file or a directory.
-    pub path: PathBuf,
+    #[arg(required_unless_present = "asset", conflicts_with = "asset")]
+    pub path: Option<PathBuf>,
+    /// Instead of a path: a rootfs asset (id, name or NAME@VERSION), unpacked into ext4 with
+    /// the guest agent added.
+    #[arg(long)]
+    pub asset: Option<String>,
+    /// Make the filesystem at least this big, e.g. 2G (directories and assets).
+    #[arg(long)]
+    pub size: Option<ByteSize>,
     /// Name (default: from the file name).
     #[arg(long)]
     pub name: Option<String>,

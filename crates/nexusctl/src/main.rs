@@ -18,7 +18,7 @@ use output::Printer;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let socket = cli.socket.clone().unwrap_or_else(|| resolve_socket(&cli));
-    let client = Client::unix(socket);
+    let client = Client::unix(socket.clone());
     let out = Printer { json: cli.json };
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -40,8 +40,13 @@ fn main() -> ExitCode {
             Command::Network(cmd) => commands::network::run(&client, out, cmd).await.map(|()| 0),
             Command::Kernel(cmd) => commands::kernel::run(&client, out, cmd).await,
             Command::Firecracker(cmd) => commands::firecracker::run(&client, out, cmd).await,
+            Command::Rootfs(cmd) => commands::rootfs::run(&client, out, cmd).await,
             Command::Asset(cmd) => commands::asset::run(&client, out, cmd).await,
             Command::Provider(cmd) => commands::provider::run(&client, out, cmd).await.map(|()| 0),
+            Command::Token(cmd) => commands::token::run(&client, out, cmd).await.map(|()| 0),
+            Command::Mcp(cmd) => commands::mcp::run(&client, &socket, out, cmd)
+                .await
+                .map(|()| 0),
         }
     });
     match result {

@@ -24,7 +24,11 @@ const EXECS: usize = 200;
 const FILE_MIB: usize = 64;
 
 fn main() {
-    let rt = support::runtime();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     // Two daemons side by side: the default (jailed) and one with `jail = false`, whose boots
     // alternate so that both see the same host load.
     let jailed = Daemon::start(&rt, &[]);
@@ -232,7 +236,8 @@ async fn run(jailed: &Daemon, unjailed: &Daemon) {
 }
 
 fn spawn(home: &Path, extra: &[&str]) -> Child {
-    let args = [&["--pool-size", "2G", "--network", "none"][..], extra].concat();
+    let mut args = vec!["--pool-size", "2G", "--network", "none"];
+    args.extend_from_slice(extra);
     support::spawn_nexusd(home, &args)
 }
 

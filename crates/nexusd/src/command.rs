@@ -10,7 +10,7 @@
 
 use std::env;
 use std::path::PathBuf;
-use std::process::{Command, ExitStatus, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 
 /// How much of a tool's stderr is kept in an error: enough for the message, bounded for the log.
 const STDERR_KEEP: usize = 2048;
@@ -82,26 +82,95 @@ pub(crate) fn run_bounded<E: From<CommandError>>(
         }
         buf
     });
-    let status = loop {
-        match child.try_wait() {
-            Ok(Some(status)) => break status,
-            Ok(None) => {}
-            Err(source) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                return Err(spawn_failed(&line)(source).into());
-            }
-        }
-        if let Err(e) = stop() {
-            let _ = child.kill();
-            let _ = child.wait();
+    let kill = |child: &mut Child| {
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let status = match wait_or_stop(&mut child, &line, stop, &kill) {
+        Ok(status) => status,
+        Err(e) => {
             let _ = reader.join();
             return Err(e);
         }
-        std::thread::sleep(std::time::Duration::from_millis(50));
     };
     let stderr = reader.join().unwrap_or_default();
     Ok(check(line, status, &stderr, ok_codes)?)
+}
+
+/// Waits for `child`, asking `stop` every 50 ms whether to give up; when it answers an error (or
+/// waiting fails), `kill` ends and reaps the child and the error is returned.
+fn wait_or_stop<E: From<CommandError>>(
+    child: &mut Child,
+    line: &str,
+    stop: &dyn Fn() -> Result<(), E>,
+    kill: &dyn Fn(&mut Child),
+) -> Result<ExitStatus, E> {
+    loop {
+        match child.try_wait() {
+            Ok(Some(status)) => return Ok(status),
+            Ok(None) => {}
+            Err(source) => {
+                kill(child);
+                return Err(spawn_failed(line)(source).into());
+            }
+        }
+        if let Err(e) = stop() {
+            kill(child);
+            return Err(e);
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Runs `cmd` like [`run_bounded`], with two differences for long builds that start tools of
+/// their own (`mmdebstrap`, which runs apt and dpkg): the child leads its own process group, and
+/// a stop kills the whole group (`SIGKILL`), so nothing it started outlives it; and each line of
+/// its stderr is handed to `on_line` as it comes (progress), while the end is kept for the error.
+pub(crate) fn run_streaming<E: From<CommandError>>(
+    cmd: &mut Command,
+    ok_codes: &[i32],
+    stop: &dyn Fn() -> Result<(), E>,
+    on_line: &(dyn Fn(&str) + Sync),
+) -> Result<(), E> {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let line = prepare(cmd);
+    let mut child = cmd
+        .stdout(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(spawn_failed(&line))?;
+    let group = rustix::process::Pid::from_child(&child);
+    let kill_group = |child: &mut Child| {
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        let _ = child.kill();
+        let _ = child.wait();
+    };
+    let pipe = child.stderr.take();
+    std::thread::scope(|scope| {
+        // Ends when every process of the group closed its end of the pipe.
+        let reader = scope.spawn(move || {
+            let mut kept: Vec<u8> = Vec::new();
+            let Some(pipe) = pipe else { return kept };
+            for text in std::io::BufReader::new(pipe)
+                .split(b'\n')
+                .map_while(Result::ok)
+            {
+                on_line(&String::from_utf8_lossy(&text));
+                kept.extend_from_slice(&text);
+                kept.push(b'\n');
+                if kept.len() > 2 * STDERR_KEEP {
+                    kept.drain(..kept.len() - STDERR_KEEP);
+                }
+            }
+            kept
+        });
+        let status = wait_or_stop(&mut child, &line, stop, &kill_group)?;
+        // The leader is gone; whatever of its group is left goes with it.
+        let _ = rustix::process::kill_process_group(group, rustix::process::Signal::KILL);
+        let stderr = reader.join().unwrap_or_default();
+        Ok(check(line, status, &stderr, ok_codes)?)
+    })
 }
 
 /// Success when the exit code is one of `ok_codes`; a signal or any other code is a failure.
@@ -226,6 +295,37 @@ mod tests {
         assert!(
             matches!(err, Stop::Tool(CommandError::Failed { ref stderr, .. }) if stderr == "boom"),
             "{err:?}"
+        );
+    }
+
+    #[test]
+    fn run_streaming_hands_over_lines_and_kills_the_whole_group() {
+        let lines = std::sync::Mutex::new(Vec::new());
+        let started = std::time::Instant::now();
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("survived");
+        let script = format!(
+            "echo one >&2; echo two >&2; (sleep 2; touch {}) & sleep 30",
+            marker.display()
+        );
+        let err = run_streaming(
+            Command::new("sh").args(["-c", &script]),
+            &[0],
+            &|| {
+                if started.elapsed() > std::time::Duration::from_millis(500) {
+                    Err(Stop::Asked)
+                } else {
+                    Ok(())
+                }
+            },
+            &|l| lines.lock().unwrap().push(l.to_owned()),
+        )
+        .unwrap_err();
+        assert!(matches!(err, Stop::Asked), "{err:?}");
+        std::thread::sleep(std::time::Duration::from_secs(3));
+        assert_eq!(
+            (lines.into_inner().unwrap(), marker.exists()),
+            (vec!["one".to_owned(), "two".to_owned()], false)
         );
     }
 

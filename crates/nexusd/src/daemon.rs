@@ -192,10 +192,17 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         asset_service,
     );
     state.images = state.images.with_limits(settings.import_limits);
+    state.mcp = settings.mcp;
+    state.shutdown = shutdown.clone();
     let lifecycle = state.lifecycle.clone();
     let network = state.vms.network().clone();
     lifecycle.recover().await.map_err(DaemonError::Recover)?;
     reconcile_network(&state).await;
+    tokio::spawn(state.guest_mcp.clone().run(
+        state.store.clone(),
+        state.lifecycle.clone(),
+        shutdown.clone(),
+    ));
 
     // We hold the home lock, so a socket file left here belongs to a daemon that died.
     let _ = std::fs::remove_file(&paths.socket);

@@ -45,12 +45,21 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// rmcp (the MCP SDK) logs every request at info and a client that went away (a cancelled call)
+/// at error; neither is news for an operator. Applies unless the filter names rmcp itself.
+const RMCP_LOG: &str = "rmcp=warn,rmcp::service=off";
+
 fn init_logging(settings: &Settings) {
-    let filter = std::env::var("RUST_LOG")
+    let text = std::env::var("RUST_LOG")
         .ok()
-        .and_then(|f| EnvFilter::try_new(f).ok())
-        .or_else(|| EnvFilter::try_new(&settings.log_level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"));
+        .filter(|f| EnvFilter::try_new(f).is_ok())
+        .unwrap_or_else(|| settings.log_level.clone());
+    let text = if text.contains("rmcp") {
+        text
+    } else {
+        format!("{text},{RMCP_LOG}")
+    };
+    let filter = EnvFilter::try_new(&text).unwrap_or_else(|_| EnvFilter::new("info"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

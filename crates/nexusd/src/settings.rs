@@ -121,6 +121,9 @@ pub struct Args {
     /// Console log size (bytes) past which it is rotated.
     #[arg(long, value_name = "BYTES")]
     pub console_max_bytes: Option<u64>,
+    /// Characters of command output an MCP result carries before it is cut (default 20000).
+    #[arg(long, value_name = "CHARS")]
+    pub mcp_output_max_chars: Option<usize>,
     /// Storage pool: an existing directory on btrfs (default: an embedded loop-mounted image).
     #[arg(long, value_name = "DIR")]
     pub pool: Option<PathBuf>,
@@ -245,6 +248,7 @@ pub struct Settings {
     pub jail: crate::jail::JailConfig,
     pub network: crate::network::NetworkSettings,
     pub assets: crate::assets::AssetSettings,
+    pub mcp: crate::mcp::McpSettings,
 }
 
 impl Settings {
@@ -326,6 +330,7 @@ impl Settings {
             asset_fetch_timeout_secs: args
                 .asset_fetch_timeout_secs
                 .or(file.asset_fetch_timeout_secs),
+            mcp_output_max_chars: args.mcp_output_max_chars.or(file.mcp_output_max_chars),
         };
         cfg.validate(&config_path)?;
         let assets = asset_settings(&cfg);
@@ -425,6 +430,11 @@ impl Settings {
                 .jailer_chroot_base
                 .unwrap_or_else(|| DEFAULT_JAILER_CHROOT_BASE.into()),
             console_max_bytes: cfg.console_max_bytes.unwrap_or(DEFAULT_CONSOLE_MAX_BYTES),
+            mcp: crate::mcp::McpSettings {
+                output_max_chars: cfg
+                    .mcp_output_max_chars
+                    .unwrap_or(nexus_lib::config::DEFAULT_MCP_OUTPUT_MAX_CHARS),
+            },
             pool,
             jail,
             network: crate::network::NetworkSettings {

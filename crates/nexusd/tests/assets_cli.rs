@@ -163,6 +163,7 @@ fn provider_list_shows_the_builtin_providers() {
         names,
         [
             "debian-package",
+            "debian-rootfs",
             "firecracker-release",
             "kernel-build",
             "url"

@@ -292,6 +292,8 @@ fn importing_into_a_full_pool_is_insufficient_storage_and_leaves_nothing() {
         .block_on(d.client.import_image(&nexus_lib::api::CreateImage {
             path: file.to_string_lossy().into_owned(),
             name: None,
+            asset: None,
+            size: None,
         }))
         .unwrap_err();
 

@@ -403,8 +403,12 @@ fn a_socket_link_planted_by_the_vm_uid_does_not_steer_nexusd() {
         let listener = tokio::net::UnixListener::bind(&real).unwrap();
         tokio::spawn(async move {
             while let Ok((mut s, _)) = listener.accept().await {
-                use tokio::io::AsyncWriteExt;
-                let _ = s.write_all(b"OK 1\n").await;
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                // Answer the `CONNECT` line once it has arrived, as vhost-device-vsock does.
+                let mut line = [0u8; 13];
+                if s.read_exact(&mut line).await.is_ok() {
+                    let _ = s.write_all(b"OK 1\n").await;
+                }
             }
         });
         std::os::unix::fs::symlink(&real, &planted).unwrap();

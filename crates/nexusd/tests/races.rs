@@ -43,6 +43,8 @@ fn import(tree: &Path, name: &str) -> CreateImage {
     CreateImage {
         path: tree.display().to_string(),
         name: Some(name.into()),
+        asset: None,
+        size: None,
     }
 }
 

@@ -67,6 +67,8 @@ fn unix_import(
         .block_on(d.client.import_image(&nexus_lib::api::CreateImage {
             path: path.to_string_lossy().into_owned(),
             name: Some(name.into()),
+            asset: None,
+            size: None,
         }))
         .map(drop)
 }

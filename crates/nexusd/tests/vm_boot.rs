@@ -17,10 +17,7 @@ use sha2::{Digest, Sha256};
 
 /// A daemon with a pool and a running VM booted from the built-in default image.
 fn running_vm(name: &str) -> TestDaemon {
-    common::require_boot_prerequisites();
-    let d = TestDaemon::start_with_storage();
-    d.start_default_vm(name, &[]);
-    d
+    common::daemon_with_running_vm(name)
 }
 
 /// Runs a command through the typed client; returns (stdout, stderr, exit code).

@@ -22,14 +22,17 @@ pub enum ProviderKind {
     Url,
     /// A kernel built here from the distribution's kernel source package.
     KernelBuild,
+    /// A Debian root filesystem built with mmdebstrap from the host's apt configuration.
+    DebianRootfs,
 }
 
 impl ProviderKind {
-    pub const ALL: [Self; 4] = [
+    pub const ALL: [Self; 5] = [
         Self::DebianPackage,
         Self::FirecrackerRelease,
         Self::Url,
         Self::KernelBuild,
+        Self::DebianRootfs,
     ];
 
     pub fn as_str(self) -> &'static str {
@@ -38,6 +41,7 @@ impl ProviderKind {
             Self::FirecrackerRelease => "firecracker-release",
             Self::Url => "url",
             Self::KernelBuild => "kernel-build",
+            Self::DebianRootfs => "debian-rootfs",
         }
     }
 }

@@ -463,6 +463,22 @@ impl utoipa::ToSchema for EgressPolicy {
 }
 
 impl EgressPolicy {
+    /// The policy that flags or tool arguments ask for (deny everything, or allow these networks
+    /// and names); `None` when they ask for nothing, so the daemon's default applies.
+    pub fn from_choices(
+        deny: bool,
+        cidrs: Vec<Ipv4Cidr>,
+        domains: Vec<DomainPattern>,
+    ) -> Option<Self> {
+        if deny {
+            Some(Self::DenyAll)
+        } else if cidrs.is_empty() && domains.is_empty() {
+            None
+        } else {
+            Some(Self::Allow { cidrs, domains })
+        }
+    }
+
     /// Bounds the lists and removes duplicates (keeping order).
     pub fn normalized(self) -> Result<Self, String> {
         match self {

@@ -15,6 +15,12 @@ use utoipa::ToSchema;
 
 use super::assets::{AssetKind, ProviderKind, ProviderSettings};
 
+#[path = "pipeline_rootfs.rs"]
+mod rootfs;
+pub use rootfs::*;
+#[path = "pipeline_schema.rs"]
+mod schema;
+
 /// Most stages in one pipeline.
 pub const MAX_STAGES: usize = 32;
 /// Longest template (URL, name, pattern), in bytes.
@@ -30,8 +36,8 @@ pub const MAX_VARS: usize = 32;
 /// Longest variable value, in bytes.
 pub const MAX_VAR_LEN: usize = 2048;
 
-/// One stage of a pipeline: `{"stage": "fetch", ...}`. Its OpenAPI schema is written below
-/// ([`stage_schema`]): utoipa would describe each variant as `allOf` of the stage's object (which
+/// One stage of a pipeline: `{"stage": "fetch", ...}`. Its OpenAPI schema is written by hand
+/// (`pipeline_schema.rs`): utoipa would describe each variant as `allOf` of the stage's object (which
 /// forbids other properties) and the `stage` tag, which no value can satisfy.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "stage", rename_all = "kebab-case")]
@@ -44,6 +50,7 @@ pub enum Stage {
     Convert(ConvertStage),
     Install(InstallStage),
     KernelBuild(KernelBuildStage),
+    Mmdebstrap(MmdebstrapStage),
 }
 
 impl Stage {
@@ -58,64 +65,8 @@ impl Stage {
             Self::Convert(_) => "convert",
             Self::Install(_) => "install",
             Self::KernelBuild(_) => "kernel-build",
+            Self::Mmdebstrap(_) => "mmdebstrap",
         }
-    }
-}
-
-/// The schema of [`Stage`]: one object per variant, each the stage's own object (no other
-/// properties) with the required `stage` tag added.
-fn stage_schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-    use utoipa::PartialSchema;
-    use utoipa::openapi::RefOr;
-    use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Schema, Type};
-    let variants = [
-        ("fetch", FetchStage::schema()),
-        ("checksum", ChecksumStage::schema()),
-        ("signature", SignatureStage::schema()),
-        ("decompress", DecompressStage::schema()),
-        ("extract", ExtractStage::schema()),
-        ("convert", ConvertStage::schema()),
-        ("install", InstallStage::schema()),
-        ("kernel-build", KernelBuildStage::schema()),
-    ];
-    let mut one_of = OneOfBuilder::new().description(Some(
-        "One stage of a pipeline, told by its `stage` property",
-    ));
-    for (tag, schema) in variants {
-        let RefOr::T(Schema::Object(mut object)) = schema else {
-            unreachable!("stage structs derive object schemas");
-        };
-        let tag_schema = ObjectBuilder::new()
-            .schema_type(Type::String)
-            .enum_values(Some([tag]));
-        object.properties.insert("stage".into(), tag_schema.into());
-        object.required.insert(0, "stage".into());
-        one_of = one_of.item(object);
-    }
-    one_of.into()
-}
-
-impl utoipa::PartialSchema for Stage {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        stage_schema()
-    }
-}
-
-impl ToSchema for Stage {
-    fn schemas(
-        schemas: &mut Vec<(
-            String,
-            utoipa::openapi::RefOr<utoipa::openapi::schema::Schema>,
-        )>,
-    ) {
-        FetchStage::schemas(schemas);
-        ChecksumStage::schemas(schemas);
-        SignatureStage::schemas(schemas);
-        DecompressStage::schemas(schemas);
-        ExtractStage::schemas(schemas);
-        ConvertStage::schemas(schemas);
-        InstallStage::schemas(schemas);
-        KernelBuildStage::schemas(schemas);
     }
 }
 
@@ -375,6 +326,7 @@ impl Stage {
                 [opt(&i.member), vec![i.kind.as_str(), &i.name, &i.version]].concat()
             }
             Self::KernelBuild(b) => b.options.values().map(String::as_str).collect(),
+            Self::Mmdebstrap(m) => m.templates(),
         }
     }
 
@@ -385,6 +337,7 @@ impl Stage {
                 source: FetchSource::Apt(_),
                 ..
             }) => &["apt_package", "apt_version"],
+            Self::Mmdebstrap(_) => &["rootfs_version"],
             Self::KernelBuild(_) => &["kernel_release", "kernel_version"],
             _ => &[],
         }
@@ -510,8 +463,9 @@ pub fn render(template: &str, vars: &BTreeMap<String, String>) -> Result<String,
 }
 
 /// Checks a variable's value: URLs (`url`, `base_url`) are printable without spaces, `sha256` is
-/// 64 hex digits, anything else is a word of `[A-Za-z0-9.+~:_-]` (so it cannot add a path
-/// component or a query to a URL).
+/// 64 hex digits, `suite`, `variant` and `packages` follow Debian's rules ([`check_suite`],
+/// [`check_variant`], [`parse_packages`]), anything else is a word of `[A-Za-z0-9.+~:_-]` (so it
+/// cannot add a path component or a query to a URL).
 pub fn validate_var(name: &str, value: &str) -> Result<(), String> {
     if !valid_var_name(name) {
         return Err(format!(
@@ -524,6 +478,9 @@ pub fn validate_var(name: &str, value: &str) -> Result<(), String> {
     let ok = match name {
         "url" | "base_url" => value.chars().all(|c| c.is_ascii_graphic()),
         "sha256" => value.len() == 64 && value.chars().all(|c| c.is_ascii_hexdigit()),
+        "suite" => return check_suite(value),
+        "variant" => return check_variant(value),
+        "packages" => return parse_packages(value).map(drop),
         _ => {
             value.len() <= 128
                 && !value.starts_with(['.', '-'])
@@ -805,6 +762,11 @@ pub fn validate_pipeline(
                         trust: Trust::Signed,
                     },
                 )
+            }
+            Stage::Mmdebstrap(m) => {
+                secs(m.timeout_secs)?;
+                let trust = m.check(kind).map_err(fail)?;
+                (&m.into, Known { tree: false, trust })
             }
         };
         if !valid_artifact_name(output) {

@@ -255,3 +255,27 @@ fn missing_vars_are_named_and_stage_made_ones_are_not() {
     let vars = BTreeMap::from([("package".to_string(), "x1".to_string())]);
     assert_eq!(missing_vars(&[apt, inst], &vars), ["flavour"]);
 }
+
+#[test]
+fn an_mmdebstrap_stage_belongs_to_a_debian_rootfs_provider_and_counts_as_signed() {
+    let stages: Vec<Stage> = serde_json::from_value(serde_json::json!([
+        {"stage": "mmdebstrap", "suite": "{suite}", "variant": "apt", "packages": "{packages}", "into": "rootfs"},
+        {"stage": "install", "artifact": "rootfs", "kind": "rootfs", "name": "debian-{suite}", "version": "{rootfs_version}"}
+    ]))
+    .unwrap();
+    let settings = ProviderSettings::default();
+    assert_eq!(
+        validate_pipeline(ProviderKind::DebianRootfs, &settings, &stages),
+        Ok(())
+    );
+    assert!(validate_pipeline(ProviderKind::Url, &settings, &stages).is_err());
+}
+
+#[test]
+fn debian_variables_follow_debians_rules() {
+    assert!(validate_var("packages", "python3,git,ca-certificates").is_ok());
+    assert!(validate_var("packages", "python3;rm").is_err());
+    assert!(validate_var("suite", "bookworm").is_ok());
+    assert!(validate_var("suite", "bookworm/updates").is_err());
+    assert!(validate_var("variant", "custom").is_err());
+}

@@ -67,9 +67,20 @@ pub const MAX_IMAGE_PATH_CHARS: usize = 1024;
 #[serde(deny_unknown_fields)]
 pub struct CreateImage {
     /// An ext4 image file or a directory (built into ext4 with `mke2fs -d`), on the daemon's host:
-    /// an absolute path of at most 1024 characters.
+    /// an absolute path of at most 1024 characters. Empty (or absent) when `asset` is given.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     #[schema(pattern = "^/", max_length = 1024)]
     pub path: String,
+    /// Instead of `path`: a `rootfs` asset (a tarball in the asset store, by id, name or
+    /// NAME@VERSION), unpacked safely into an ext4 image with the guest agent at
+    /// `/sbin/nexus-agent`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_length = 200)]
+    pub asset: Option<String>,
+    /// Make the ext4 filesystem at least this big (directory and asset imports; more when the
+    /// content needs it). An ext4 file keeps its own size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<ByteSize>,
     /// `[a-z0-9][a-z0-9-]{0,62}`, unique, not of the form of a UUID; default: derived from the
     /// path's file name.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -11,11 +11,17 @@ pub async fn run(client: &Client, out: Printer, cmd: ImageCommand) -> Result<(),
     match cmd {
         ImageCommand::Import(args) => {
             // The daemon reads the path on its host: make it absolute here.
-            let path = std::path::absolute(&args.path).unwrap_or(args.path);
+            let path = args
+                .path
+                .map(|p| std::path::absolute(&p).unwrap_or(p))
+                .map(|p| p.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let image = client
                 .import_image(&CreateImage {
-                    path: path.to_string_lossy().into_owned(),
+                    path,
                     name: args.name,
+                    asset: args.asset,
+                    size: args.size,
                 })
                 .await?;
             out.print(&image, || show(&image));
@@ -52,7 +58,7 @@ pub async fn run(client: &Client, out: Printer, cmd: ImageCommand) -> Result<(),
     Ok(())
 }
 
-fn show(i: &Image) -> String {
+pub fn show(i: &Image) -> String {
     fields(&[
         ("name", i.name.clone()),
         ("id", i.id.to_string()),

@@ -1,5 +1,6 @@
 //! `nexusctl vm <verb>`.
 
+use nexus_lib::agent::McpServerSpec;
 use nexus_lib::api::{BootRecord, CreateVm, Vm};
 use nexus_lib::client::{Client, ClientError};
 
@@ -83,6 +84,27 @@ async fn records(client: &Client, out: Printer, cmd: VmCommand) -> Result<(), Cl
 }
 
 async fn create(client: &Client, out: Printer, args: VmCreateArgs) -> Result<(), ClientError> {
+    let mut mcp_servers: Vec<McpServerSpec> = args
+        .mcp_servers
+        .into_iter()
+        .map(|(name, command)| McpServerSpec {
+            name,
+            argv: vec!["/bin/sh".into(), "-c".into(), command],
+            env: Default::default(),
+        })
+        .collect();
+    for (name, key, value) in args.mcp_env {
+        match mcp_servers.iter_mut().find(|s| s.name == name) {
+            Some(server) => {
+                server.env.insert(key, value);
+            }
+            None => {
+                return Err(super::guest::usage(format!(
+                    "--mcp-env names {name}, which no --mcp-server declares"
+                )));
+            }
+        }
+    }
     let vm = client
         .create_vm(&CreateVm {
             name: args.name,
@@ -94,6 +116,7 @@ async fn create(client: &Client, out: Printer, args: VmCreateArgs) -> Result<(),
             network: args.network,
             publish: args.publish,
             egress: args.egress.policy(),
+            mcp_servers,
         })
         .await?;
     let boot = client.vm_boots(&vm.id.to_string()).await?.pop();
@@ -140,6 +163,9 @@ fn show(vm: &Vm, boot: Option<&BootRecord>) -> String {
     ]);
     if let Some(net) = &vm.network {
         text += &super::network::vm_network_fields(net);
+    }
+    if !vm.mcp_servers.is_empty() {
+        text += &fields(&[("mcp servers", vm.mcp_servers.join(", "))]);
     }
     if let Some(b) = boot {
         let ms = |v: Option<u64>| v.map_or("-".to_owned(), |v| format!("{v} ms"));

@@ -1,4 +1,9 @@
-//! What the benchmarks share: percentiles and the one-line report.
+//! What the benchmarks share: percentiles and the one-line report, the runtime, a daemon.
+// Each bench includes this module and uses part of it.
+#![allow(dead_code)]
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 
 /// The `p` quantile (0..=1) of `samples`, nearest rank.
 pub fn pct(samples: &[f64], p: f64) -> f64 {
@@ -23,10 +28,17 @@ pub fn report(what: &str, samples: &[f64]) {
     report_unit(what, "ms", samples)
 }
 
-/// Starts the nexusd under benchmark on `home` with `args` (warnings only, on stderr).
-#[allow(dead_code)] // each benchmark uses part of this module
-pub fn spawn_nexusd(home: &std::path::Path, args: &[&str]) -> std::process::Child {
-    use std::process::{Command, Stdio};
+/// The benchmarks' tokio runtime (two workers, like a small host).
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Spawns the bench profile's nexusd on `home` with `args` and a warn-level log on stderr.
+pub fn spawn_nexusd(home: &Path, args: &[&str]) -> Child {
     Command::new(env!("CARGO_BIN_EXE_nexusd"))
         .arg("--home")
         .arg(home)
@@ -37,14 +49,4 @@ pub fn spawn_nexusd(home: &std::path::Path, args: &[&str]) -> std::process::Chil
         .stderr(Stdio::inherit())
         .spawn()
         .expect("spawn nexusd")
-}
-
-/// The runtime the VM benchmarks drive the client from: two workers, like the host's cores.
-#[allow(dead_code)] // each benchmark uses part of this module
-pub fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime")
 }

@@ -33,6 +33,14 @@ pub(super) type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
 /// A stream of byte chunks (file contents, raw NDJSON lines) coming from the agent.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, AgentError>> + Send>>;
 
+/// Part of a guest file ([`AgentClient::read_range`]).
+pub struct FileRange {
+    /// The whole file's size, when the agent said.
+    pub size: Option<u64>,
+    /// The bytes of the range, at most the length asked for.
+    pub content: ByteStream,
+}
+
 /// Largest error body read from the agent.
 const MAX_ERROR_BODY_BYTES: usize = 64 * 1024;
 const DEFAULT_CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -221,12 +229,61 @@ impl AgentClient {
     /// nothing for the idle limit, or at the total limit however steadily it trickles.
     pub async fn read_file(&self, path: &str) -> Result<ByteStream, AgentError> {
         let deadline = tokio::time::Instant::now() + self.inner.limits.stream_total;
-        let uri = path_uri("/v1/files", path, "")?;
-        let resp = check(
+        let resp = self.get_file(path_uri("/v1/files", path, "")?).await?;
+        Ok(self.file_body(resp, deadline))
+    }
+
+    /// Streams at most `length` bytes of `path` from byte `offset`, with the file's size. The guest
+    /// is asked for that range only; from an agent that predates ranged reads (it ignores the
+    /// range and says nothing about it) the whole file comes and is cut here. Either way no more
+    /// than `length` bytes come out, and the time bounds of [`read_file`](Self::read_file) apply.
+    pub async fn read_range(
+        &self,
+        path: &str,
+        offset: u64,
+        length: u64,
+    ) -> Result<FileRange, AgentError> {
+        let deadline = tokio::time::Instant::now() + self.inner.limits.stream_total;
+        let range = format!("&offset={offset}&length={length}");
+        let resp = self.get_file(path_uri("/v1/files", path, &range)?).await?;
+        let header = |name: &str| -> Result<Option<u64>, AgentError> {
+            resp.headers()
+                .get(name)
+                .map(|v| {
+                    v.to_str()
+                        .ok()
+                        .and_then(|v| v.parse().ok())
+                        .ok_or_else(|| AgentError::Malformed(format!("bad {name} header")))
+                })
+                .transpose()
+        };
+        let size = header(proto::FILE_SIZE_HEADER)?;
+        let skip = match header(proto::FILE_OFFSET_HEADER)? {
+            Some(start) if start == offset => 0,
+            None => offset,
+            Some(start) => {
+                return Err(AgentError::Malformed(format!(
+                    "asked for bytes from {offset}, the agent sent them from {start}"
+                )));
+            }
+        };
+        let body = self.file_body(resp, deadline);
+        Ok(FileRange {
+            size,
+            content: Box::pin(skip_then_take(body, skip, length)),
+        })
+    }
+
+    async fn get_file(&self, uri: String) -> Result<Response<Incoming>, AgentError> {
+        check(
             self.timed(self.send(request(Method::GET, &uri, empty())?))
                 .await?,
         )
-        .await?;
+        .await
+    }
+
+    /// A file reply's body, bounded by the idle and total stream limits.
+    fn file_body(&self, resp: Response<Incoming>, deadline: tokio::time::Instant) -> ByteStream {
         let body = resp
             .into_body()
             .into_data_stream()
@@ -236,7 +293,7 @@ impl AgentClient {
             deadline,
             total: self.inner.limits.stream_total,
         };
-        Ok(Box::pin(bounded(body, bound, self.inner.uds.clone())))
+        Box::pin(bounded(body, bound, self.inner.uds.clone()))
     }
 
     /// Streams `body` into `path` (written to a temp file, then renamed) with permission `mode`.
@@ -525,6 +582,37 @@ where
     })
 }
 
+/// `stream` without its first `skip` bytes and ended after `take` more.
+fn skip_then_take(
+    stream: ByteStream,
+    skip: u64,
+    take: u64,
+) -> impl Stream<Item = Result<Bytes, AgentError>> + Send {
+    futures_util::stream::unfold(
+        (stream, skip, take),
+        |(mut stream, mut skip, take)| async move {
+            if take == 0 {
+                return None;
+            }
+            loop {
+                let mut chunk = match stream.next().await? {
+                    Ok(chunk) => chunk,
+                    Err(e) => return Some((Err(e), (stream, skip, 0))),
+                };
+                let dropped = usize::try_from(skip).unwrap_or(usize::MAX).min(chunk.len());
+                skip -= dropped as u64;
+                let _ = chunk.split_to(dropped);
+                if chunk.is_empty() {
+                    continue;
+                }
+                chunk.truncate(usize::try_from(take).unwrap_or(usize::MAX));
+                let left = take - chunk.len() as u64;
+                return Some((Ok(chunk), (stream, skip, left)));
+            }
+        },
+    )
+}
+
 pub(super) fn empty() -> ReqBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
@@ -651,6 +739,11 @@ fn event_lines(
         }
     })
 }
+
+#[path = "client_mcp.rs"]
+mod mcp;
+#[path = "client_processes.rs"]
+mod processes;
 
 #[cfg(test)]
 #[path = "client_tests.rs"]

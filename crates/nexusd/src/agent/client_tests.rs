@@ -174,3 +174,45 @@ async fn file_read_trickling_for_ever_ends_at_the_total_limit() {
         chunks.last()
     );
 }
+
+/// The bytes of a stream that must end cleanly.
+async fn concat(stream: ByteStream) -> Vec<u8> {
+    let chunks = collect(stream).await;
+    chunks
+        .into_iter()
+        .flat_map(|c| c.unwrap().to_vec())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_range_from_an_agent_without_ranged_reads_is_cut_on_the_host() {
+    let (dropped_tx, _dropped) = mpsc::unbounded_channel();
+    let agent = FakeAgent::serve(move |_| {
+        let rest = futures_util::stream::empty();
+        fake::streaming_reply(vec![b"0123", b"456789"], rest, dropped_tx.clone())
+    });
+    let client = AgentClient::new(&agent.path);
+
+    let range = client.read_range("/f", 2, 5).await.unwrap();
+
+    assert_eq!(range.size, None);
+    assert_eq!(concat(range.content).await, b"23456");
+}
+
+#[tokio::test]
+async fn a_range_never_yields_more_than_asked_whatever_the_agent_sends() {
+    let (dropped_tx, _dropped) = mpsc::unbounded_channel();
+    let agent = FakeAgent::serve(move |_| {
+        let mut resp = fake::streaming_reply(vec![b"abcdefgh"], fake::stall(), dropped_tx.clone());
+        let headers = resp.headers_mut();
+        headers.insert(proto::FILE_OFFSET_HEADER, http::HeaderValue::from(4));
+        headers.insert(proto::FILE_SIZE_HEADER, http::HeaderValue::from(12));
+        resp
+    });
+    let client = AgentClient::new(&agent.path);
+
+    let range = client.read_range("/f", 4, 3).await.unwrap();
+
+    assert_eq!(range.size, Some(12));
+    assert_eq!(concat(range.content).await, b"abc");
+}

@@ -12,7 +12,7 @@ mod transport;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use client::{AgentClient, ByteStream};
+pub use client::{AgentClient, ByteStream, FileRange};
 pub use ndjson::NdjsonDecoder;
 pub use terminal::TerminalStream;
 pub use transport::dial_hybrid_vsock;

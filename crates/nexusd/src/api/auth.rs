@@ -1,5 +1,7 @@
 //! Bearer-token check for the optional TCP listener. The Unix socket is protected by its file
-//! mode (0600) instead.
+//! mode (0600) instead. The token of `tcp_token_file` grants everything; a managed token (see
+//! `tokens/`, recognised by the digest of its secret) grants its scope. The request carries the
+//! [`Scope`] on to the route guard (`scope.rs`), the handlers and the MCP tools.
 //!
 //! The comparison is of SHA-256 digests, in constant time (`subtle`): its duration depends on
 //! neither where the first difference is nor the presented token's length. The scheme name is
@@ -16,6 +18,7 @@ use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
 use super::error::ApiError;
+use crate::tokens::{Scope, TokenService};
 
 /// The secret a TCP client must present as `Authorization: Bearer <token>`, kept as its digest.
 #[derive(Clone)]
@@ -53,18 +56,37 @@ fn bearer_credentials(value: &[u8]) -> Option<&[u8]> {
     Some(rest[start..].trim_ascii_end())
 }
 
+/// What the TCP listener checks a bearer token against.
+#[derive(Debug, Clone)]
+pub(super) struct TcpAuth {
+    pub token: BearerToken,
+    pub tokens: TokenService,
+}
+
 pub(super) async fn require_bearer(
-    State(token): State<BearerToken>,
-    req: Request,
+    State(auth): State<TcpAuth>,
+    mut req: Request,
     next: Next,
 ) -> Response {
     let presented = req
         .headers()
         .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| bearer_credentials(v.as_bytes()));
-    match presented {
-        Some(p) if token.matches(p) => next.run(req).await,
-        _ => ApiError::new(
+        .and_then(|v| bearer_credentials(v.as_bytes()))
+        .map(<[u8]>::to_vec);
+    let scope = match presented {
+        Some(p) if auth.token.matches(&p) => Some(Scope::All),
+        Some(p) => match auth.tokens.authenticate(&p).await {
+            Ok(found) => found.map(Scope::Token),
+            Err(e) => return ApiError::from(e).into_response(),
+        },
+        None => None,
+    };
+    match scope {
+        Some(scope) => {
+            req.extensions_mut().insert(scope);
+            next.run(req).await
+        }
+        None => ApiError::new(
             StatusCode::UNAUTHORIZED,
             "unauthorized",
             "missing or wrong bearer token",

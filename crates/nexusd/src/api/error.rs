@@ -15,6 +15,7 @@ use crate::network::NetworkError;
 use crate::sanitize::{self, Escaped};
 use crate::storage::{CreateDriveError, ImportError, PoolError};
 use crate::store::StoreError;
+use crate::tokens::TokenError;
 use crate::vm::VmError;
 
 /// An error answered to an API client.
@@ -219,6 +220,19 @@ impl From<CreateDriveError> for ApiError {
             _ if e.is_out_of_space() => Self::insufficient_storage(message),
             CreateDriveError::Size(_) => Self::invalid("size", message),
             other => Self::internal(&other),
+        }
+    }
+}
+
+impl From<TokenError> for ApiError {
+    fn from(e: TokenError) -> Self {
+        let message = e.to_string();
+        match e {
+            TokenError::Invalid { field, .. } => Self::invalid(field, message),
+            TokenError::VmNotFound(_) => Self::not_found(message).with_field("vms"),
+            TokenError::NotFound(_) => Self::not_found(message),
+            TokenError::Random(_) => Self::internal(&e),
+            TokenError::Store(e) => Self::internal(&e),
         }
     }
 }

@@ -15,7 +15,9 @@ mod limits;
 mod network;
 mod openapi;
 mod parse_errors;
+mod scope;
 mod terminal;
+mod tokens;
 mod vms;
 
 use std::sync::Arc;
@@ -38,10 +40,12 @@ use crate::hostpath::ImportPolicy;
 use crate::images::ImageService;
 use crate::storage::PoolManager;
 use crate::store::Store;
+use crate::tokens::Scope;
 use crate::vm::VmService;
 use crate::vm::assets::BootAssets;
 use crate::vm::lifecycle::{Lifecycle, LifecycleConfig};
 use error::ApiError;
+use nexus_lib::api::{CreateVm, Vm};
 
 pub use auth::BearerToken;
 pub use caller::UnixPeer;
@@ -61,6 +65,13 @@ pub struct AppState {
     pub drives: DriveService,
     pub assets: AssetService,
     pub started: Instant,
+    /// The MCP server's settings (`/mcp`).
+    pub mcp: crate::mcp::McpSettings,
+    /// Cancelled when the daemon stops: ends MCP sessions and their open streams.
+    pub shutdown: tokio_util::sync::CancellationToken,
+    pub tokens: crate::tokens::TokenService,
+    /// Per-VM MCP servers connected through their agents (their tools are on `/mcp`).
+    pub guest_mcp: crate::mcp::GuestServers,
 }
 
 impl AppState {
@@ -85,9 +96,33 @@ impl AppState {
             drives,
             assets: asset_service,
             pool,
-            store,
+            store: store.clone(),
             started: Instant::now(),
+            mcp: crate::mcp::McpSettings::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            tokens: crate::tokens::TokenService::new(store.clone()),
+            guest_mcp: crate::mcp::GuestServers::default(),
         }
+    }
+}
+
+impl AppState {
+    /// Records a VM (building the built-in `default` image first when it is asked for and does
+    /// not exist yet), puts it in the scope of the token that asked (before booting, so a boot
+    /// that fails leaves it the token's to delete), and boots it when `start` says so:
+    /// `POST /v1/vms` and the MCP tool `vm_create`.
+    pub async fn create_vm(&self, req: CreateVm, scope: &Scope) -> Result<Vm, ApiError> {
+        let start = req.start;
+        self.images.ensure_default(req.image.as_deref()).await?;
+        let vm = self.vms.create(req).await?;
+        if let Scope::Token(token) = scope {
+            self.tokens.grant_vm(token.id, vm.id).await?;
+        }
+        Ok(if start {
+            self.lifecycle.start(&vm.id.to_string()).await?
+        } else {
+            vm
+        })
     }
 }
 
@@ -97,7 +132,7 @@ impl AppState {
         title = "Nexus API",
         description = "The nexusd API: microVMs for AI agents. Every error, whatever its status, is the JSON body `{\"error\":{\"code\",\"message\",\"field\"}}` (`field` when one request field is at fault). Over TCP every operation needs `Authorization: Bearer <token>`; over the Unix socket none does."
     ),
-    tags((name = "system"), (name = "vms"), (name = "guest"), (name = "images"), (name = "drives"), (name = "network"), (name = "assets"))
+    tags((name = "system"), (name = "vms"), (name = "guest"), (name = "images"), (name = "drives"), (name = "network"), (name = "assets"), (name = "tokens"))
 )]
 struct ApiDoc;
 
@@ -112,14 +147,18 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(drives::routes())
         .merge(network::routes())
         .merge(assets::routes())
+        .merge(tokens::routes())
 }
 
-/// The full application: API routes, `/v1/openapi.json`, JSON fallbacks and middleware.
+/// The full application: API routes, `/v1/openapi.json`, the MCP endpoint `/mcp`, JSON
+/// fallbacks and middleware.
 pub fn router(state: AppState) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     utoipa::Modify::modify(&openapi::Common, &mut doc);
     let doc = Arc::new(doc);
+    let mcp = crate::mcp::service(state.clone(), state.mcp, state.shutdown.child_token());
     router
+        .route_service("/mcp", mcp)
         .route(
             "/v1/openapi.json",
             axum::routing::get(move || {
@@ -127,6 +166,10 @@ pub fn router(state: AppState) -> Router {
                 async move { axum::Json(doc.as_ref().clone()) }
             }),
         )
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            scope::guard,
+        ))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -146,10 +189,15 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-/// The router for the TCP listener: the same API behind a bearer token.
+/// The router for the TCP listener: the same API behind a bearer token (the configured one, or
+/// a managed token with its scope).
 pub fn tcp_router(state: AppState, token: BearerToken) -> Router {
-    router(state).layer(axum::middleware::from_fn_with_state(
+    let auth = auth::TcpAuth {
         token,
+        tokens: state.tokens.clone(),
+    };
+    router(state).layer(axum::middleware::from_fn_with_state(
+        auth,
         auth::require_bearer,
     ))
 }

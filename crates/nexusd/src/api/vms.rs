@@ -10,6 +10,7 @@ use utoipa_axum::routes;
 use super::AppState;
 use super::error::ApiError;
 use super::extract::{ApiJson, ApiPath, ApiQuery};
+use super::scope::ApiScope;
 
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -24,6 +25,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
     responses(
         (status = 201, description = "Created", body = Vm),
         (status = 400, description = "Malformed JSON", body = ErrorBody),
+        (status = 403, description = "A managed token without `lifecycle`", body = ErrorBody),
         (status = 404, description = "No such image", body = ErrorBody),
         (status = 409, description = "Name taken", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
@@ -33,20 +35,16 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
 )]
 async fn create_vm(
     State(state): State<AppState>,
+    ApiScope(scope): ApiScope,
     ApiJson(req): ApiJson<CreateVm>,
 ) -> Result<(StatusCode, Json<Vm>), ApiError> {
-    let start = req.start;
-    state.images.ensure_default(req.image.as_deref()).await?;
-    let vm = state.vms.create(req).await?;
-    let vm = if start {
-        state.lifecycle.start(&vm.id.to_string()).await?
-    } else {
-        vm
-    };
-    Ok((StatusCode::CREATED, Json(vm)))
+    Ok((
+        StatusCode::CREATED,
+        Json(state.create_vm(req, &scope).await?),
+    ))
 }
 
-/// Lists VMs, oldest first.
+/// Lists VMs, oldest first (only those of its scope for a managed token).
 #[utoipa::path(
     get, path = "/v1/vms", tag = "vms", params(VmListQuery),
     responses((status = 200, description = "All VMs", body = Vec<Vm>),
@@ -54,9 +52,11 @@ async fn create_vm(
 )]
 async fn list_vms(
     State(state): State<AppState>,
+    ApiScope(scope): ApiScope,
     ApiQuery(q): ApiQuery<VmListQuery>,
 ) -> Result<Json<Vec<Vm>>, ApiError> {
-    Ok(Json(state.vms.list(q.state).await?))
+    let vms = state.vms.list(q.state).await?;
+    Ok(Json(vms.into_iter().filter(|v| scope.sees(v.id)).collect()))
 }
 
 /// One VM by id or name.

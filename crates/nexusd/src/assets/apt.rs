@@ -67,14 +67,7 @@ pub struct AptPackage {
 }
 
 /// Debian policy: `[a-z0-9][a-z0-9+.-]+`.
-pub fn valid_package(name: &str) -> bool {
-    name.len() >= 2
-        && name.len() <= 128
-        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name
-            .chars()
-            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || "+.-".contains(c))
-}
+pub use nexus_lib::api::pipeline::valid_debian_package as valid_package;
 
 fn valid_version(v: &str) -> bool {
     !v.is_empty()

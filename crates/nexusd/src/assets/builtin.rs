@@ -10,6 +10,13 @@ pub const FIRECRACKER_RELEASES: &str =
     "https://github.com/firecracker-microvm/firecracker/releases/download";
 /// The Firecracker release downloaded when no `version` is given.
 pub const FIRECRACKER_VERSION: &str = "1.16.1";
+/// The extra packages of the `debian-rootfs` provider's root filesystem.
+pub const DEBIAN_ROOTFS_PACKAGES: &str = "python3,git,curl,ca-certificates";
+/// Its mmdebstrap variant: the smallest that has apt and dpkg.
+pub const DEBIAN_ROOTFS_VARIANT: &str = "apt";
+/// Its suite when the host names none (no `VERSION_CODENAME` in os-release).
+pub const DEBIAN_ROOTFS_SUITE: &str = "stable";
+
 /// The asset name of the built guest kernel's ELF `vmlinux`, which QEMU boots when present.
 pub const GUEST_KERNEL: &str = "nexus-guest";
 /// The asset name of the built guest kernel's bzImage.
@@ -60,6 +67,12 @@ pub fn default_stages(kind: ProviderKind) -> Vec<Stage> {
             {"stage": "install", "artifact": "build", "member": "vmlinux", "kind": "kernel", "name": GUEST_KERNEL, "version": "{kernel_version}"},
             {"stage": "install", "artifact": "build", "member": "bzImage", "kind": "kernel", "name": GUEST_BZIMAGE, "version": "{kernel_version}"}
         ])),
+        // A Debian root filesystem from the host's apt configuration, as a tarball named after
+        // its suite, versioned by its date and content.
+        ProviderKind::DebianRootfs => stages(json!([
+            {"stage": "mmdebstrap", "suite": "{suite}", "variant": "{variant}", "packages": "{packages}", "into": "rootfs"},
+            {"stage": "install", "artifact": "rootfs", "kind": "rootfs", "name": "debian-{suite}", "version": "{rootfs_version}"}
+        ])),
     }
 }
 
@@ -87,6 +100,17 @@ fn default_settings(kind: ProviderKind) -> ProviderSettings {
             no_signature: true,
             ..Default::default()
         },
+        ProviderKind::DebianRootfs => {
+            let suite = super::apt_sources::AptConfig::default().host_suite();
+            ProviderSettings {
+                vars: vars(&[
+                    ("suite", suite.as_deref().unwrap_or(DEBIAN_ROOTFS_SUITE)),
+                    ("variant", DEBIAN_ROOTFS_VARIANT),
+                    ("packages", DEBIAN_ROOTFS_PACKAGES),
+                ]),
+                ..Default::default()
+            }
+        }
         ProviderKind::KernelBuild => ProviderSettings {
             vars: vars(&[
                 ("package", super::kernel_build::DEFAULT_SOURCE_PACKAGE),
@@ -105,6 +129,7 @@ pub fn providers() -> Vec<Provider> {
         ProviderKind::FirecrackerRelease,
         ProviderKind::Url,
         ProviderKind::KernelBuild,
+        ProviderKind::DebianRootfs,
     ]
     .into_iter()
     .map(|kind| Provider {

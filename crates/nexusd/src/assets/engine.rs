@@ -3,6 +3,8 @@
 //! files to install. Installing them is [`super::install::commit`], done by the caller once every
 //! stage passed.
 
+mod kernel;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,7 +24,8 @@ use super::decompress::{self, DecompressError};
 use super::extract::{self, ExtractBounds, ExtractError, Tree};
 use super::fetch::{self, FetchBounds, FetchError, Fetcher};
 use super::kernel_build::KernelBuildError;
-use super::kernel_stage::{self, KernelStageDirs, KernelStageError};
+use super::kernel_stage::KernelStageError;
+use super::mmdebstrap::MmdebstrapError;
 use super::progress::Progress;
 use super::signature::{self, SignatureError};
 use super::{AssetDirs, AssetSettings};
@@ -45,6 +48,8 @@ pub enum StageError {
     Extract(#[from] ExtractError),
     #[error(transparent)]
     Convert(#[from] ConvertError),
+    #[error(transparent)]
+    Mmdebstrap(#[from] MmdebstrapError),
     #[error("{path}: not allowed")]
     HostPath {
         path: String,
@@ -136,6 +141,12 @@ impl RunError {
             StageError::Decompress(_) | StageError::Extract(_) | StageError::Convert(_) => {
                 "corrupt"
             }
+            StageError::Mmdebstrap(e) => match e {
+                MmdebstrapError::Invalid(_) => "invalid",
+                MmdebstrapError::TimedOut { .. } => "timeout",
+                MmdebstrapError::Cancelled => "cancelled",
+                _ => "mmdebstrap",
+            },
             StageError::HostPath { .. } => "forbidden",
             StageError::Invalid(_) => "invalid",
             StageError::Unverified(_) => "unverified",
@@ -350,6 +361,7 @@ impl Engine {
                     | StageError::Apt(AptError::Cancelled)
                     | StageError::Decompress(DecompressError::Cancelled)
                     | StageError::Extract(ExtractError::Cancelled)
+                    | StageError::Mmdebstrap(MmdebstrapError::Cancelled)
                         if cancel.is_cancelled() =>
                     {
                         RunError::Cancelled
@@ -611,58 +623,8 @@ impl Run<'_> {
                 });
                 Ok(())
             }
-            Stage::KernelBuild(b) => {
-                let source = self.file(&b.source, None)?;
-                let p = progress.stage(index, count, "kernel-build", source.shown.clone());
-                let mut options = BTreeMap::new();
-                for (key, value) in &b.options {
-                    let value = self.render(value)?;
-                    options.insert(key.clone(), value);
-                }
-                let into = self.out_path(&b.into)?;
-                let dirs = KernelStageDirs {
-                    out_root: (self.engine.settings.kernel_build_dir.clone())
-                        .unwrap_or_else(|| self.engine.dirs.kernel_build()),
-                    key_dir: self.engine.dirs.keys(),
-                };
-                let (reporter, cancel) = (p.clone(), self.cancel.clone());
-                let built = blocking(move || {
-                    Ok(kernel_stage::run(
-                        &dirs,
-                        &source.path,
-                        &options,
-                        &into,
-                        &reporter,
-                        &cancel,
-                    )?)
-                })
-                .await?;
-                let release = &built.record.kernel_release;
-                p.note(format!(
-                    "{} {release} ({}), signed by {}",
-                    if built.cached { "found built" } else { "built" },
-                    &built.record.key[..12],
-                    built.key
-                ));
-                let version = format!("{release}-{}", &built.record.key[..12]);
-                self.vars.insert("kernel_release".into(), release.clone());
-                self.vars.insert("kernel_version".into(), version);
-                self.steps.push(json!({"kernel-build": {
-                    "key": built.record.key,
-                    "inputs": built.record.inputs,
-                    "kernel_release": release,
-                    "cached": built.cached,
-                    "signed_by": built.key,
-                }}));
-                self.artifacts.insert(
-                    b.into.clone(),
-                    Artifact::Tree {
-                        tree: built.tree,
-                        trust: Trust::Signed,
-                    },
-                );
-                Ok(())
-            }
+            Stage::Mmdebstrap(m) => self.mmdebstrap(index, count, m, progress).await,
+            Stage::KernelBuild(b) => self.kernel_build(index, count, b, progress).await,
         }
     }
 
@@ -759,6 +721,30 @@ impl Run<'_> {
                 Ok(())
             }
         }
+    }
+
+    /// A root filesystem built by mmdebstrap ([`super::mmdebstrap`]); sets `{rootfs_version}`.
+    async fn mmdebstrap(
+        &mut self,
+        index: usize,
+        count: usize,
+        m: &pipeline::MmdebstrapStage,
+        progress: &Progress,
+    ) -> Result<(), StageError> {
+        use super::mmdebstrap::{self, Request};
+        self.out_path(&m.into)?;
+        let req = Request::from_stage(m, &self.vars).map_err(StageError::Invalid)?;
+        let p = progress.stage(index, count, "mmdebstrap", req.describe());
+        let (staging, into, cancel) = (self.staging.clone(), m.into.clone(), self.cancel.clone());
+        let built = blocking(move || {
+            let apt = super::apt_sources::AptConfig::default();
+            Ok(mmdebstrap::build(&req, &apt, &staging, &into, &p, &cancel)?)
+        })
+        .await?;
+        self.vars.insert("rootfs_version".into(), built.version);
+        self.steps.push(json!({"mmdebstrap": built.record}));
+        self.file_artifact(&m.into, built.path, built.sha256, built.size, Trust::Signed);
+        Ok(())
     }
 
     /// A `file://` source: the host-path policy decides whether the caller may name it.

@@ -9,6 +9,15 @@
 //! nodes, FIFOs and sparse files; the same non-directory path twice. Entries and bytes are
 //! bounded, and so is the decompressed stream. Files are created `O_EXCL|O_NOFOLLOW`, owned by
 //! nexusd, without set-id bits, and hashed as they are written.
+//!
+//! [`extract_rootfs`] unpacks a root filesystem for an image by the same rules with three
+//! differences a system tree needs: absolute symlinks are kept (they point into the guest's own
+//! root once it boots; on the host nothing follows them: no entry may pass through a symlink,
+//! files are created `O_NOFOLLOW`, and `mke2fs -d` copies links as links), owners and modes
+//! (set-id bits included) are kept, applied to the descriptor or with `AT_SYMLINK_NOFOLLOW`, and
+//! device nodes and FIFOs are skipped rather than refused (the guest mounts devtmpfs). The
+//! caller unpacks into a directory only root can reach, so set-id files are never usable on the
+//! host.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::{self, File};
@@ -115,8 +124,28 @@ enum Seen {
     Symlink,
 }
 
+/// What [`extract_rootfs`] did beyond the tree itself.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RootfsStats {
+    pub entries: u64,
+    pub bytes: u64,
+    /// Device nodes and FIFOs left out.
+    pub skipped: u64,
+}
+
+/// The extra state of a root filesystem extraction.
+#[derive(Debug, Default)]
+struct RootfsMode {
+    /// Owners are applied only as root (otherwise `mke2fs` maps the caller to root).
+    as_root: bool,
+    /// Directories with their mode and owner, applied once everything inside is written.
+    dirs: Vec<(PathBuf, u32, u64, u64)>,
+    skipped: u64,
+}
+
 /// Extraction of one archive into `root`.
 struct Unpacker<'a> {
+    rootfs: Option<RootfsMode>,
     archive: &'a str,
     root: &'a Path,
     members: Vec<glob::Pattern>,
@@ -141,6 +170,62 @@ pub fn extract(
     progress: &Progress,
     cancel: &CancellationToken,
 ) -> Result<Tree, ExtractError> {
+    let src = Source {
+        path: src,
+        archive,
+        format,
+        compression,
+    };
+    unpack(&src, root, members, bounds, None, progress, cancel).map(|(tree, _)| tree)
+}
+
+/// Unpacks the root filesystem tarball `src` (any compression) into the new directory `root`,
+/// keeping owners, modes and absolute symlinks (see the module's header). Blocking.
+pub fn extract_rootfs(
+    src: &Path,
+    archive: &str,
+    root: &Path,
+    bounds: ExtractBounds,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<RootfsStats, ExtractError> {
+    let source = Source {
+        path: src,
+        archive,
+        format: ArchiveFormat::Tar,
+        compression: Compression::Auto,
+    };
+    let mode = RootfsMode {
+        as_root: rustix::process::geteuid().is_root(),
+        ..RootfsMode::default()
+    };
+    let (_, unpacker) = unpack(&source, root, &[], bounds, Some(mode), progress, cancel)?;
+    Ok(unpacker)
+}
+
+/// The archive an extraction reads.
+struct Source<'a> {
+    path: &'a Path,
+    archive: &'a str,
+    format: ArchiveFormat,
+    compression: Compression,
+}
+
+fn unpack(
+    source: &Source<'_>,
+    root: &Path,
+    members: &[String],
+    bounds: ExtractBounds,
+    rootfs: Option<RootfsMode>,
+    progress: &Progress,
+    cancel: &CancellationToken,
+) -> Result<(Tree, RootfsStats), ExtractError> {
+    let Source {
+        path: src,
+        archive,
+        format,
+        compression,
+    } = *source;
     let members = members
         .iter()
         .map(|m| glob::Pattern::new(m))
@@ -157,6 +242,7 @@ pub fn extract(
     let read = counted.count.clone();
     let tick = move || progress.bytes(read.load(std::sync::atomic::Ordering::Relaxed), total_in);
     let mut unpacker = Unpacker {
+        rootfs,
         archive,
         root,
         members,
@@ -210,8 +296,53 @@ pub fn extract(
             }
         }
     }
-    unpacker.check_symlinks_stay_inside()?;
-    Ok(unpacker.tree)
+    let stats = match unpacker.rootfs.take() {
+        // Absolute links point into the guest's root; nothing on the host follows them.
+        Some(mode) => finish_rootfs(&unpacker, mode)?,
+        None => {
+            unpacker.check_symlinks_stay_inside()?;
+            RootfsStats::default()
+        }
+    };
+    Ok((unpacker.tree, stats))
+}
+
+/// Applies the directories' modes and owners, deepest first (so a read-only directory does not
+/// stop what is written inside it).
+fn finish_rootfs(
+    unpacker: &Unpacker<'_>,
+    mut mode: RootfsMode,
+) -> Result<RootfsStats, ExtractError> {
+    mode.dirs.sort_by(|a, b| b.0.cmp(&a.0));
+    for (dir, perms, uid, gid) in &mode.dirs {
+        if mode.as_root {
+            set_owner(dir, *uid, *gid)?;
+        }
+        fs::set_permissions(dir, fs::Permissions::from_mode(*perms))
+            .map_err(file_err("chmod", dir))?;
+    }
+    Ok(RootfsStats {
+        entries: unpacker.entries,
+        bytes: unpacker.bytes,
+        skipped: mode.skipped,
+    })
+}
+
+/// `lchown`: the owner of `path` itself, never of what a symlink points to.
+fn set_owner(path: &Path, uid: u64, gid: u64) -> Result<(), ExtractError> {
+    let id = |n: u64| u32::try_from(n).ok();
+    let (Some(uid), Some(gid)) = (id(uid), id(gid)) else {
+        return Ok(());
+    };
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        path,
+        Some(rustix::fs::Uid::from_raw(uid)),
+        Some(rustix::fs::Gid::from_raw(gid)),
+        rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+    )
+    .map_err(|e| file_err("chown", path)(e.into()))?;
+    Ok(())
 }
 
 fn not_deb(archive: &str, reason: &str) -> ExtractError {
@@ -416,6 +547,12 @@ impl Unpacker<'_> {
             T::Directory => Seen::Dir,
             T::Symlink => Seen::Symlink,
             T::Regular | T::Continuous | T::Link => Seen::File,
+            T::Char | T::Block | T::Fifo if self.rootfs.is_some() => {
+                if let Some(mode) = self.rootfs.as_mut() {
+                    mode.skipped += 1;
+                }
+                return Ok(());
+            }
             T::Char | T::Block => return Err(self.unsafe_entry(&path, "is a device node")),
             T::Fifo => return Err(self.unsafe_entry(&path, "is a FIFO")),
             T::GNUSparse => {
@@ -436,6 +573,15 @@ impl Unpacker<'_> {
                 if self.members.is_empty() {
                     fs::create_dir_all(&dest).map_err(file_err("create", &dest))?;
                 }
+                let header = entry.header();
+                let (mode, uid, gid) = (
+                    header.mode().unwrap_or(0o755) & 0o7777,
+                    header.uid().unwrap_or(0),
+                    header.gid().unwrap_or(0),
+                );
+                if let Some(rootfs) = self.rootfs.as_mut() {
+                    rootfs.dirs.push((dest, mode, uid, gid));
+                }
                 Ok(())
             }
             T::Symlink => {
@@ -444,12 +590,19 @@ impl Unpacker<'_> {
                     .map_err(|e| self.stream_error(e, format))?
                     .ok_or_else(|| self.unsafe_entry(&path, "is a symlink without a target"))?
                     .into_owned();
-                resolve_link(&path, &target).map_err(|r| self.unsafe_entry(&path, r))?;
+                let kept_absolute = self.rootfs.is_some() && target.is_absolute();
+                if !kept_absolute {
+                    resolve_link(&path, &target).map_err(|r| self.unsafe_entry(&path, r))?;
+                }
                 self.symlinks.push(path.clone());
                 if self.wanted(&path) {
                     self.parent_dirs(&dest)?;
                     std::os::unix::fs::symlink(&target, &dest)
                         .map_err(file_err("create", &dest))?;
+                    if self.rootfs.as_ref().is_some_and(|m| m.as_root) {
+                        let header = entry.header();
+                        set_owner(&dest, header.uid().unwrap_or(0), header.gid().unwrap_or(0))?;
+                    }
                 }
                 Ok(())
             }
@@ -545,7 +698,25 @@ impl Unpacker<'_> {
             });
         }
         let executable = mode & 0o111 != 0;
-        let perms = if executable { 0o700 } else { 0o600 };
+        let perms = match &self.rootfs {
+            Some(rootfs) => {
+                if rootfs.as_root {
+                    let header = entry.header();
+                    let id = |n: u64| u32::try_from(n).ok().map(rustix::fs::Uid::from_raw);
+                    let gid = |n: u64| u32::try_from(n).ok().map(rustix::fs::Gid::from_raw);
+                    // Before the mode: a change of owner clears set-id bits.
+                    rustix::fs::fchown(
+                        &file,
+                        id(header.uid().unwrap_or(0)),
+                        gid(header.gid().unwrap_or(0)),
+                    )
+                    .map_err(|e| file_err("chown", dest)(e.into()))?;
+                }
+                mode & 0o7777
+            }
+            None if executable => 0o700,
+            None => 0o600,
+        };
         file.set_permissions(fs::Permissions::from_mode(perms))
             .map_err(file_err("chmod", dest))?;
         self.tree.files.insert(

@@ -10,7 +10,8 @@
 //! The modules, one per stage or concern: `fetch` (http(s) with resume, `file://`), `apt` (the
 //! Debian-package source), `checksum`, `signature` (OpenPGP, pinned keys), `decompress`,
 //! `extract` (tar, `.deb`), `convert` (bzImage → vmlinux), `hashio` (hashing writers and copies),
-//! `progress` (the event stream), `engine` (runs a pipeline), `install` (the content-addressed
+//! `mmdebstrap` and `apt_sources` (a Debian root filesystem built from the host's apt
+//! configuration), `progress` (the event stream), `engine` (runs a pipeline), `install` (the content-addressed
 //! store and the final commit), `builtin` (the providers shipped with nexusd and the default
 //! pipeline of each kind), `service` (what the API calls).
 //!
@@ -19,6 +20,7 @@
 //! use and pins (`build_key`, under `keys/`).
 
 pub mod apt;
+pub mod apt_sources;
 pub mod build_key;
 pub mod builtin;
 pub mod checksum;
@@ -31,6 +33,7 @@ pub mod hashio;
 pub mod install;
 pub mod kernel_build;
 mod kernel_stage;
+pub mod mmdebstrap;
 pub mod progress;
 pub mod service;
 pub mod signature;

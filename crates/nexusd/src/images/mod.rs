@@ -21,6 +21,8 @@ use crate::storage::{ImportBounds, ImportError, PoolError, PoolManager, ext4};
 use crate::store::images::{self, Deleted, ImageRow, Inserted};
 use crate::store::{Store, StoreError};
 
+mod rootfs;
+
 /// Longest import path accepted (Linux's `PATH_MAX`).
 const MAX_PATH_LEN: usize = 4096;
 /// Longest component of an import path (Linux's `NAME_MAX`).
@@ -179,6 +181,8 @@ impl ImageService {
                 CreateImage {
                     path: dir.path().display().to_string(),
                     name: Some(DEFAULT_IMAGE.into()),
+                    asset: None,
+                    size: None,
                 },
                 &Caller::Daemon,
             )
@@ -197,14 +201,16 @@ impl ImageService {
         let (this, caller) = (self.clone(), caller.clone());
         let cancel = tokio_util::sync::CancellationToken::new();
         let _cancel_on_drop = cancel.clone().drop_guard();
-        detached(async move { this.import_now(req, &caller, cancel).await }).await
+        detached(async move { this.import_now(req, &caller, cancel, None).await }).await
     }
 
+    /// The import; `source` replaces the recorded `dir:`/`ext4:` origin (an asset's).
     async fn import_now(
         &self,
         req: CreateImage,
         caller: &Caller,
         cancel: tokio_util::sync::CancellationToken,
+        source: Option<String>,
     ) -> Result<Image, ImageError> {
         check_path_text(&req.path)?;
         let path = PathBuf::from(&req.path);
@@ -238,6 +244,7 @@ impl ImageService {
         let caller = caller.clone();
         let id = Uuid::now_v7();
         let limits = self.limits;
+        let min_size = req.size.map_or(0, |s| s.bytes());
         let info = tokio::task::spawn_blocking(move || -> Result<_, ImageError> {
             let bounds =
                 ImportBounds::new(limits.max_entries, limits.max_bytes, limits.timeout, cancel);
@@ -251,10 +258,24 @@ impl ImageService {
             let is_dir = src.is_dir;
             if !is_dir {
                 check_ext4(&open, &path)?;
+                if min_size > 0 {
+                    return Err(ImageError::Invalid {
+                        field: "size",
+                        message:
+                            "an ext4 file keeps its own size; grow a drive made from it instead"
+                                .into(),
+                    });
+                }
             }
             let storage = pool.get_or_create()?;
             let info = if is_dir {
-                storage.import_image_from_dir(&open, &path, &id.to_string(), &bounds)
+                storage.import_image_from_dir_sized(
+                    &open,
+                    &path,
+                    &id.to_string(),
+                    &bounds,
+                    min_size,
+                )
             } else {
                 storage.import_image_from_ext4(&open, &path, &id.to_string(), &bounds)
             }
@@ -274,7 +295,8 @@ impl ImageService {
             state: StorageState::Ready,
             size_bytes: info.size_bytes,
             sha256: info.sha256,
-            source: format!("{}:{}", if is_dir { "dir" } else { "ext4" }, req.path),
+            source: source
+                .unwrap_or_else(|| format!("{}:{}", if is_dir { "dir" } else { "ext4" }, req.path)),
             created_at_ms: i64::try_from(info.created_at_ms).unwrap_or(i64::MAX),
         };
         let insert = row.clone();
@@ -396,6 +418,11 @@ fn name_from_path(path: &Path) -> Option<String> {
         .iter()
         .find_map(|ext| stem.strip_suffix(ext))
         .unwrap_or(&stem);
+    name_from_text(stem)
+}
+
+/// A name from any text: lowercase, every other character a '-', at most 63, trimmed of '-'.
+fn name_from_text(stem: &str) -> Option<String> {
     let mut name: String = stem
         .chars()
         .map(|c| {

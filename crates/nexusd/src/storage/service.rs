@@ -150,10 +150,23 @@ impl Storage {
         id: &str,
         bounds: &ImportBounds,
     ) -> Result<ImageInfo, ImportError> {
+        self.import_image_from_dir_sized(dir, shown, id, bounds, 0)
+    }
+
+    /// [`Storage::import_image_from_dir`] into a filesystem of at least `min_size` bytes
+    /// (rounded up to MiB).
+    pub fn import_image_from_dir_sized(
+        &self,
+        dir: &Path,
+        shown: &Path,
+        id: &str,
+        bounds: &ImportBounds,
+        min_size: u64,
+    ) -> Result<ImageInfo, ImportError> {
         validate_id(id)?;
         let fd = ext4::open_source_dir(dir, shown)?;
         let usage = ext4::scan_dir(&fd, shown, bounds)?;
-        let size = ext4::size_for_usage(usage);
+        let size = ext4::size_for_usage(usage).max(min_size.div_ceil(1 << 20) << 20);
         let free = self.free_bytes()?;
         if usage.bytes > free {
             return Err(FsError::NoSpace {

@@ -4,7 +4,7 @@ use rusqlite_migration::{M, Migrations};
 
 /// The schema version after all migrations.
 #[cfg(test)]
-pub const LATEST: u32 = 5;
+pub const LATEST: u32 = 8;
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -186,6 +186,57 @@ pub fn migrations() -> Migrations<'static> {
             started_at_ms   INTEGER NOT NULL,
             ended_at_ms     INTEGER
         ) STRICT;
+        "#,
+        ),
+        // 6: API tokens for the TCP listener, each scoped to VMs. Only the secret's SHA-256 is
+        // kept. A VM's deletion takes it out of every scope.
+        M::up(
+            r#"
+        CREATE TABLE api_tokens (
+            id              TEXT PRIMARY KEY NOT NULL,
+            name            TEXT,
+            digest          BLOB NOT NULL UNIQUE CHECK (length(digest) = 32),
+            lifecycle       INTEGER NOT NULL CHECK (lifecycle IN (0, 1)),
+            created_at_ms   INTEGER NOT NULL
+        ) STRICT;
+
+        CREATE TABLE api_token_vms (
+            token_id    TEXT NOT NULL REFERENCES api_tokens(id) ON DELETE CASCADE,
+            vm_id       TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+            PRIMARY KEY (token_id, vm_id)
+        ) STRICT;
+        CREATE INDEX api_token_vms_vm ON api_token_vms(vm_id);
+        "#,
+        ),
+        // 7: MCP servers a VM runs (the agent supervises them; nexusd exposes their tools).
+        M::up(
+            r#"
+        CREATE TABLE vm_mcp_servers (
+            vm_id   TEXT NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+            name    TEXT NOT NULL,
+            spec    TEXT NOT NULL,
+            PRIMARY KEY (vm_id, name)
+        ) STRICT;
+        "#,
+        ),
+        // 8: the `debian-rootfs` provider kind. SQLite cannot change a CHECK: the table is
+        // rebuilt (nothing references it; assets name their provider as text).
+        M::up(
+            r#"
+        CREATE TABLE providers_new (
+            name            TEXT PRIMARY KEY NOT NULL,
+            kind            TEXT NOT NULL CHECK (kind IN
+                              ('debian-package','firecracker-release','url','kernel-build',
+                               'debian-rootfs')),
+            settings        TEXT NOT NULL CHECK (json_valid(settings)),
+            stages          TEXT NOT NULL CHECK (json_valid(stages)),
+            builtin         INTEGER NOT NULL DEFAULT 0 CHECK (builtin IN (0, 1)),
+            created_at_ms   INTEGER NOT NULL
+        ) STRICT;
+        INSERT INTO providers_new SELECT name, kind, settings, stages, builtin, created_at_ms
+            FROM providers;
+        DROP TABLE providers;
+        ALTER TABLE providers_new RENAME TO providers;
         "#,
         ),
     ])

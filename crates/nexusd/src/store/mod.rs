@@ -9,9 +9,11 @@
 pub mod assets;
 pub mod drives;
 pub mod images;
+pub mod mcp_servers;
 mod migrations;
 pub mod network;
 pub mod runtime;
+pub mod tokens;
 pub mod vms;
 
 use std::path::{Path, PathBuf};

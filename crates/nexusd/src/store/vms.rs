@@ -37,6 +37,7 @@ impl VmRow {
             created_at: rfc3339_ms(self.created_at_ms),
             state_changed_at: rfc3339_ms(self.state_changed_at_ms),
             network: None,
+            mcp_servers: Vec::new(),
         }
     }
 }
@@ -49,6 +50,8 @@ pub struct NewVm {
     pub memory_mib: u32,
     /// The VM's network, recorded in the same transaction (none: no row, as before networking).
     pub network: Option<super::network::NewNetwork>,
+    /// MCP servers the VM runs, recorded in the same transaction.
+    pub mcp_servers: Vec<nexus_lib::agent::McpServerSpec>,
 }
 
 /// Outcome of an insert that may clash on the name.
@@ -166,6 +169,7 @@ pub fn insert_in(tx: &Connection, new: &NewVm) -> Result<Inserted, StoreError> {
     {
         return Ok(Inserted::Network(refusal));
     }
+    super::mcp_servers::insert_in(tx, row.id, &new.mcp_servers)?;
     Ok(Inserted::Ok(row))
 }
 
@@ -173,6 +177,10 @@ pub fn insert_in(tx: &Connection, new: &NewVm) -> Result<Inserted, StoreError> {
 pub fn to_api(conn: &Connection, row: &VmRow) -> Result<Vm, StoreError> {
     let mut vm = row.to_api();
     vm.network = super::network::get(conn, row.id)?.map(|n| n.to_api());
+    vm.mcp_servers = super::mcp_servers::of_vm(conn, row.id)?
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
     Ok(vm)
 }
 
@@ -439,6 +447,7 @@ mod tests {
             vcpus: 1,
             memory_mib: 256,
             network: None,
+            mcp_servers: Vec::new(),
         }
     }
 

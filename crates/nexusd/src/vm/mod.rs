@@ -366,11 +366,18 @@ fn validate_create(req: CreateVm) -> Result<NewVm, VmError> {
             ),
         });
     }
+    nexus_lib::agent::McpServerSpec::validate_all(&req.mcp_servers).map_err(|message| {
+        VmError::Invalid {
+            field: "mcp_servers",
+            message,
+        }
+    })?;
     Ok(NewVm {
         name: req.name,
         vcpus,
         memory_mib,
         network: None,
+        mcp_servers: req.mcp_servers,
     })
 }
 

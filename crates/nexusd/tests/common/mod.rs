@@ -517,3 +517,18 @@ pub fn tcp_addr(d: &TestDaemon) -> String {
         .trim()
         .to_owned()
 }
+
+/// A daemon with a pool and a running VM `name` booted from the built-in default image through
+/// the CLI. Fails at once, naming it, when a boot prerequisite is missing.
+pub fn daemon_with_running_vm(name: &str) -> TestDaemon {
+    require_boot_prerequisites();
+    let d = TestDaemon::start_with_storage();
+    let out = d.ctl(&["vm", "create", name, "--image", "default", "--start"]);
+    assert!(
+        out.status.success(),
+        "vm create --start failed: {}\n{}",
+        stderr(&out),
+        d.log()
+    );
+    d
+}

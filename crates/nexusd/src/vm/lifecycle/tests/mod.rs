@@ -139,6 +139,7 @@ impl FakeHost {
             vcpus: 1,
             memory_mib: 256,
             network: None,
+            mcp_servers: Vec::new(),
         };
         let root = drive_row(&format!("{name}-root"), self.image, None);
         match self
@@ -215,6 +216,10 @@ impl FakeHost {
             )
             .expect("asset service"),
             started: std::time::Instant::now(),
+            mcp: crate::mcp::McpSettings::default(),
+            shutdown: tokio_util::sync::CancellationToken::new(),
+            tokens: crate::tokens::TokenService::new(self.store.clone()),
+            guest_mcp: crate::mcp::GuestServers::default(),
         }
     }
 }

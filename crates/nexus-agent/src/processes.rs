@@ -1,0 +1,515 @@
+//! Background processes: started by one request, left running after it, their output read later
+//! by offset, signalled as a whole process group.
+//!
+//! Each process runs in its own process group with its stdout and stderr piped into the agent,
+//! which appends them to files under the registry's directory (`/run/nexus-agent/processes`, a
+//! tmpfs). Only the newest [`MAX_PROCESS_LOG_BYTES`] of a stream are kept: older bytes are
+//! hole-punched, so offsets stay absolute while memory stays bounded, and a reader asking for
+//! bytes that are gone gets the oldest kept ones and how many it missed. At most
+//! [`MAX_PROCESSES`] are tracked; finished ones are forgotten, oldest first, to make room.
+
+use std::collections::BTreeMap;
+use std::io;
+use std::os::fd::AsFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+use nexus_lib::agent::{
+    ExecRequest, MAX_PROCESS_LOG_BYTES, MAX_PROCESS_READ_BYTES, MAX_PROCESSES,
+    MAX_REQUEST_JSON_BYTES, OutputStream, ProcessInfo, ProcessOutput, ProcessSignal, SignalRequest,
+};
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+
+use crate::exec;
+use crate::server::{self, ApiError, ApiResult, Query};
+
+/// Where the agent keeps process output.
+pub const DIR: &str = "/run/nexus-agent/processes";
+/// Longest command line kept for listings.
+const MAX_COMMAND_CHARS: usize = 200;
+const CHUNK_BYTES: usize = 32 * 1024;
+/// Punch holes in page-sized steps, and only once a stream is this far past its bound, so a
+/// steady writer does not punch on every chunk.
+const PUNCH_STEP: u64 = 1024 * 1024;
+
+/// The processes this agent started.
+pub struct Registry {
+    dir: PathBuf,
+    log_bytes: u64,
+    inner: Mutex<Table>,
+}
+
+#[derive(Default)]
+struct Table {
+    next_id: u64,
+    procs: BTreeMap<u64, Arc<Proc>>,
+}
+
+struct Proc {
+    id: u64,
+    pid: u32,
+    command: String,
+    started_ms: i64,
+    stdout: Log,
+    stderr: Log,
+    /// `(exit code, signal)` once it exited.
+    exit: Mutex<Option<(Option<i32>, Option<i32>)>>,
+}
+
+/// One stream's file: bytes `start..written` are kept.
+struct Log {
+    path: PathBuf,
+    written: AtomicU64,
+    start: AtomicU64,
+}
+
+impl Registry {
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self::with_log_bytes(dir, MAX_PROCESS_LOG_BYTES)
+    }
+
+    fn with_log_bytes(dir: impl Into<PathBuf>, log_bytes: u64) -> Self {
+        Self {
+            dir: dir.into(),
+            log_bytes,
+            inner: Mutex::new(Table::default()),
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, Table> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts `req` in the background.
+    pub async fn start(self: &Arc<Self>, req: &ExecRequest) -> Result<ProcessInfo, ApiError> {
+        req.validate().map_err(ApiError::bad_request)?;
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(|e| ApiError::io(&e, &self.dir.to_string_lossy()))?;
+        let id = self.reserve()?;
+        let mut cmd = exec::command(req)
+            .map_err(|e| ApiError::new(StatusCode::NOT_FOUND, "not_found", e.to_string()))?;
+        let log = |stream: OutputStream| Log {
+            path: self.dir.join(format!("{id}.{}", stream.as_str())),
+            written: AtomicU64::new(0),
+            start: AtomicU64::new(0),
+        };
+        let (stdout_log, stderr_log) = (log(OutputStream::Stdout), log(OutputStream::Stderr));
+        let files = (
+            create(&stdout_log.path).await?,
+            create(&stderr_log.path).await?,
+        );
+        let mut child = cmd.spawn().map_err(|e| {
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                "spawn_failed",
+                format!("cannot run {:?}: {e}", req.argv[0]),
+            )
+        })?;
+        let pid = child.id().unwrap_or(0);
+        let proc = Arc::new(Proc {
+            id,
+            pid,
+            command: shorten(&req.argv.join(" ")),
+            started_ms: now_ms(),
+            stdout: stdout_log,
+            stderr: stderr_log,
+            exit: Mutex::new(None),
+        });
+        self.table().procs.insert(id, proc.clone());
+        if let (Some(mut pipe), Some(data)) = (child.stdin.take(), req.stdin.clone()) {
+            tokio::spawn(async move {
+                let _ = pipe.write_all(&data).await;
+            });
+        }
+        let bound = self.log_bytes;
+        if let Some(out) = child.stdout.take() {
+            tokio::spawn(pump(
+                out,
+                files.0,
+                proc.clone(),
+                OutputStream::Stdout,
+                bound,
+            ));
+        }
+        if let Some(err) = child.stderr.take() {
+            tokio::spawn(pump(
+                err,
+                files.1,
+                proc.clone(),
+                OutputStream::Stderr,
+                bound,
+            ));
+        }
+        let timeout = req.timeout_ms.map(Duration::from_millis);
+        let info = proc.info();
+        tokio::spawn(async move {
+            let status = match timeout {
+                Some(limit) => match tokio::time::timeout(limit, child.wait()).await {
+                    Ok(status) => status,
+                    Err(_) => {
+                        exec::kill_group(Some(Pid::from_raw(pid as i32)));
+                        child.wait().await
+                    }
+                },
+                None => child.wait().await,
+            };
+            let exit = match status {
+                Ok(s) => (s.code(), s.signal()),
+                Err(_) => (None, None),
+            };
+            *proc.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit);
+        });
+        Ok(info)
+    }
+
+    /// A fresh id, making room by forgetting the oldest finished process when the table is full.
+    fn reserve(&self) -> Result<u64, ApiError> {
+        let mut table = self.table();
+        if table.procs.len() >= MAX_PROCESSES {
+            let finished = table
+                .procs
+                .values()
+                .find(|p| !p.running())
+                .map(|p| p.id)
+                .ok_or_else(|| {
+                    ApiError::new(
+                        StatusCode::CONFLICT,
+                        "too_many_processes",
+                        format!(
+                            "{MAX_PROCESSES} background processes are running; signal one first"
+                        ),
+                    )
+                })?;
+            if let Some(old) = table.procs.remove(&finished) {
+                let _ = std::fs::remove_file(&old.stdout.path);
+                let _ = std::fs::remove_file(&old.stderr.path);
+            }
+        }
+        table.next_id += 1;
+        Ok(table.next_id)
+    }
+
+    fn get(&self, id: u64) -> Result<Arc<Proc>, ApiError> {
+        self.table().procs.get(&id).cloned().ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no background process {id}"),
+            )
+        })
+    }
+
+    pub fn list(&self) -> Vec<ProcessInfo> {
+        self.table().procs.values().map(|p| p.info()).collect()
+    }
+
+    /// Up to `length` bytes of a stream from `offset`.
+    pub async fn output(
+        &self,
+        id: u64,
+        stream: OutputStream,
+        offset: u64,
+        length: u64,
+    ) -> Result<ProcessOutput, ApiError> {
+        let proc = self.get(id)?;
+        let info = proc.info();
+        let log = proc.log(stream);
+        let size = log.written.load(Ordering::Acquire);
+        let from = offset.max(log.start.load(Ordering::Acquire)).min(size);
+        let want = length.min(MAX_PROCESS_READ_BYTES).min(size - from);
+        let mut data = Vec::new();
+        if want > 0 {
+            let path = log.path.to_string_lossy().into_owned();
+            let mut file = tokio::fs::File::open(&log.path)
+                .await
+                .map_err(|e| ApiError::io(&e, &path))?;
+            file.seek(io::SeekFrom::Start(from))
+                .await
+                .map_err(|e| ApiError::io(&e, &path))?;
+            file.take(want)
+                .read_to_end(&mut data)
+                .await
+                .map_err(|e| ApiError::io(&e, &path))?;
+        }
+        Ok(ProcessOutput {
+            id,
+            stream,
+            offset: from,
+            data,
+            size,
+            skipped: from.saturating_sub(offset),
+            running: info.running,
+            exit_code: info.exit_code,
+            signal: info.signal,
+        })
+    }
+
+    /// Sends `signal` to the process's whole group (which may outlive its leader).
+    pub fn signal(&self, req: &SignalRequest) -> Result<ProcessInfo, ApiError> {
+        let proc = self.get(req.id)?;
+        let signal = match req.signal {
+            ProcessSignal::Term => Signal::SIGTERM,
+            ProcessSignal::Kill => Signal::SIGKILL,
+            ProcessSignal::Int => Signal::SIGINT,
+            ProcessSignal::Hup => Signal::SIGHUP,
+            ProcessSignal::Quit => Signal::SIGQUIT,
+            ProcessSignal::Usr1 => Signal::SIGUSR1,
+            ProcessSignal::Usr2 => Signal::SIGUSR2,
+            ProcessSignal::Stop => Signal::SIGSTOP,
+            ProcessSignal::Cont => Signal::SIGCONT,
+        };
+        killpg(Pid::from_raw(proc.pid as i32), signal).map_err(|e| {
+            ApiError::new(
+                StatusCode::CONFLICT,
+                "no_process",
+                format!("process {} has no process left in its group: {e}", req.id),
+            )
+        })?;
+        Ok(proc.info())
+    }
+}
+
+impl Proc {
+    fn running(&self) -> bool {
+        self.exit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_none()
+    }
+
+    fn log(&self, stream: OutputStream) -> &Log {
+        match stream {
+            OutputStream::Stdout => &self.stdout,
+            OutputStream::Stderr => &self.stderr,
+        }
+    }
+
+    fn info(&self) -> ProcessInfo {
+        let exit = *self.exit.lock().unwrap_or_else(|e| e.into_inner());
+        ProcessInfo {
+            id: self.id,
+            pid: self.pid,
+            command: self.command.clone(),
+            started_ms: self.started_ms,
+            running: exit.is_none(),
+            exit_code: exit.and_then(|e| e.0),
+            signal: exit.and_then(|e| e.1),
+            stdout_bytes: self.stdout.written.load(Ordering::Acquire),
+            stderr_bytes: self.stderr.written.load(Ordering::Acquire),
+        }
+    }
+}
+
+/// Appends what `pipe` yields to `file`, dropping the oldest bytes past `bound`.
+async fn pump<R: AsyncRead + Unpin>(
+    mut pipe: R,
+    mut file: tokio::fs::File,
+    proc: Arc<Proc>,
+    stream: OutputStream,
+    bound: u64,
+) {
+    let log = proc.log(stream);
+    let mut buf = vec![0u8; CHUNK_BYTES];
+    let mut failed = false;
+    loop {
+        let n = match pipe.read(&mut buf).await {
+            Ok(0) | Err(_) => break,
+            Ok(n) => n,
+        };
+        // A full file system must not stop the process: its output is drained and dropped.
+        if failed || file.write_all(&buf[..n]).await.is_err() {
+            failed = true;
+        }
+        let written = log.written.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+        let start = log.start.load(Ordering::Acquire);
+        if written - start > bound + PUNCH_STEP {
+            let new_start = (written - bound) & !4095;
+            if punch(&file, start, new_start - start).is_ok() {
+                log.start.store(new_start, Ordering::Release);
+            }
+        }
+    }
+}
+
+/// Frees bytes `offset..offset+len` of `file` (they read as zeros; the size is kept).
+fn punch(file: &tokio::fs::File, offset: u64, len: u64) -> nix::Result<()> {
+    use nix::fcntl::{FallocateFlags, fallocate};
+    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
+    fallocate(file.as_fd(), flags, offset as i64, len as i64)
+}
+
+async fn create(path: &Path) -> Result<tokio::fs::File, ApiError> {
+    tokio::fs::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .open(path)
+        .await
+        .map_err(|e| ApiError::io(&e, &path.to_string_lossy()))
+}
+
+fn shorten(command: &str) -> String {
+    match command.char_indices().nth(MAX_COMMAND_CHARS) {
+        Some((cut, _)) => format!("{}…", &command[..cut]),
+        None => command.to_string(),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// `POST /v1/processes`.
+pub async fn handle_start(req: Request<Incoming>, registry: &Arc<Registry>) -> ApiResult {
+    let request: ExecRequest = server::read_json(req.into_body(), MAX_REQUEST_JSON_BYTES).await?;
+    server::json(StatusCode::CREATED, &registry.start(&request).await?)
+}
+
+/// `GET /v1/processes/output?id=&stream=&offset=&length=`.
+pub async fn handle_output(req: &Request<Incoming>, registry: &Registry) -> ApiResult {
+    let query = Query::of(req)?;
+    let id = query
+        .number("id")?
+        .ok_or_else(|| ApiError::bad_request("missing id parameter"))?;
+    let stream = query
+        .get("stream")
+        .unwrap_or("stdout")
+        .parse()
+        .map_err(ApiError::bad_request)?;
+    let offset = query.number("offset")?.unwrap_or(0);
+    let length = query.number("length")?.unwrap_or(MAX_PROCESS_READ_BYTES);
+    server::json(
+        StatusCode::OK,
+        &registry.output(id, stream, offset, length).await?,
+    )
+}
+
+/// `POST /v1/processes/signal`.
+pub async fn handle_signal(req: Request<Incoming>, registry: &Registry) -> ApiResult {
+    let request: SignalRequest = server::read_json(req.into_body(), 4096).await?;
+    server::json(StatusCode::OK, &registry.signal(&request)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sh(script: &str) -> ExecRequest {
+        ExecRequest::new(["/bin/sh", "-c", script])
+    }
+
+    async fn finished(registry: &Registry, id: u64) -> ProcessInfo {
+        for _ in 0..500 {
+            let info = registry.list().into_iter().find(|p| p.id == id).unwrap();
+            if !info.running {
+                return info;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("process {id} did not finish");
+    }
+
+    #[tokio::test]
+    async fn output_is_read_by_offset_after_the_process_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(dir.path()));
+
+        let info = registry
+            .start(&sh("printf hello; printf oops >&2; exit 4"))
+            .await
+            .unwrap();
+        let done = finished(&registry, info.id).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        let out = registry
+            .output(info.id, OutputStream::Stdout, 1, 3)
+            .await
+            .unwrap();
+        let err = registry
+            .output(info.id, OutputStream::Stderr, 0, 100)
+            .await
+            .unwrap();
+
+        assert_eq!(done.exit_code, Some(4));
+        assert_eq!(
+            (out.data.as_slice(), out.offset, out.size),
+            (&b"ell"[..], 1, 5)
+        );
+        assert_eq!(err.data, b"oops");
+    }
+
+    #[tokio::test]
+    async fn a_signal_reaches_the_whole_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(dir.path()));
+        let info = registry
+            .start(&sh("sleep 30 & sleep 31; wait"))
+            .await
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(100)).await;
+
+        registry
+            .signal(&SignalRequest {
+                id: info.id,
+                signal: ProcessSignal::Kill,
+            })
+            .unwrap();
+        let done = finished(&registry, info.id).await;
+
+        assert_eq!(done.signal, Some(9));
+        // Orphans are reaped by the host's init, not at once: allow it a moment.
+        let group_gone = async {
+            while killpg(Pid::from_raw(info.pid as i32), None::<Signal>).is_ok() {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let gone = tokio::time::timeout(Duration::from_secs(5), group_gone).await;
+        assert!(gone.is_ok(), "a process of the group survived");
+    }
+
+    #[tokio::test]
+    async fn only_the_newest_bytes_are_kept_and_a_late_reader_is_told_what_it_missed() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::with_log_bytes(dir.path(), 64 * 1024));
+
+        let info = registry
+            .start(&sh("head -c 3000000 /dev/zero | tr '\\0' x"))
+            .await
+            .unwrap();
+        finished(&registry, info.id).await;
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let out = registry
+            .output(info.id, OutputStream::Stdout, 0, 10)
+            .await
+            .unwrap();
+        let kept = std::fs::metadata(dir.path().join(format!("{}.stdout", info.id))).unwrap();
+
+        assert_eq!(out.size, 3_000_000);
+        assert!(out.skipped > 1_000_000, "{}", out.skipped);
+        assert_eq!(out.data, b"xxxxxxxxxx");
+        use std::os::unix::fs::MetadataExt;
+        assert!(
+            kept.blocks() * 512 < 2 * 1024 * 1024,
+            "{} blocks",
+            kept.blocks()
+        );
+    }
+
+    #[test]
+    fn long_command_lines_are_shortened() {
+        assert_eq!(
+            shorten(&"x".repeat(300)).chars().count(),
+            MAX_COMMAND_CHARS + 1
+        );
+    }
+}
