@@ -226,15 +226,7 @@ async fn run(client: &Client) {
 /// Starts `name`; returns the `POST /start` wall time and that less the boot's spawn -> agent
 /// handshake, in ms. Stops it again unless `keep`.
 async fn start(client: &Client, name: &str, keep: bool) -> (f64, f64) {
-    let t = Instant::now();
-    client.vm_action(name, "start").await.expect("start");
-    let wall = t.elapsed().as_secs_f64() * 1e3;
-    let boot = client
-        .vm_boots(name)
-        .await
-        .expect("boots")
-        .pop()
-        .expect("a boot");
+    let (wall, boot) = support::start_recorded(client, name).await;
     let host = wall - boot.agent_ready_ms.unwrap_or(0) as f64;
     if !keep {
         client.vm_action(name, "stop").await.expect("stop");

@@ -92,15 +92,8 @@ struct Boots {
 impl Boots {
     /// Starts VM `name` once (stopping it again unless `keep`) and records the phases.
     async fn boot(&mut self, client: &Client, name: &str, keep: bool) {
-        let t = Instant::now();
-        client.vm_action(name, "start").await.expect("start");
-        self.api_ms.push(t.elapsed().as_secs_f64() * 1e3);
-        let boot = client
-            .vm_boots(name)
-            .await
-            .expect("boots")
-            .pop()
-            .expect("a boot");
+        let (wall, boot) = support::start_recorded(client, name).await;
+        self.api_ms.push(wall);
         self.accel = format!("{}/{}", boot.backend, boot.accel);
         self.vmm.push(boot.vmm_ready_ms.unwrap_or(0) as f64);
         self.init.push(boot.guest_init_ms.unwrap_or(0) as f64);

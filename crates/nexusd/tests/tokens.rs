@@ -38,17 +38,21 @@ fn named(name: &str) -> CreateVm {
     }
 }
 
+/// The names of the VMs `client` is shown.
+fn vm_names(rt: &tokio::runtime::Runtime, client: &nexus_lib::client::Client) -> Vec<String> {
+    rt.block_on(client.list_vms(None))
+        .unwrap()
+        .into_iter()
+        .map(|v| v.name)
+        .collect()
+}
+
 #[test]
 fn a_scoped_token_lists_and_reads_only_its_vms() {
     let (_d, client, _) = scoped(&[]);
     let rt = rt();
 
-    let names: Vec<String> = rt
-        .block_on(client.list_vms(None))
-        .unwrap()
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let names = vm_names(&rt, &client);
 
     assert_eq!(names, ["mine"]);
     assert!(rt.block_on(client.get_vm("mine")).is_ok());
@@ -76,12 +80,7 @@ fn a_lifecycle_token_creates_vms_into_its_scope_and_deletes_them() {
     let rt = rt();
 
     rt.block_on(client.create_vm(&named("made"))).unwrap();
-    let names: Vec<String> = rt
-        .block_on(client.list_vms(None))
-        .unwrap()
-        .into_iter()
-        .map(|v| v.name)
-        .collect();
+    let names = vm_names(&rt, &client);
     rt.block_on(client.delete_vm("made", false)).unwrap();
 
     assert_eq!(names, ["mine", "made"]);

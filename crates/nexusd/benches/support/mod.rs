@@ -23,6 +23,24 @@ pub fn report_unit(what: &str, unit: &str, samples: &[f64]) {
     );
 }
 
+/// Starts VM `name` through the API: the `POST /start` wall time in ms and the record of the
+/// boot it made.
+pub async fn start_recorded(
+    client: &nexus_lib::client::Client,
+    name: &str,
+) -> (f64, nexus_lib::api::BootRecord) {
+    let t = std::time::Instant::now();
+    client.vm_action(name, "start").await.expect("start");
+    let wall = t.elapsed().as_secs_f64() * 1e3;
+    let boot = client
+        .vm_boots(name)
+        .await
+        .expect("boots")
+        .pop()
+        .expect("a boot");
+    (wall, boot)
+}
+
 /// [`report_unit`] in milliseconds.
 pub fn report(what: &str, samples: &[f64]) {
     report_unit(what, "ms", samples)
