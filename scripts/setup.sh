@@ -48,6 +48,15 @@ if ! "$VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.vers
   echo "setup: pip install mcp==$MCP_VERSION into $VENV"
   "$VENV/bin/pip" install --quiet --disable-pip-version-check "mcp==$MCP_VERSION"
 fi
+# The official E2B SDK (PyPI `e2b`, pinned) in its own venv (its dependencies differ from the
+# MCP SDK's): the client tests/e2b.rs drives nexusd's E2B listener with.
+E2B_VERSION=2.63.0
+E2B_VENV=${NEXUS_E2B_VENV:-/opt/nexus-e2b-venv}
+if ! "$E2B_VENV/bin/python" -c "import importlib.metadata as m, sys; sys.exit(m.version('e2b') != '$E2B_VERSION')" 2>/dev/null; then
+  echo "setup: pip install e2b==$E2B_VERSION into $E2B_VENV"
+  python3 -m venv "$E2B_VENV"
+  "$E2B_VENV/bin/pip" install --quiet --disable-pip-version-check "e2b==$E2B_VERSION"
+fi
 # The guest kernel package is not fetched here: nexusd installs Debian's cloud kernel through its
 # built-in `debian-package` provider (the host's apt) when a VM first needs it, or on
 # `nexusctl kernel download`. (The test suite shares one copy instead: scripts/test.sh.)

@@ -69,7 +69,7 @@ pub fn command(req: &ExecRequest) -> io::Result<Command> {
         .env("HOME", "/root")
         .env("TERM", "xterm")
         .envs(&req.env)
-        .stdin(if req.stdin.is_some() {
+        .stdin(if req.stdin.is_some() || req.keep_stdin {
             Stdio::piped()
         } else {
             Stdio::null()
@@ -243,6 +243,7 @@ mod tests {
             cwd: None,
             stdin: None,
             timeout_ms: None,
+            keep_stdin: false,
         };
         let child = spawn(&request).unwrap();
         let (tx, rx) = mpsc::channel::<Bytes>(16);

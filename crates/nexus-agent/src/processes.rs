@@ -7,6 +7,11 @@
 //! hole-punched, so offsets stay absolute while memory stays bounded, and a reader asking for
 //! bytes that are gone gets the oldest kept ones and how many it missed. At most
 //! [`MAX_PROCESSES`] are tracked; finished ones are forgotten, oldest first, to make room.
+//!
+//! A process may keep its stdin open for later writes (`keep_stdin`, `POST
+//! /v1/processes/stdin`), and its output can be followed as it comes (`GET
+//! /v1/processes/follow`: the exec event stream, from any offsets, for as long as the host
+//! listens), which is how a host reattaches to a long-running command.
 
 use std::collections::BTreeMap;
 use std::io;
@@ -17,15 +22,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use bytes::Bytes;
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 use nexus_lib::agent::{
-    ExecRequest, MAX_PROCESS_LOG_BYTES, MAX_PROCESS_READ_BYTES, MAX_PROCESSES,
-    MAX_REQUEST_JSON_BYTES, OutputStream, ProcessInfo, ProcessOutput, ProcessSignal, SignalRequest,
+    ExecEvent, ExecRequest, FOLLOW_KEEPALIVE_MS, MAX_PROCESS_LOG_BYTES, MAX_PROCESS_READ_BYTES,
+    MAX_PROCESS_STDIN_CHUNK, MAX_PROCESSES, MAX_REQUEST_JSON_BYTES, OutputStream, ProcessInfo,
+    ProcessOutput, ProcessSignal, ProcessStdin, SignalRequest,
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::process::ChildStdin;
+use tokio::sync::{mpsc, watch};
 
 use crate::exec;
 use crate::server::{self, ApiError, ApiResult, Query};
@@ -38,6 +47,11 @@ const CHUNK_BYTES: usize = 32 * 1024;
 /// Punch holes in page-sized steps, and only once a stream is this far past its bound, so a
 /// steady writer does not punch on every chunk.
 const PUNCH_STEP: u64 = 1024 * 1024;
+/// After the process exited, how long its output pipes may stay open (held by children it left
+/// behind) before the exit is recorded anyway.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
+/// Longest a write to a process's stdin may block (a process that does not read).
+const STDIN_WRITE_LIMIT: Duration = Duration::from_secs(10);
 
 /// The processes this agent started.
 pub struct Registry {
@@ -59,8 +73,12 @@ struct Proc {
     started_ms: i64,
     stdout: Log,
     stderr: Log,
-    /// `(exit code, signal)` once it exited.
+    /// `(exit code, signal)` once it exited and its output was drained.
     exit: Mutex<Option<(Option<i32>, Option<i32>)>>,
+    /// Its stdin while kept open.
+    stdin: tokio::sync::Mutex<Option<ChildStdin>>,
+    /// Bumped on every output chunk and at the exit: what followers wait on.
+    changed: watch::Sender<u64>,
 }
 
 /// One stream's file: bytes `start..written` are kept.
@@ -122,31 +140,44 @@ impl Registry {
             stdout: stdout_log,
             stderr: stderr_log,
             exit: Mutex::new(None),
+            stdin: tokio::sync::Mutex::new(None),
+            changed: watch::Sender::new(0),
         });
         self.table().procs.insert(id, proc.clone());
-        if let (Some(mut pipe), Some(data)) = (child.stdin.take(), req.stdin.clone()) {
-            tokio::spawn(async move {
-                let _ = pipe.write_all(&data).await;
-            });
+        match (child.stdin.take(), req.stdin.clone()) {
+            (Some(pipe), data) if req.keep_stdin => {
+                let mut slot = proc.stdin.lock().await;
+                *slot = Some(pipe);
+                if let (Some(pipe), Some(data)) = (slot.as_mut(), data) {
+                    let _ = tokio::time::timeout(STDIN_WRITE_LIMIT, pipe.write_all(&data)).await;
+                }
+            }
+            (Some(mut pipe), Some(data)) => {
+                tokio::spawn(async move {
+                    let _ = pipe.write_all(&data).await;
+                });
+            }
+            _ => {}
         }
         let bound = self.log_bytes;
+        let mut pumps = Vec::new();
         if let Some(out) = child.stdout.take() {
-            tokio::spawn(pump(
+            pumps.push(tokio::spawn(pump(
                 out,
                 files.0,
                 proc.clone(),
                 OutputStream::Stdout,
                 bound,
-            ));
+            )));
         }
         if let Some(err) = child.stderr.take() {
-            tokio::spawn(pump(
+            pumps.push(tokio::spawn(pump(
                 err,
                 files.1,
                 proc.clone(),
                 OutputStream::Stderr,
                 bound,
-            ));
+            )));
         }
         let timeout = req.timeout_ms.map(Duration::from_millis);
         let info = proc.info();
@@ -165,7 +196,13 @@ impl Registry {
                 Ok(s) => (s.code(), s.signal()),
                 Err(_) => (None, None),
             };
+            // Record the exit once the output is in its files, so a follower that sees the
+            // exit has seen every byte (bounded: children may hold the pipes open).
+            let drained = futures_util::future::join_all(pumps);
+            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, drained).await;
+            proc.stdin.lock().await.take();
             *proc.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit);
+            proc.changed.send_modify(|n| *n += 1);
         });
         Ok(info)
     }
@@ -252,6 +289,121 @@ impl Registry {
         })
     }
 
+    /// Writes to a process's kept stdin and/or closes it.
+    pub async fn write_stdin(&self, req: &ProcessStdin) -> Result<(), ApiError> {
+        if req.data.len() > MAX_PROCESS_STDIN_CHUNK {
+            return Err(ApiError::bad_request(format!(
+                "data: more than {MAX_PROCESS_STDIN_CHUNK} bytes"
+            )));
+        }
+        let proc = self.get(req.id)?;
+        let mut slot = proc.stdin.lock().await;
+        let Some(pipe) = slot.as_mut() else {
+            return Err(ApiError::new(
+                StatusCode::CONFLICT,
+                "stdin_closed",
+                format!(
+                    "process {} has no open stdin (closed, exited, or started without keep_stdin)",
+                    req.id
+                ),
+            ));
+        };
+        if !req.data.is_empty() {
+            match tokio::time::timeout(STDIN_WRITE_LIMIT, pipe.write_all(&req.data)).await {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    slot.take();
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "stdin_closed",
+                        format!("process {}'s stdin is closed: {e}", req.id),
+                    ));
+                }
+                Err(_) => {
+                    return Err(ApiError::new(
+                        StatusCode::CONFLICT,
+                        "stdin_full",
+                        format!(
+                            "process {} did not read its stdin within {STDIN_WRITE_LIMIT:?}",
+                            req.id
+                        ),
+                    ));
+                }
+            }
+        }
+        if req.close {
+            slot.take();
+        }
+        Ok(())
+    }
+
+    /// The output of process `id` from the given offsets on, as exec events (stdout and stderr
+    /// chunks, then the exit), for as long as the receiver is kept.
+    pub fn follow(
+        self: &Arc<Self>,
+        id: u64,
+        offsets: (u64, u64),
+    ) -> Result<mpsc::Receiver<Bytes>, ApiError> {
+        let proc = self.get(id)?;
+        let (tx, rx) = mpsc::channel(8);
+        let registry = self.clone();
+        tokio::spawn(async move {
+            let mut offsets = offsets;
+            let mut changes = proc.changed.subscribe();
+            loop {
+                changes.borrow_and_update();
+                let exited = !proc.running();
+                for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+                    let at = match stream {
+                        OutputStream::Stdout => &mut offsets.0,
+                        OutputStream::Stderr => &mut offsets.1,
+                    };
+                    loop {
+                        let Ok(out) = registry
+                            .output(id, stream, *at, nexus_lib::agent::EXEC_CHUNK_BYTES as u64)
+                            .await
+                        else {
+                            return;
+                        };
+                        if out.data.is_empty() {
+                            break;
+                        }
+                        *at = out.offset + out.data.len() as u64;
+                        let event = match stream {
+                            OutputStream::Stdout => ExecEvent::Stdout { data: out.data },
+                            OutputStream::Stderr => ExecEvent::Stderr { data: out.data },
+                        };
+                        if tx.send(encode(&event)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                if exited {
+                    let info = proc.info();
+                    let exit = ExecEvent::Exit {
+                        code: info.exit_code,
+                        signal: info.signal,
+                        timed_out: false,
+                    };
+                    let _ = tx.send(encode(&exit)).await;
+                    return;
+                }
+                let keepalive = Duration::from_millis(FOLLOW_KEEPALIVE_MS);
+                tokio::select! {
+                    changed = changes.changed() => if changed.is_err() { return },
+                    () = tx.closed() => return,
+                    () = tokio::time::sleep(keepalive) => {
+                        let ping = ExecEvent::Stdout { data: Vec::new() };
+                        if tx.send(encode(&ping)).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            }
+        });
+        Ok(rx)
+    }
+
     /// Sends `signal` to the process's whole group (which may outlive its leader).
     pub fn signal(&self, req: &SignalRequest) -> Result<ProcessInfo, ApiError> {
         let proc = self.get(req.id)?;
@@ -329,6 +481,7 @@ async fn pump<R: AsyncRead + Unpin>(
             failed = true;
         }
         let written = log.written.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
+        proc.changed.send_modify(|n| *n += 1);
         let start = log.start.load(Ordering::Acquire);
         if written - start > bound + PUNCH_STEP {
             let new_start = (written - bound) & !4095;
@@ -393,6 +546,38 @@ pub async fn handle_output(req: &Request<Incoming>, registry: &Registry) -> ApiR
         StatusCode::OK,
         &registry.output(id, stream, offset, length).await?,
     )
+}
+
+/// One NDJSON line.
+fn encode(event: &ExecEvent) -> Bytes {
+    let mut line = serde_json::to_vec(event).unwrap_or_default();
+    line.push(b'\n');
+    Bytes::from(line)
+}
+
+/// `POST /v1/processes/stdin`.
+pub async fn handle_stdin(req: Request<Incoming>, registry: &Registry) -> ApiResult {
+    let request: ProcessStdin =
+        server::read_json(req.into_body(), MAX_PROCESS_STDIN_CHUNK / 3 * 4 + 4096).await?;
+    registry.write_stdin(&request).await?;
+    server::json(StatusCode::OK, &serde_json::json!({}))
+}
+
+/// `GET /v1/processes/follow?id=&stdout=&stderr=`: NDJSON exec events.
+pub fn handle_follow(req: &Request<Incoming>, registry: &Arc<Registry>) -> ApiResult {
+    let query = Query::of(req)?;
+    let id = query
+        .number("id")?
+        .ok_or_else(|| ApiError::bad_request("missing id parameter"))?;
+    let offsets = (
+        query.number("stdout")?.unwrap_or(0),
+        query.number("stderr")?.unwrap_or(0),
+    );
+    let rx = registry.follow(id, offsets)?;
+    let chunks = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|b| (Ok::<_, io::Error>(b), rx))
+    });
+    Ok(server::streamed("application/x-ndjson", chunks))
 }
 
 /// `POST /v1/processes/signal`.

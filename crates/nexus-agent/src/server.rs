@@ -119,6 +119,10 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
         (Method::POST, "/v1/mcp-servers/connect") => {
             mcp_servers::handle_connect(req, &state.mcp_servers).await
         }
+        (Method::POST, "/v1/processes/stdin") => {
+            processes::handle_stdin(req, &state.processes).await
+        }
+        (Method::GET, "/v1/processes/follow") => processes::handle_follow(&req, &state.processes),
         (Method::POST, "/v1/processes/signal") => {
             processes::handle_signal(req, &state.processes).await
         }

@@ -116,6 +116,11 @@ pub struct ExecRequest {
     pub stdin: Option<Vec<u8>>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_ms: Option<u64>,
+    /// Background processes only: keep the process's stdin open after `stdin` was written, for
+    /// later `POST /v1/processes/stdin` calls.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    #[schema(ignore)]
+    pub keep_stdin: bool,
 }
 
 impl ExecRequest {
@@ -326,6 +331,25 @@ pub struct SignalRequest {
     pub id: u64,
     pub signal: ProcessSignal,
 }
+
+/// Body of `POST /v1/processes/stdin`: bytes for a background process's open stdin, and/or
+/// closing it (EOF).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessStdin {
+    pub id: u64,
+    #[serde(default, with = "b64")]
+    pub data: Vec<u8>,
+    #[serde(default)]
+    pub close: bool,
+}
+
+/// Largest chunk one `POST /v1/processes/stdin` carries.
+pub const MAX_PROCESS_STDIN_CHUNK: usize = 1024 * 1024;
+
+/// Longest a `GET /v1/processes/follow` stream waits between events before it sends an empty
+/// stdout chunk, so either side notices a dead peer.
+pub const FOLLOW_KEEPALIVE_MS: u64 = 15_000;
 
 /// A stdio MCP server the agent runs and supervises in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]

@@ -55,6 +55,10 @@ pub struct Config {
     /// Seconds a TCP client gets to send a request's headers (1..=600, default 10); an idle or
     /// slow connection is closed after that.
     pub tcp_header_timeout_secs: Option<u64>,
+    /// Optional E2B-compatible listener (plain HTTP, loopback only; off unless set): the E2B SDK
+    /// drives Nexus VMs through it with `E2B_API_URL` and `E2B_SANDBOX_URL` pointing here and a
+    /// managed token (`nexusctl token create`) as `E2B_API_KEY`.
+    pub e2b_listen: Option<SocketAddr>,
     /// Absolute host directories under which API clients may name paths (image import). Unset:
     /// none over TCP, and over the Unix socket anything the connecting user can read.
     pub import_roots: Option<Vec<PathBuf>>,
@@ -391,6 +395,16 @@ impl Config {
                 "tcp_listen",
                 format!(
                     "{addr} is not a loopback address: a TCP listener reachable from other hosts needs TLS; set `tls_cert_file` and `tls_key_file` (or listen on 127.0.0.1)"
+                ),
+            ));
+        }
+        if let Some(addr) = self.e2b_listen
+            && !addr.ip().is_loopback()
+        {
+            return Err(bad(
+                "e2b_listen",
+                format!(
+                    "{addr} is not a loopback address: the E2B listener speaks plain HTTP, so it listens on loopback only (put a TLS proxy in front to reach it from elsewhere)"
                 ),
             ));
         }

@@ -243,6 +243,29 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         tracing::info!(addr = %bound, tls = tls_on, "listening on TCP");
     }
 
+    if let Some(addr) = settings.e2b_listen {
+        // Settings validation refuses a non-loopback address (the listener is plain HTTP).
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .map_err(listen_err(addr.to_string()))?;
+        let bound = listener
+            .local_addr()
+            .map_err(listen_err(addr.to_string()))?;
+        let addr_file = paths.run_dir.join("e2b.addr");
+        std::fs::write(&addr_file, format!("{bound}\n"))
+            .map_err(listen_err(addr_file.display().to_string()))?;
+        let sandboxes = Arc::new(crate::e2b::SandboxService::new(state.clone()));
+        crate::e2b::spawn_expiry(sandboxes.clone(), shutdown.clone());
+        let app = crate::e2b::router(state.clone(), sandboxes);
+        let opts = crate::tcp::TcpOptions {
+            max_connections: settings.tcp_max_connections,
+            header_timeout: settings.tcp_header_timeout,
+            tls: None,
+        };
+        servers.spawn(crate::tcp::serve(listener, app, opts, shutdown.clone()));
+        tracing::info!(addr = %bound, "serving the E2B-compatible API");
+    }
+
     // The Unix socket answers last, so a client that sees it answer finds the TCP listener too.
     let unix_app = api::router(state.clone());
     let stop = shutdown.clone();

@@ -8,6 +8,7 @@ pub mod boot;
 pub mod command;
 pub mod daemon;
 pub mod drives;
+pub mod e2b;
 pub mod hostpath;
 pub mod images;
 pub mod jail;

@@ -60,6 +60,9 @@ pub struct Args {
     /// Seconds a TCP client gets to send a request's headers (default 10).
     #[arg(long, value_name = "SECS")]
     pub tcp_header_timeout_secs: Option<u64>,
+    /// Serve the E2B-compatible API (control plane and envd) on this loopback address.
+    #[arg(long, value_name = "ADDR")]
+    pub e2b_listen: Option<SocketAddr>,
     /// Directories API clients may import from, comma-separated (default: none over TCP,
     /// whatever the connecting user can read over the Unix socket).
     #[arg(long, value_name = "DIR,...", value_delimiter = ',')]
@@ -227,6 +230,7 @@ pub struct Settings {
     pub tls: Option<(PathBuf, PathBuf)>,
     pub tcp_max_connections: usize,
     pub tcp_header_timeout: Duration,
+    pub e2b_listen: Option<SocketAddr>,
     pub import_roots: Option<Vec<PathBuf>>,
     pub import_limits: crate::images::ImportLimits,
     pub shutdown_grace: Duration,
@@ -272,6 +276,7 @@ impl Settings {
             tcp_header_timeout_secs: args
                 .tcp_header_timeout_secs
                 .or(file.tcp_header_timeout_secs),
+            e2b_listen: args.e2b_listen.or(file.e2b_listen),
             import_roots: args.import_roots.clone().or(file.import_roots),
             import_max_entries: args.import_max_entries.or(file.import_max_entries),
             import_max_bytes: args.import_max_bytes.or(file.import_max_bytes),
@@ -381,6 +386,7 @@ impl Settings {
                 cfg.tcp_header_timeout_secs
                     .unwrap_or(DEFAULT_TCP_HEADER_TIMEOUT_SECS),
             ),
+            e2b_listen: cfg.e2b_listen,
             import_roots: cfg.import_roots,
             import_limits: crate::images::ImportLimits {
                 max_entries: cfg

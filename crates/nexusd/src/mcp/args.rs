@@ -331,6 +331,7 @@ impl RunCommandArgs {
             cwd: self.cwd.clone(),
             stdin: self.stdin.as_ref().map(|s| s.as_bytes().to_vec()),
             timeout_ms: Some(timeout * 1000),
+            keep_stdin: false,
         };
         req.validate()?;
         Ok(req)

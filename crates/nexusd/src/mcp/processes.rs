@@ -180,6 +180,7 @@ impl NexusMcp {
             cwd: args.cwd,
             stdin: None,
             timeout_ms: args.timeout_secs.map(|t| t * 1000),
+            keep_stdin: false,
         };
         req.validate().map_err(ToolError::invalid)?;
         let agent = self.agent(&access, &args.vm).await?;

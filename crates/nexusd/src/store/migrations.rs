@@ -4,7 +4,7 @@ use rusqlite_migration::{M, Migrations};
 
 /// The schema version after all migrations.
 #[cfg(test)]
-pub const LATEST: u32 = 8;
+pub const LATEST: u32 = 10;
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -237,6 +237,35 @@ pub fn migrations() -> Migrations<'static> {
             FROM providers;
         DROP TABLE providers;
         ALTER TABLE providers_new RENAME TO providers;
+        "#,
+        ),
+        // 9: sandboxes made through the E2B-compatible API: the VM behind each, its template,
+        // metadata, environment, envd access token and the time it expires (stopped, deleted).
+        M::up(
+            r#"
+        CREATE TABLE e2b_sandboxes (
+            vm_id           TEXT PRIMARY KEY NOT NULL REFERENCES vms(id) ON DELETE CASCADE,
+            sandbox_id      TEXT NOT NULL UNIQUE,
+            template_id     TEXT NOT NULL,
+            metadata        TEXT NOT NULL CHECK (json_valid(metadata)),
+            env_vars        TEXT NOT NULL CHECK (json_valid(env_vars)),
+            access_token    TEXT NOT NULL,
+            started_at_ms   INTEGER NOT NULL,
+            end_at_ms       INTEGER NOT NULL
+        ) STRICT;
+        CREATE INDEX e2b_sandboxes_end ON e2b_sandboxes(end_at_ms);
+        "#,
+        ),
+        // 10: why each E2B sandbox ended (its VM row is gone by then).
+        M::up(
+            r#"
+        CREATE TABLE e2b_sandbox_ends (
+            seq             INTEGER PRIMARY KEY AUTOINCREMENT,
+            sandbox_id      TEXT NOT NULL,
+            vm_id           TEXT NOT NULL,
+            reason          TEXT NOT NULL,
+            ended_at_ms     INTEGER NOT NULL
+        ) STRICT;
         "#,
         ),
     ])

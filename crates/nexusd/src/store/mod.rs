@@ -8,6 +8,7 @@
 
 pub mod assets;
 pub mod drives;
+pub mod e2b;
 pub mod images;
 pub mod mcp_servers;
 mod migrations;
