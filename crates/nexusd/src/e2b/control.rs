@@ -80,6 +80,11 @@ struct TimeoutBody {
     timeout: i64,
 }
 
+#[derive(Deserialize)]
+struct ConnectBody {
+    timeout: Option<i64>,
+}
+
 /// `Sandbox` of the SDK's client: the answer to create and connect.
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
@@ -347,12 +352,15 @@ async fn connect(
     State(state): State<E2bState>,
     Extension(scope): Extension<Scope>,
     Path(id): Path<String>,
-    Body(body): Body<TimeoutBody>,
+    Body(body): Body<ConnectBody>,
 ) -> Result<Response, E2bError> {
-    let secs = timeout_secs(Some(body.timeout))?;
+    let asked = body.timeout;
     let (row, _) = state.sandboxes.get(&scope, &id).await?;
-    if row.end_at_ms < crate::store::now_ms() + secs * 1000 {
-        state.sandboxes.set_timeout(&row.sandbox_id, secs).await?;
+    if let Some(asked) = asked {
+        let secs = timeout_secs(Some(asked))?;
+        if row.end_at_ms < crate::store::now_ms() + secs * 1000 {
+            state.sandboxes.set_timeout(&row.sandbox_id, secs).await?;
+        }
     }
     Ok((StatusCode::OK, Json(sandbox_out(&row))).into_response())
 }
@@ -394,4 +402,39 @@ async fn unsupported(headers: HeaderMap) -> E2bError {
         StatusCode::NOT_IMPLEMENTED,
         "this E2B API is not supported by Nexus",
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_metadata_filter_is_decoded_twice_as_the_sdk_encodes_it() {
+        // The SDK sends urlencode({quote(k): quote(v)}): `a b` → `a%20b` → `a%2520b`.
+        let pairs = metadata_filter("run=a%2520b&suite=nexus").unwrap();
+        assert_eq!(
+            pairs,
+            vec![
+                ("run".to_string(), "a b".to_string()),
+                ("suite".to_string(), "nexus".to_string())
+            ]
+        );
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_foreign_ones_are_refused() {
+        assert_eq!(
+            parse_token("1700000000000.e2b-0123456789ab").unwrap(),
+            (1_700_000_000_000, "e2b-0123456789ab".to_string())
+        );
+        assert!(parse_token("garbage").is_err());
+        assert!(parse_token("x.e2b-1").is_err());
+    }
+
+    #[test]
+    fn timeouts_outside_the_bounds_are_refused() {
+        assert_eq!(timeout_secs(None).unwrap(), DEFAULT_TIMEOUT_SECS);
+        assert!(timeout_secs(Some(0)).is_err());
+        assert!(timeout_secs(Some(MAX_TIMEOUT_SECS + 1)).is_err());
+    }
 }
