@@ -605,6 +605,66 @@ mod tests {
         panic!("process {id} did not finish");
     }
 
+    /// Every event a follow yields until its exit, stdout joined.
+    async fn follow_all(
+        registry: &Arc<Registry>,
+        id: u64,
+        from: (u64, u64),
+    ) -> (Vec<u8>, ExecEvent) {
+        let mut rx = registry.follow(id, from).unwrap();
+        let mut stdout = Vec::new();
+        while let Some(line) = rx.recv().await {
+            match serde_json::from_slice::<ExecEvent>(&line).unwrap() {
+                ExecEvent::Stdout { data } => stdout.extend(data),
+                ExecEvent::Stderr { .. } => {}
+                end => return (stdout, end),
+            }
+        }
+        panic!("the follow stream ended without an exit");
+    }
+
+    #[tokio::test]
+    async fn kept_stdin_is_written_later_and_closed_and_a_follow_sees_it_all() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(dir.path()));
+        let mut req = sh("cat; echo end");
+        req.keep_stdin = true;
+        let info = registry.start(&req).await.unwrap();
+
+        let write = |data: &[u8], close| ProcessStdin {
+            id: info.id,
+            data: data.to_vec(),
+            close,
+        };
+        registry.write_stdin(&write(b"one\n", false)).await.unwrap();
+        registry.write_stdin(&write(b"two\n", true)).await.unwrap();
+        let (stdout, end) = follow_all(&registry, info.id, (0, 0)).await;
+        let again = registry.write_stdin(&write(b"late", false)).await;
+
+        assert_eq!(stdout, b"one\ntwo\nend\n");
+        assert!(
+            matches!(end, ExecEvent::Exit { code: Some(0), .. }),
+            "{end:?}"
+        );
+        assert!(again.is_err(), "stdin written after it was closed");
+    }
+
+    #[tokio::test]
+    async fn a_follow_from_an_offset_after_the_exit_yields_the_rest_then_the_exit() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(dir.path()));
+        let info = registry.start(&sh("printf abcdef; exit 2")).await.unwrap();
+        finished(&registry, info.id).await;
+
+        let (stdout, end) = follow_all(&registry, info.id, (4, 0)).await;
+
+        assert_eq!(stdout, b"ef");
+        assert!(
+            matches!(end, ExecEvent::Exit { code: Some(2), .. }),
+            "{end:?}"
+        );
+    }
+
     #[tokio::test]
     async fn output_is_read_by_offset_after_the_process_ended() {
         let dir = tempfile::tempdir().unwrap();

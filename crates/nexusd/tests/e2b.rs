@@ -191,7 +191,7 @@ fn a_background_command_is_reconnected_by_pid_from_a_second_client_after_three_m
 }
 
 #[test]
-fn set_timeout_expires_a_sandbox_and_records_why_and_pause_is_refused() {
+fn set_timeout_expires_a_sandbox_even_across_a_restart_and_records_why_and_pause_is_refused() {
     common::require_boot_prerequisites();
     let d = e2b_daemon();
     let key = token(&d, &["--lifecycle"]);
@@ -218,8 +218,27 @@ fn set_timeout_expires_a_sandbox_and_records_why_and_pause_is_refused() {
     let other = token(&d, &["--lifecycle"]);
     let (status, _) = http(&d, "GET", &format!("/sandboxes/{id}"), Some(&other), "");
     assert_eq!(status, 404, "another key saw the sandbox");
-    let (status, _) = http(&d, "DELETE", &format!("/sandboxes/{id}"), Some(&key), "");
-    assert_eq!(status, 204);
+    // Its expiry is in the database: it holds across a daemon killed outright.
+    let (status, body) = http(
+        &d,
+        "POST",
+        &format!("/sandboxes/{id}/timeout"),
+        Some(&key),
+        r#"{"timeout":20}"#,
+    );
+    assert_eq!(status, 204, "{body}");
+    let d = d.kill_and_restart();
+    let deadline = std::time::Instant::now() + Duration::from_secs(120);
+    while vm_names(&d).contains(&id) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the sandbox outlived its timeout across a restart:\n{}",
+            d.log()
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let reason = rusqlite_reason(&find_db(d.home()), &id);
+    assert!(reason.starts_with("timeout"), "recorded reason {reason:?}");
 
     let facts = scenario(&d, &key, &["timeout", "run-timeout"]);
     let sandbox = facts["sandbox"].as_str().unwrap();
@@ -227,9 +246,7 @@ fn set_timeout_expires_a_sandbox_and_records_why_and_pause_is_refused() {
         !vm_names(&d).iter().any(|n| n == sandbox),
         "the expired VM is still there"
     );
-    let db = d.home().join("state/nexus.db");
-    let db = if db.exists() { db } else { find_db(d.home()) };
-    let reason = rusqlite_reason(&db, sandbox);
+    let reason = rusqlite_reason(&find_db(d.home()), sandbox);
     assert!(reason.starts_with("timeout"), "recorded reason {reason:?}");
 }
 
@@ -248,7 +265,7 @@ fn find_db(home: &std::path::Path) -> PathBuf {
     )
 }
 
-/// Why a sandbox ended, read with the sqlite3 CLI-free way: python's sqlite3 module.
+/// Why a sandbox ended, read with Python's sqlite3 module (no sqlite3 CLI needed).
 fn rusqlite_reason(db: &std::path::Path, sandbox: &str) -> String {
     let out = Command::new("python3")
         .args([

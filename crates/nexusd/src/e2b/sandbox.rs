@@ -41,6 +41,8 @@ const MAX_KEY_CHARS: usize = 256;
 const MAX_VALUE_CHARS: usize = 4096;
 /// How often the expiry task looks even when nothing woke it.
 const EXPIRY_POLL: Duration = Duration::from_secs(5);
+/// When ending a sandbox failed, how long until the expiry task tries again.
+const RETRY_END: Duration = Duration::from_secs(60);
 
 /// Sandboxes: the rows, and per-VM state of the envd side that lives only in memory.
 pub struct SandboxService {
@@ -243,7 +245,17 @@ impl SandboxService {
             tracing::warn!(error = %e, vm = %key, "stopping an ending E2B sandbox failed");
         }
         if let Err(e) = self.app.lifecycle.delete(&key, false).await {
-            tracing::warn!(error = %e, vm = %key, "deleting an ending E2B sandbox failed");
+            tracing::warn!(error = %e, vm = %key, "deleting an ending E2B sandbox failed; retrying in a minute");
+            // The row stays (it goes with the VM): look again later rather than at every poll.
+            let (sandbox, retry) = (
+                row.sandbox_id.clone(),
+                now_ms() + RETRY_END.as_millis() as i64,
+            );
+            let _ = self
+                .app
+                .store
+                .call(move |c| rows::set_end(c, &sandbox, retry))
+                .await;
         }
         self.forget(row.vm_id);
     }
