@@ -14,6 +14,7 @@ mod session;
 mod sysinfo;
 mod terminal;
 mod vsock;
+mod watch;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -60,6 +61,7 @@ fn serve(mut boot: BootTimes) -> i32 {
             sessions: Arc::default(),
             processes: Arc::new(processes::Registry::new(processes::DIR)),
             mcp_servers: mcp_servers::Servers::default(),
+            watchers: Arc::default(),
         });
         server::run(listener, state).await
     });

@@ -24,7 +24,7 @@ use tokio::sync::{Notify, Semaphore};
 
 use crate::session::Sessions;
 use crate::vsock::VsockListener;
-use crate::{exec, files, init, mcp_servers, processes, sysinfo, terminal};
+use crate::{exec, files, init, mcp_servers, processes, sysinfo, terminal, watch};
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 pub type ApiResult = Result<Response<Body>, ApiError>;
@@ -43,6 +43,7 @@ pub struct State {
     pub sessions: Arc<Sessions>,
     pub processes: Arc<processes::Registry>,
     pub mcp_servers: mcp_servers::Servers,
+    pub watchers: Arc<watch::Watchers>,
 }
 
 /// Accepts vsock connections until a shutdown is requested; returns the process exit code.
@@ -105,6 +106,7 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
         (Method::DELETE, "/v1/files") => files::remove(&req).await,
         (Method::GET, "/v1/stat") => files::stat(&req).await,
         (Method::GET, "/v1/list") => files::list(&req).await,
+        (Method::GET, "/v1/watch") => watch::handle(&req, &state.watchers).await,
         (Method::GET, "/v1/info") => info().await,
         (Method::POST, "/v1/terminal") => terminal::open(req, &state.sessions).await,
         (Method::GET, "/v1/sessions") => terminal::list(&state.sessions),

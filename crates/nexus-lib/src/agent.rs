@@ -351,6 +351,60 @@ pub const MAX_PROCESS_STDIN_CHUNK: usize = 1024 * 1024;
 /// stdout chunk, so either side notices a dead peer.
 pub const FOLLOW_KEEPALIVE_MS: u64 = 15_000;
 
+/// Most directory watches (`GET /v1/watch` streams) one agent keeps at once.
+pub const MAX_WATCHERS: usize = 64;
+/// Most directories one recursive watch follows.
+pub const MAX_WATCHED_DIRS: usize = 4096;
+/// Events one watch queues in the guest before it drops them and reports an overflow.
+pub const WATCH_QUEUE_EVENTS: usize = 1024;
+/// Longest a `GET /v1/watch` stream stays silent before it sends a keep-alive.
+pub const WATCH_KEEPALIVE_MS: u64 = 15_000;
+
+/// What happened to a watched entry (E2B's and fsnotify's operations).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WatchOp {
+    /// Created, or moved in.
+    Create,
+    Write,
+    Remove,
+    /// Moved away (the new name, if still watched, comes as a `Create`).
+    Rename,
+    /// Metadata (mode, owner, times) changed.
+    Chmod,
+}
+
+/// One line of the newline-delimited JSON stream answering `GET /v1/watch`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum WatchEvent {
+    /// `name` is relative to the watched directory (`sub/file` in a recursive watch).
+    Fs { op: WatchOp, name: String },
+    /// Events were lost (the kernel's queue or the watch's own queue overflowed, or a recursive
+    /// watch reached [`MAX_WATCHED_DIRS`]).
+    Overflow,
+    /// Nothing happened for [`WATCH_KEEPALIVE_MS`].
+    Keepalive,
+    /// The watched directory itself was removed or moved: the last event.
+    Gone,
+}
+
+impl WatchEvent {
+    /// Checks what a guest sent: a relative name, bounded, without NUL or `..` parts.
+    pub fn validate(&self) -> Result<(), String> {
+        let Self::Fs { name, .. } = self else {
+            return Ok(());
+        };
+        if name.is_empty() || name.len() > MAX_PATH_BYTES {
+            return Err(format!("watch event name of {} bytes", name.len()));
+        }
+        if name.starts_with('/') || name.contains('\0') || name.split('/').any(|p| p == "..") {
+            return Err(format!("watch event name {name:?} is not a relative path"));
+        }
+        Ok(())
+    }
+}
+
 /// A stdio MCP server the agent runs and supervises in the guest.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
@@ -576,6 +630,22 @@ mod b64_opt {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn watch_event_names_must_be_bounded_relative_paths() {
+        let named = |name: &str| WatchEvent::Fs {
+            op: WatchOp::Create,
+            name: name.into(),
+        };
+
+        let verdicts: Vec<bool> = ["sub/f", "", "/etc/passwd", "../x", "a\0b"]
+            .iter()
+            .map(|n| named(n).validate().is_ok())
+            .chain([named(&"x".repeat(MAX_PATH_BYTES + 1)).validate().is_ok()])
+            .collect();
+
+        assert_eq!(verdicts, [true, false, false, false, false, false]);
+    }
 
     #[test]
     fn negotiate_picks_highest_common_version() {

@@ -696,10 +696,10 @@ struct Lines {
     ended: bool,
 }
 
-/// Validated `(line, event)` pairs of an exec reply.
-fn event_lines(
+/// Validated `(line, event)` pairs of an NDJSON reply (exec events, watch events).
+fn event_lines<E: DeserializeOwned + Send>(
     body: Incoming,
-) -> impl Stream<Item = Result<(Bytes, ExecEvent), AgentError>> + Send {
+) -> impl Stream<Item = Result<(Bytes, E), AgentError>> + Send {
     let state = Lines {
         body,
         decoder: NdjsonDecoder::new(MAX_EVENT_LINE_BYTES),
@@ -710,10 +710,13 @@ fn event_lines(
         let mut st = state?;
         loop {
             if let Some(line) = st.ready.pop_front() {
-                let parsed = serde_json::from_slice::<ExecEvent>(&line);
+                let parsed = serde_json::from_slice::<E>(&line);
                 return Some(match parsed {
                     Ok(event) => (Ok((line, event)), Some(st)),
-                    Err(e) => (Err(AgentError::Malformed(format!("exec event: {e}"))), None),
+                    Err(e) => (
+                        Err(AgentError::Malformed(format!("stream event: {e}"))),
+                        None,
+                    ),
                 });
             }
             if st.ended {
@@ -744,6 +747,8 @@ fn event_lines(
 mod mcp;
 #[path = "client_processes.rs"]
 mod processes;
+#[path = "client_watch.rs"]
+mod watch;
 
 #[cfg(test)]
 #[path = "client_tests.rs"]

@@ -1,52 +1,31 @@
 //! envd's `filesystem.Filesystem` on the Nexus agent: `Stat`, `ListDir` (to a depth),
-//! `MakeDir`, `Move`, `Remove`, and directory watching (`WatchDir`'s stream and the polling
-//! trio `CreateWatcher` / `GetWatcherEvents` / `RemoveWatcher`).
-//!
-//! Watching compares listings of the directory taken through the agent every
-//! [`WATCH_PERIOD`] (create, remove, and write seen as a size change), bounded in watchers per
-//! sandbox, entries per listing and queued events (the oldest dropped past the bound). Paths that
-//! are not absolute are taken relative to `/root`, the home of the guest's user.
+//! `MakeDir`, `Move`, `Remove`; directory watching is in [`super::watcher`] (the agent's
+//! inotify watch). Paths that are not absolute are taken relative to `/root`, the home of the
+//! guest's user.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::collections::VecDeque;
 
 use axum::body::Body;
-use axum::http::HeaderMap;
 use axum::response::Response;
 use axum::routing::post;
 use axum::{Extension, Router};
 use futures_util::StreamExt;
 use nexus_lib::agent::{ExecEvent, ExecRequest, FileKind, FileStat, MAX_LIST_ENTRIES};
 
-use super::E2bState;
-use super::connect::{
-    Code, ConnectError, EnvelopeReader, stream_error, stream_response, unary_request,
-    unary_response,
-};
+use super::connect::{Code, ConnectError, unary_request, unary_response};
 use super::process::agent_error;
 use super::proto::filesystem::{
-    CreateWatcherRequest, CreateWatcherResponse, EntryInfo, EventType, FileType, FilesystemEvent,
-    GetWatcherEventsRequest, GetWatcherEventsResponse, ListDirRequest, ListDirResponse,
-    MakeDirRequest, MakeDirResponse, MoveRequest, MoveResponse, RemoveRequest, RemoveResponse,
-    RemoveWatcherRequest, RemoveWatcherResponse, StatRequest, StatResponse, WatchDirRequest,
-    WatchDirResponse, watch_dir_response,
+    EntryInfo, FileType, ListDirRequest, ListDirResponse, MakeDirRequest, MakeDirResponse,
+    MoveRequest, MoveResponse, RemoveRequest, RemoveResponse, StatRequest, StatResponse,
 };
 use super::sandbox::EnvdSandbox;
+use super::{E2bState, watcher};
 use crate::agent::AgentClient;
 
 /// The guest user's home, for relative paths.
 pub const HOME: &str = "/root";
-/// Deepest `ListDir` and recursive watch.
+/// Deepest `ListDir`.
 const MAX_DEPTH: u32 = 16;
-/// Most watchers per sandbox (streams and polled ones together).
-const MAX_WATCHERS: usize = 16;
-/// Most events a polled watcher queues between two `GetWatcherEvents`.
-const MAX_QUEUED_EVENTS: usize = 1024;
-/// How often a watched directory is looked at.
-const WATCH_PERIOD: Duration = Duration::from_millis(200);
-/// Keep-alive period of a `WatchDir` stream.
-const WATCH_KEEPALIVE: Duration = Duration::from_secs(30);
 
 pub(super) fn routes() -> Router<E2bState> {
     Router::new()
@@ -55,13 +34,19 @@ pub(super) fn routes() -> Router<E2bState> {
         .route("/filesystem.Filesystem/MakeDir", post(make_dir))
         .route("/filesystem.Filesystem/Move", post(move_entry))
         .route("/filesystem.Filesystem/Remove", post(remove))
-        .route("/filesystem.Filesystem/WatchDir", post(watch_dir))
-        .route("/filesystem.Filesystem/CreateWatcher", post(create_watcher))
+        .route("/filesystem.Filesystem/WatchDir", post(watcher::watch_dir))
+        .route(
+            "/filesystem.Filesystem/CreateWatcher",
+            post(watcher::create_watcher),
+        )
         .route(
             "/filesystem.Filesystem/GetWatcherEvents",
-            post(get_watcher_events),
+            post(watcher::get_watcher_events),
         )
-        .route("/filesystem.Filesystem/RemoveWatcher", post(remove_watcher))
+        .route(
+            "/filesystem.Filesystem/RemoveWatcher",
+            post(watcher::remove_watcher),
+        )
 }
 
 /// An absolute guest path for `path` (relative ones under [`HOME`]), checked.
@@ -293,294 +278,9 @@ async fn remove(Extension(sbx): Extension<EnvdSandbox>, body: Body) -> Response 
     )
 }
 
-/// A directory's entries as last seen: path → (kind, size).
-type Snapshot = BTreeMap<String, (FileKind, u64)>;
-
-async fn snapshot(
-    agent: &AgentClient,
-    dir: &str,
-    recursive: bool,
-) -> Result<Snapshot, ConnectError> {
-    let depth = if recursive { MAX_DEPTH } else { 1 };
-    Ok(walk(agent, dir, depth)
-        .await?
-        .into_iter()
-        .map(|e| {
-            let kind = match FileType::try_from(e.r#type) {
-                Ok(FileType::Directory) => FileKind::Dir,
-                Ok(FileType::Symlink) => FileKind::Symlink,
-                Ok(FileType::File) => FileKind::File,
-                _ => FileKind::Other,
-            };
-            (e.path, (kind, e.size as u64))
-        })
-        .collect())
-}
-
-/// The events between two snapshots, named relative to the watched directory.
-fn diff(dir: &str, old: &Snapshot, new: &Snapshot) -> Vec<FilesystemEvent> {
-    let rel = |p: &str| {
-        p.strip_prefix(dir)
-            .unwrap_or(p)
-            .trim_start_matches('/')
-            .to_string()
-    };
-    let event = |p: &str, t: EventType| FilesystemEvent {
-        name: rel(p),
-        r#type: t as i32,
-        entry: None,
-    };
-    let mut out = Vec::new();
-    for (path, (kind, size)) in new {
-        match old.get(path) {
-            None => {
-                out.push(event(path, EventType::Create));
-                if *kind == FileKind::File && *size > 0 {
-                    out.push(event(path, EventType::Write));
-                }
-            }
-            Some((_, old_size)) if old_size != size && *kind == FileKind::File => {
-                out.push(event(path, EventType::Write));
-            }
-            _ => {}
-        }
-    }
-    out.extend(
-        old.keys()
-            .filter(|p| !new.contains_key(*p))
-            .map(|p| event(p, EventType::Remove)),
-    );
-    out
-}
-
-/// The polled watchers of one sandbox.
-#[derive(Default)]
-pub(crate) struct Watchers {
-    map: Mutex<HashMap<String, Arc<Mutex<Polled>>>>,
-    streams: std::sync::atomic::AtomicUsize,
-}
-
-struct Polled {
-    events: VecDeque<FilesystemEvent>,
-    task: tokio::task::AbortHandle,
-}
-
-impl Watchers {
-    fn count(&self) -> usize {
-        self.map.lock().unwrap_or_else(|e| e.into_inner()).len()
-            + self.streams.load(std::sync::atomic::Ordering::Relaxed)
-    }
-}
-
-/// Checks that `path` is a directory and takes its first snapshot.
-async fn start_watch(
-    sbx: &EnvdSandbox,
-    path: &str,
-    recursive: bool,
-) -> Result<(String, Snapshot), ConnectError> {
-    if sbx.rt.watchers.count() >= MAX_WATCHERS {
-        return Err(ConnectError::new(
-            Code::ResourceExhausted,
-            format!("at most {MAX_WATCHERS} watchers per sandbox"),
-        ));
-    }
-    let dir = guest_path(path)?;
-    let stat = sbx.agent.stat(&dir).await.map_err(agent_error)?;
-    if stat.kind != FileKind::Dir {
-        return Err(ConnectError::invalid(format!("{dir} is not a directory")));
-    }
-    let first = snapshot(&sbx.agent, &dir, recursive).await?;
-    Ok((dir, first))
-}
-
-/// `WatchDir` (server stream).
-async fn watch_dir(
-    Extension(sbx): Extension<EnvdSandbox>,
-    _headers: HeaderMap,
-    body: Body,
-) -> Response {
-    let mut reader = EnvelopeReader::new(body);
-    let req: WatchDirRequest = match reader.next().await {
-        Ok(Some(r)) => r,
-        Ok(None) => return stream_error(ConnectError::invalid("missing WatchDirRequest")),
-        Err(e) => return stream_error(e),
-    };
-    let (dir, mut last) = match start_watch(&sbx, &req.path, req.recursive).await {
-        Ok(v) => v,
-        Err(e) => return stream_error(e),
-    };
-    let (tx, resp) = stream_response();
-    let counter = Arc::new(());
-    sbx.rt
-        .watchers
-        .streams
-        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tokio::spawn(async move {
-        let _count = counter;
-        let wrap = |e| WatchDirResponse { event: Some(e) };
-        let mut ok = tx
-            .send(&wrap(watch_dir_response::Event::Start(
-                watch_dir_response::StartEvent {},
-            )))
-            .await;
-        let mut since_ping = Duration::ZERO;
-        while ok {
-            tokio::select! {
-                () = tokio::time::sleep(WATCH_PERIOD) => {}
-                () = tx.closed() => break,
-            }
-            since_ping += WATCH_PERIOD;
-            let next = match snapshot(&sbx.agent, &dir, req.recursive).await {
-                Ok(s) => s,
-                Err(e) => {
-                    tx.end(Some(e)).await;
-                    break;
-                }
-            };
-            for event in diff(&dir, &last, &next) {
-                ok = ok
-                    && tx
-                        .send(&wrap(watch_dir_response::Event::Filesystem(event)))
-                        .await;
-            }
-            last = next;
-            if since_ping >= WATCH_KEEPALIVE {
-                since_ping = Duration::ZERO;
-                ok = ok
-                    && tx
-                        .send(&wrap(watch_dir_response::Event::Keepalive(
-                            watch_dir_response::KeepAlive {},
-                        )))
-                        .await;
-            }
-        }
-        sbx.rt
-            .watchers
-            .streams
-            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
-    });
-    resp
-}
-
-async fn create_watcher(Extension(sbx): Extension<EnvdSandbox>, body: Body) -> Response {
-    unary(
-        async {
-            let req: CreateWatcherRequest = unary_request(body).await?;
-            let (dir, mut last) = start_watch(&sbx, &req.path, req.recursive).await?;
-            let id = uuid::Uuid::new_v4().simple().to_string();
-            let agent = sbx.agent.clone();
-            let recursive = req.recursive;
-            let slot: Arc<Mutex<Option<Arc<Mutex<Polled>>>>> = Arc::default();
-            let weak_slot = slot.clone();
-            let task = tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(WATCH_PERIOD).await;
-                    let Ok(next) = snapshot(&agent, &dir, recursive).await else {
-                        continue;
-                    };
-                    let events = diff(&dir, &last, &next);
-                    last = next;
-                    let target = weak_slot.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                    if let Some(polled) = target {
-                        let mut p = polled.lock().unwrap_or_else(|e| e.into_inner());
-                        for event in events {
-                            if p.events.len() >= MAX_QUEUED_EVENTS {
-                                p.events.pop_front();
-                            }
-                            p.events.push_back(event);
-                        }
-                    }
-                }
-            });
-            let polled = Arc::new(Mutex::new(Polled {
-                events: VecDeque::new(),
-                task: task.abort_handle(),
-            }));
-            *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(polled.clone());
-            sbx.rt
-                .watchers
-                .map
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .insert(id.clone(), polled);
-            Ok(CreateWatcherResponse { watcher_id: id })
-        }
-        .await,
-    )
-}
-
-fn watcher(sbx: &EnvdSandbox, id: &str) -> Result<Arc<Mutex<Polled>>, ConnectError> {
-    sbx.rt
-        .watchers
-        .map
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .get(id)
-        .cloned()
-        .ok_or_else(|| ConnectError::not_found(format!("watcher {id} not found")))
-}
-
-async fn get_watcher_events(Extension(sbx): Extension<EnvdSandbox>, body: Body) -> Response {
-    unary(
-        async {
-            let req: GetWatcherEventsRequest = unary_request(body).await?;
-            let polled = watcher(&sbx, &req.watcher_id)?;
-            let events = polled
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .events
-                .drain(..)
-                .collect();
-            Ok(GetWatcherEventsResponse { events })
-        }
-        .await,
-    )
-}
-
-async fn remove_watcher(Extension(sbx): Extension<EnvdSandbox>, body: Body) -> Response {
-    unary(
-        async {
-            let req: RemoveWatcherRequest = unary_request(body).await?;
-            let polled = sbx
-                .rt
-                .watchers
-                .map
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .remove(&req.watcher_id)
-                .ok_or_else(|| {
-                    ConnectError::not_found(format!("watcher {} not found", req.watcher_id))
-                })?;
-            polled
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .task
-                .abort();
-            Ok(RemoveWatcherResponse {})
-        }
-        .await,
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn a_new_file_is_a_create_and_a_write_and_a_gone_one_a_remove() {
-        let old: Snapshot = [("/d/a".to_string(), (FileKind::File, 1))].into();
-        let new: Snapshot = [("/d/b".to_string(), (FileKind::File, 3))].into();
-        let events = diff("/d", &old, &new);
-        let kinds: Vec<(String, i32)> = events.into_iter().map(|e| (e.name, e.r#type)).collect();
-        assert_eq!(
-            kinds,
-            vec![
-                ("b".into(), EventType::Create as i32),
-                ("b".into(), EventType::Write as i32),
-                ("a".into(), EventType::Remove as i32),
-            ]
-        );
-    }
 
     #[test]
     fn relative_paths_are_under_home() {

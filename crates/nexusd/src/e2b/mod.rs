@@ -24,6 +24,7 @@ mod process;
 pub mod proto;
 mod pty;
 mod sandbox;
+mod watcher;
 
 use std::sync::Arc;
 

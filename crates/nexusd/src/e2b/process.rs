@@ -69,7 +69,7 @@ pub(super) fn agent_error(e: AgentError) -> ConnectError {
                 400 => Code::InvalidArgument,
                 404 => Code::NotFound,
                 409 => Code::FailedPrecondition,
-                413 => Code::ResourceExhausted,
+                413 | 429 => Code::ResourceExhausted,
                 _ => Code::Internal,
             };
             ConnectError::new(code, message)

@@ -60,8 +60,8 @@ pub(crate) struct Runtime {
     pub procs: Mutex<HashMap<u32, super::process::Started>>,
     /// PTY processes, by the pid given to the SDK.
     pub ptys: super::pty::Ptys,
-    /// File watchers of the polling API (`CreateWatcher`).
-    pub watchers: super::filesystem::Watchers,
+    /// Directory watchers (`WatchDir` streams and `CreateWatcher`'s).
+    pub watchers: super::watcher::Watchers,
 }
 
 /// The sandbox an envd request is for (an extension the handlers take).

@@ -91,19 +91,35 @@ def files(sbx):
     expect(sbx.files.read("/tmp/e2b/blob.bin", format="bytes") == blob, "binary round trip")
 
 
+def wait_for_event(handle, events, name, kind, what):
+    wait_for(
+        lambda: events.extend(handle.get_new_events()) or any(
+            e.name == name and e.type.name == kind for e in events
+        ),
+        f"a {kind} event for {what} (saw {[(e.name, e.type.name) for e in events]})",
+        15,
+    )
+
+
 def watch(sbx):
     sbx.files.make_dir("/tmp/watched")
     handle = sbx.files.watch_dir("/tmp/watched")
-    sbx.commands.run("echo x > /tmp/watched/made-by-command")
     events = []
-    wait_for(
-        lambda: events.extend(handle.get_new_events()) or any(
-            e.name == "made-by-command" and e.type.name == "CREATE" for e in events
-        ),
-        "a CREATE event for the file a command made",
-        15,
-    )
+    sbx.commands.run("echo x > /tmp/watched/made-by-command")
+    wait_for_event(handle, events, "made-by-command", "CREATE", "the file a command made")
+    sbx.commands.run("echo more >> /tmp/watched/made-by-command")
+    wait_for_event(handle, events, "made-by-command", "WRITE", "the file a command appended to")
+    sbx.commands.run("rm /tmp/watched/made-by-command")
+    wait_for_event(handle, events, "made-by-command", "REMOVE", "the file a command removed")
     handle.stop()
+
+    recursive = sbx.files.watch_dir("/tmp/watched", recursive=True)
+    events = []
+    sbx.commands.run("mkdir -p /tmp/watched/later/deeper && echo y > /tmp/watched/later/deeper/f")
+    wait_for_event(
+        recursive, events, "later/deeper/f", "CREATE", "a file in a directory made after the watch"
+    )
+    recursive.stop()
 
 
 def pty(sbx):
