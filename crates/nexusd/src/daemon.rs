@@ -232,7 +232,7 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         let addr_file = paths.run_dir.join("tcp.addr");
         std::fs::write(&addr_file, format!("{bound}\n"))
             .map_err(listen_err(addr_file.display().to_string()))?;
-        let app = api::tcp_router(state.clone(), token);
+        let app = api::tcp_router(state.clone(), token, tls.is_some());
         let opts = crate::tcp::TcpOptions {
             max_connections: settings.tcp_max_connections,
             header_timeout: settings.tcp_header_timeout,

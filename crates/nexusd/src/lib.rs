@@ -19,5 +19,6 @@ pub mod storage;
 pub mod store;
 pub mod tcp;
 pub mod tokens;
+pub mod ui;
 pub mod vm;
 pub mod vmm;

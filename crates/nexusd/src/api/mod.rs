@@ -3,7 +3,7 @@
 //! then call a domain service.
 
 mod assets;
-mod auth;
+pub(crate) mod auth;
 mod caller;
 mod drives;
 pub mod error;
@@ -150,9 +150,14 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(tokens::routes())
 }
 
-/// The full application: API routes, `/v1/openapi.json`, the MCP endpoint `/mcp`, JSON
-/// fallbacks and middleware.
+/// The full application: API routes, `/v1/openapi.json`, the MCP endpoint `/mcp`, the web UI
+/// at `/ui/`, JSON fallbacks and middleware (the Unix socket's: no login).
 pub fn router(state: AppState) -> Router {
+    app(state, None)
+}
+
+/// The application; `login` is the TCP listener's auth, which the UI's login page uses.
+fn app(state: AppState, login: Option<auth::TcpAuth>) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     utoipa::Modify::modify(&openapi::Common, &mut doc);
     let doc = Arc::new(doc);
@@ -170,6 +175,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             scope::guard,
         ))
+        // After the scope guard: the UI's pages and files hold no data; what they show comes
+        // from the API, under the scope of the browser's session.
+        .merge(crate::ui::router(login))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -190,13 +198,16 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The router for the TCP listener: the same API behind a bearer token (the configured one, or
-/// a managed token with its scope).
-pub fn tcp_router(state: AppState, token: BearerToken) -> Router {
+/// a managed token with its scope) or a browser session made from one at `/ui/login`. `tls`
+/// says whether the listener has TLS (the session cookie is then `Secure`).
+pub fn tcp_router(state: AppState, token: BearerToken, tls: bool) -> Router {
     let auth = auth::TcpAuth {
         token,
         tokens: state.tokens.clone(),
+        sessions: crate::ui::sessions::BrowserSessions::default(),
+        secure: tls,
     };
-    router(state).layer(axum::middleware::from_fn_with_state(
+    app(state, Some(auth.clone())).layer(axum::middleware::from_fn_with_state(
         auth,
         auth::require_bearer,
     ))
