@@ -232,6 +232,11 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         let addr_file = paths.run_dir.join("tcp.addr");
         std::fs::write(&addr_file, format!("{bound}\n"))
             .map_err(listen_err(addr_file.display().to_string()))?;
+        if !crate::ui::has_terminal_assets() {
+            tracing::warn!(
+                "the web UI was built without xterm.js: its terminal tab is off (npm ci --prefix ui, then rebuild)"
+            );
+        }
         let app = api::tcp_router(state.clone(), token, tls.is_some());
         let opts = crate::tcp::TcpOptions {
             max_connections: settings.tcp_max_connections,
