@@ -1,6 +1,7 @@
 //! What each command does. One module per noun; each verb is a function.
 
 pub mod asset;
+pub mod build;
 pub mod download;
 pub mod drive;
 pub mod firecracker;
@@ -12,5 +13,6 @@ pub mod network;
 pub mod provider;
 pub mod rootfs;
 pub mod status;
+pub mod template;
 pub mod token;
 pub mod vm;
