@@ -314,7 +314,9 @@ mod tests {
                 let b = get(c, &b.id.to_string())?.unwrap();
                 assert_eq!(b.state, BuildState::Failed);
                 assert_eq!(b.error.as_deref(), Some("restart"));
-                assert_eq!(get(c, &a.id.to_string()[..13])?.unwrap().id, a.id);
+                assert_eq!(get(c, &a.id.to_string()[..30])?.unwrap().id, a.id);
+                // Both ids start with the same millisecond: that prefix names neither.
+                assert!(get(c, &a.id.to_string()[..8])?.is_none());
                 assert!(find_cached(c, "k1")?.is_none());
                 Ok(())
             })
