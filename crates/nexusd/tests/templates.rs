@@ -224,8 +224,15 @@ fn a_failing_step_fails_the_build_with_its_output_in_the_log_and_leaves_no_image
         "name = \"bad\"\nbase = \"default\"\n[[run]]\ncommand = \"echo fine\"\n[[run]]\ncommand = \"echo about to fail; echo oops >&2; exit 3\"\n[[run]]\ncommand = \"echo never\"\n",
     );
 
-    let (b, ok) = build(&d, "bad", &[]);
+    let out = d.ctl(&["template", "build", "bad", "--follow"]);
 
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let followed = stderr(&out);
+    assert!(
+        followed.contains("about to fail") && followed.contains("run[1] failed: exit code 3"),
+        "{followed}"
+    );
+    let (b, ok) = build(&d, "bad", &[]);
     assert!(!ok);
     assert_eq!(b.state, BuildState::Failed);
     assert!(b.image_id.is_none());
