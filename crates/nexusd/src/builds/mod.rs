@@ -337,8 +337,8 @@ impl BuildService {
         }
     }
 
-    /// The log of a build: `Ok(Err(whole))` for a build that is over, or a follower of the
-    /// live log of one that is queued or running.
+    /// The log of a build: stored, for a build that is over, or live (to follow) for one that
+    /// is queued or running in this daemon.
     pub async fn log(&self, id: &str) -> Result<LogSource, BuildError> {
         let build = self.get(id).await?;
         if let Some(live) = self.lock_live().get(&build.id).cloned() {

@@ -224,8 +224,7 @@ pub fn save_progress(
     Ok(())
 }
 
-/// The end of a build: its final state, error, image, steps and log. False when it had
-/// already ended (the record is immutable from then on).
+/// The end of a build: its final state, error, image, steps and log.
 pub struct Finish<'a> {
     pub state: BuildState,
     pub error: Option<&'a str>,
@@ -234,6 +233,8 @@ pub struct Finish<'a> {
     pub log: &'a [u8],
 }
 
+/// Records the end of build `id`; false when it had already ended (the record is immutable
+/// from then on).
 pub fn finish(conn: &Connection, id: Uuid, f: &Finish<'_>) -> Result<bool, StoreError> {
     Ok(conn.execute(
         "UPDATE builds SET state = ?2, error = ?3, image_id = ?4, steps = ?5, log = ?6,

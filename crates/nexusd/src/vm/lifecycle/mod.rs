@@ -312,14 +312,6 @@ impl Lifecycle {
         &self.inner.vms
     }
 
-    /// Boots a VM without its image's `start` service and `ready` check (a template's build
-    /// VM): the VM is running once its agent answers.
-    pub async fn start_plain(&self, key: &str) -> Result<Vm, VmError> {
-        let vm = self.inner.vms.get(key).await?;
-        self.skip_services_once(vm.id);
-        self.start(&vm.id.to_string()).await
-    }
-
     /// Boots a VM and waits for its agent; returns the running VM.
     pub async fn start(&self, key: &str) -> Result<Vm, VmError> {
         let (this, key) = (self.clone(), key.to_owned());

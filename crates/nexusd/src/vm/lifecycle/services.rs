@@ -29,9 +29,17 @@ const MAX_CHECK_OUTPUT: usize = 1 << 20;
 const READY_POLL: Duration = Duration::from_millis(250);
 
 impl Lifecycle {
+    /// Boots a VM without its image's `start` service and `ready` check (a template's build
+    /// VM): the VM is running once its agent answers.
+    pub async fn start_plain(&self, key: &str) -> Result<nexus_lib::api::Vm, crate::vm::VmError> {
+        let vm = self.inner.vms.get(key).await?;
+        self.skip_services_once(vm.id);
+        self.start(&vm.id.to_string()).await
+    }
+
     /// Marks VM `id` to be started without its image's service and check (a build VM); the
     /// mark is used up by the next start.
-    pub(super) fn skip_services_once(&self, id: Uuid) {
+    fn skip_services_once(&self, id: Uuid) {
         self.inner
             .skip_services
             .lock()
