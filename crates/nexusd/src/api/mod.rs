@@ -72,6 +72,9 @@ pub struct AppState {
     pub tokens: crate::tokens::TokenService,
     /// Per-VM MCP servers connected through their agents (their tools are on `/mcp`).
     pub guest_mcp: crate::mcp::GuestServers,
+    /// Open terminal WebSockets on all listeners: an upgraded connection leaves the TCP
+    /// listener's connection cap, so it is bounded here (`terminal::MAX_TERMINALS`).
+    pub terminals: terminal::TerminalSlots,
 }
 
 impl AppState {
@@ -102,6 +105,7 @@ impl AppState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             tokens: crate::tokens::TokenService::new(store.clone()),
             guest_mcp: crate::mcp::GuestServers::default(),
+            terminals: terminal::TerminalSlots::default(),
         }
     }
 }
