@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 # tools: build-essential bc flex bison libelf-dev libssl-dev (and lz4, for the bzImage).
 # The debian-rootfs provider (crates/nexusd/src/assets/mmdebstrap.rs) builds root filesystems with
 # mmdebstrap into zstd-compressed tarballs: mmdebstrap zstd.
-PACKAGES=(qemu-system-x86 btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd python3 python3-venv dnsmasq-base
+PACKAGES=(qemu-system-x86 tmux btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd python3 python3-venv dnsmasq-base
   build-essential bc flex bison libelf-dev libssl-dev mmdebstrap zstd)
 missing=()
 for p in "${PACKAGES[@]}"; do

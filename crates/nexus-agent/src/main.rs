@@ -8,8 +8,11 @@ mod init;
 mod mcp_servers;
 mod net;
 mod processes;
+mod pty;
 mod server;
+mod session;
 mod sysinfo;
+mod terminal;
 mod vsock;
 
 use std::sync::Arc;
@@ -54,6 +57,7 @@ fn serve(mut boot: BootTimes) -> i32 {
         let state = Arc::new(server::State {
             boot,
             shutdown: tokio::sync::Notify::new(),
+            sessions: Arc::default(),
             processes: Arc::new(processes::Registry::new(processes::DIR)),
             mcp_servers: mcp_servers::Servers::default(),
         });

@@ -22,8 +22,9 @@ use nexus_lib::agent::{
 use serde::Serialize;
 use tokio::sync::{Notify, Semaphore};
 
+use crate::session::Sessions;
 use crate::vsock::VsockListener;
-use crate::{exec, files, init, mcp_servers, processes, sysinfo};
+use crate::{exec, files, init, mcp_servers, processes, sysinfo, terminal};
 
 pub type Body = UnsyncBoxBody<Bytes, io::Error>;
 pub type ApiResult = Result<Response<Body>, ApiError>;
@@ -39,6 +40,7 @@ const MAX_SEND_BUF_BYTES: usize = 1024 * 1024;
 pub struct State {
     pub boot: BootTimes,
     pub shutdown: Notify,
+    pub sessions: Arc<Sessions>,
     pub processes: Arc<processes::Registry>,
     pub mcp_servers: mcp_servers::Servers,
 }
@@ -104,6 +106,9 @@ async fn route(req: Request<Incoming>, state: Arc<State>) -> Response<Body> {
         (Method::GET, "/v1/stat") => files::stat(&req).await,
         (Method::GET, "/v1/list") => files::list(&req).await,
         (Method::GET, "/v1/info") => info().await,
+        (Method::POST, "/v1/terminal") => terminal::open(req, &state.sessions).await,
+        (Method::GET, "/v1/sessions") => terminal::list(&state.sessions),
+        (Method::DELETE, "/v1/sessions") => terminal::kill(&req, &state.sessions),
         (Method::POST, "/v1/processes") => processes::handle_start(req, &state.processes).await,
         (Method::GET, "/v1/processes") => json(StatusCode::OK, &state.processes.list()),
         (Method::GET, "/v1/processes/output") => {

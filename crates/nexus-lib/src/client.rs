@@ -257,6 +257,25 @@ impl Client {
         .await
     }
 
+    /// `GET /v1/vms/{vm}/sessions`: the VM's terminal sessions.
+    pub async fn terminal_sessions(
+        &self,
+        vm: &str,
+    ) -> Result<Vec<crate::terminal::SessionInfo>, ClientError> {
+        self.request(
+            Method::GET,
+            &format!("/v1/vms/{}/sessions", segment(vm)),
+            None::<&()>,
+        )
+        .await
+    }
+
+    /// `DELETE /v1/vms/{vm}/sessions/{id}`: kills a terminal session.
+    pub async fn kill_terminal_session(&self, vm: &str, id: &str) -> Result<(), ClientError> {
+        self.delete(&format!("/v1/vms/{}/sessions/{}", segment(vm), segment(id)))
+            .await
+    }
+
     /// `DELETE /v1/vms/{id-or-name}`; the drives made with the VM go too unless `keep_drives`.
     pub async fn delete_vm(&self, vm: &str, keep_drives: bool) -> Result<(), ClientError> {
         let query = if keep_drives { "?keep_drives=true" } else { "" };

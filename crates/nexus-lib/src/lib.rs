@@ -12,6 +12,8 @@ pub mod error;
 pub mod names;
 pub mod paths;
 pub mod size;
+pub mod term_client;
+pub mod terminal;
 
 /// The version of this build, reported by `GET /v1/health` and `nexusctl --version`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

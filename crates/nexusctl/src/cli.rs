@@ -414,6 +414,15 @@ pub enum VmCommand {
     Restart(VmRef),
     /// Run a command in a running VM; exits with the command's exit code.
     Exec(VmExecArgs),
+    /// Open an interactive shell (or CMD) in a running VM, in a session that survives detaching.
+    Shell(VmShellArgs),
+    /// Re-attach to a terminal session; sees the output it missed (up to 1 MiB).
+    Attach(VmAttachArgs),
+    /// List a VM's terminal sessions.
+    Sessions(VmRef),
+    /// Kill a terminal session.
+    #[command(name = "kill-session")]
+    KillSession(VmKillSessionArgs),
     /// Copy a file into (`LOCAL VM:/path`) or out of (`VM:/path LOCAL`) a running VM.
     Cp(VmCpArgs),
     /// Show a VM's serial console.
@@ -441,6 +450,43 @@ pub struct VmExecArgs {
     /// The command and its arguments.
     #[arg(last = true, required = true, value_name = "CMD")]
     pub argv: Vec<String>,
+}
+
+/// Options of an interactive terminal.
+#[derive(Debug, Args)]
+pub struct TerminalOpts {
+    /// Key sequence that detaches, comma-separated (`ctrl-X` or one character).
+    #[arg(long, default_value = "ctrl-],d", value_name = "KEYS")]
+    pub detach_keys: String,
+}
+
+#[derive(Debug, Args)]
+pub struct VmShellArgs {
+    /// VM name or id.
+    pub vm: String,
+    #[command(flatten)]
+    pub opts: TerminalOpts,
+    /// The command to run instead of the shell.
+    #[arg(last = true, value_name = "CMD")]
+    pub argv: Vec<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct VmAttachArgs {
+    /// VM name or id.
+    pub vm: String,
+    /// Session id (`vm sessions`); may be left out when the VM has one running session.
+    pub session: Option<String>,
+    #[command(flatten)]
+    pub opts: TerminalOpts,
+}
+
+#[derive(Debug, Args)]
+pub struct VmKillSessionArgs {
+    /// VM name or id.
+    pub vm: String,
+    /// Session id.
+    pub session: String,
 }
 
 #[derive(Debug, Args)]

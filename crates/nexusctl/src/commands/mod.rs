@@ -2,6 +2,7 @@
 
 pub mod asset;
 pub mod build;
+pub mod detach;
 pub mod download;
 pub mod drive;
 pub mod firecracker;
@@ -14,5 +15,6 @@ pub mod provider;
 pub mod rootfs;
 pub mod status;
 pub mod template;
+pub mod terminal;
 pub mod token;
 pub mod vm;

@@ -11,6 +11,17 @@ use crate::output::{Printer, fields, table};
 pub async fn run(client: &Client, out: Printer, cmd: VmCommand) -> Result<u8, ClientError> {
     match cmd {
         VmCommand::Exec(args) => return super::guest::exec(client, args).await,
+        VmCommand::Shell(args) => return super::terminal::shell(client, args).await,
+        VmCommand::Attach(args) => return super::terminal::attach(client, args).await,
+        VmCommand::Sessions(r) => super::terminal::sessions(client, out, &r.vm).await?,
+        VmCommand::KillSession(args) => {
+            client
+                .kill_terminal_session(&args.vm, &args.session)
+                .await?;
+            out.print(&serde_json::json!({"killed": args.session}), || {
+                format!("killed session {}", args.session)
+            });
+        }
         VmCommand::Cp(args) => super::guest::cp(client, args).await?,
         VmCommand::Logs(args) => super::guest::logs(client, args).await?,
         VmCommand::Start(r) => action(client, out, &r.vm, "start").await?,

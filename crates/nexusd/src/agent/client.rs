@@ -27,8 +27,8 @@ use tokio::sync::Mutex;
 use super::{AgentError, NdjsonDecoder, dial_hybrid_vsock};
 use crate::sanitize;
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
+pub(super) type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub(super) type ReqBody = UnsyncBoxBody<Bytes, BoxError>;
 
 /// A stream of byte chunks (file contents, raw NDJSON lines) coming from the agent.
 pub type ByteStream = Pin<Box<dyn Stream<Item = Result<Bytes, AgentError>> + Send>>;
@@ -413,7 +413,10 @@ impl AgentClient {
         }))
     }
 
-    async fn json_call<T: DeserializeOwned>(&self, req: Request<ReqBody>) -> Result<T, AgentError> {
+    pub(super) async fn json_call<T: DeserializeOwned>(
+        &self,
+        req: Request<ReqBody>,
+    ) -> Result<T, AgentError> {
         self.timed(async {
             let resp = check(self.send(req).await?).await?;
             read_json(resp).await
@@ -421,7 +424,7 @@ impl AgentClient {
         .await
     }
 
-    async fn timed<T>(
+    pub(super) async fn timed<T>(
         &self,
         fut: impl Future<Output = Result<T, AgentError>>,
     ) -> Result<T, AgentError> {
@@ -434,7 +437,10 @@ impl AgentClient {
             })?
     }
 
-    async fn send(&self, req: Request<ReqBody>) -> Result<Response<Incoming>, AgentError> {
+    pub(super) async fn send(
+        &self,
+        req: Request<ReqBody>,
+    ) -> Result<Response<Incoming>, AgentError> {
         let mut sender = self.sender().await?;
         let result = match sender.ready().await {
             Ok(()) => sender.send_request(req).await,
@@ -607,7 +613,7 @@ fn skip_then_take(
     )
 }
 
-fn empty() -> ReqBody {
+pub(super) fn empty() -> ReqBody {
     Empty::new().map_err(|never| match never {}).boxed_unsync()
 }
 
@@ -617,7 +623,7 @@ fn full(bytes: Vec<u8>) -> ReqBody {
         .boxed_unsync()
 }
 
-fn request(
+pub(super) fn request(
     method: Method,
     path_and_query: &str,
     body: ReqBody,
@@ -642,7 +648,7 @@ fn path_uri(endpoint: &str, path: &str, extra: &str) -> Result<String, AgentErro
 }
 
 /// Turns a non-2xx reply into [`AgentError::Remote`] (or `Protocol` for a version mismatch).
-async fn check(resp: Response<Incoming>) -> Result<Response<Incoming>, AgentError> {
+pub(super) async fn check(resp: Response<Incoming>) -> Result<Response<Incoming>, AgentError> {
     let status = resp.status();
     if status.is_success() {
         return Ok(resp);

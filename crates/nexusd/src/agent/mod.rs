@@ -6,6 +6,7 @@ mod client;
 #[cfg(test)]
 pub(crate) mod fake;
 mod ndjson;
+mod terminal;
 mod transport;
 
 use std::path::{Path, PathBuf};
@@ -13,6 +14,7 @@ use std::time::Duration;
 
 pub use client::{AgentClient, ByteStream, FileRange};
 pub use ndjson::NdjsonDecoder;
+pub use terminal::TerminalStream;
 pub use transport::dial_hybrid_vsock;
 
 #[derive(Debug, thiserror::Error)]

@@ -17,6 +17,7 @@ mod network;
 mod openapi;
 mod parse_errors;
 mod scope;
+mod terminal;
 mod tokens;
 mod vms;
 
@@ -74,6 +75,9 @@ pub struct AppState {
     pub guest_mcp: crate::mcp::GuestServers,
     /// Templates and their builds.
     pub builds: crate::builds::BuildService,
+    /// Open terminal WebSockets on all listeners: an upgraded connection leaves the TCP
+    /// listener's connection cap, so it is bounded here (`terminal::MAX_TERMINALS`).
+    pub terminals: terminal::TerminalSlots,
 }
 
 impl AppState {
@@ -115,6 +119,7 @@ impl AppState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             tokens: crate::tokens::TokenService::new(store.clone()),
             guest_mcp: crate::mcp::GuestServers::default(),
+            terminals: terminal::TerminalSlots::default(),
         }
     }
 }
@@ -155,6 +160,7 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(health::routes())
         .merge(vms::routes())
         .merge(guest::routes())
+        .merge(terminal::routes())
         .merge(images::routes())
         .merge(drives::routes())
         .merge(network::routes())

@@ -3,6 +3,10 @@
 //! parse-error answers given the JSON error body (`api::JsonErrors`), and a graceful stop. `axum::serve` has none of the first three, and an idle unauthenticated
 //! connection otherwise stays open for ever (3,000 of them cost 180 MB).
 //!
+//! Connections may upgrade (the terminal WebSocket); an upgraded connection leaves the server's
+//! accounting (its slot is freed) and lives on its own task until either side closes it, counted
+//! instead against the host's terminal cap (`api::terminal::MAX_TERMINALS`).
+//!
 //! Over the cap a new connection is accepted and closed at once: the client sees the refusal
 //! instead of waiting in the kernel's backlog, and the listener keeps draining the backlog.
 
@@ -13,11 +17,11 @@ use std::time::{Duration, Instant};
 
 use axum::Router;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 use crate::api::JsonErrors;
 
@@ -43,7 +47,7 @@ pub async fn serve(
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
     let slots = Arc::new(Semaphore::new(opts.max_connections));
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(opts.header_timeout);
@@ -75,11 +79,11 @@ pub async fn serve(
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(app.clone());
-        let watcher = graceful.watcher();
+        let stop = shutdown.clone();
         let http = http.clone();
         let tls = opts.tls.clone();
         let deadline = opts.header_timeout;
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let _permit = permit;
             let result = match tls {
                 Some(acceptor) => {
@@ -88,14 +92,16 @@ pub async fn serve(
                     else {
                         return;
                     };
-                    let conn =
-                        http.serve_connection(TokioIo::new(JsonErrors::new(stream)), service);
-                    watcher.watch(conn).await
+                    let conn = http
+                        .serve_connection(TokioIo::new(JsonErrors::new(stream)), service)
+                        .with_upgrades();
+                    until_stopped(conn, &stop).await
                 }
                 None => {
-                    let conn =
-                        http.serve_connection(TokioIo::new(JsonErrors::new(stream)), service);
-                    watcher.watch(conn).await
+                    let conn = http
+                        .serve_connection(TokioIo::new(JsonErrors::new(stream)), service)
+                        .with_upgrades();
+                    until_stopped(conn, &stop).await
                 }
             };
             if let Err(e) = result {
@@ -104,6 +110,29 @@ pub async fn serve(
         });
     }
     drop(listener);
-    graceful.shutdown().await;
+    connections.close();
+    connections.wait().await;
     Ok(())
+}
+
+/// Serves one connection; at shutdown it finishes its current request and closes. A connection
+/// upgraded to a WebSocket (a terminal) leaves this future and runs on its own task.
+async fn until_stopped<I, S>(
+    conn: hyper::server::conn::http1::UpgradeableConnection<I, S>,
+    stop: &CancellationToken,
+) -> hyper::Result<()>
+where
+    I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    S: hyper::service::HttpService<hyper::body::Incoming>,
+    S::ResBody: 'static,
+    <S::ResBody as hyper::body::Body>::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    tokio::pin!(conn);
+    tokio::select! {
+        result = conn.as_mut() => result,
+        () = stop.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    }
 }

@@ -226,6 +226,7 @@ impl FakeHost {
             shutdown: tokio_util::sync::CancellationToken::new(),
             tokens: crate::tokens::TokenService::new(self.store.clone()),
             guest_mcp: crate::mcp::GuestServers::default(),
+            terminals: Default::default(),
         }
     }
 }
