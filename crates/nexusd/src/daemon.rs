@@ -192,11 +192,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         asset_service,
     );
     state.images = state.images.with_limits(settings.import_limits);
+    state.builds = crate::builds::BuildService::new(
+        store.clone(),
+        state.lifecycle.clone(),
+        state.images.clone(),
+        Arc::new(import_policy(&settings)),
+        paths.data_dir.join("builds"),
+        settings.max_concurrent_builds,
+    );
     state.mcp = settings.mcp;
     state.shutdown = shutdown.clone();
     let lifecycle = state.lifecycle.clone();
     let network = state.vms.network().clone();
     lifecycle.recover().await.map_err(DaemonError::Recover)?;
+    if let Err(e) = state.builds.recover().await {
+        tracing::warn!(error = %crate::sanitize::Escaped(nexus_lib::error::error_chain(&e)), "cannot recover the builds of the previous run");
+    }
     reconcile_network(&state).await;
     tokio::spawn(state.guest_mcp.clone().run(
         state.store.clone(),

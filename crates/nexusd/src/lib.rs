@@ -5,6 +5,7 @@ pub mod agent;
 pub mod api;
 pub mod assets;
 pub mod boot;
+pub mod builds;
 pub mod command;
 pub mod daemon;
 pub mod drives;

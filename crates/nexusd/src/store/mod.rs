@@ -7,12 +7,14 @@
 //! deleted to upgrade.
 
 pub mod assets;
+pub mod builds;
 pub mod drives;
 pub mod images;
 pub mod mcp_servers;
 mod migrations;
 pub mod network;
 pub mod runtime;
+pub mod templates;
 pub mod tokens;
 pub mod vms;
 
