@@ -9,7 +9,8 @@ cd "$(dirname "$0")/.."
 # tools: build-essential bc flex bison libelf-dev libssl-dev (and lz4, for the bzImage).
 # The debian-rootfs provider (crates/nexusd/src/assets/mmdebstrap.rs) builds root filesystems with
 # mmdebstrap into zstd-compressed tarballs: mmdebstrap zstd.
-PACKAGES=(qemu-system-x86 tmux btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd python3 python3-venv dnsmasq-base
+# The web UI's test drives headless Chromium (tests/ui.rs): chromium.
+PACKAGES=(qemu-system-x86 tmux chromium btrfs-progs e2fsprogs busybox-static nftables cpio lz4 iproute2 systemd python3 python3-venv dnsmasq-base
   build-essential bc flex bison libelf-dev libssl-dev mmdebstrap zstd)
 missing=()
 for p in "${PACKAGES[@]}"; do
@@ -23,6 +24,25 @@ if ((${#missing[@]})); then
   echo "setup: installing ${missing[*]}"
   apt-get update -qq
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# The web UI's xterm.js comes from npm, pinned by ui/package-lock.json; nexusd's build.rs embeds
+# it when installed. node and npm from the distribution, unless some node (with npm) is there.
+if ! command -v npm >/dev/null 2>&1; then
+  if [[ $(id -u) -ne 0 ]]; then
+    echo "setup: npm is missing (sudo apt-get install nodejs npm)" >&2
+    exit 1
+  fi
+  echo "setup: installing nodejs npm"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
+fi
+# (Skipped when node_modules was installed from this very lockfile: a reinstall would make
+# cargo rebuild nexusd.)
+if ! cmp -s ui/package-lock.json ui/node_modules/.nexus-installed-lock 2>/dev/null; then
+  echo "setup: npm ci --prefix ui (xterm.js for the web UI)"
+  npm ci --prefix ui --no-audit --no-fund --loglevel=error >/dev/null
+  cp ui/package-lock.json ui/node_modules/.nexus-installed-lock
 fi
 
 if ! command -v vhost-device-vsock >/dev/null 2>&1; then

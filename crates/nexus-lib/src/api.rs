@@ -8,11 +8,14 @@ use uuid::Uuid;
 use crate::size::ByteSize;
 
 mod assets;
+mod builds;
 mod integer;
 mod network;
 pub mod pipeline;
 mod storage;
+pub mod template;
 pub use assets::*;
+pub use builds::*;
 mod tokens;
 pub use integer::integral as integral_json_number;
 pub use network::*;

@@ -14,6 +14,9 @@ use hyper_util::rt::TokioIo;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
+#[path = "client_builds.rs"]
+mod builds;
+
 use crate::agent::{ExecEvent, ExecRequest, FileStat, MAX_EVENT_LINE_BYTES};
 use crate::api::{
     Asset, AssetKind, AssetVerification, AttachDrive, BootRecord, CreateDrive, CreateImage,

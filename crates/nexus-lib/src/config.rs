@@ -70,6 +70,8 @@ pub struct Config {
     pub import_max_bytes: Option<ByteSize>,
     /// Seconds an image import may take (1..=86400, default 1800); past it the build is killed.
     pub import_timeout_secs: Option<u64>,
+    /// Template builds that may run at once (1..=64, default 2); more wait queued.
+    pub max_concurrent_builds: Option<usize>,
     /// Seconds to let in-flight requests finish at shutdown (0..=600).
     pub shutdown_grace_secs: Option<u64>,
     /// VMM backend: `auto` (Firecracker where it and KVM work, else QEMU), `firecracker`, `qemu`.
@@ -425,6 +427,14 @@ impl Config {
                     ));
                 }
             }
+        }
+        if let Some(n) = self.max_concurrent_builds
+            && !(1..=64).contains(&n)
+        {
+            return Err(bad(
+                "max_concurrent_builds",
+                format!("{n} is outside 1..=64"),
+            ));
         }
         if let Some(n) = self.import_max_entries
             && !(1..=MAX_IMPORT_ENTRIES).contains(&n)

@@ -43,6 +43,12 @@ pub enum Command {
     /// Manage drives (copy-on-write snapshots of images, attached to VMs).
     #[command(subcommand)]
     Drive(DriveCommand),
+    /// Templates: images described once (base, files, commands), built in a VM and cached.
+    #[command(subcommand)]
+    Template(TemplateCommand),
+    /// Builds of templates: their state, steps, logs.
+    #[command(subcommand)]
+    Build(BuildCommand),
     /// The host network of the VMs (bridge, subnet, NAT, resolver).
     #[command(subcommand)]
     Network(NetworkCommand),
@@ -517,10 +523,14 @@ pub struct VmCreateArgs {
     #[arg(long)]
     pub start: bool,
     /// Create the VM's root drive from this image (id or name).
-    #[arg(long, value_name = "IMAGE")]
+    #[arg(long, value_name = "IMAGE", conflicts_with = "template")]
     pub image: Option<String>,
+    /// Create the VM from the image of this template, building it first unless an unchanged
+    /// build exists; the VM is started.
+    #[arg(long, value_name = "TEMPLATE")]
+    pub template: Option<String>,
     /// Size of that root drive, e.g. 4G (default: the image's size).
-    #[arg(long, value_name = "SIZE", requires = "image")]
+    #[arg(long, value_name = "SIZE")]
     pub disk_size: Option<ByteSize>,
     /// `nat` (a tap on the host's bridge, NAT out) or `none` (loopback only); default nat.
     #[arg(long, value_name = "MODE")]
@@ -662,4 +672,78 @@ pub struct VmListArgs {
 pub struct VmRef {
     /// VM name or id.
     pub vm: String,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TemplateCommand {
+    /// Store a new version of the template in FILE (TOML; see the README).
+    Create(TemplateCreateArgs),
+    /// List templates (their newest versions).
+    #[command(alias = "ls")]
+    List,
+    /// Show a template (NAME, id or NAME@VERSION) with its TOML.
+    Show(TemplateRef),
+    /// Delete every version of a template (its builds and images stay).
+    Delete(TemplateRef),
+    /// Build a template's image (a cache hit when nothing changed).
+    Build(TemplateBuildArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateCreateArgs {
+    /// The template file (TOML).
+    pub file: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateRef {
+    /// Template name, id, or NAME@VERSION.
+    pub template: String,
+}
+
+#[derive(Debug, Args)]
+pub struct TemplateBuildArgs {
+    /// Template name, id, or NAME@VERSION.
+    pub template: String,
+    /// Print the build's log as it runs.
+    #[arg(long, short)]
+    pub follow: bool,
+    /// Build even when an unchanged build exists.
+    #[arg(long)]
+    pub no_cache: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum BuildCommand {
+    /// List builds, newest first.
+    #[command(alias = "ls")]
+    List(BuildListArgs),
+    /// Show one build with its steps.
+    Show(BuildRef),
+    /// Print a build's log.
+    Logs(BuildLogsArgs),
+    /// Cancel a queued or running build (its VM and drive are removed).
+    Cancel(BuildRef),
+}
+
+#[derive(Debug, Args)]
+pub struct BuildListArgs {
+    /// Only the builds of this template.
+    #[arg(long)]
+    pub template: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildRef {
+    /// Build id (or a unique prefix of at least 8 characters).
+    pub build: String,
+}
+
+#[derive(Debug, Args)]
+pub struct BuildLogsArgs {
+    /// Build id (or a unique prefix of at least 8 characters).
+    pub build: String,
+    /// Keep printing until the build is over.
+    #[arg(long, short)]
+    pub follow: bool,
 }

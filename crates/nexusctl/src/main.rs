@@ -37,6 +37,8 @@ fn main() -> ExitCode {
             Command::Vm(cmd) => commands::vm::run(&client, out, cmd).await,
             Command::Image(cmd) => commands::image::run(&client, out, cmd).await.map(|()| 0),
             Command::Drive(cmd) => commands::drive::run(&client, out, cmd).await.map(|()| 0),
+            Command::Template(cmd) => commands::template::run(&client, out, cmd).await,
+            Command::Build(cmd) => commands::build::run(&client, out, cmd).await,
             Command::Network(cmd) => commands::network::run(&client, out, cmd).await.map(|()| 0),
             Command::Kernel(cmd) => commands::kernel::run(&client, out, cmd).await,
             Command::Firecracker(cmd) => commands::firecracker::run(&client, out, cmd).await,

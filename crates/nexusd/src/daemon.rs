@@ -192,11 +192,22 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         asset_service,
     );
     state.images = state.images.with_limits(settings.import_limits);
+    state.builds = crate::builds::BuildService::new(
+        store.clone(),
+        state.lifecycle.clone(),
+        state.images.clone(),
+        Arc::new(import_policy(&settings)),
+        paths.data_dir.join("builds"),
+        settings.max_concurrent_builds,
+    );
     state.mcp = settings.mcp;
     state.shutdown = shutdown.clone();
     let lifecycle = state.lifecycle.clone();
     let network = state.vms.network().clone();
     lifecycle.recover().await.map_err(DaemonError::Recover)?;
+    if let Err(e) = state.builds.recover().await {
+        tracing::warn!(error = %crate::sanitize::Escaped(nexus_lib::error::error_chain(&e)), "cannot recover the builds of the previous run");
+    }
     reconcile_network(&state).await;
     tokio::spawn(state.guest_mcp.clone().run(
         state.store.clone(),
@@ -232,7 +243,12 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         let addr_file = paths.run_dir.join("tcp.addr");
         std::fs::write(&addr_file, format!("{bound}\n"))
             .map_err(listen_err(addr_file.display().to_string()))?;
-        let app = api::tcp_router(state.clone(), token);
+        if !crate::ui::has_terminal_assets() {
+            tracing::warn!(
+                "the web UI was built without xterm.js: its terminal tab is off (npm ci --prefix ui, then rebuild)"
+            );
+        }
+        let app = api::tcp_router(state.clone(), token, tls.is_some());
         let opts = crate::tcp::TcpOptions {
             max_connections: settings.tcp_max_connections,
             header_timeout: settings.tcp_header_timeout,

@@ -76,6 +76,9 @@ pub struct Args {
     /// Seconds an image import may take before it is stopped (default 1800).
     #[arg(long, value_name = "SECS")]
     pub import_timeout_secs: Option<u64>,
+    /// Template builds that may run at once (default 2).
+    #[arg(long, value_name = "N")]
+    pub max_concurrent_builds: Option<usize>,
     /// Seconds to let in-flight requests finish at shutdown.
     #[arg(long, value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -233,6 +236,7 @@ pub struct Settings {
     pub e2b_listen: Option<SocketAddr>,
     pub import_roots: Option<Vec<PathBuf>>,
     pub import_limits: crate::images::ImportLimits,
+    pub max_concurrent_builds: usize,
     pub shutdown_grace: Duration,
     pub vmm: crate::vmm::VmmChoice,
     pub boot_timeout: Duration,
@@ -281,6 +285,7 @@ impl Settings {
             import_max_entries: args.import_max_entries.or(file.import_max_entries),
             import_max_bytes: args.import_max_bytes.or(file.import_max_bytes),
             import_timeout_secs: args.import_timeout_secs.or(file.import_timeout_secs),
+            max_concurrent_builds: args.max_concurrent_builds.or(file.max_concurrent_builds),
             shutdown_grace_secs: args.shutdown_grace_secs.or(file.shutdown_grace_secs),
             vmm: args.vmm.clone().or(file.vmm),
             boot_timeout_secs: args.boot_timeout_secs.or(file.boot_timeout_secs),
@@ -388,6 +393,9 @@ impl Settings {
             ),
             e2b_listen: cfg.e2b_listen,
             import_roots: cfg.import_roots,
+            max_concurrent_builds: cfg
+                .max_concurrent_builds
+                .unwrap_or(crate::builds::DEFAULT_MAX_CONCURRENT),
             import_limits: crate::images::ImportLimits {
                 max_entries: cfg
                     .import_max_entries

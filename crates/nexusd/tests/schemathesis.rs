@@ -5,7 +5,8 @@
 //! Excluded operations: start and restart (they boot a VM), exec, files and terminal (a WebSocket
 //! upgrade; their success needs a
 //! running VM), asset downloads (they would fetch from whatever URL a generated body names: tests
-//! send traffic to loopback only; `tests/assets.rs` covers them against a local server). One check is turned off for one operation, for a written reason: see
+//! send traffic to loopback only; `tests/assets.rs` covers them against a local server), template
+//! builds (a valid template's build boots a build VM; `tests/templates.rs` covers them). One check is turned off for one operation, for a written reason: see
 //! [`CONFIG`].
 
 mod common;
@@ -20,7 +21,7 @@ const TOKEN: &str = "schemathesis-t0ken";
 /// The pinned version `scripts/setup.sh` installs.
 const INSTALL: &str = "scripts/setup.sh (or: python3 -m venv /opt/nexus-venv && /opt/nexus-venv/bin/pip install schemathesis==4.32.5)";
 /// Operations whose success needs a VM that boots.
-const EXCLUDED_PATHS: &str = "/(start|restart|exec|files|download|terminal)$";
+const EXCLUDED_PATHS: &str = "/(start|restart|exec|files|download|terminal|build)$";
 /// `positive_data_acceptance` is off for `POST /v1/images` only: a schema-valid body without a
 /// `name` is refused (422) when no name can be derived from the path's last component (`/`,
 /// `/..`, a file name without a letter or digit), a rule about the content of another field

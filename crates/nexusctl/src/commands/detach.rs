@@ -42,7 +42,14 @@ impl Detach {
 
     /// Feeds typed bytes; keys of a half-typed sequence are held back until it completes or
     /// breaks (then they are sent as typed).
+    ///
+    /// A chunk that is one whole control sequence (`ESC [ … final`) while a sequence is half
+    /// typed is the terminal's own answer to a guest's query (a cursor position report after
+    /// the prompt), not a key: it is sent on and the half-typed sequence stays held back.
     pub fn feed(&mut self, input: &[u8]) -> Typed {
+        if self.matched > 0 && is_control_sequence(input) {
+            return Typed::Send(input.to_vec());
+        }
         let mut out = Vec::with_capacity(input.len());
         for &b in input {
             if b == self.keys[self.matched] {
@@ -67,6 +74,14 @@ impl Detach {
         }
         Typed::Send(out)
     }
+}
+
+/// `ESC [` then parameter and intermediate bytes, then one final byte, and nothing more.
+fn is_control_sequence(chunk: &[u8]) -> bool {
+    let [0x1b, b'[', body @ .., last] = chunk else {
+        return false;
+    };
+    (0x40..=0x7e).contains(last) && body.iter().all(|b| (0x20..=0x3f).contains(b))
 }
 
 fn parse_key(key: &str) -> Result<u8, String> {
@@ -103,6 +118,15 @@ mod tests {
         let mut d = Detach::parse("ctrl-],d").unwrap();
 
         assert_eq!(d.feed(b"\x1dx"), Typed::Send(b"\x1dx".to_vec()));
+    }
+
+    #[test]
+    fn terminal_reply_between_the_keys_does_not_break_the_sequence() {
+        let mut d = Detach::parse("ctrl-],d").unwrap();
+
+        assert_eq!(d.feed(b"\x1d"), Typed::Send(Vec::new()));
+        assert_eq!(d.feed(b"\x1b[13;8R"), Typed::Send(b"\x1b[13;8R".to_vec()));
+        assert_eq!(d.feed(b"d"), Typed::Detach(Vec::new()));
     }
 
     #[test]

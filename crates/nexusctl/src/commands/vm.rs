@@ -105,13 +105,30 @@ async fn create(client: &Client, out: Printer, args: VmCreateArgs) -> Result<(),
             }
         }
     }
+    let (image, start) = match &args.template {
+        Some(template) => {
+            // Builds if needed (a cache hit otherwise), then boots the VM from the image.
+            let started = client.start_build(template, false).await?;
+            let b = super::build::wait(client, started, false, out.json).await?;
+            if !super::build::succeeded(&b) {
+                return Err(super::build::failed(&b));
+            }
+            (b.image_id.map(|i| i.to_string()), true)
+        }
+        None => (args.image, args.start),
+    };
+    if args.disk_size.is_some() && image.is_none() {
+        return Err(super::guest::usage(
+            "--disk-size needs --image or --template".into(),
+        ));
+    }
     let vm = client
         .create_vm(&CreateVm {
             name: args.name,
             vcpus: args.vcpus,
             memory_mib: args.memory,
-            start: args.start,
-            image: args.image,
+            start,
+            image,
             disk_size: args.disk_size,
             network: args.network,
             publish: args.publish,

@@ -8,6 +8,7 @@ use nexus_lib::api::{ErrorBody, ErrorDetail};
 
 use crate::agent::AgentError;
 use crate::assets::AssetError;
+use crate::builds::BuildError;
 use crate::drives::DriveError;
 use crate::hostpath::HostPathError;
 use crate::images::ImageError;
@@ -337,6 +338,30 @@ impl From<AssetError> for ApiError {
             AssetError::Install(e) => Self::internal(&e),
             AssetError::Store(e) => Self::internal(&e),
             AssetError::Worker(e) => Self::internal(&e),
+        }
+    }
+}
+
+impl From<BuildError> for ApiError {
+    fn from(e: BuildError) -> Self {
+        let message = e.to_string();
+        match e {
+            BuildError::TemplateNotFound(_) | BuildError::NotFound(_) => Self::not_found(message),
+            BuildError::Template(t) => Self::invalid(&t.key, message),
+            BuildError::Input { field, .. } => Self::invalid(&field, message),
+            BuildError::Finished { .. } => Self::conflict(message),
+            BuildError::Base(ImageError::NotFound(_)) => {
+                Self::not_found(message).with_field("base")
+            }
+            BuildError::Base(e) => e.into(),
+            BuildError::Path { field, source } => {
+                let mut err = ApiError::from(source).with_field(&field);
+                err.message = format!("{field}: {}", err.message);
+                err
+            }
+            BuildError::Io { .. } | BuildError::Store(_) | BuildError::Worker(_) => {
+                Self::internal(&e)
+            }
         }
     }
 }

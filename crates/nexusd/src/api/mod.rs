@@ -3,7 +3,8 @@
 //! then call a domain service.
 
 mod assets;
-mod auth;
+pub(crate) mod auth;
+mod builds;
 mod caller;
 mod drives;
 pub mod error;
@@ -72,6 +73,11 @@ pub struct AppState {
     pub tokens: crate::tokens::TokenService,
     /// Per-VM MCP servers connected through their agents (their tools are on `/mcp`).
     pub guest_mcp: crate::mcp::GuestServers,
+    /// Templates and their builds.
+    pub builds: crate::builds::BuildService,
+    /// Open terminal WebSockets on all listeners: an upgraded connection leaves the TCP
+    /// listener's connection cap, so it is bounded here (`terminal::MAX_TERMINALS`).
+    pub terminals: terminal::TerminalSlots,
 }
 
 impl AppState {
@@ -87,10 +93,21 @@ impl AppState {
         let drives = DriveService::new(store.clone(), pool.clone());
         let network = crate::network::NetworkService::new(network, store.clone());
         let vms = VmService::new(store.clone(), drives.clone(), network);
-        let images = ImageService::new(store.clone(), pool.clone(), Arc::new(import_policy))
+        let policy = Arc::new(import_policy);
+        let images = ImageService::new(store.clone(), pool.clone(), policy.clone())
             .with_agent(assets.agent().map(std::path::Path::to_path_buf));
+        let lifecycle = Lifecycle::new(store.clone(), vms.clone(), assets, lifecycle);
+        let builds = crate::builds::BuildService::new(
+            store.clone(),
+            lifecycle.clone(),
+            images.clone(),
+            policy,
+            std::env::temp_dir().join(format!("nexus-builds-{}", std::process::id())),
+            crate::builds::DEFAULT_MAX_CONCURRENT,
+        );
         Self {
-            lifecycle: Lifecycle::new(store.clone(), vms.clone(), assets, lifecycle),
+            builds,
+            lifecycle,
             vms,
             images,
             drives,
@@ -102,6 +119,7 @@ impl AppState {
             shutdown: tokio_util::sync::CancellationToken::new(),
             tokens: crate::tokens::TokenService::new(store.clone()),
             guest_mcp: crate::mcp::GuestServers::default(),
+            terminals: terminal::TerminalSlots::default(),
         }
     }
 }
@@ -132,7 +150,7 @@ impl AppState {
         title = "Nexus API",
         description = "The nexusd API: microVMs for AI agents. Every error, whatever its status, is the JSON body `{\"error\":{\"code\",\"message\",\"field\"}}` (`field` when one request field is at fault). Over TCP every operation needs `Authorization: Bearer <token>`; over the Unix socket none does."
     ),
-    tags((name = "system"), (name = "vms"), (name = "guest"), (name = "images"), (name = "drives"), (name = "network"), (name = "assets"), (name = "tokens"))
+    tags((name = "system"), (name = "vms"), (name = "guest"), (name = "images"), (name = "drives"), (name = "network"), (name = "assets"), (name = "tokens"), (name = "templates"), (name = "builds"))
 )]
 struct ApiDoc;
 
@@ -148,11 +166,17 @@ fn routes() -> OpenApiRouter<AppState> {
         .merge(network::routes())
         .merge(assets::routes())
         .merge(tokens::routes())
+        .merge(builds::routes())
 }
 
-/// The full application: API routes, `/v1/openapi.json`, the MCP endpoint `/mcp`, JSON
-/// fallbacks and middleware.
+/// The full application: API routes, `/v1/openapi.json`, the MCP endpoint `/mcp`, the web UI
+/// at `/ui/`, JSON fallbacks and middleware (the Unix socket's: no login).
 pub fn router(state: AppState) -> Router {
+    app(state, None)
+}
+
+/// The application; `login` is the TCP listener's auth, which the UI's login page uses.
+fn app(state: AppState, login: Option<auth::TcpAuth>) -> Router {
     let (router, mut doc) = routes().split_for_parts();
     utoipa::Modify::modify(&openapi::Common, &mut doc);
     let doc = Arc::new(doc);
@@ -170,6 +194,9 @@ pub fn router(state: AppState) -> Router {
             state.clone(),
             scope::guard,
         ))
+        // After the scope guard: the UI's pages and files hold no data; what they show comes
+        // from the API, under the scope of the browser's session.
+        .merge(crate::ui::router(login))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_JSON_BODY))
@@ -190,13 +217,16 @@ pub fn router(state: AppState) -> Router {
 }
 
 /// The router for the TCP listener: the same API behind a bearer token (the configured one, or
-/// a managed token with its scope).
-pub fn tcp_router(state: AppState, token: BearerToken) -> Router {
+/// a managed token with its scope) or a browser session made from one at `/ui/login`. `tls`
+/// says whether the listener has TLS (the session cookie is then `Secure`).
+pub fn tcp_router(state: AppState, token: BearerToken, tls: bool) -> Router {
     let auth = auth::TcpAuth {
         token,
         tokens: state.tokens.clone(),
+        sessions: crate::ui::sessions::BrowserSessions::default(),
+        secure: tls,
     };
-    router(state).layer(axum::middleware::from_fn_with_state(
+    app(state, Some(auth.clone())).layer(axum::middleware::from_fn_with_state(
         auth,
         auth::require_bearer,
     ))

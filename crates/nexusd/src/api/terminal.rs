@@ -35,6 +35,23 @@ const CLOSE_POLICY: u16 = 1008;
 /// How long the answer to a client's close may take to leave.
 const CLOSE_REPLY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 
+/// Most terminal WebSockets open at once across all VMs and listeners. Each VM's agent bounds its
+/// own sessions and clients; this bounds the host side (tasks, buffers, descriptors) whatever the
+/// number of VMs.
+pub const MAX_TERMINALS: usize = 512;
+
+/// Slots for open terminal WebSockets, one held by each until it closes.
+#[derive(Debug, Clone)]
+pub struct TerminalSlots(std::sync::Arc<tokio::sync::Semaphore>);
+
+impl Default for TerminalSlots {
+    fn default() -> Self {
+        Self(std::sync::Arc::new(tokio::sync::Semaphore::new(
+            MAX_TERMINALS,
+        )))
+    }
+}
+
 pub(super) fn routes() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
         .routes(routes!(terminal))
@@ -56,6 +73,7 @@ pub(super) fn routes() -> OpenApiRouter<AppState> {
                (status = 404, description = "No such VM or session", body = ErrorBody),
                (status = 409, description = "VM not running, or too many sessions or clients", body = ErrorBody),
                (status = 422, description = "Invalid query", body = ErrorBody),
+               (status = 503, description = "Too many terminals open on this host", body = ErrorBody),
                (status = 502, description = "The guest agent failed", body = ErrorBody))
 )]
 async fn terminal(
@@ -69,6 +87,13 @@ async fn terminal(
     let ws = ws.map_err(|e| {
         ApiError::bad_request(format!("this endpoint needs a WebSocket upgrade: {e}"))
     })?;
+    let slot = s.terminals.0.clone().try_acquire_owned().map_err(|_| {
+        ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too_many_terminals",
+            format!("{MAX_TERMINALS} terminals are open on this host; close one and retry"),
+        )
+    })?;
     let (vm, agent) = s.lifecycle.agent(&vm).await?;
     let stream = agent.terminal(open).await.map_err(conflict_as_409)?;
     let vm_id = vm.id.to_string();
@@ -76,7 +101,10 @@ async fn terminal(
         .max_message_size(MAX_WS_MESSAGE)
         .max_frame_size(MAX_WS_MESSAGE)
         .max_write_buffer_size(MAX_WS_WRITE_BUFFER)
-        .on_upgrade(move |socket| pump(socket, stream, s, vm_id)))
+        .on_upgrade(move |socket| async move {
+            let _slot = slot;
+            pump(socket, stream, s, vm_id).await;
+        }))
 }
 
 /// The agent's "too many" refusals are conflicts with the VM's state, not invalid input.

@@ -21,6 +21,8 @@ use crate::storage::{ImportBounds, ImportError, PoolError, PoolManager, ext4};
 use crate::store::images::{self, Deleted, ImageRow, Inserted};
 use crate::store::{Store, StoreError};
 
+mod built;
+mod oci;
 mod rootfs;
 
 /// Longest import path accepted (Linux's `PATH_MAX`).

@@ -151,7 +151,7 @@ fn prepare_tree(
 }
 
 /// The root directory's mode, the mount points and the agent.
-fn finish_tree(tree: &Path, agent: &Path) -> Result<(), RootfsError> {
+pub(super) fn finish_tree(tree: &Path, agent: &Path) -> Result<(), RootfsError> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(tree, std::fs::Permissions::from_mode(0o755))
         .map_err(file_err("chmod", tree))?;

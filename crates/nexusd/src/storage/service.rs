@@ -40,6 +40,8 @@ pub enum ImageSource {
     Ext4File(PathBuf),
     /// Built with `mke2fs -d` from a directory.
     Directory(PathBuf),
+    /// Published from the drive of a template build (the build's id).
+    Build(PathBuf),
 }
 
 /// A master image as stored in its subvolume's `meta.json`.
@@ -208,6 +210,48 @@ impl Storage {
                 path: dest.join(IMAGE_FILE),
                 size_bytes,
                 sha256,
+                created_at_ms: u64::try_from(crate::store::now_ms()).unwrap_or(0),
+                source,
+            };
+            write_meta(&work.join(META_FILE), &info)?;
+            btrfs::snapshot(&work, &dest, true).map_err(|e| exists_as(e, image_exists))?;
+            Ok(info)
+        })();
+        self.discard(&work);
+        result
+    }
+
+    /// Publishes drive `drive_id` (whose VM is stopped) as the read-only image `image_id`: a
+    /// snapshot of the drive under `tmp/` gets the image's `meta.json`, then is published by a
+    /// read-only snapshot at `images/<id>`. Constant time but for hashing the ext4 file.
+    pub fn image_from_drive(
+        &self,
+        drive_id: &str,
+        image_id: &str,
+        source: ImageSource,
+    ) -> Result<ImageInfo, ImportError> {
+        validate_id(image_id)?;
+        let drive = self
+            .existing_drive(drive_id)
+            .map_err(|_| ImportError::SourceNotFound {
+                path: self.drive_dir(drive_id),
+            })?;
+        let dest = self.image_dir(image_id);
+        let image_exists = || ImportError::Exists {
+            id: image_id.to_owned(),
+        };
+        if exists(&dest)? {
+            return Err(image_exists());
+        }
+        let work = self.work_path("image", image_id);
+        btrfs::snapshot(&drive, &work, false)?;
+        let result = (|| {
+            let file = work.join(IMAGE_FILE);
+            let info = ImageInfo {
+                id: image_id.to_owned(),
+                path: dest.join(IMAGE_FILE),
+                size_bytes: file_len(&file)?,
+                sha256: ext4::sha256_file(&file)?,
                 created_at_ms: u64::try_from(crate::store::now_ms()).unwrap_or(0),
                 source,
             };

@@ -4,7 +4,7 @@ use rusqlite_migration::{M, Migrations};
 
 /// The schema version after all migrations.
 #[cfg(test)]
-pub const LATEST: u32 = 10;
+pub const LATEST: u32 = 11;
 
 pub fn migrations() -> Migrations<'static> {
     Migrations::new(vec![
@@ -239,7 +239,43 @@ pub fn migrations() -> Migrations<'static> {
         ALTER TABLE providers_new RENAME TO providers;
         "#,
         ),
-        // 9: sandboxes made through the E2B-compatible API: the VM behind each, its template,
+        // 9: templates (every version kept) and builds (each with the exact template text it
+        // used, its cache key, timed steps and a bounded log). A build points at the image it
+        // made; deleting the image leaves the build record with no image.
+        M::up(
+            r#"
+        CREATE TABLE templates (
+            id              TEXT PRIMARY KEY NOT NULL,
+            name            TEXT NOT NULL,
+            version         INTEGER NOT NULL CHECK (version >= 1),
+            base            TEXT NOT NULL,
+            source          TEXT NOT NULL,
+            created_at_ms   INTEGER NOT NULL,
+            UNIQUE (name, version)
+        ) STRICT;
+
+        CREATE TABLE builds (
+            id                  TEXT PRIMARY KEY NOT NULL,
+            template_name       TEXT NOT NULL,
+            template_version    INTEGER NOT NULL,
+            template_source     TEXT NOT NULL,
+            cache_key           TEXT NOT NULL,
+            state               TEXT NOT NULL CHECK (state IN
+                                  ('queued','running','succeeded','failed','cancelled')),
+            cached_from         TEXT,
+            image_id            TEXT REFERENCES images(id) ON DELETE SET NULL,
+            vm_id               TEXT,
+            error               TEXT,
+            steps               TEXT NOT NULL DEFAULT '[]' CHECK (json_valid(steps)),
+            log                 BLOB NOT NULL DEFAULT x'',
+            created_at_ms       INTEGER NOT NULL,
+            ended_at_ms         INTEGER
+        ) STRICT;
+        CREATE INDEX builds_cache_key ON builds(cache_key, state);
+        CREATE INDEX builds_state ON builds(state);
+        "#,
+        ),
+        // 10: sandboxes made through the E2B-compatible API: the VM behind each, its template,
         // metadata, environment, envd access token and the time it expires (stopped, deleted).
         M::up(
             r#"
@@ -256,7 +292,7 @@ pub fn migrations() -> Migrations<'static> {
         CREATE INDEX e2b_sandboxes_end ON e2b_sandboxes(end_at_ms);
         "#,
         ),
-        // 10: why each E2B sandbox ended (its VM row is gone by then).
+        // 11: why each E2B sandbox ended (its VM row is gone by then).
         M::up(
             r#"
         CREATE TABLE e2b_sandbox_ends (

@@ -7,6 +7,7 @@
 //! deleted to upgrade.
 
 pub mod assets;
+pub mod builds;
 pub mod drives;
 pub mod e2b;
 pub mod images;
@@ -14,6 +15,7 @@ pub mod mcp_servers;
 mod migrations;
 pub mod network;
 pub mod runtime;
+pub mod templates;
 pub mod tokens;
 pub mod vms;
 

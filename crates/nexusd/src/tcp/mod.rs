@@ -4,7 +4,8 @@
 //! connection otherwise stays open for ever (3,000 of them cost 180 MB).
 //!
 //! Connections may upgrade (the terminal WebSocket); an upgraded connection leaves the server's
-//! accounting (its slot is freed) and lives on its own task until either side closes it.
+//! accounting (its slot is freed) and lives on its own task until either side closes it, counted
+//! instead against the host's terminal cap (`api::terminal::MAX_TERMINALS`).
 //!
 //! Over the cap a new connection is accepted and closed at once: the client sees the refusal
 //! instead of waiting in the kernel's backlog, and the listener keeps draining the backlog.

@@ -23,6 +23,7 @@ use uuid::Uuid;
 mod jail;
 mod kernel;
 mod recover;
+mod services;
 mod supervisor;
 
 use jail::find_jailer;
@@ -150,6 +151,8 @@ struct Inner {
     /// Grace between SIGTERM and SIGKILL when a stop escalates.
     term_grace: Duration,
     live: Mutex<HashMap<Uuid, Live>>,
+    /// VMs whose next start skips their image's service and check ([`services`]).
+    skip_services: Mutex<std::collections::HashSet<Uuid>>,
 }
 
 impl std::fmt::Debug for Lifecycle {
@@ -188,6 +191,7 @@ impl Lifecycle {
                 fixed_backend: None,
                 term_grace: TERM_GRACE,
                 live: Mutex::new(HashMap::new()),
+                skip_services: Mutex::default(),
             }),
         }
     }
@@ -301,6 +305,11 @@ impl Lifecycle {
                 (Arc::new(vmm), accel)
             }
         })
+    }
+
+    /// The VM service this life cycle drives.
+    pub fn vms(&self) -> &VmService {
+        &self.inner.vms
     }
 
     /// Boots a VM and waits for its agent; returns the running VM.
@@ -507,9 +516,16 @@ impl Lifecycle {
             })
         };
         tokio::select! {
-            res = connect => match res {
-                Ok((agent, hs)) => {
-                    let agent_ready_ms = t0.elapsed().as_millis() as u64;
+            res = async {
+                let (agent, hs) = match connect.await {
+                    Ok(c) => c,
+                    Err(e) => return Err(format!("{}; console: {}", nexus_lib::error::error_chain(&e), read_console_tail(&spec.console_log).await)),
+                };
+                let agent_ready_ms = t0.elapsed().as_millis() as u64;
+                let services = self.image_services(id, &agent).await?;
+                Ok((agent, hs, agent_ready_ms, services))
+            } => match res {
+                Ok((agent, hs, agent_ready_ms, services)) => {
                     self.set_agent(id, boot_id, agent);
                     let phases = BootPhases {
                         vmm_ready_ms: Some(vmm_ready_ms),
@@ -522,10 +538,11 @@ impl Lifecycle {
                         .call(move |c| runtime::finish_boot(c, boot_id, phases, "running"))
                         .await?;
                     let reason = format!(
-                        "agent answered in {agent_ready_ms} ms (protocol {}, agent {}, kernel {}, {kind}/{accel_name})",
+                        "agent answered in {agent_ready_ms} ms (protocol {}, agent {}, kernel {}, {kind}/{accel_name}){}",
                         hs.protocol,
                         crate::sanitize::clean(&hs.agent_version, 128),
-                        crate::sanitize::clean(&hs.kernel_release, 128)
+                        crate::sanitize::clean(&hs.kernel_release, 128),
+                        services.map(|s| format!("; {s}")).unwrap_or_default()
                     );
                     tracing::info!(vm = %vm.name, agent_ready_ms, "VM running");
                     self.inner
@@ -533,12 +550,7 @@ impl Lifecycle {
                         .transition(&id.to_string(), VmState::Running, &reason, "start")
                         .await
                 }
-                Err(e) => {
-                    let reason = format!(
-                        "{}; console: {}",
-                        nexus_lib::error::error_chain(&e),
-                        read_console_tail(&spec.console_log).await
-                    );
+                Err(reason) => {
                     live.outcome.set_if_empty(VmState::Failed, reason.clone());
                     let _ = live.signals.send(Signal::SIGKILL);
                     live.wait_exit(Duration::from_secs(10)).await;

@@ -196,17 +196,23 @@ impl FakeHost {
 
     /// The API as a daemon serves it, on this host's services.
     fn app_state(&self) -> crate::api::AppState {
-        let policy = crate::hostpath::ImportPolicy::new(None, Vec::new());
+        let policy = Arc::new(crate::hostpath::ImportPolicy::new(None, Vec::new()));
+        let images =
+            crate::images::ImageService::new(self.store.clone(), self.pool.clone(), policy.clone());
         crate::api::AppState {
+            builds: crate::builds::BuildService::new(
+                self.store.clone(),
+                self.lifecycle.clone(),
+                images.clone(),
+                policy,
+                self.dir.path().join("builds"),
+                1,
+            ),
             store: self.store.clone(),
             vms: self.vms.clone(),
             lifecycle: self.lifecycle.clone(),
             pool: self.pool.clone(),
-            images: crate::images::ImageService::new(
-                self.store.clone(),
-                self.pool.clone(),
-                Arc::new(policy),
-            ),
+            images,
             drives: self.drives.clone(),
             assets: crate::assets::AssetService::new(
                 self.store.clone(),
@@ -220,6 +226,7 @@ impl FakeHost {
             shutdown: tokio_util::sync::CancellationToken::new(),
             tokens: crate::tokens::TokenService::new(self.store.clone()),
             guest_mcp: crate::mcp::GuestServers::default(),
+            terminals: Default::default(),
         }
     }
 }
