@@ -8,8 +8,6 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::TcpStream;
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
@@ -88,31 +86,16 @@ fn scenario(d: &TestDaemon, key: &str, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(last).unwrap_or_else(|e| panic!("scenario output {last:?}: {e}"))
 }
 
-/// One raw HTTP/1.1 request; returns the status and body.
+/// One raw HTTP/1.1 request to the E2B listener, with `key` as `X-API-KEY`.
 fn http(d: &TestDaemon, method: &str, path: &str, key: Option<&str>, body: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(e2b_addr(d)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let auth = key
-        .map(|k| format!("X-API-KEY: {k}\r\n"))
-        .unwrap_or_default();
-    write!(
-        s,
-        "{method} {path} HTTP/1.1\r\nHost: x\r\n{auth}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
+    let addr = e2b_addr(d);
+    common::raw_http(
+        &addr,
+        method,
+        path,
+        key.map(|k| format!("X-API-KEY: {k}")),
+        body,
     )
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).unwrap();
-    let status = out
-        .split_whitespace()
-        .nth(1)
-        .and_then(|c| c.parse().ok())
-        .unwrap_or(0);
-    let body = out
-        .split_once("\r\n\r\n")
-        .map(|(_, b)| b.to_owned())
-        .unwrap_or_default();
-    (status, body)
 }
 
 fn vm_names(d: &TestDaemon) -> Vec<String> {

@@ -7,7 +7,7 @@ mod common;
 mod http;
 
 use common::{TCP_TOKEN, ctl_json, stderr, tcp_addr, tcp_daemon};
-use http::{login, request};
+use http::{login, post_login, request};
 
 #[test]
 fn ui_without_a_session_redirects_to_login_and_the_api_answers_401() {
@@ -54,18 +54,8 @@ fn login_page_and_static_files_are_open_and_carry_a_strict_csp() {
 fn a_wrong_token_is_refused_at_login_and_gets_no_cookie() {
     let d = tcp_daemon(&[]);
     let addr = tcp_addr(&d);
-    let origin = format!("http://{addr}");
 
-    let a = request(
-        &addr,
-        "POST",
-        "/ui/login",
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Origin", &origin),
-        ],
-        "token=not-the-token",
-    );
+    let a = post_login(&addr, "not-the-token");
 
     assert_eq!(a.status, 401, "{}", a.body);
     assert!(a.header("set-cookie").is_none());
@@ -76,17 +66,7 @@ fn a_wrong_token_is_refused_at_login_and_gets_no_cookie() {
 fn the_session_cookie_is_httponly_strict_and_opens_the_ui_and_the_api() {
     let d = tcp_daemon(&[]);
     let addr = tcp_addr(&d);
-    let origin = format!("http://{addr}");
-    let a = request(
-        &addr,
-        "POST",
-        "/ui/login",
-        &[
-            ("Content-Type", "application/x-www-form-urlencoded"),
-            ("Origin", &origin),
-        ],
-        &format!("token={TCP_TOKEN}"),
-    );
+    let a = post_login(&addr, TCP_TOKEN);
     let cookie_attrs = a.header("set-cookie").unwrap_or_default().to_owned();
     let cookie = cookie_attrs.split(';').next().unwrap().to_owned();
 

@@ -532,3 +532,34 @@ pub fn daemon_with_running_vm(name: &str) -> TestDaemon {
     );
     d
 }
+
+/// One raw HTTP/1.1 request over a fresh TCP connection to `addr`, with an optional extra header
+/// line (`"Name: value"`) and a JSON body; the status and the body. Raw, so tests can send what a
+/// typed client would refuse to.
+pub fn raw_http(
+    addr: &str,
+    method: &str,
+    path: &str,
+    header: Option<String>,
+    body: &str,
+) -> (u16, String) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let header = header.map(|h| format!("{h}\r\n")).unwrap_or_default();
+    write!(
+        s,
+        "{method} {path} HTTP/1.1\r\nHost: x\r\n{header}Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    let status = out
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("no HTTP status in {out:?}"));
+    let body = out.split_once("\r\n\r\n").map_or("", |(_, b)| b).to_owned();
+    (status, body)
+}

@@ -73,14 +73,13 @@ pub fn request(
     }
 }
 
-/// Logs in at `/ui/login` with `token` (from the listener's own origin); returns the cookie
-/// pair `nexus_session=…` on success.
-pub fn login(addr: &str, token: &str) -> Option<String> {
+/// Posts `token` to `/ui/login` from the listener's own origin; the whole answer.
+pub fn post_login(addr: &str, token: &str) -> Answer {
     let origin = format!("http://{addr}");
     let body: String = form_urlencoded::Serializer::new(String::new())
         .append_pair("token", token)
         .finish();
-    let a = request(
+    request(
         addr,
         "POST",
         "/ui/login",
@@ -89,7 +88,13 @@ pub fn login(addr: &str, token: &str) -> Option<String> {
             ("Origin", &origin),
         ],
         &body,
-    );
+    )
+}
+
+/// Logs in at `/ui/login` with `token` (from the listener's own origin); returns the cookie
+/// pair `nexus_session=…` on success.
+pub fn login(addr: &str, token: &str) -> Option<String> {
+    let a = post_login(addr, token);
     if a.status != 303 {
         return None;
     }
