@@ -440,3 +440,66 @@ fn a_vm_on_the_built_kernel_gets_its_address_and_reaches_the_internet_through_na
     );
     assert_eq!(page.as_deref(), Ok("client=198.18.46.2\n"));
 }
+
+/// A template whose `run` steps each carry their own egress policy: the build VM gets a
+/// network, and each step runs under its policy (a step without one has none at all).
+#[test]
+fn template_build_steps_run_under_their_own_egress_policy() {
+    let world = World::new(47);
+    let d = world.daemon();
+    let template = r#"
+name = "netted"
+base = "default"
+
+[[run]]
+command = "mkdir -p /opt && timeout 10 wget -q -O /opt/page http://allowed.test/"
+network = { mode = "allow", domains = ["allowed.test"] }
+
+[[run]]
+command = "if timeout 5 wget -q -O - http://198.18.47.1/; then echo reached; exit 1; fi; echo offline-step"
+
+[[run]]
+command = "if timeout 5 wget -q -O - http://198.18.47.1/; then exit 1; fi; timeout 10 wget -q -O /opt/other http://198.18.47.3/"
+network = { mode = "allow", cidrs = ["198.18.47.3"] }
+"#;
+    let path = d.home().join("netted.toml");
+    std::fs::write(&path, template).unwrap();
+    let out = d.ctl(&["template", "create", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = d.ctl(&["--json", "template", "build", "netted"]);
+    if !out.status.success() {
+        let builds = common::ctl_json(&d, &["build", "list", "--template", "netted"]);
+        let id = builds[0]["id"].as_str().unwrap_or_default();
+        let logs = stdout(&d.ctl(&["build", "logs", id]));
+        panic!("build failed: {}\n{logs}\n{}", stderr(&out), d.log());
+    }
+    let build: nexus_lib::api::Build = serde_json::from_str(&stdout(&out)).unwrap();
+    let logs = stdout(&d.ctl(&["build", "logs", &build.id.to_string()]));
+    assert!(logs.contains("network nat"), "{logs}");
+    assert!(
+        logs.contains("run[0]: network allow allowed.test"),
+        "{logs}"
+    );
+    assert!(logs.contains("run[1]: network deny-all"), "{logs}");
+    assert!(logs.contains("offline-step"), "{logs}");
+    assert!(
+        logs.contains("run[2]: network allow 198.18.47.3/32"),
+        "{logs}"
+    );
+
+    // What the networked steps fetched is in the image.
+    let image = build.image_id.expect("the build's image").to_string();
+    let out = d.ctl(&[
+        "vm",
+        "create",
+        "fromnet",
+        "--image",
+        &image,
+        "--network",
+        "none",
+        "--start",
+    ]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = stdout(&guest(&d, "fromnet", "cat /opt/page /opt/other"));
+    assert_eq!(page, "client=198.18.47.2\nclient=198.18.47.2\n");
+}

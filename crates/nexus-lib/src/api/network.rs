@@ -382,7 +382,12 @@ string_wire_type!(
 /// Where a VM may send traffic beyond its gateway (DNS to the gateway is always answered, under
 /// the same policy).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(tag = "mode", rename_all = "kebab-case", deny_unknown_fields)]
+#[serde(
+    tag = "mode",
+    rename_all = "kebab-case",
+    deny_unknown_fields,
+    try_from = "EgressWire"
+)]
 pub enum EgressPolicy {
     /// Anything out of the uplink.
     #[default]
@@ -397,6 +402,39 @@ pub enum EgressPolicy {
         #[serde(default)]
         domains: Vec<DomainPattern>,
     },
+}
+
+/// What [`EgressPolicy`] is read from: serde lets a unit variant of an internally tagged enum
+/// carry any other keys, so `{"mode": "allow-all", "domains": [...]}` would pass silently.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EgressWire {
+    mode: EgressMode,
+    cidrs: Option<Vec<Ipv4Cidr>>,
+    domains: Option<Vec<DomainPattern>>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "kebab-case")]
+enum EgressMode {
+    AllowAll,
+    DenyAll,
+    Allow,
+}
+
+impl TryFrom<EgressWire> for EgressPolicy {
+    type Error = String;
+    fn try_from(w: EgressWire) -> Result<Self, String> {
+        match (w.mode, w.cidrs, w.domains) {
+            (EgressMode::Allow, cidrs, domains) => Ok(Self::Allow {
+                cidrs: cidrs.unwrap_or_default(),
+                domains: domains.unwrap_or_default(),
+            }),
+            (EgressMode::AllowAll, None, None) => Ok(Self::AllowAll),
+            (EgressMode::DenyAll, None, None) => Ok(Self::DenyAll),
+            _ => Err("only mode `allow` takes `cidrs` and `domains`".into()),
+        }
+    }
 }
 
 /// Written out because the derived schema of an internally tagged enum leaves out
@@ -794,5 +832,17 @@ mod tests {
             serde_json::from_str::<EgressPolicy>(r#"{"mode":"allow","cidrs":["1.2.3.4/40"]}"#)
                 .is_err()
         );
+        // Lists only with `allow`, and no other keys.
+        for bad in [
+            r#"{"mode":"allow-all","domains":["x.test"]}"#,
+            r#"{"mode":"deny-all","cidrs":[]}"#,
+            r#"{"mode":"allow","ports":[80]}"#,
+            r#"{"mode":"open"}"#,
+            r#"{"cidrs":[]}"#,
+        ] {
+            assert!(serde_json::from_str::<EgressPolicy>(bad).is_err(), "{bad}");
+        }
+        let json = serde_json::to_string(&EgressPolicy::AllowAll).unwrap();
+        assert_eq!(json, r#"{"mode":"allow-all"}"#);
     }
 }

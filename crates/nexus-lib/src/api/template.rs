@@ -7,6 +7,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::api::EgressPolicy;
 use crate::names::validate_name;
 use crate::size::ByteSize;
 
@@ -92,6 +93,18 @@ pub struct RunStep {
     /// Seconds before the step is killed and the build fails (default 1800).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeout_secs: Option<u64>,
+    /// Where the step may connect, as a VM's egress policy (`{ mode = "allow-all" }`,
+    /// `{ mode = "allow", domains = [...], cidrs = [...] }`, `{ mode = "deny-all" }`); no
+    /// network at all when absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<EgressPolicy>,
+}
+
+impl RunStep {
+    /// The egress policy the step runs under: deny-all when it asks for none.
+    pub fn egress(&self) -> EgressPolicy {
+        self.network.clone().unwrap_or(EgressPolicy::DenyAll)
+    }
 }
 
 /// The service the agent starts in every VM made from the image.
@@ -236,6 +249,12 @@ impl TemplateSpec {
                     format!("{t} is out of range 1..={MAX_STEP_TIMEOUT_SECS}"),
                 ));
             }
+            if let Some(policy) = &step.network {
+                policy
+                    .clone()
+                    .normalized()
+                    .map_err(|m| bad(key("network"), m))?;
+            }
         }
         if let Some(start) = &self.start {
             check_command("start.command", &start.command)?;
@@ -303,6 +322,12 @@ impl TemplateSpec {
             )
         })?;
         Ok(BaseRef::Image(base.to_owned()))
+    }
+
+    /// Whether any `run` step asks for a network (the build VM then gets one, its egress set
+    /// per step).
+    pub fn needs_network(&self) -> bool {
+        self.run.iter().any(|s| s.network.is_some())
     }
 
     /// The requested size in bytes, if any.

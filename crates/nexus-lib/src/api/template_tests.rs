@@ -1,4 +1,5 @@
 use super::*;
+use crate::api::MAX_EGRESS_DOMAINS;
 
 const HELLO: &str = r#"
 name = "hello"
@@ -191,4 +192,49 @@ fn the_canonical_form_ignores_comments_and_layout() {
     assert_eq!(a.canonical(), b.canonical());
     let c = parse(&HELLO.replace("0644", "0600")).unwrap();
     assert_ne!(a.canonical(), c.canonical());
+}
+
+#[test]
+fn a_step_network_is_an_egress_policy() {
+    let text = |network: &str| {
+        format!("name = \"a\"\nbase = \"default\"\n[[run]]\ncommand = \"x\"\nnetwork = {network}\n")
+    };
+    let t = parse(&text(r#"{ mode = "allow", domains = ["deb.debian.org", "*.pypi.org"], cidrs = ["10.1.0.0/16"] }"#)).unwrap();
+    assert!(t.needs_network());
+    assert_eq!(
+        t.run[0].egress().summary(),
+        "allow 10.1.0.0/16,deb.debian.org,*.pypi.org"
+    );
+    let t = parse(&text(r#"{ mode = "allow-all" }"#)).unwrap();
+    assert_eq!(t.run[0].egress(), EgressPolicy::AllowAll);
+    // Absent: no network, and a step without one runs under deny-all.
+    let t = parse(HELLO).unwrap();
+    assert!(!t.needs_network());
+    assert_eq!(t.run[0].egress(), EgressPolicy::DenyAll);
+    // The policy is part of the canonical text, so of the cache key.
+    let a = parse(&text(r#"{ mode = "allow-all" }"#))
+        .unwrap()
+        .canonical();
+    let b = parse(&text(r#"{ mode = "deny-all" }"#))
+        .unwrap()
+        .canonical();
+    assert_ne!(a, b);
+    for bad in [
+        r#"{ mode = "open" }"#,
+        r#"{ mode = "allow", domains = ["bad domain"] }"#,
+        r#"{ mode = "allow", cidrs = ["10.0.0.1/8"] }"#,
+        r#"{ mode = "allow-all", domains = ["x.org"] }"#,
+        r#""allow-all""#,
+    ] {
+        assert!(parse(&text(bad)).is_err(), "{bad}");
+    }
+    let many: Vec<String> = (0..=MAX_EGRESS_DOMAINS)
+        .map(|i| format!("\"d{i}.org\""))
+        .collect();
+    let err = parse(&text(&format!(
+        "{{ mode = \"allow\", domains = [{}] }}",
+        many.join(",")
+    )))
+    .unwrap_err();
+    assert_eq!(err.key, "run[0].network", "{err}");
 }

@@ -101,6 +101,7 @@ impl AppState {
             store.clone(),
             lifecycle.clone(),
             images.clone(),
+            asset_service.clone(),
             policy,
             std::env::temp_dir().join(format!("nexus-builds-{}", std::process::id())),
             crate::builds::DEFAULT_MAX_CONCURRENT,

@@ -19,11 +19,12 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use nexus_lib::api::template::{BaseRef, TemplateSpec};
-use nexus_lib::api::{Build, BuildState, Template};
+use nexus_lib::api::{AssetKind, Build, BuildState, Template};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::assets::{AssetError, AssetService};
 use crate::hostpath::{Caller, ImportPolicy};
 use crate::images::{ImageError, ImageService};
 use crate::store::builds::{self, BuildRow};
@@ -61,6 +62,8 @@ pub enum BuildError {
     Finished { id: Uuid, state: BuildState },
     #[error("the base image: {0}")]
     Base(#[source] ImageError),
+    #[error("the base asset: {0}")]
+    BaseAsset(#[source] AssetError),
     #[error("{what} {path}")]
     Io {
         what: &'static str,
@@ -104,6 +107,7 @@ struct Inner {
     store: Store,
     lifecycle: Lifecycle,
     images: ImageService,
+    assets: AssetService,
     policy: Arc<ImportPolicy>,
     work_dir: PathBuf,
     slots: Arc<Semaphore>,
@@ -115,6 +119,7 @@ impl BuildService {
         store: Store,
         lifecycle: Lifecycle,
         images: ImageService,
+        assets: AssetService,
         policy: Arc<ImportPolicy>,
         work_dir: PathBuf,
         max_concurrent: usize,
@@ -124,6 +129,7 @@ impl BuildService {
                 store,
                 lifecycle,
                 images,
+                assets,
                 policy,
                 work_dir,
                 slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
@@ -292,10 +298,21 @@ impl BuildService {
                 .await
                 .map_err(BuildError::Base)?
                 .id),
-            BaseRef::Asset(_) => Err(BuildError::Input {
-                field: "base".into(),
-                message: "asset: bases are not supported yet: import the asset as an image (`nexusctl image import --asset`) and name that image".into(),
-            }),
+            BaseRef::Asset(key) => {
+                let asset = self
+                    .inner
+                    .assets
+                    .get(&key, Some(AssetKind::Rootfs))
+                    .await
+                    .map_err(BuildError::BaseAsset)?;
+                Ok(self
+                    .inner
+                    .images
+                    .for_rootfs_asset(&asset)
+                    .await
+                    .map_err(BuildError::Base)?
+                    .id)
+            }
         }
     }
 

@@ -13,7 +13,7 @@ use nexus_lib::agent::{ExecEvent, ExecRequest};
 use nexus_lib::api::template::{
     DEFAULT_STEP_TIMEOUT_SECS, ImageStartConfig, START_CONFIG_PATH, TemplateSpec,
 };
-use nexus_lib::api::{BuildState, BuildStep, CreateVm, NetworkMode};
+use nexus_lib::api::{BuildState, BuildStep, CreateVm, EgressPolicy, NetworkMode, UpdateVmNetwork};
 use uuid::Uuid;
 
 use super::inputs::{FileInput, Inputs};
@@ -217,9 +217,18 @@ impl Ctx<'_> {
         let copied = self.copy_files(&agent).await;
         self.step_result("files", t, copied)?;
 
+        let mut egress = EgressPolicy::DenyAll;
         for (i, step) in self.job.spec.run.iter().enumerate() {
             let label = format!("run[{i}]");
             let t = Instant::now();
+            if self.job.spec.needs_network() {
+                self.line(&format!("==> {label}: network {}", step.egress().summary()));
+                if step.egress() != egress {
+                    egress = step.egress();
+                    let set = self.set_egress(&vm, egress.clone()).await;
+                    self.step_result(&label, t, set)?;
+                }
+            }
             self.line(&format!("==> {label}: {}", step.command));
             let req = ExecRequest {
                 argv: vec!["/bin/sh".into(), "-c".into(), step.command.clone()],
@@ -260,9 +269,16 @@ impl Ctx<'_> {
     /// Creates the build VM from a drive of the base and records it with the build.
     async fn create_vm(&self) -> Result<(), String> {
         let name = vm_name(self.job.id);
+        let needs_network = self.job.spec.needs_network();
+        let network = if needs_network {
+            NetworkMode::Nat
+        } else {
+            NetworkMode::None
+        };
         self.line(&format!(
-            "==> boot: build VM {name} from image {}",
-            self.job.base
+            "==> boot: build VM {name} from image {}, network {}",
+            self.job.base,
+            network.as_str()
         ));
         let vm = self
             .svc
@@ -280,7 +296,9 @@ impl Ctx<'_> {
                     .ok()
                     .flatten()
                     .map(nexus_lib::size::ByteSize),
-                network: Some(NetworkMode::None),
+                network: Some(network),
+                // Each step sets its own policy before it runs.
+                egress: needs_network.then_some(EgressPolicy::DenyAll),
                 ..CreateVm::default()
             })
             .await
@@ -294,6 +312,18 @@ impl Ctx<'_> {
             .await
             .map_err(|e| e.to_string())?;
         Ok(())
+    }
+
+    /// Replaces the build VM's egress policy (at once: it runs).
+    async fn set_egress(&self, vm: &str, egress: EgressPolicy) -> Result<(), String> {
+        self.svc
+            .inner
+            .lifecycle
+            .vms()
+            .set_network(vm, UpdateVmNetwork { egress })
+            .await
+            .map(|_| ())
+            .map_err(|e| vm_failure("network", &e))
     }
 
     /// Records step `name` as done or failed, turning a failure into the build's.

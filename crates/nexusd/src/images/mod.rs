@@ -103,8 +103,8 @@ pub struct ImageService {
     pool: Arc<PoolManager>,
     /// Which host paths which caller may import.
     policy: Arc<ImportPolicy>,
-    /// Serialises building the default image.
-    default_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Serialises making shared base images: the default image, images of rootfs assets.
+    base_lock: Arc<tokio::sync::Mutex<()>>,
     /// The guest agent the default image carries (for kernels booted without an initramfs).
     agent: Option<PathBuf>,
     limits: ImportLimits,
@@ -116,7 +116,7 @@ impl ImageService {
             store,
             pool,
             policy,
-            default_lock: Arc::default(),
+            base_lock: Arc::default(),
             agent: None,
             limits: ImportLimits::DEFAULT,
         }
@@ -141,7 +141,7 @@ impl ImageService {
         if name != Some(DEFAULT_IMAGE) {
             return Ok(());
         }
-        let _guard = self.default_lock.lock().await;
+        let _guard = self.base_lock.lock().await;
         match self.get(DEFAULT_IMAGE).await {
             Ok(_) => return Ok(()),
             Err(ImageError::NotFound(_)) => {}

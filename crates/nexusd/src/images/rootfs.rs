@@ -104,10 +104,7 @@ impl ImageService {
                 asset: None,
                 size,
             };
-            let source = format!(
-                "asset:{}/{}@{} (sha256 {})",
-                asset.kind, asset.name, asset.version, asset.sha256
-            );
+            let source = asset_source(&asset);
             let image = this
                 .import_now(req, &Caller::Daemon, cancel, Some(source))
                 .await;
@@ -117,6 +114,41 @@ impl ImageService {
         })
         .await
     }
+}
+
+impl ImageService {
+    /// The image made from the `rootfs` asset `asset`, imported on first use: an image already
+    /// imported from exactly this asset (same kind, name, version and SHA-256, by any name) is
+    /// reused; otherwise one is imported, named after the asset, or after the asset and its
+    /// digest when that name is taken. Serialised, so concurrent callers import it once.
+    pub async fn for_rootfs_asset(&self, asset: &Asset) -> Result<Image, ImageError> {
+        let _guard = self.base_lock.lock().await;
+        let source = asset_source(asset);
+        if let Some(image) = self
+            .list()
+            .await?
+            .into_iter()
+            .find(|i| i.source == source && i.state == nexus_lib::api::StorageState::Ready)
+        {
+            return Ok(image);
+        }
+        let base = image_name(&asset.name).unwrap_or_else(|| "asset".into());
+        let name = if self.get(&base).await.is_ok() {
+            let short = &asset.sha256[..asset.sha256.len().min(12)];
+            format!("{}-{short}", &base[..base.len().min(50)])
+        } else {
+            base
+        };
+        self.import_rootfs(asset, Some(name), None).await
+    }
+}
+
+/// What an image imported from `asset` records as its source.
+fn asset_source(asset: &Asset) -> String {
+    format!(
+        "asset:{}/{}@{} (sha256 {})",
+        asset.kind, asset.name, asset.version, asset.sha256
+    )
 }
 
 /// An image name from an asset name: `debian-bookworm` stays, `Foo_1.2` → `foo-1-2`.

@@ -199,11 +199,19 @@ impl FakeHost {
         let policy = Arc::new(crate::hostpath::ImportPolicy::new(None, Vec::new()));
         let images =
             crate::images::ImageService::new(self.store.clone(), self.pool.clone(), policy.clone());
+        let assets = crate::assets::AssetService::new(
+            self.store.clone(),
+            crate::assets::AssetDirs::under(&self.dir.path().join("data")),
+            Default::default(),
+            policy.clone(),
+        )
+        .expect("asset service");
         crate::api::AppState {
             builds: crate::builds::BuildService::new(
                 self.store.clone(),
                 self.lifecycle.clone(),
                 images.clone(),
+                assets.clone(),
                 policy,
                 self.dir.path().join("builds"),
                 1,
@@ -214,13 +222,7 @@ impl FakeHost {
             pool: self.pool.clone(),
             images,
             drives: self.drives.clone(),
-            assets: crate::assets::AssetService::new(
-                self.store.clone(),
-                crate::assets::AssetDirs::under(&self.dir.path().join("data")),
-                Default::default(),
-                Arc::new(crate::hostpath::ImportPolicy::new(None, Vec::new())),
-            )
-            .expect("asset service"),
+            assets,
             started: std::time::Instant::now(),
             mcp: crate::mcp::McpSettings::default(),
             shutdown: tokio_util::sync::CancellationToken::new(),
