@@ -12,10 +12,14 @@
 //! /v1/processes/stdin`), and its output can be followed as it comes (`GET
 //! /v1/processes/follow`: the exec event stream, from any offsets, for as long as the host
 //! listens), which is how a host reattaches to a long-running command.
+//!
+//! A process's exit is recorded once every byte it wrote is in its log files (`pump.rs`), so a
+//! follower that sees the exit has seen all its output.
+
+mod pump;
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::AsFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -32,7 +36,7 @@ use nexus_lib::agent::{
 };
 use nix::sys::signal::{Signal, killpg};
 use nix::unistd::Pid;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::process::ChildStdin;
 use tokio::sync::{mpsc, watch};
 
@@ -43,12 +47,8 @@ use crate::server::{self, ApiError, ApiResult, Query};
 pub const DIR: &str = "/run/nexus-agent/processes";
 /// Longest command line kept for listings.
 const MAX_COMMAND_CHARS: usize = 200;
-const CHUNK_BYTES: usize = 32 * 1024;
-/// Punch holes in page-sized steps, and only once a stream is this far past its bound, so a
-/// steady writer does not punch on every chunk.
-const PUNCH_STEP: u64 = 1024 * 1024;
-/// After the process exited, how long its output pipes may stay open (held by children it left
-/// behind) before the exit is recorded anyway.
+/// After the process exited and its output pipes were drained, how long they may stay open
+/// (held by children it left behind) before the exit is recorded anyway.
 const DRAIN_AFTER_EXIT: Duration = Duration::from_secs(2);
 /// Longest a write to a process's stdin may block (a process that does not read).
 const STDIN_WRITE_LIMIT: Duration = Duration::from_secs(10);
@@ -57,6 +57,11 @@ const STDIN_WRITE_LIMIT: Duration = Duration::from_secs(10);
 pub struct Registry {
     dir: PathBuf,
     log_bytes: u64,
+    /// [`DRAIN_AFTER_EXIT`], shorter in tests.
+    drain_grace: Duration,
+    /// How long each pump waits before it starts: a stand-in for a loaded guest.
+    #[cfg(test)]
+    pump_delay: Duration,
     inner: Mutex<Table>,
 }
 
@@ -97,6 +102,9 @@ impl Registry {
         Self {
             dir: dir.into(),
             log_bytes,
+            drain_grace: DRAIN_AFTER_EXIT,
+            #[cfg(test)]
+            pump_delay: Duration::ZERO,
             inner: Mutex::new(Table::default()),
         }
     }
@@ -160,26 +168,19 @@ impl Registry {
             _ => {}
         }
         let bound = self.log_bytes;
-        let mut pumps = Vec::new();
+        let mut pumps = pump::Pumps::new();
+        #[cfg(test)]
+        {
+            pumps.start_delay = self.pump_delay;
+        }
         if let Some(out) = child.stdout.take() {
-            pumps.push(tokio::spawn(pump(
-                out,
-                files.0,
-                proc.clone(),
-                OutputStream::Stdout,
-                bound,
-            )));
+            pumps.spawn(out, files.0, proc.clone(), OutputStream::Stdout, bound);
         }
         if let Some(err) = child.stderr.take() {
-            pumps.push(tokio::spawn(pump(
-                err,
-                files.1,
-                proc.clone(),
-                OutputStream::Stderr,
-                bound,
-            )));
+            pumps.spawn(err, files.1, proc.clone(), OutputStream::Stderr, bound);
         }
         let timeout = req.timeout_ms.map(Duration::from_millis);
+        let grace = self.drain_grace;
         let info = proc.info();
         tokio::spawn(async move {
             let status = match timeout {
@@ -197,9 +198,8 @@ impl Registry {
                 Err(_) => (None, None),
             };
             // Record the exit once the output is in its files, so a follower that sees the
-            // exit has seen every byte (bounded: children may hold the pipes open).
-            let drained = futures_util::future::join_all(pumps);
-            let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, drained).await;
+            // exit has seen every byte.
+            pumps.drain(grace).await;
             proc.stdin.lock().await.take();
             *proc.exit.lock().unwrap_or_else(|e| e.into_inner()) = Some(exit);
             proc.changed.send_modify(|n| *n += 1);
@@ -460,45 +460,6 @@ impl Proc {
     }
 }
 
-/// Appends what `pipe` yields to `file`, dropping the oldest bytes past `bound`.
-async fn pump<R: AsyncRead + Unpin>(
-    mut pipe: R,
-    mut file: tokio::fs::File,
-    proc: Arc<Proc>,
-    stream: OutputStream,
-    bound: u64,
-) {
-    let log = proc.log(stream);
-    let mut buf = vec![0u8; CHUNK_BYTES];
-    let mut failed = false;
-    loop {
-        let n = match pipe.read(&mut buf).await {
-            Ok(0) | Err(_) => break,
-            Ok(n) => n,
-        };
-        // A full file system must not stop the process: its output is drained and dropped.
-        if failed || file.write_all(&buf[..n]).await.is_err() {
-            failed = true;
-        }
-        let written = log.written.fetch_add(n as u64, Ordering::AcqRel) + n as u64;
-        proc.changed.send_modify(|n| *n += 1);
-        let start = log.start.load(Ordering::Acquire);
-        if written - start > bound + PUNCH_STEP {
-            let new_start = (written - bound) & !4095;
-            if punch(&file, start, new_start - start).is_ok() {
-                log.start.store(new_start, Ordering::Release);
-            }
-        }
-    }
-}
-
-/// Frees bytes `offset..offset+len` of `file` (they read as zeros; the size is kept).
-fn punch(file: &tokio::fs::File, offset: u64, len: u64) -> nix::Result<()> {
-    use nix::fcntl::{FallocateFlags, fallocate};
-    let flags = FallocateFlags::FALLOC_FL_PUNCH_HOLE | FallocateFlags::FALLOC_FL_KEEP_SIZE;
-    fallocate(file.as_fd(), flags, offset as i64, len as i64)
-}
-
 async fn create(path: &Path) -> Result<tokio::fs::File, ApiError> {
     tokio::fs::OpenOptions::new()
         .create(true)
@@ -621,6 +582,70 @@ mod tests {
             }
         }
         panic!("the follow stream ended without an exit");
+    }
+
+    /// A registry whose pumps start `delay` late and that waits `grace` for children left behind.
+    fn registry_with(dir: &Path, delay: Duration, grace: Duration) -> Arc<Registry> {
+        let mut registry = Registry::new(dir);
+        registry.pump_delay = delay;
+        registry.drain_grace = grace;
+        Arc::new(registry)
+    }
+
+    #[tokio::test]
+    async fn the_exit_waits_for_output_its_pumps_were_too_slow_to_read_in_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry_with(
+            dir.path(),
+            Duration::from_secs(1),
+            Duration::from_millis(50),
+        );
+        let info = registry.start(&sh("echo hi")).await.unwrap();
+
+        let (stdout, end) = follow_all(&registry, info.id, (0, 0)).await;
+
+        assert_eq!(stdout, b"hi\n");
+        assert!(
+            matches!(end, ExecEvent::Exit { code: Some(0), .. }),
+            "{end:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_child_holding_the_pipes_open_does_not_keep_the_exit_from_being_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = Arc::new(Registry::new(dir.path()));
+        let info = registry.start(&sh("sleep 30 & echo hi")).await.unwrap();
+
+        let followed =
+            tokio::time::timeout(DRAIN_AFTER_EXIT * 5, follow_all(&registry, info.id, (0, 0)))
+                .await;
+        let _ = registry.signal(&SignalRequest {
+            id: info.id,
+            signal: ProcessSignal::Kill,
+        });
+
+        let (stdout, end) = followed.expect("the exit was not recorded");
+        assert_eq!(stdout, b"hi\n");
+        assert!(
+            matches!(end, ExecEvent::Exit { code: Some(0), .. }),
+            "{end:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_child_writing_without_pause_does_not_keep_the_exit_from_being_recorded() {
+        let dir = tempfile::tempdir().unwrap();
+        let registry = registry_with(dir.path(), Duration::ZERO, Duration::from_millis(100));
+        let info = registry.start(&sh("yes & exit 3")).await.unwrap();
+
+        let done = finished(&registry, info.id).await;
+        let _ = registry.signal(&SignalRequest {
+            id: info.id,
+            signal: ProcessSignal::Kill,
+        });
+
+        assert_eq!(done.exit_code, Some(3));
     }
 
     #[tokio::test]
