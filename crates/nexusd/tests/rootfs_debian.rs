@@ -2,7 +2,9 @@
 //! the host's own apt configuration (Debian's archive through the host's mirrors; the guest
 //! never reaches it), imports the tarball as an image with the agent in it, and a VM booted
 //! from that image under QEMU runs python3 (Debian's kernel + initramfs, then the built guest
-//! kernel without one). Bad inputs, an unknown suite and a cancelled build leave nothing.
+//! kernel without one). A template on `asset:debian-bookworm` builds an image with a user, files
+//! and a python3 service gated by a ready check. Bad inputs, an unknown suite and a cancelled
+//! build leave nothing.
 //!
 //! Needs root, mmdebstrap, everything the VM tests need (scripts/setup.sh) and NEXUS_AGENT_BIN.
 //! mmdebstrap runs three times: one full build (about 2 minutes on these 2 cores), one that
@@ -153,6 +155,12 @@ fn rootfs_build_debian_makes_an_image_whose_vm_runs_python_also_on_the_built_ker
     assert!(curl.status.success(), "{}", stderr(&curl));
     eprintln!("FIGURES debian image, Debian kernel + initramfs: start -> agent ready {ready} ms");
 
+    template_on_the_debian_asset(
+        &d,
+        asset["name"].as_str().unwrap(),
+        image["id"].as_str().unwrap(),
+    );
+
     // The same image on the built guest kernel: no initramfs, init=/sbin/nexus-agent from it.
     let kernel = common::kernel::built_kernel();
     assert!(d.stop().success());
@@ -162,6 +170,82 @@ fn rootfs_build_debian_makes_an_image_whose_vm_runs_python_also_on_the_built_ker
     let ready = boot(&d, "deb-built", name);
     vm_exec_python(&d, "deb-built");
     eprintln!("FIGURES debian image, built kernel (PVH): start -> agent ready {ready} ms");
+}
+
+/// Issue 13's template on the Debian rootfs: `base = "asset:NAME"` resolves to the image the
+/// build above imported (same tarball), a step creates a user with Debian's `useradd` and writes
+/// into `/opt`, a python3 `start` service with a `ready` port check answers in the VM.
+fn template_on_the_debian_asset(d: &TestDaemon, asset: &str, image_id: &str) {
+    let text = format!(
+        r#"name = "deb-app"
+base = "asset:{asset}"
+
+[[files]]
+content = "hello from debian\n"
+dest = "/opt/app/hello.txt"
+mode = "0640"
+
+[[run]]
+command = "useradd --create-home --uid 1000 app && chown app:app /opt/app/hello.txt && echo built > /opt/app/built.txt"
+
+[start]
+command = "python3 -m http.server 8000 --bind 127.0.0.1 --directory /opt/app"
+
+[ready]
+port = 8000
+timeout_secs = 120
+"#
+    );
+    let path = d.home().join("deb-app.toml");
+    std::fs::write(&path, text).unwrap();
+    let out = d.ctl(&["template", "create", path.to_str().unwrap()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let started = Instant::now();
+    let out = d.ctl(&["--json", "template", "build", "deb-app"]);
+    let took = started.elapsed();
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    let build: nexus_lib::api::Build = serde_json::from_str(&stdout(&out)).unwrap();
+    let log = stdout(&d.ctl(&["build", "logs", &build.id.to_string()]));
+    assert!(log.contains(&format!("from image {image_id}")), "{log}");
+    let phases: Vec<String> = build
+        .steps
+        .iter()
+        .map(|s| format!("{} {} ms", s.name, s.duration_ms))
+        .collect();
+    eprintln!(
+        "FIGURES template build on the debian asset {:.1} s: {}",
+        took.as_secs_f64(),
+        phases.join(", ")
+    );
+
+    let out = d.ctl(&["vm", "create", "deb-app", "--template", "deb-app"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    let sh = |cmd: &str| {
+        let out = d.ctl(&["vm", "exec", "deb-app", "--", "sh", "-c", cmd]);
+        assert!(out.status.success(), "{cmd}: {}", stderr(&out));
+        stdout(&out)
+    };
+    assert_eq!(
+        sh("stat -c '%a %U' /opt/app/hello.txt && id -u app && cat /opt/app/built.txt"),
+        "640 app\n1000\nbuilt\n"
+    );
+    assert_eq!(
+        sh("curl -s http://127.0.0.1:8000/hello.txt"),
+        "hello from debian\n"
+    );
+    let history = common::ctl_json(d, &["vm", "history", "deb-app"]);
+    let running = history
+        .as_array()
+        .unwrap()
+        .iter()
+        .rfind(|t| t["to"] == "running")
+        .unwrap();
+    let reason = running["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("ready check (port 8000) passed"),
+        "{reason}"
+    );
+    assert!(d.ctl(&["vm", "stop", "deb-app"]).status.success());
 }
 
 #[test]

@@ -476,3 +476,112 @@ fn an_oci_archive_made_here_is_a_usable_base_with_its_whiteouts_honoured() {
         "second layer\nnew\nremoved\n"
     );
 }
+
+/// A tar of a minimal root filesystem: the host's static busybox as `/bin/busybox` with the
+/// applets a build and these checks use linked to it.
+fn busybox_rootfs_tar() -> Vec<u8> {
+    let busybox = std::fs::read("/bin/busybox").expect("a static busybox at /bin/busybox");
+    let mut b = tar::Builder::new(Vec::new());
+    let mut dir = tar::Header::new_gnu();
+    dir.set_entry_type(tar::EntryType::Directory);
+    dir.set_mode(0o755);
+    dir.set_size(0);
+    b.append_data(&mut dir, "bin", std::io::empty()).unwrap();
+    let mut file = tar::Header::new_gnu();
+    file.set_mode(0o755);
+    file.set_size(busybox.len() as u64);
+    b.append_data(&mut file, "bin/busybox", busybox.as_slice())
+        .unwrap();
+    for applet in ["sh", "mkdir", "chmod", "chown", "cat", "echo", "sync"] {
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_mode(0o777);
+        link.set_size(0);
+        b.append_link(&mut link, format!("bin/{applet}"), "busybox")
+            .unwrap();
+    }
+    b.into_inner().unwrap()
+}
+
+fn images(d: &TestDaemon) -> Vec<serde_json::Value> {
+    ctl_json(d, &["image", "list"]).as_array().unwrap().clone()
+}
+
+#[test]
+fn a_rootfs_asset_base_is_imported_on_first_use_and_reused_after() {
+    use sha2::Digest;
+    let d = daemon();
+    let tar = busybox_rootfs_tar();
+    let file = d.home().join("bb.tar");
+    std::fs::write(&file, &tar).unwrap();
+    let sha = format!("{:x}", sha2::Sha256::digest(&tar));
+    let url = format!("file://{}", file.display());
+    let out = d.ctl(&[
+        "rootfs",
+        "download",
+        "--url",
+        &url,
+        "--sha256",
+        &sha,
+        "--name",
+        "bb",
+        "--version",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    for (name, word) in [("onbb", "first"), ("onbb2", "second")] {
+        create_template(
+            &d,
+            &format!("{name}.toml"),
+            &format!(
+                "name = \"{name}\"\nbase = \"asset:bb\"\n[[run]]\ncommand = \"echo {word} > /built.txt\"\n"
+            ),
+        );
+    }
+
+    let (first, ok) = build(&d, "onbb", &[]);
+    assert!(ok, "{first:?}\n{}\n{}", log_of(&d, &first), d.log());
+    let (second, ok) = build(&d, "onbb2", &[]);
+    assert!(ok, "{second:?}\n{}", log_of(&d, &second));
+
+    // One image of the asset, named after it, recording where it came from; both builds used it.
+    let from_asset: Vec<_> = images(&d)
+        .into_iter()
+        .filter(|i| {
+            i["source"]
+                .as_str()
+                .unwrap()
+                .starts_with("asset:rootfs/bb@1 ")
+        })
+        .collect();
+    assert_eq!(from_asset.len(), 1, "{from_asset:?}");
+    assert_eq!(from_asset[0]["name"], "bb");
+    assert!(
+        from_asset[0]["source"].as_str().unwrap().contains(&sha),
+        "{from_asset:?}"
+    );
+    let base_id = from_asset[0]["id"].as_str().unwrap();
+    for b in [&first, &second] {
+        assert!(log_of(&d, b).contains(&format!("from image {base_id}")));
+    }
+    let image = first.image_id.unwrap().to_string();
+    let out = d.ctl(&["vm", "create", "onbb", "--image", &image, "--start"]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    assert_eq!(sh(&d, "onbb", "cat /built.txt"), "first\n");
+
+    // An unknown asset is refused before anything is made, naming the base.
+    create_template(
+        &d,
+        "nosuch.toml",
+        "name = \"nosuch\"\nbase = \"asset:nosuch\"\n",
+    );
+    let before = images(&d).len();
+    let out = d.ctl(&["template", "build", "nosuch"]);
+    assert_eq!(out.status.code(), Some(4), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("base: no asset \"nosuch\""),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(images(&d).len(), before);
+}

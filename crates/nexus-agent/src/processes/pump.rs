@@ -11,7 +11,7 @@
 //! them open for ever. Only then does the grace period for such children start. The pumps go
 //! on until their pipes close, so what the children write later is kept too.
 
-use std::os::fd::{AsFd, AsRawFd};
+use std::os::fd::AsFd;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -27,8 +27,6 @@ const CHUNK_BYTES: usize = 32 * 1024;
 /// Punch holes in page-sized steps, and only once a stream is this far past its bound, so a
 /// steady writer does not punch on every chunk.
 const PUNCH_STEP: u64 = 1024 * 1024;
-
-nix::ioctl_read_bad!(fionread, nix::libc::FIONREAD, nix::libc::c_int);
 
 /// The pumps of one process.
 pub(super) struct Pumps {
@@ -175,12 +173,10 @@ async fn pump<R: AsyncRead + AsFd + Unpin>(
 
 /// How many bytes `pipe` holds unread (0 when it cannot tell).
 fn buffered(pipe: &impl AsFd) -> usize {
-    let mut n: nix::libc::c_int = 0;
-    // SAFETY: FIONREAD stores one int through the pointer, which points at a live local.
-    match unsafe { fionread(pipe.as_fd().as_raw_fd(), &mut n) } {
-        Ok(_) => usize::try_from(n).unwrap_or(0),
-        Err(_) => 0,
-    }
+    rustix::io::ioctl_fionread(pipe)
+        .ok()
+        .and_then(|n| usize::try_from(n).ok())
+        .unwrap_or(0)
 }
 
 /// Frees bytes `offset..offset+len` of `file` (they read as zeros; the size is kept).

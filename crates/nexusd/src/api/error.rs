@@ -354,7 +354,11 @@ impl From<BuildError> for ApiError {
                 Self::not_found(message).with_field("base")
             }
             BuildError::Base(e) => e.into(),
-            BuildError::BaseAsset(e) => ApiError::from(e).with_field("base"),
+            BuildError::BaseAsset(e) => {
+                let mut err = ApiError::from(e).with_field("base");
+                err.message = format!("base: {}", err.message);
+                err
+            }
             BuildError::Path { field, source } => {
                 let mut err = ApiError::from(source).with_field(&field);
                 err.message = format!("{field}: {}", err.message);
