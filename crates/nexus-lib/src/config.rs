@@ -72,6 +72,9 @@ pub struct Config {
     pub import_timeout_secs: Option<u64>,
     /// Template builds that may run at once (1..=64, default 2); more wait queued.
     pub max_concurrent_builds: Option<usize>,
+    /// Images of each template's builds kept (0..=1000, default 3): after a build succeeds, the
+    /// template's older built images past the newest this many are deleted unless drives use them.
+    pub build_images_keep: Option<u32>,
     /// Seconds to let in-flight requests finish at shutdown (0..=600).
     pub shutdown_grace_secs: Option<u64>,
     /// VMM backend: `auto` (Firecracker where it and KVM work, else QEMU), `firecracker`, `qemu`.
@@ -435,6 +438,11 @@ impl Config {
                 "max_concurrent_builds",
                 format!("{n} is outside 1..=64"),
             ));
+        }
+        if let Some(n) = self.build_images_keep
+            && n > 1000
+        {
+            return Err(bad("build_images_keep", format!("{n} is outside 0..=1000")));
         }
         if let Some(n) = self.import_max_entries
             && !(1..=MAX_IMPORT_ENTRIES).contains(&n)

@@ -200,7 +200,8 @@ pub async fn run(settings: Settings, shutdown: CancellationToken) -> Result<(), 
         Arc::new(import_policy(&settings)),
         paths.data_dir.join("builds"),
         settings.max_concurrent_builds,
-    );
+    )
+    .with_images_kept(settings.build_images_keep);
     state.mcp = settings.mcp;
     state.shutdown = shutdown.clone();
     let lifecycle = state.lifecycle.clone();

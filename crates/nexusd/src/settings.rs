@@ -79,6 +79,9 @@ pub struct Args {
     /// Template builds that may run at once (default 2).
     #[arg(long, value_name = "N")]
     pub max_concurrent_builds: Option<usize>,
+    /// Built images kept per template (default 3); older unused ones are deleted.
+    #[arg(long, value_name = "N")]
+    pub build_images_keep: Option<u32>,
     /// Seconds to let in-flight requests finish at shutdown.
     #[arg(long, value_name = "SECS")]
     pub shutdown_grace_secs: Option<u64>,
@@ -237,6 +240,7 @@ pub struct Settings {
     pub import_roots: Option<Vec<PathBuf>>,
     pub import_limits: crate::images::ImportLimits,
     pub max_concurrent_builds: usize,
+    pub build_images_keep: u32,
     pub shutdown_grace: Duration,
     pub vmm: crate::vmm::VmmChoice,
     pub boot_timeout: Duration,
@@ -286,6 +290,7 @@ impl Settings {
             import_max_bytes: args.import_max_bytes.or(file.import_max_bytes),
             import_timeout_secs: args.import_timeout_secs.or(file.import_timeout_secs),
             max_concurrent_builds: args.max_concurrent_builds.or(file.max_concurrent_builds),
+            build_images_keep: args.build_images_keep.or(file.build_images_keep),
             shutdown_grace_secs: args.shutdown_grace_secs.or(file.shutdown_grace_secs),
             vmm: args.vmm.clone().or(file.vmm),
             boot_timeout_secs: args.boot_timeout_secs.or(file.boot_timeout_secs),
@@ -396,6 +401,9 @@ impl Settings {
             max_concurrent_builds: cfg
                 .max_concurrent_builds
                 .unwrap_or(crate::builds::DEFAULT_MAX_CONCURRENT),
+            build_images_keep: cfg
+                .build_images_keep
+                .unwrap_or(crate::builds::DEFAULT_IMAGES_KEPT),
             import_limits: crate::images::ImportLimits {
                 max_entries: cfg
                     .import_max_entries

@@ -194,8 +194,12 @@ fn a_ready_check_that_never_passes_fails_the_start_naming_the_check() {
 }
 
 #[test]
-fn changing_an_input_file_rebuilds() {
-    let d = daemon();
+fn changing_an_input_file_rebuilds_and_older_unused_images_are_collected() {
+    common::require_boot_prerequisites();
+    let d = TestDaemon::start_logged(
+        tempfile::tempdir().unwrap(),
+        &["--pool-size", "1G", "--build-images-keep", "2"],
+    );
     let src = d.home().join("hello.txt");
     std::fs::write(&src, "one\n").unwrap();
     create_template(&d, "hello.toml", &hello_template(&src));
@@ -209,10 +213,38 @@ fn changing_an_input_file_rebuilds() {
     assert_eq!(second.cached_from, None);
     assert_ne!(second.cache_key, first.cache_key);
     assert_ne!(second.image_id, first.image_id);
+    // A VM keeps the first image in use.
+    let first_image = first.image_id.unwrap().to_string();
+    let out = d.ctl(&["vm", "create", "old", "--image", &first_image]);
+    assert!(out.status.success(), "{}", stderr(&out));
     let (forced, ok) = build(&d, "hello", &["--no-cache"]);
     assert!(ok);
     assert_eq!(forced.cached_from, None);
     assert_eq!(forced.cache_key, second.cache_key);
+
+    // Three images, two kept: the first one is past them, but in use.
+    let built = |d: &TestDaemon| -> Vec<String> {
+        let (_, _, mut names) = inventory(d);
+        names.retain(|n| n.starts_with("hello-"));
+        names.sort();
+        names
+    };
+    let name_of = |b: &Build| b.image.clone().expect("an image name");
+    let mut expect = vec![name_of(&first), name_of(&second), name_of(&forced)];
+    expect.sort();
+    assert_eq!(built(&d), expect);
+    // Once free, it goes with the next build, and so does the second image.
+    assert!(d.ctl(&["vm", "delete", "old"]).status.success());
+    let (last, ok) = build(&d, "hello", &["--no-cache"]);
+    assert!(ok);
+    let mut expect = vec![name_of(&forced), name_of(&last)];
+    expect.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while built(&d) != expect && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(built(&d), expect, "{}", d.log());
+    assert!(d.log().contains("older built image deleted"));
 }
 
 #[test]

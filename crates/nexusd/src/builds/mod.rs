@@ -27,6 +27,7 @@ use uuid::Uuid;
 use crate::assets::{AssetError, AssetService};
 use crate::hostpath::{Caller, ImportPolicy};
 use crate::images::{ImageError, ImageService};
+use crate::sanitize::Escaped;
 use crate::store::builds::{self, BuildRow};
 use crate::store::templates::{self, TemplateRow};
 use crate::store::{Store, StoreError};
@@ -36,6 +37,8 @@ pub use log::BuildLog;
 
 /// Builds that may run at once unless configured (`max_concurrent_builds`).
 pub const DEFAULT_MAX_CONCURRENT: usize = 2;
+/// Built images kept per template unless configured (`build_images_keep`).
+pub const DEFAULT_IMAGES_KEPT: u32 = 3;
 /// Most builds listed at once.
 pub const MAX_LIST: u32 = 500;
 /// The reason recorded for builds a daemon restart interrupted.
@@ -112,6 +115,8 @@ struct Inner {
     work_dir: PathBuf,
     slots: Arc<Semaphore>,
     live: Mutex<HashMap<Uuid, Live>>,
+    /// Built images kept per template ([`BuildService::prune_images`]).
+    images_kept: u32,
 }
 
 impl BuildService {
@@ -134,7 +139,47 @@ impl BuildService {
                 work_dir,
                 slots: Arc::new(Semaphore::new(max_concurrent.max(1))),
                 live: Mutex::default(),
+                images_kept: DEFAULT_IMAGES_KEPT,
             }),
+        }
+    }
+
+    /// The same service keeping `n` built images per template. Call before sharing it.
+    pub fn with_images_kept(mut self, n: u32) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.images_kept = n;
+        }
+        self
+    }
+
+    /// Deletes the images of `template`'s builds past the newest `build_images_keep` (by their
+    /// last use, a cache hit included); an image drives still use is kept, and collected by a
+    /// later build once they are gone. Failures are logged: the build that called this stands.
+    pub(super) async fn prune_images(&self, template: &str) {
+        let (t, keep) = (template.to_owned(), self.inner.images_kept);
+        let old = match self
+            .inner
+            .store
+            .call(move |c| builds::superseded_images(c, &t, keep))
+            .await
+        {
+            Ok(old) => old,
+            Err(e) => {
+                tracing::warn!(template, error = %e, "cannot list a template's older images");
+                return;
+            }
+        };
+        for id in old {
+            match self.inner.images.delete(&id.to_string()).await {
+                Ok(()) => tracing::info!(template, image = %id, "older built image deleted"),
+                Err(ImageError::InUse { drives, .. }) => {
+                    tracing::debug!(template, image = %id, ?drives, "older built image kept: in use");
+                }
+                Err(ImageError::NotFound(_)) => {}
+                Err(e) => {
+                    tracing::warn!(template, image = %id, error = %Escaped(nexus_lib::error::error_chain(&e)), "cannot delete an older built image");
+                }
+            }
         }
     }
 
@@ -262,6 +307,7 @@ impl BuildService {
         self.lock_live().insert(row.id, live.clone());
         let job = run::Job {
             id: row.id,
+            template: tpl.name.clone(),
             spec,
             base,
             inputs,

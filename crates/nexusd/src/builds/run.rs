@@ -30,6 +30,7 @@ const BUILD_VM_MEMORY_MIB: u32 = 512;
 /// What a queued build will do, with its inputs fixed.
 pub(super) struct Job {
     pub id: Uuid,
+    pub template: String,
     pub spec: TemplateSpec,
     pub base: Uuid,
     pub inputs: Inputs,
@@ -104,6 +105,10 @@ impl BuildService {
             tracing::error!(build = %id, error = %Escaped(nexus_lib::error::error_chain(&e)), "cannot record the end of a build");
         }
         tracing::info!(build = %id, %state, "build over");
+        // Before the build counts as over for its clients, so they find the older images gone.
+        if state == BuildState::Succeeded {
+            self.prune_images(&job.template).await;
+        }
         self.lock_live().remove(&id);
         live.done.cancel();
         remove_dir(job.scratch.clone()).await;

@@ -193,6 +193,27 @@ pub fn find_cached(conn: &Connection, cache_key: &str) -> Result<Option<BuildRow
         .optional()?)
 }
 
+/// Images built for template `template` past the newest `keep`, oldest last used first: each
+/// image that a succeeded build of the template made or was answered with (a cache hit counts
+/// as a use), ranked by its newest such build. Only images whose source is one of those builds.
+pub fn superseded_images(
+    conn: &Connection,
+    template: &str,
+    keep: u32,
+) -> Result<Vec<Uuid>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT b.image_id, MAX(b.created_at_ms) AS used FROM builds b
+         JOIN images i ON i.id = b.image_id
+         WHERE b.template_name = ?1 AND b.state = 'succeeded'
+           AND i.source IN (SELECT 'build:' || id FROM builds WHERE template_name = ?1)
+         GROUP BY b.image_id ORDER BY used DESC, b.image_id LIMIT -1 OFFSET ?2",
+    )?;
+    let ids = stmt
+        .query_map(params![template, keep], |r| uuid_col(r, 0))?
+        .collect::<rusqlite::Result<Vec<_>>>()?;
+    Ok(ids)
+}
+
 /// Moves a queued build to `running`; false when it is no longer queued (cancelled).
 pub fn set_running(conn: &Connection, id: Uuid) -> Result<bool, StoreError> {
     Ok(conn.execute(
@@ -319,6 +340,47 @@ mod tests {
                 // Both ids start with the same millisecond: that prefix names neither.
                 assert!(get(c, &a.id.to_string()[..8])?.is_none());
                 assert!(find_cached(c, "k1")?.is_none());
+                Ok(())
+            })
+            .unwrap();
+    }
+
+    #[test]
+    fn superseded_images_are_those_past_the_newest_used_of_the_template() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = crate::store::Store::open(&dir.path().join("n.db")).unwrap();
+        store
+            .call_blocking(|c| {
+                // Builds t#0..t#3 at times 0..3 make images 0..3; build 4 (a cache hit) uses
+                // image 0 again; a build of template u, and an image not made by a build of t.
+                let mut images = Vec::new();
+                let mut at = 0;
+                let mut build = |c: &Connection, tpl: &str, image: Option<Uuid>, own: bool| {
+                    let mut b = BuildRow::queued(tpl, 1, "src", "k");
+                    b.created_at_ms = at;
+                    at += 1;
+                    let image = image.unwrap_or_else(|| {
+                        let mut row = crate::store::images::ImageRow::ready(&format!("i{at}"));
+                        if own {
+                            row.source = format!("build:{}", b.id);
+                        }
+                        crate::store::images::insert(c, &row).unwrap();
+                        row.id
+                    });
+                    b.state = BuildState::Succeeded;
+                    b.image_id = Some(image);
+                    insert(c, &b).unwrap();
+                    image
+                };
+                for _ in 0..4 {
+                    images.push(build(c, "t", None, true));
+                }
+                build(c, "t", Some(images[0]), true);
+                build(c, "u", None, true);
+                build(c, "t", None, false);
+                assert_eq!(superseded_images(c, "t", 2)?, vec![images[2], images[1]]);
+                assert_eq!(superseded_images(c, "t", 0)?.len(), 4);
+                assert!(superseded_images(c, "t", 10)?.is_empty());
                 Ok(())
             })
             .unwrap();
