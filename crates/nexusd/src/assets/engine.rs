@@ -127,7 +127,18 @@ impl RunError {
             StageError::Checksum(_) => "checksum",
             StageError::Signature(SignatureError::UnknownKey { .. }) => "unknown_key",
             StageError::Signature(SignatureError::NotPinned { .. }) => "key_not_pinned",
-            StageError::Signature(SignatureError::Bad { .. }) => "bad_signature",
+            StageError::Signature(
+                SignatureError::Bad { .. }
+                | SignatureError::SignedInFuture { .. }
+                | SignatureError::SignedBeforeKey { .. },
+            ) => "bad_signature",
+            StageError::Signature(SignatureError::NotSigningKey { .. }) => "unknown_key",
+            StageError::Signature(SignatureError::Revoked { .. }) => "key_revoked",
+            StageError::Signature(SignatureError::KeyExpired { .. }) => "key_expired",
+            StageError::Signature(SignatureError::SignatureExpired { .. }) => "signature_expired",
+            StageError::Signature(
+                SignatureError::WeakHash { .. } | SignatureError::WeakKey { .. },
+            ) => "weak_algorithm",
             StageError::Signature(_) => "signature",
             StageError::Decompress(DecompressError::Bomb { .. })
             | StageError::Extract(ExtractError::TooBig { .. })

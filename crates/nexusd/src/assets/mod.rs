@@ -33,6 +33,7 @@ pub mod hashio;
 pub mod install;
 pub mod kernel_build;
 mod kernel_stage;
+pub mod key_validity;
 pub mod mmdebstrap;
 pub mod progress;
 pub mod service;

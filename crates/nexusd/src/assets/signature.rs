@@ -5,16 +5,20 @@
 //! file whose primary fingerprint differs from its pin is refused.
 //!
 //! What counts: the signature's issuer (fingerprint, else key id) must be the primary key or a
-//! signing-capable subkey of one of the stage's allowed keys; the key's self-signatures and
-//! subkey bindings must verify. Expiry and revocation are not interpreted (rPGP leaves that
-//! layer to applications; the pin in the config is the operator's statement of trust).
+//! subkey of one of the stage's allowed keys; the key's self-signatures and subkey bindings
+//! must verify. The pin is the operator's statement of trust, not a promise to ignore what the
+//! key's holder said since: expiry, revocation, the signing flag, the signature's own times and
+//! weak algorithms are interpreted as apt and gpgv do (rules in `key_validity.rs`), each
+//! refusal its own error.
 
 use std::collections::BTreeMap;
 use std::io::BufReader;
 use std::path::{Path, PathBuf};
 
 use pgp::composed::{Deserializable, DetachedSignature, SignedPublicKey};
-use pgp::types::KeyDetails;
+use pgp::types::{KeyDetails, Timestamp};
+
+use super::key_validity::{self, Context, Date, Role, Signer};
 
 /// Largest signature file read.
 const MAX_SIGNATURE_BYTES: u64 = 64 << 10;
@@ -66,6 +70,80 @@ pub enum SignatureError {
         signed: String,
         key: String,
         message: String,
+    },
+    #[error(
+        "{signed:?} is signed with {algorithm}, a hash too weak to trust (MD5, SHA-1 and RIPEMD-160 are refused) by {key}"
+    )]
+    WeakHash {
+        signed: String,
+        key: String,
+        algorithm: String,
+    },
+    #[error(
+        "{signed:?} is signed under the {bits}-bit {algorithm} {role} {key}: RSA and DSA keys shorter than {} bits are refused",
+        key_validity::MIN_RSA_DSA_BITS
+    )]
+    WeakKey {
+        signed: String,
+        role: Role,
+        key: String,
+        algorithm: &'static str,
+        bits: u32,
+    },
+    #[error(
+        "{signed:?} was signed by subkey {subkey} of {key}, whose newest binding does not allow signing"
+    )]
+    NotSigningKey {
+        signed: String,
+        subkey: String,
+        key: String,
+    },
+    #[error(
+        "{signed:?} was signed on {made} by {role} {key}, which was revoked on {revoked} ({reason}): {rule}"
+    )]
+    Revoked {
+        signed: String,
+        role: Role,
+        key: String,
+        revoked: Date,
+        reason: String,
+        made: Date,
+        rule: &'static str,
+    },
+    #[error(
+        "{signed:?} is signed by {role} {key}, which expired on {expired}; refresh the pinned key file {} (nexus.toml `asset_keys`) from the key's publisher",
+        path.display()
+    )]
+    KeyExpired {
+        signed: String,
+        role: Role,
+        key: String,
+        expired: Date,
+        path: PathBuf,
+    },
+    #[error("the signature by {key} over {signed:?} expired on {expired}")]
+    SignatureExpired {
+        signed: String,
+        key: String,
+        expired: Date,
+    },
+    #[error(
+        "the signature by {key} over {signed:?} claims to be made on {made}, more than a day from now (check the clock)"
+    )]
+    SignedInFuture {
+        signed: String,
+        key: String,
+        made: Date,
+    },
+    #[error(
+        "the signature over {signed:?} is dated {made}, before its {role} {key} was created ({created})"
+    )]
+    SignedBeforeKey {
+        signed: String,
+        role: Role,
+        key: String,
+        made: Date,
+        created: Date,
     },
     #[error("cannot read {path}")]
     Read {
@@ -121,7 +199,7 @@ fn load_key(fingerprint: &str, path: &Path) -> Result<SignedPublicKey, Signature
 
 /// Verifies that `signature` (a file) is a valid detached signature over `data` (a file) by one
 /// of `allowed` (fingerprints, pinned in `pinned`). Returns the fingerprint of the primary key
-/// that signed. Blocking: reads `data` once.
+/// that signed, whose key is valid now (see `key_validity`). Blocking: reads `data` once.
 pub fn verify(
     pinned: &BTreeMap<String, PathBuf>,
     allowed: &[String],
@@ -129,6 +207,27 @@ pub fn verify(
     data_name: &str,
     signature: &Path,
     signature_name: &str,
+) -> Result<String, SignatureError> {
+    verify_at(
+        pinned,
+        allowed,
+        data,
+        data_name,
+        signature,
+        signature_name,
+        Timestamp::now(),
+    )
+}
+
+/// [`verify`] with the keys' and signature's validity judged at `now`.
+pub(super) fn verify_at(
+    pinned: &BTreeMap<String, PathBuf>,
+    allowed: &[String],
+    data: &Path,
+    data_name: &str,
+    signature: &Path,
+    signature_name: &str,
+    now: Timestamp,
 ) -> Result<String, SignatureError> {
     let sig = read_signature(signature, signature_name)?;
     let allowed: Vec<String> = allowed.iter().map(|k| normalize_fingerprint(k)).collect();
@@ -161,26 +260,37 @@ pub fn verify(
     };
     for (fpr, path) in pinned_allowed {
         let key = load_key(fpr, path)?;
-        let verified = if is_issuer(&fpr_of(&key.primary_key), &key_id_of(&key.primary_key)) {
-            Some(verify_with(&sig, &key.primary_key, data))
+        let signer = if is_issuer(&fpr_of(&key.primary_key), &key_id_of(&key.primary_key)) {
+            Signer::Primary
         } else {
-            key.public_subkeys
+            match key
+                .public_subkeys
                 .iter()
-                .filter(|sub| sub.signatures.iter().any(|s| s.key_flags().sign()))
                 .find(|sub| is_issuer(&fpr_of(&sub.key), &key_id_of(&sub.key)))
-                .map(|sub| verify_with(&sig, &sub.key, data))
-        };
-        match verified {
-            Some(Ok(())) => return Ok(fpr.clone()),
-            Some(Err(message)) => {
-                return Err(SignatureError::Bad {
-                    signed: data_name.into(),
-                    key: fpr.clone(),
-                    message,
-                });
+            {
+                Some(sub) => Signer::Subkey(sub),
+                None => continue,
             }
-            None => continue,
+        };
+        let ctx = Context {
+            signed: data_name,
+            key: fpr,
+            path,
+        };
+        key_validity::check_algorithms(&ctx, &key, signer, &sig.signature)?;
+        let verified = match signer {
+            Signer::Primary => verify_with(&sig, &key.primary_key, data),
+            Signer::Subkey(sub) => verify_with(&sig, &sub.key, data),
+        };
+        if let Err(message) = verified {
+            return Err(SignatureError::Bad {
+                signed: data_name.into(),
+                key: fpr.clone(),
+                message,
+            });
         }
+        key_validity::check_validity(&ctx, &key, signer, &sig.signature, now)?;
+        return Ok(fpr.clone());
     }
     let issuer = issuer_fprs
         .first()
