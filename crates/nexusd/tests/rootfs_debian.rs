@@ -17,7 +17,6 @@ use std::time::{Duration, Instant};
 
 use common::{TestDaemon, rt, stderr, stdout};
 use nexus_lib::api::{AssetKind, DownloadEvent, DownloadRequest};
-use sha2::{Digest, Sha256};
 
 /// A daemon with room for a Debian image in its pool, and mmdebstrap on the host.
 fn daemon(extra: &[&str]) -> TestDaemon {
@@ -233,14 +232,7 @@ timeout_secs = 120
         sh("curl -s http://127.0.0.1:8000/hello.txt"),
         "hello from debian\n"
     );
-    let history = common::ctl_json(d, &["vm", "history", "deb-app"]);
-    let running = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .rfind(|t| t["to"] == "running")
-        .unwrap();
-    let reason = running["reason"].as_str().unwrap();
+    let reason = common::running_reason(d, "deb-app");
     assert!(
         reason.contains("ready check (port 8000) passed"),
         "{reason}"
@@ -322,27 +314,6 @@ fn a_client_that_goes_away_cancels_the_build_and_leaves_nothing() {
     assert!(rootfs.is_empty());
 }
 
-/// A `rootfs` asset from a tarball file (through the `url` provider and `file://`).
-fn rootfs_asset(d: &TestDaemon, name: &str, tarball: &[u8]) {
-    let file = d.home().join(format!("{name}.tar"));
-    std::fs::write(&file, tarball).unwrap();
-    let sha = format!("{:x}", Sha256::digest(tarball));
-    let url = format!("file://{}", file.display());
-    let out = d.ctl(&[
-        "rootfs",
-        "download",
-        "--url",
-        &url,
-        "--sha256",
-        &sha,
-        "--name",
-        name,
-        "--version",
-        "1",
-    ]);
-    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
-}
-
 /// A tar archive of (type, path, link target, data), names written raw (so `..` is possible).
 fn tarball(entries: &[(tar::EntryType, &str, &str, &[u8])]) -> Vec<u8> {
     let mut b = tar::Builder::new(Vec::new());
@@ -384,7 +355,7 @@ fn image_import_of_a_hostile_rootfs_asset_is_refused_and_makes_no_image() {
         ),
     ];
     for (name, bytes) in &cases {
-        rootfs_asset(&d, name, bytes);
+        common::rootfs_asset(&d, name, bytes);
 
         let out = d.ctl(&["image", "import", "--asset", name]);
 
@@ -412,7 +383,7 @@ fn a_rootfs_assets_absolute_symlinks_reach_the_image_as_links() {
         (E::Directory, "./etc/", "", b""),
         (E::Symlink, "./etc/shadow-link", "/etc/shadow", b""),
     ]);
-    rootfs_asset(&d, "links", &bytes);
+    common::rootfs_asset(&d, "links", &bytes);
 
     let out = d.ctl(&["--json", "image", "import", "--asset", "links"]);
 

@@ -157,14 +157,7 @@ fn a_template_builds_an_image_with_its_files_and_user_and_an_unchanged_one_is_a_
         sh(&d, "web", "wget -qO- http://127.0.0.1:8080/"),
         "<h1>served</h1>\n"
     );
-    let history = ctl_json(&d, &["vm", "history", "web"]);
-    let running = history
-        .as_array()
-        .unwrap()
-        .iter()
-        .rfind(|t| t["to"] == "running")
-        .unwrap();
-    let reason = running["reason"].as_str().unwrap();
+    let reason = common::running_reason(&d, "web");
     assert!(
         reason.contains("start service running")
             && reason.contains("ready check (port 8080) passed"),
@@ -541,26 +534,10 @@ fn images(d: &TestDaemon) -> Vec<serde_json::Value> {
 
 #[test]
 fn a_rootfs_asset_base_is_imported_on_first_use_and_reused_after() {
-    use sha2::Digest;
     let d = daemon();
     let tar = busybox_rootfs_tar();
-    let file = d.home().join("bb.tar");
-    std::fs::write(&file, &tar).unwrap();
-    let sha = format!("{:x}", sha2::Sha256::digest(&tar));
-    let url = format!("file://{}", file.display());
-    let out = d.ctl(&[
-        "rootfs",
-        "download",
-        "--url",
-        &url,
-        "--sha256",
-        &sha,
-        "--name",
-        "bb",
-        "--version",
-        "1",
-    ]);
-    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+    let sha = format!("{:x}", <sha2::Sha256 as sha2::Digest>::digest(&tar));
+    common::rootfs_asset(&d, "bb", &tar);
     for (name, word) in [("onbb", "first"), ("onbb2", "second")] {
         create_template(
             &d,

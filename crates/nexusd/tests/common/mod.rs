@@ -330,6 +330,43 @@ pub fn ctl_json(d: &TestDaemon, args: &[&str]) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("nexusctl printed JSON")
 }
 
+/// The reason recorded with VM `vm`'s newest move to `running` (what its start checked).
+#[allow(dead_code)]
+pub fn running_reason(d: &TestDaemon, vm: &str) -> String {
+    let history = ctl_json(d, &["vm", "history", vm]);
+    let running = history
+        .as_array()
+        .expect("a history")
+        .iter()
+        .rfind(|t| t["to"] == "running")
+        .unwrap_or_else(|| panic!("{vm} never ran: {history}"));
+    running["reason"].as_str().unwrap_or_default().to_owned()
+}
+
+/// Installs `tarball` as the `rootfs` asset `name`, version 1, through the `url` provider and
+/// `file://`.
+#[allow(dead_code)]
+pub fn rootfs_asset(d: &TestDaemon, name: &str, tarball: &[u8]) {
+    use sha2::Digest;
+    let file = d.home().join(format!("{name}.tar"));
+    std::fs::write(&file, tarball).unwrap();
+    let sha = format!("{:x}", sha2::Sha256::digest(tarball));
+    let url = format!("file://{}", file.display());
+    let out = d.ctl(&[
+        "rootfs",
+        "download",
+        "--url",
+        &url,
+        "--sha256",
+        &sha,
+        "--name",
+        name,
+        "--version",
+        "1",
+    ]);
+    assert!(out.status.success(), "{}\n{}", stderr(&out), d.log());
+}
+
 /// A small directory tree to import: `/etc/hostname` and `/home/user/note`.
 pub fn sample_tree(at: &Path) -> PathBuf {
     let tree = at.join("tree");
