@@ -104,6 +104,23 @@ fn sign(signer: &impl SigningKey, hash: HashAlgorithm, made: u32, lifetime: Opti
 }
 
 /// An RSA-1024 key, made from packets: rPGP's key builder refuses to make one.
+/// A SHA-256 signature over the data by the key's first subkey, made at `made`.
+fn sign_by_subkey(secret: &SignedSecretKey, made: u32) -> String {
+    sign(
+        &secret.secret_subkeys[0].key,
+        HashAlgorithm::Sha256,
+        made,
+        None,
+    )
+}
+
+fn assert_revoked(err: &SignatureError, expected: Role) {
+    assert!(
+        matches!(err, SignatureError::Revoked { role, .. } if *role == expected),
+        "{err:?}"
+    );
+}
+
 fn rsa1024(created: u32) -> SignedSecretKey {
     let (public, secret) = KeyType::Rsa(1024).generate(rand::thread_rng()).unwrap();
     let inner = PubKeyInner::new(
@@ -297,12 +314,7 @@ fn a_current_signature_by_a_valid_key_is_accepted() {
 #[test]
 fn a_signature_by_a_valid_signing_subkey_is_accepted() {
     let secret = with_subkey(ago(10));
-    let signature = sign(
-        &secret.secret_subkeys[0].key,
-        HashAlgorithm::Sha256,
-        ago(1),
-        None,
-    );
+    let signature = sign_by_subkey(&secret, ago(1));
 
     let signed_by = verify(&secret, &signature).unwrap();
 
@@ -354,12 +366,7 @@ fn an_expired_signing_subkey_is_refused() {
     let mut secret = with_subkey(ago(10));
     let binding = bind(&secret, ago(10), true, Some(3 * DAY));
     secret.secret_subkeys[0].signatures = vec![binding];
-    let signature = sign(
-        &secret.secret_subkeys[0].key,
-        HashAlgorithm::Sha256,
-        ago(8),
-        None,
-    );
+    let signature = sign_by_subkey(&secret, ago(8));
 
     let err = verify(&secret, &signature).unwrap_err();
 
@@ -381,12 +388,7 @@ fn a_subkey_whose_newest_binding_drops_the_sign_flag_is_refused() {
     let signing = bind(&secret, ago(10), true, None);
     let not_signing = bind(&secret, ago(2), false, None);
     secret.secret_subkeys[0].signatures = vec![not_signing, signing];
-    let signature = sign(
-        &secret.secret_subkeys[0].key,
-        HashAlgorithm::Sha256,
-        ago(1),
-        None,
-    );
+    let signature = sign_by_subkey(&secret, ago(1));
 
     let err = verify(&secret, &signature).unwrap_err();
 
@@ -404,16 +406,7 @@ fn a_key_revoked_as_compromised_refuses_signatures_made_before_the_revocation() 
 
     let err = verify(&secret, &signature).unwrap_err();
 
-    assert!(
-        matches!(
-            err,
-            SignatureError::Revoked {
-                role: Role::Key,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_revoked(&err, Role::Key);
     assert!(err.to_string().contains("key compromised"), "{err}");
 }
 
@@ -442,50 +435,22 @@ fn a_key_retired_before_the_signature_was_made_is_refused() {
 fn a_revoked_signing_subkey_is_refused() {
     let mut secret = with_subkey(ago(10));
     revoke_subkey(&mut secret, RevocationCode::NoReason, ago(1));
-    let signature = sign(
-        &secret.secret_subkeys[0].key,
-        HashAlgorithm::Sha256,
-        ago(5),
-        None,
-    );
+    let signature = sign_by_subkey(&secret, ago(5));
 
     let err = verify(&secret, &signature).unwrap_err();
 
-    assert!(
-        matches!(
-            err,
-            SignatureError::Revoked {
-                role: Role::SigningSubkey,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_revoked(&err, Role::SigningSubkey);
 }
 
 #[test]
 fn a_revoked_primary_refuses_signatures_by_its_subkeys() {
     let mut secret = with_subkey(ago(10));
     revoke_key(&mut secret, RevocationCode::KeyCompromised, ago(1));
-    let signature = sign(
-        &secret.secret_subkeys[0].key,
-        HashAlgorithm::Sha256,
-        ago(5),
-        None,
-    );
+    let signature = sign_by_subkey(&secret, ago(5));
 
     let err = verify(&secret, &signature).unwrap_err();
 
-    assert!(
-        matches!(
-            err,
-            SignatureError::Revoked {
-                role: Role::Key,
-                ..
-            }
-        ),
-        "{err:?}"
-    );
+    assert_revoked(&err, Role::Key);
 }
 
 #[test]

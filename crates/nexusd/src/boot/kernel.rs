@@ -36,11 +36,12 @@ pub fn find_kernel_deb(dir: &Path) -> Result<PathBuf, BootError> {
     })
 }
 
+/// A `.deb` file (`PACKAGE_VERSION_ARCH.deb`) of a versioned cloud kernel image package.
 fn is_versioned_cloud_kernel(name: &str) -> bool {
-    name.strip_prefix("linux-image-").is_some_and(|rest| {
-        rest.starts_with(|c: char| c.is_ascii_digit()) && !rest.contains("-dbg")
-    }) && name.contains("-cloud-amd64_")
-        && name.ends_with(".deb")
+    name.ends_with(".deb")
+        && name
+            .split_once('_')
+            .is_some_and(|(package, _)| crate::vm::assets::is_cloud_kernel(package))
 }
 
 /// Sorts `6.1.0-56` after `6.1.0-9` by comparing digit runs numerically.
@@ -145,6 +146,14 @@ mod tests {
         assert!(is_versioned_cloud_kernel(
             "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.deb"
         ));
+        for other in [
+            "linux-image-6.1.0-56-cloud-amd64-dbg_6.1.192-2_amd64.deb",
+            "linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb",
+            "linux-image-6.1.0-56-cloud-amd64_6.1.192-2_amd64.udeb",
+            "linux-image-6.1.0-56-cloud-amd64.deb",
+        ] {
+            assert!(!is_versioned_cloud_kernel(other), "{other}");
+        }
     }
 
     #[test]

@@ -212,7 +212,7 @@ impl BootAssets {
 
 /// A versioned cloud kernel image package (`linux-image-6.1.0-41-cloud-amd64`), not the meta
 /// package nor debug symbols.
-fn is_cloud_kernel(name: &str) -> bool {
+pub(crate) fn is_cloud_kernel(name: &str) -> bool {
     name.strip_prefix("linux-image-")
         .is_some_and(|rest| rest.starts_with(|c: char| c.is_ascii_digit()))
         && name.ends_with("-cloud-amd64")
