@@ -222,16 +222,19 @@ impl Ctx<'_> {
         let copied = self.copy_files(&agent).await;
         self.step_result("files", t, copied)?;
 
+        // The policy the build VM has now: it was created with deny-all when it has a network.
+        let networked = self.job.spec.needs_network();
         let mut egress = EgressPolicy::DenyAll;
         for (i, step) in self.job.spec.run.iter().enumerate() {
             let label = format!("run[{i}]");
             let t = Instant::now();
-            if self.job.spec.needs_network() {
-                self.line(&format!("==> {label}: network {}", step.egress().summary()));
-                if step.egress() != egress {
-                    egress = step.egress();
-                    let set = self.set_egress(&vm, egress.clone()).await;
+            if networked {
+                let wanted = step.egress();
+                self.line(&format!("==> {label}: network {}", wanted.summary()));
+                if wanted != egress {
+                    let set = self.set_egress(&vm, wanted.clone()).await;
                     self.step_result(&label, t, set)?;
+                    egress = wanted;
                 }
             }
             self.line(&format!("==> {label}: {}", step.command));
